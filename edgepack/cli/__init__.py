@@ -1,0 +1,86 @@
+"""The `edgepack` command line: a thin layer that parses options and calls library functions.
+
+Each subcommand lives in its own module `edgepack.cli.<name>` with a `register(subparsers)` that
+adds its parser (help text = the module's docstring, with an example) and sets `func(args)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from edgepack import __version__
+from edgepack.errors import EdgepackError
+
+# Subcommands in the order `edgepack --help` lists them (module edgepack.cli.<name>).
+COMMANDS = ("train", "compress", "export", "predict", "compare", "pipeline", "bench")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors in edgepack's format (exit code 2)."""
+
+    def error(self, message: str):
+        self.exit(2, f"edgepack: error: {message} (see `{self.prog} --help`)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="edgepack", description=__doc__.splitlines()[0] if __doc__ else None,
+                     epilog="Run `edgepack COMMAND --help` for a command's options and an example.")
+    parser.add_argument("--version", action="version", version=f"edgepack {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"edgepack.cli.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"edgepack.cli.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def add_command(sub, name: str, doc: str, func) -> argparse.ArgumentParser:
+    """Add a subcommand whose --help is `doc` (first line = summary) and whose action is `func`."""
+    summary = doc.strip().splitlines()[0]
+    p = sub.add_parser(name, help=summary, description=doc.strip(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def add_data_options(p: argparse.ArgumentParser, limits: bool = True) -> None:
+    p.add_argument("--data", metavar="PATH",
+                   help="cifar-10-python.tar.gz or cifar-10-batches-py folder "
+                        "(default: $EDGEPACK_DATA, then the Keras cache, then download)")
+    if limits:
+        p.add_argument("--limit-train", type=positive_int, metavar="N",
+                       help="use a seeded, class-balanced subset of N training images")
+        p.add_argument("--limit-test", type=positive_int, metavar="N",
+                       help="use a seeded, class-balanced subset of N test images")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except EdgepackError as e:
+        print(f"edgepack: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("edgepack: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,253 @@
+"""CIFAR-10 in its canonical python format, loaded safely.
+
+Sources, in order: an explicit path (`--data`), `$EDGEPACK_DATA`, the Keras cache
+(`~/.keras/datasets/cifar-10-batches-py`), else the official archive is downloaded and checked
+against its published md5. A path may be a `cifar-10-python.tar.gz` or an extracted
+`cifar-10-batches-py` folder; a file the user points at is never required to match the official
+checksum (copies rebuilt losslessly have other bytes).
+
+The batches are pickles from users' disks: they are read with an unpickler that allows only the
+numpy array reconstruction the format needs, and tar members are read into memory, never extracted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from edgepack.errors import DataError
+from edgepack.runtime.preprocess import scale_pixels
+
+ENV_VAR = "EDGEPACK_DATA"
+FOLDER = "cifar-10-batches-py"
+TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+TEST_BATCH = "test_batch"
+META = "batches.meta"
+IMAGE_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # published next to the official archive
+KERAS_CACHE = Path.home() / ".keras" / "datasets"
+MAX_MEMBER_BYTES = 64 << 20  # a real batch is ~31 MB; refuse anything far larger (decompression bombs)
+
+
+@dataclass(frozen=True)
+class Cifar10:
+    """The data set as uint8 NHWC images and int64 labels."""
+
+    x_train: np.ndarray  # (N, 32, 32, 3) uint8
+    y_train: np.ndarray  # (N,) int64 in 0..9
+    x_test: np.ndarray  # (M, 32, 32, 3) uint8
+    y_test: np.ndarray  # (M,) int64 in 0..9
+    class_names: tuple[str, ...]  # 10 names from batches.meta
+    source: str  # the path it was read from
+    sha256: str  # of the archive file, or of the batch files for a folder
+
+
+# --- where the data comes from
+
+def resolve_data_path(path: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """Pick the data source: explicit path, $EDGEPACK_DATA, Keras cache, else download."""
+    for candidate, origin in ((path, "--data"), (os.environ.get(ENV_VAR), f"${ENV_VAR}")):
+        if candidate:
+            p = Path(candidate).expanduser()
+            if not p.exists():
+                raise DataError(f"CIFAR-10 data not found at {p} (from {origin}): point it at a "
+                                "cifar-10-python.tar.gz or an extracted cifar-10-batches-py folder")
+            return p
+    cached = KERAS_CACHE / FOLDER
+    if (cached / META).is_file():
+        return cached
+    archive = KERAS_CACHE / "cifar-10-python.tar.gz"
+    if archive.is_file():
+        return archive
+    if not download:
+        raise DataError("no CIFAR-10 copy found: pass --data PATH or set EDGEPACK_DATA to a "
+                        "cifar-10-python.tar.gz or cifar-10-batches-py folder")
+    return download_official(archive)
+
+
+def download_official(target: Path) -> Path:
+    """Download the official archive to `target`, verifying the published md5."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".part")
+    md5 = hashlib.md5()
+    try:
+        with urllib.request.urlopen(OFFICIAL_URL, timeout=30) as r, open(tmp, "wb") as f:
+            while block := r.read(1 << 20):
+                md5.update(block)
+                f.write(block)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"no local CIFAR-10 copy and the download failed ({e}): pass --data PATH or set "
+                        "EDGEPACK_DATA to a local cifar-10-python.tar.gz") from None
+    if md5.hexdigest() != OFFICIAL_MD5:
+        tmp.unlink(missing_ok=True)
+        raise DataError(f"downloaded CIFAR-10 archive has md5 {md5.hexdigest()}, expected {OFFICIAL_MD5}: "
+                        "retry, or pass --data PATH to a local copy")
+    os.replace(tmp, target)
+    return target
+
+
+# --- safe reading
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickler for CIFAR batches: numpy array reconstruction and plain containers only."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"): ("numpy", "ndarray"),
+        ("numpy", "dtype"): ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        target = self._ALLOWED.get((module, name))
+        if target is None:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        try:
+            return super().find_class(*target)
+        except (ImportError, AttributeError):  # numpy 1.x has no numpy._core
+            return super().find_class(module, name)
+
+
+def _unpickle(raw: bytes, where: str) -> dict:
+    try:
+        obj = _BatchUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except pickle.UnpicklingError as e:
+        raise DataError(f"{where}: not a CIFAR-10 batch, unsafe or corrupt pickle ({e})") from None
+    except Exception as e:  # truncated or garbled streams raise many types
+        raise DataError(f"{where}: corrupt pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{where}: expected a dict, found {type(obj).__name__}")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in obj.items()}
+
+
+def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
+    """Read the named batch files from a tar archive (into memory) or an extracted folder."""
+    found: dict[str, bytes] = {}
+    if path.is_dir():
+        folder = path / FOLDER if (path / FOLDER).is_dir() else path
+        for n in names:
+            f = folder / n
+            if f.is_file():
+                if f.stat().st_size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{f}: {f.stat().st_size} bytes is too large for a CIFAR-10 batch")
+                found[n] = f.read_bytes()
+        return found
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for m in tar:
+                p = PurePosixPath(m.name)
+                # Only regular files named like a batch, inside the canonical folder or at the top.
+                if not m.isfile() or p.is_absolute() or ".." in p.parts or p.name not in names:
+                    continue
+                if p.parent.name not in ("", FOLDER) or len(p.parts) > 2:
+                    continue
+                if m.size > MAX_MEMBER_BYTES:
+                    raise DataError(f"{path}: member {m.name} is {m.size} bytes, too large for a batch")
+                fobj = tar.extractfile(m)
+                found[p.name] = fobj.read() if fobj else b""
+                if len(found[p.name]) != m.size:
+                    raise DataError(f"{path}: member {m.name} is truncated")
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"{path}: cannot read as a tar archive ({e}); the file is truncated or corrupt, "
+                        "re-copy it") from None
+    return found
+
+
+def _images_and_labels(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        shape = getattr(data, "shape", None)
+        dtype = getattr(data, "dtype", type(data).__name__)
+        raise DataError(f"{where}: 'data' must be a uint8 array of shape (N, 3072), found {dtype} {shape}")
+    if not isinstance(labels, list | np.ndarray) or len(labels) != data.shape[0]:
+        n = len(labels) if hasattr(labels, "__len__") else "no"
+        raise DataError(f"{where}: {n} labels for {data.shape[0]} images")
+    y = np.asarray(labels)
+    if y.dtype.kind not in "iu" or (y.size and (y.min() < 0 or y.max() >= NUM_CLASSES)):
+        raise DataError(f"{where}: labels must be integers in 0..9")
+    x = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # channel-planar rows -> NHWC
+    return np.ascontiguousarray(x), y.astype(np.int64)
+
+
+def _class_names(meta: dict, where: str) -> tuple[str, ...]:
+    names = meta.get("label_names")
+    if not isinstance(names, list) or len(names) != NUM_CLASSES:
+        raise DataError(f"{where}: expected 10 label_names, found {names!r:.80}")
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def dataset_sha256(path: Path) -> str:
+    """sha256 of the archive file; for a folder, of its batch files' hashes in a fixed order."""
+    if path.is_file():
+        from edgepack.rundir import sha256_file
+
+        return sha256_file(path)
+    h = hashlib.sha256()
+    folder = path / FOLDER if (path / FOLDER).is_dir() else path
+    for n in (META, *TRAIN_BATCHES, TEST_BATCH):
+        h.update(n.encode() + b"\0" + hashlib.sha256((folder / n).read_bytes()).digest())
+    return h.hexdigest()
+
+
+def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None = None,
+                 limit_test: int | None = None, seed: int = 0, download: bool = True) -> Cifar10:
+    """Load, validate and optionally subset CIFAR-10 (see the module docstring for sources)."""
+    src = resolve_data_path(path, download=download)
+    names = (META, *TRAIN_BATCHES, TEST_BATCH)
+    raw = _read_members(src, names)
+    missing = [n for n in names if n not in raw]
+    if missing:
+        raise DataError(f"{src}: not a complete CIFAR-10 python archive, missing {', '.join(missing)}")
+    class_names = _class_names(_unpickle(raw[META], f"{src}:{META}"), f"{src}:{META}")
+    xs, ys = [], []
+    for n in TRAIN_BATCHES:
+        x, y = _images_and_labels(_unpickle(raw.pop(n), f"{src}:{n}"), f"{src}:{n}")
+        xs.append(x)
+        ys.append(y)
+    x_test, y_test = _images_and_labels(_unpickle(raw.pop(TEST_BATCH), f"{src}:{TEST_BATCH}"),
+                                        f"{src}:{TEST_BATCH}")
+    x_train, y_train = np.concatenate(xs), np.concatenate(ys)
+    if limit_train is not None:
+        idx = balanced_subset(y_train, limit_train, seed)
+        x_train, y_train = x_train[idx], y_train[idx]
+    if limit_test is not None:
+        idx = balanced_subset(y_test, limit_test, seed)
+        x_test, y_test = x_test[idx], y_test[idx]
+    return Cifar10(x_train, y_train, x_test, y_test, class_names, str(src), dataset_sha256(src))
+
+
+def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Indices of a seeded, class-balanced subset of size `n` (in the data's original order).
+
+    Each class gets n // 10 images (the first n % 10 classes one more), drawn without replacement.
+    """
+    labels = np.asarray(labels)
+    if not isinstance(n, int | np.integer) or n < 1:
+        raise DataError(f"subset size must be a positive integer, got {n!r}")
+    if n >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per, extra = divmod(n, len(classes))
+    chosen = []
+    for i, c in enumerate(classes):
+        pool = np.flatnonzero(labels == c)
+        k = min(len(pool), per + (1 if i < extra else 0))
+        chosen.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+__all__ = ["Cifar10", "load_cifar10", "balanced_subset", "resolve_data_path", "scale_pixels",
+           "dataset_sha256"]

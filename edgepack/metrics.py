@@ -1,0 +1,56 @@
+"""Classification metrics (scikit-learn), one schema for training, compression and comparison.
+
+metrics.json schema (version 1):
+    accuracy            fraction of test images whose top-1 equals the label
+    precision_macro, recall_macro, f1_macro
+    per_class           {class name: {precision, recall, f1, accuracy, support}}
+                        (per-class accuracy is the share of that class's images classified right)
+    confusion_matrix    rows = true class, columns = predicted class, in class_names order
+    class_names, num_test_images
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
+                           class_names: Sequence[str]) -> dict:
+    """Metrics of top-1 predictions `y_pred` against labels `y_true` (both int class indices)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if y_true.shape != y_pred.shape or y_true.ndim != 1 or y_true.size == 0:
+        raise ValueError(f"labels {y_true.shape} and predictions {y_pred.shape} must be equal, non-empty 1-D")
+    labels = list(range(len(class_names)))
+    p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    pm, rm, fm, _ = precision_recall_fscore_support(y_true, y_pred, labels=labels, average="macro",
+                                                    zero_division=0)
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision_macro": float(pm),
+        "recall_macro": float(rm),
+        "f1_macro": float(fm),
+        "per_class": {
+            name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                   "accuracy": float(r[i]), "support": int(s[i])}
+            for i, name in enumerate(class_names)
+        },
+        "confusion_matrix": cm.tolist(),
+        "class_names": list(class_names),
+        "num_test_images": int(y_true.size),
+    }
+
+
+def top1_agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:
+    """Share of images where two models' top-1 classes are equal."""
+    pred_a, pred_b = np.asarray(pred_a), np.asarray(pred_b)
+    if pred_a.shape != pred_b.shape or pred_a.size == 0:
+        raise ValueError(f"prediction arrays differ in shape: {pred_a.shape} vs {pred_b.shape}")
+    return float(np.mean(pred_a == pred_b))

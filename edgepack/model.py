@@ -1,0 +1,89 @@
+"""The seed's baseline CNN (tf_keras, i.e. Keras 2, because TF-MOT needs it) and model-file I/O."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+
+INPUT_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+BASELINE_PARAMS = 122_570  # the seed's network, counted by Keras
+MODEL_FILE = "model.keras"  # plain (non-QAT) models; QAT models use the format compress records
+
+
+def keras():
+    """The Keras 2 module (tf_keras). Never `tf.keras`: TF-MOT flips it between Keras 2 and 3."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tf_keras
+
+    return tf_keras
+
+
+def baseline_cnn(num_classes: int = NUM_CLASSES, input_shape: tuple[int, ...] = INPUT_SHAPE):
+    """The TensorFlow CNN tutorial network, exactly as the seed builds it (122,570 parameters)."""
+    k = keras()
+    layers = k.layers
+    return k.Sequential([
+        layers.Input(shape=input_shape, name="image"),
+        layers.Conv2D(32, (3, 3), activation="relu", name="conv1"),
+        layers.MaxPooling2D((2, 2), name="pool1"),
+        layers.Conv2D(64, (3, 3), activation="relu", name="conv2"),
+        layers.MaxPooling2D((2, 2), name="pool2"),
+        layers.Conv2D(64, (3, 3), activation="relu", name="conv3"),
+        layers.Flatten(name="flatten"),
+        layers.Dense(64, activation="relu", name="dense1"),
+        layers.Dense(num_classes, activation="softmax", name="probs"),
+    ], name="baseline_cnn")
+
+
+def compile_model(model, learning_rate: float = 1e-3) -> None:
+    """The seed's optimiser and loss: adam, sparse categorical cross-entropy (softmax outputs)."""
+    k = keras()
+    model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),
+                  loss=k.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    """Save a plain Keras 2 model without optimizer state (loads back without warnings)."""
+    model.save(str(path), include_optimizer=False)
+
+
+def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
+    """Load a Keras 2 model file made by edgepack, refusing anything else with one line.
+
+    `.keras` files load with safe_mode (no arbitrary code in Lambda layers); `.h5` files are
+    checked for the HDF5 signature first. Loading is the caller's last step after load_run()
+    has checked the file's sha256 against the run folder's record.
+    """
+    path = Path(path)
+    k = keras()
+    if not path.exists():
+        raise EdgepackError(f"model file {path} not found")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if path.suffix == ".keras" and not head.startswith(b"PK"):
+        raise EdgepackError(f"{path} is not a Keras .keras file (not a zip archive): re-create the run")
+    if path.suffix == ".h5" and head != b"\x89HDF\r\n\x1a\n":
+        raise EdgepackError(f"{path} is not an HDF5 model file: re-create the run")
+    try:
+        kwargs = {"safe_mode": True} if path.suffix == ".keras" else {}
+        model = k.models.load_model(str(path), custom_objects=custom_objects, compile=False, **kwargs)
+    except Exception as e:  # Keras raises many types for corrupt files
+        raise EdgepackError(f"cannot load model {path} ({type(e).__name__}: {str(e)[:200]}): "
+                            "re-create the run folder") from None
+    if not isinstance(model, k.Model):
+        raise EdgepackError(f"{path} is not a Keras 2 (tf_keras) model")
+    return model
+
+
+def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities for float32 images, batched, without Keras's progress bar."""
+    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+
+
+def count_params(model) -> int:
+    return int(model.count_params())

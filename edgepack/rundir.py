@@ -1,0 +1,197 @@
+"""Run folders: the unit every stage reads and writes.
+
+A run folder holds one model and what it takes to trust it:
+    model file     (name recorded in metadata.json: `model_file`)
+    metadata.json  what made it (kind, class names, input shape, scaling, hashes, versions, wall time)
+    metrics.json   test-set metrics (edgepack.metrics schema)
+    history.json   training / fine-tuning history (optional)
+Folders are built under a temporary name next to the target and renamed when complete, so a
+crash or a SIGKILL never leaves a half-written folder under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from edgepack.errors import RunFolderError
+
+METADATA = "metadata.json"
+METRICS = "metrics.json"
+HISTORY = "history.json"
+TMP_MARK = ".tmp-"  # temporary folders/files are named `.<name>.tmp-<random>`
+
+# Packages whose versions go into every metadata record.
+TRACKED_PACKAGES = ("edgepack", "numpy", "tensorflow", "tf-keras", "tensorflow-model-optimization",
+                    "onnx", "tf2onnx", "onnxruntime", "ai-edge-litert", "scikit-learn")
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (temporary name, fsync, rename)."""
+    path = Path(path)
+    tmp = _tmp_sibling(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and arrays, Paths: everything else is a bug worth seeing.
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunFolderError(f"{path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunFolderError(f"{path} is not valid JSON ({e}); re-create the run folder") from None
+
+
+def check_new_output(out: str | os.PathLike, force: bool) -> Path:
+    """Refuse an existing output folder unless `force` (checked before any work starts)."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise RunFolderError(f"output folder {out} already exists: choose another --out or pass --force")
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"output path {out} exists and is not a folder: choose another --out")
+    return out
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder that becomes `out` only if the block completes.
+
+    On error the temporary folder is removed and an existing `out` is left untouched.
+    With `force`, an existing `out` is replaced only after the new folder is complete.
+    """
+    out = check_new_output(out, force)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_sibling(out)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out.exists():
+        old = _tmp_sibling(out)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def git_commit() -> str | None:
+    """The edgepack source tree's git commit, if it is a checkout (else None)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance() -> dict[str, Any]:
+    """What every metadata record says about the software that made it."""
+    return {"versions": package_versions(), "git_commit": git_commit(),
+            "command": " ".join(sys.argv), "platform": platform.platform()}
+
+
+@dataclass(frozen=True)
+class Run:
+    """A complete run folder, checked."""
+
+    path: Path  # the folder
+    metadata: dict  # metadata.json
+    metrics: dict  # metrics.json
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.metadata["model_file"]
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Open a run folder and check it is complete: metadata, metrics and an intact model file."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunFolderError(f"{path} is not a folder: pass a run folder made by `edgepack train` or "
+                             "`edgepack compress`")
+    for name in (METADATA, METRICS):
+        if not (path / name).is_file():
+            raise RunFolderError(f"{path} is not a complete run folder ({name} is missing): "
+                                 "re-run the command that made it")
+    meta = read_json(path / METADATA)
+    metrics = read_json(path / METRICS)
+    model_file = meta.get("model_file") if isinstance(meta, dict) else None
+    if not model_file or Path(model_file).name != model_file:
+        raise RunFolderError(f"{path / METADATA} has no valid model_file entry: re-create the run folder")
+    model_path = path / model_file
+    if not model_path.exists():
+        raise RunFolderError(f"{path} is not a complete run folder ({model_file} is missing)")
+    expected = meta.get("model_sha256")
+    if expected and model_path.is_file() and sha256_file(model_path) != expected:
+        raise RunFolderError(f"{model_path} does not match the sha256 in {METADATA} (changed or corrupt): "
+                             "re-create the run folder")
+    return Run(path=path, metadata=meta, metrics=metrics)
+
+
+def write_run_files(folder: Path, metadata: dict, metrics: dict, history: dict | None = None) -> None:
+    """Finish a run folder whose model file is already saved: record its sha256, write the JSONs.
+
+    `metadata["model_file"]` names the model file (or SavedModel folder) inside `folder`.
+    """
+    model_path = folder / metadata["model_file"]
+    if model_path.is_file():
+        metadata = {**metadata, "model_sha256": sha256_file(model_path),
+                    "model_bytes": model_path.stat().st_size}
+    if history is not None:
+        write_json(folder / HISTORY, history)
+    write_json(folder / METRICS, metrics)
+    write_json(folder / METADATA, {**metadata, **provenance()})  # written last: marks completion

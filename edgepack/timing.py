@@ -1,0 +1,44 @@
+"""Latency measurement shared by `edgepack bench` and `edgepack compare` (numpy only).
+
+The machine is noisy: every figure is a distribution (median, p90, p99) over many timed runs
+after warm-up, measured with perf_counter_ns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Milliseconds per call over `runs` timed calls (after `warmup` untimed ones)."""
+
+    p50_ms: float  # median
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    warmup: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(fn: Callable[[], object], runs: int = 200, warmup: int = 20) -> Latency:
+    """Time `fn()` `runs` times after `warmup` calls; returns the distribution in milliseconds."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs} and {warmup}")
+    for _ in range(warmup):
+        fn()
+    samples = np.empty(runs, dtype=np.float64)
+    for i in range(runs):
+        t0 = time.perf_counter_ns()
+        fn()
+        samples[i] = time.perf_counter_ns() - t0
+    ms = samples / 1e6
+    p50, p90, p99 = np.percentile(ms, [50, 90, 99])
+    return Latency(float(p50), float(p90), float(p99), float(ms.mean()), runs, warmup)

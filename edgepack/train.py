@@ -1,0 +1,114 @@
+"""Train the seed's baseline CNN and write a run folder (see edgepack.rundir for its layout)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import data as data_mod
+from edgepack.errors import EdgepackError, require_toolchain
+from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The seed's recipe by default."""
+
+    epochs: int = 10  # the seed trains 10 epochs
+    batch_size: int = 32  # Keras's default, as in the seed
+    learning_rate: float = 1e-3  # adam's default
+    seed: int = 0  # weights, shuffling and subsets
+    validation_split: float = 0.0  # share of training images held out for val_* history (seed: none)
+    limit_train: int | None = None  # class-balanced training subset (None: all 50,000)
+    limit_test: int | None = None  # class-balanced test subset (None: all 10,000)
+
+    def check(self) -> None:
+        if self.epochs < 1:
+            raise EdgepackError(f"--epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise EdgepackError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.validation_split < 1.0:
+            raise EdgepackError(f"--validation-split must be in [0, 1), got {self.validation_split}")
+        if not self.learning_rate > 0:
+            raise EdgepackError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        for name in ("limit_train", "limit_test"):
+            v = getattr(self, name)
+            if v is not None and v < 10:
+                raise EdgepackError(f"--{name.replace('_', '-')} must be >= 10 (one image per class), got {v}")
+
+
+def data_metadata(ds: data_mod.Cifar10) -> dict:
+    """What a model's metadata says about its data and input (read by export and the runtime)."""
+    return {
+        "class_names": list(ds.class_names),
+        "input_shape": list(data_mod.IMAGE_SHAPE),
+        "input_dtype": "uint8",
+        "pixel_scaling": PIXEL_SCALING,
+        "data_source": ds.source,
+        "data_sha256": ds.sha256,
+        "num_train_images": int(len(ds.y_train)),
+        "num_test_images": int(len(ds.y_test)),
+    }
+
+
+def evaluate(model, ds: data_mod.Cifar10) -> tuple[dict, np.ndarray]:
+    """Test-set metrics of a Keras model, and its probabilities (N, 10)."""
+    from edgepack.metrics import classification_metrics
+    from edgepack.model import predict_proba
+
+    probs = predict_proba(model, scale_pixels(ds.x_test))
+    return classification_metrics(ds.y_test, probs.argmax(axis=1), ds.class_names), probs
+
+
+def keras_verbosity() -> int:
+    """Keras progress: a live bar on a terminal, one line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def seed_everything(seed: int) -> None:
+    from edgepack.model import keras
+
+    keras().utils.set_random_seed(seed)
+
+
+def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
+          force: bool = False, ds: data_mod.Cifar10 | None = None) -> Path:
+    """Train the baseline on CIFAR-10 and write the run folder `out`; returns its path."""
+    from edgepack import rundir
+
+    require_toolchain("edgepack train")
+    config.check()
+    rundir.check_new_output(out, force)
+    from edgepack.model import baseline_cnn, compile_model, count_params, save_model
+
+    started = time.time()
+    if ds is None:
+        ds = data_mod.load_cifar10(data_path, config.limit_train, config.limit_test, config.seed)
+    print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}", flush=True)
+    seed_everything(config.seed)
+    model = baseline_cnn(len(ds.class_names))
+    compile_model(model, config.learning_rate)
+    t0 = time.time()
+    hist = model.fit(scale_pixels(ds.x_train), ds.y_train, epochs=config.epochs,
+                     batch_size=config.batch_size, validation_split=config.validation_split,
+                     shuffle=True, verbose=keras_verbosity())
+    train_seconds = time.time() - t0
+    metrics, _ = evaluate(model, ds)
+    print(f"test accuracy {metrics['accuracy']:.4f} after {train_seconds:.0f} s of training", flush=True)
+    from edgepack.model import MODEL_FILE
+
+    with rundir.atomic_dir(out, force) as tmp:
+        save_model(model, tmp / MODEL_FILE)
+        metadata = {
+            "kind": "train", "technique": "baseline", "model_file": MODEL_FILE, "model_format": "keras",
+            "config": asdict(config), "parameters": count_params(model), **data_metadata(ds),
+            "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
+        }
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        rundir.write_run_files(tmp, metadata, metrics, history)
+    return Path(out)

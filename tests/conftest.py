@@ -1,0 +1,86 @@
+"""Shared fixtures: the real CIFAR-10 archive, tiny archives in the same format, a tiny model."""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REAL = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def real_data_path() -> Path | None:
+    p = Path(os.environ.get("EDGEPACK_DATA") or DEFAULT_REAL)
+    return p if p.exists() else None
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """The real archive; in CI its absence is a failure, not a skip."""
+    p = real_data_path()
+    if p is None:
+        if os.environ.get("CI"):
+            pytest.fail("real CIFAR-10 archive not found: set EDGEPACK_DATA")
+        pytest.skip("real CIFAR-10 archive not found (set EDGEPACK_DATA)")
+    return p
+
+
+def batch_bytes(images: np.ndarray, labels, protocol: int = 2) -> bytes:
+    """A CIFAR batch pickle exactly like the canonical one: dict of bytes keys, (N, 3072) uint8."""
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), 3072)
+    return pickle.dumps({b"batch_label": b"tiny", b"labels": [int(v) for v in labels], b"data": data,
+                         b"filenames": [b"x.png"] * len(images)}, protocol=protocol)
+
+
+def meta_bytes(names=CLASS_NAMES, per_batch: int = 10) -> bytes:
+    return pickle.dumps({b"label_names": [n.encode() for n in names], b"num_cases_per_batch": per_batch,
+                         b"num_vis": 3072}, protocol=2)
+
+
+def tiny_members(per_batch: int = 20, n_test: int = 20, seed: int = 0) -> dict[str, bytes]:
+    """Batch files of a tiny, learnable CIFAR-like set: each class has its own mean colour."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 10
+        base = (y[:, None] * 25).astype(np.int64)  # class-dependent brightness
+        x = np.clip(base[:, None, None, :] + rng.integers(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
+        return x, y
+
+    members = {"batches.meta": meta_bytes(per_batch=per_batch)}
+    for i in range(1, 6):
+        members[f"data_batch_{i}"] = batch_bytes(*make(per_batch))
+    members["test_batch"] = batch_bytes(*make(n_test))
+    return members
+
+
+def write_archive(path: Path, members: dict[str, bytes], folder: str = "cifar-10-batches-py") -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, raw in members.items():
+            info = tarfile.TarInfo(f"{folder}/{name}" if folder else name)
+            info.size = len(raw)
+            tar.addfile(info, io.BytesIO(raw))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory) -> Path:
+    """A tiny cifar-10-python.tar.gz: 100 training and 20 test images."""
+    return write_archive(tmp_path_factory.mktemp("tiny") / "cifar-10-python.tar.gz", tiny_members())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_archive) -> Path:
+    """A baseline run folder trained for 1 epoch on the tiny archive (a fast, real run folder)."""
+    from edgepack.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "baseline"
+    return train(tiny_archive, out, TrainConfig(epochs=1, batch_size=16))
