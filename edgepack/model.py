@@ -87,3 +87,17 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 def count_params(model) -> int:
     return int(model.count_params())
+
+
+# How to load each `model_format` a run folder's metadata may record. Techniques whose models need
+# another format (QAT wrappers) add an entry; everything that opens a run folder goes through here.
+LOADERS = {"keras": load_model}
+
+
+def load_run_model(run):
+    """The Keras model of a checked run folder (edgepack.rundir.load_run)."""
+    fmt = run.metadata.get("model_format", "keras")
+    loader = LOADERS.get(fmt)
+    if loader is None:
+        raise EdgepackError(f"{run.path}: unknown model_format {fmt!r} (known: {', '.join(LOADERS)})")
+    return loader(run.model_path)

@@ -105,7 +105,7 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
     with rundir.atomic_dir(out, force) as tmp:
         save_model(model, tmp / MODEL_FILE)
         metadata = {
-            "kind": "train", "technique": "baseline", "model_file": MODEL_FILE, "model_format": "keras",
+            "kind": "train", "technique": "baseline", "variant": "baseline", "model_file": MODEL_FILE, "model_format": "keras",
             "config": asdict(config), "parameters": count_params(model), **data_metadata(ds),
             "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
         }

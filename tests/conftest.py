@@ -84,3 +84,11 @@ def tiny_run(tmp_path_factory, tiny_archive) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "baseline"
     return train(tiny_archive, out, TrainConfig(epochs=1, batch_size=16))
+
+
+@pytest.fixture(scope="session")
+def real_cifar(real_data):
+    """The real data set, loaded once per test session (about 3 s)."""
+    from edgepack.data import load_cifar10
+
+    return load_cifar10(real_data)

@@ -17,6 +17,7 @@ Schema (version 1):
                       (probability = (q - z) * s)
     source_sha256     sha256 of the Keras model file it was converted from
     technique         compression technique of the source ("baseline", "prune", ...)
+    variant           the source run's variant name ("baseline", "prune-0.8", "qat", ...)
     edgepack_version  version that wrote it
 """
 
