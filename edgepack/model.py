@@ -48,8 +48,11 @@ def compile_model(model, learning_rate: float = 1e-3) -> None:
 
 
 def save_model(model, path: str | os.PathLike) -> None:
-    """Save a plain Keras 2 model without optimizer state (loads back without warnings)."""
-    model.save(str(path), include_optimizer=False)
+    """Save a Keras 2 model for inference (edgepack loads models with compile=False)."""
+    if str(path).endswith(".keras"):
+        model.save(str(path))  # the native format takes no include_optimizer option
+    else:
+        model.save(str(path), include_optimizer=False)
 
 
 def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
