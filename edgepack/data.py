@@ -108,6 +108,8 @@ class _BatchUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"): ("numpy", "ndarray"),
         ("numpy", "dtype"): ("numpy", "dtype"),
+        # Python 3 writes bytes in protocol 2 as _codecs.encode(text, "latin1"): data, not code.
+        ("_codecs", "encode"): ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):

@@ -50,7 +50,11 @@ def compile_model(model, learning_rate: float = 1e-3) -> None:
 def save_model(model, path: str | os.PathLike) -> None:
     """Save a Keras 2 model for inference (edgepack loads models with compile=False)."""
     if str(path).endswith(".keras"):
-        model.save(str(path))  # the native format takes no include_optimizer option
+        # The native format takes no include_optimizer option and would store adam's two slots per
+        # weight (3x the file): save an uncompiled clone carrying the same weights instead.
+        clone = keras().models.clone_model(model)
+        clone.set_weights(model.get_weights())
+        clone.save(str(path))
     else:
         model.save(str(path), include_optimizer=False)
 
