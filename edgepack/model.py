@@ -96,9 +96,22 @@ def count_params(model) -> int:
     return int(model.count_params())
 
 
+def load_qat_model(path: str | os.PathLike):
+    """A quantization-aware (QAT / pruning-preserving QAT) model that `edgepack compress` saved as .h5.
+
+    QAT wrappers do not round-trip through .keras files; .h5 does, inside TF-MOT's quantize_scope.
+    The loaded model still holds fake-quant wrappers: convert it to int8 TFLite with
+    `optimizations=[tf.lite.Optimize.DEFAULT]` (without it the result stays a float model).
+    """
+    import tensorflow_model_optimization as tfmot
+
+    with tfmot.quantization.keras.quantize_scope():
+        return load_model(path)
+
+
 # How to load each `model_format` a run folder's metadata may record. Techniques whose models need
 # another format (QAT wrappers) add an entry; everything that opens a run folder goes through here.
-LOADERS = {"keras": load_model}
+LOADERS = {"keras": load_model, "keras-qat-h5": load_qat_model}
 
 
 def load_run_model(run):
