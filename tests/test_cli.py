@@ -1,0 +1,70 @@
+"""The command line: help for every command, one-line errors, the toolchain message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edgepack.cli import COMMANDS, build_parser, main
+
+
+def subcommands():
+    parser = build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    return action.choices
+
+
+def test_every_command_has_help_with_an_example():
+    found = subcommands()
+    assert "train" in found
+    assert set(found) <= set(COMMANDS)
+    for name, p in found.items():
+        text = p.format_help()
+        assert "example" in text.lower() and f"edgepack {name}" in text, name
+
+
+def test_python_dash_m_and_help_exit_zero():
+    r = subprocess.run([sys.executable, "-m", "edgepack", "train", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--limit-train" in r.stdout
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--out", "x", "--epochs", "0"], "expected a number >= 1"),
+    (["train", "--out", "x", "--limit-train", "many"], "expected a whole number"),
+    (["train"], "--out"),
+    (["nonsense"], "invalid choice"),
+])
+def test_bad_options_are_one_line_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("edgepack: error:") and message in err[-1]
+
+
+def test_missing_data_is_one_line_and_leaves_no_folder(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(tmp_path / "nope.tar.gz"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "nope.tar.gz" in err[0] and "cifar-10-python.tar.gz" in err[0]
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_is_refused(tmp_path, capsys, tiny_archive):
+    (tmp_path / "run").mkdir()
+    code = main(["train", "--data", str(tiny_archive), "--out", str(tmp_path / "run")])
+    assert code == 1 and "--force" in capsys.readouterr().err
+
+
+def test_missing_toolchain_names_the_fix(monkeypatch, capsys, tmp_path, tiny_archive):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    code = main(["train", "--data", str(tiny_archive), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "pip install 'edgepack[toolchain]'" in err and "\n" not in err

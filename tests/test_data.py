@@ -1,0 +1,176 @@
+"""The CIFAR-10 loader: real archive, tiny archives in the same format, corrupt and malicious inputs."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from conftest import batch_bytes, meta_bytes, tiny_members, write_archive
+
+from edgepack.data import balanced_subset, load_cifar10, resolve_data_path
+from edgepack.errors import DataError
+from edgepack.runtime.preprocess import scale_pixels
+
+
+@pytest.mark.real
+def test_real_archive_shapes_labels_and_pixel_means(real_cifar):
+    d = real_cifar
+    assert d.x_train.shape == (50_000, 32, 32, 3) and d.x_train.dtype == np.uint8
+    assert d.x_test.shape == (10_000, 32, 32, 3) and d.y_test.dtype == np.int64
+    assert d.class_names[0] == "airplane" and d.class_names[-1] == "truck" and len(d.class_names) == 10
+    assert list(d.y_test[:10]) == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]  # the official order (data README)
+    assert np.bincount(d.y_train).tolist() == [5000] * 10 and np.bincount(d.y_test).tolist() == [1000] * 10
+    # Published per-channel training means: checks the NHWC transpose, not just the shape.
+    np.testing.assert_allclose(d.x_train.reshape(-1, 3).mean(0), [125.306918046875, 122.950394140625,
+                                                                   113.86538318359375], rtol=1e-9)
+    assert d.sha256 == "957a21788a790d998453ba463efac25d62cd27828ec6d0d7700e583d2656a2da"
+
+
+def test_tiny_archive_and_extracted_folder_load_the_same(tmp_path, tiny_archive):
+    a = load_cifar10(tiny_archive)
+    with tarfile.open(tiny_archive) as tar:
+        tar.extractall(tmp_path, filter="data")
+    b = load_cifar10(tmp_path / "cifar-10-batches-py")
+    c = load_cifar10(tmp_path)  # the parent folder works too
+    assert a.x_train.shape == (100, 32, 32, 3) and a.x_test.shape == (20, 32, 32, 3)
+    for other in (b, c):
+        np.testing.assert_array_equal(a.x_train, other.x_train)
+        np.testing.assert_array_equal(a.y_test, other.y_test)
+    assert a.class_names == b.class_names
+
+
+def test_nhwc_layout_matches_the_format(tmp_path):
+    # One image whose red plane is 1s, green 2s, blue 3s in the file's channel-planar row.
+    members = tiny_members()
+    img = np.zeros((1, 32, 32, 3), np.uint8)
+    img[..., 0], img[..., 1], img[..., 2] = 1, 2, 3
+    members["test_batch"] = batch_bytes(img, [7])
+    d = load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+    assert d.x_test[0, 5, 9].tolist() == [1, 2, 3] and d.y_test.tolist() == [7]
+
+
+def test_scaling_is_the_seeds_division():
+    x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    y = scale_pixels(x)
+    assert y.dtype == np.float32 and y.min() == 0.0 and y.max() == 1.0
+    np.testing.assert_array_equal(y, (x / 255.0).astype(np.float32))
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    members = tiny_members()
+    members["data_batch_2"] = pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=2)
+    path = write_archive(tmp_path / "evil.tar.gz", members)
+    with pytest.raises(DataError, match=r"data_batch_2.*refused global (posix|os)\.system"):
+        load_cifar10(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_path_traversal_members_are_never_written(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    members = tiny_members()
+    path = write_archive(tmp_path / "a.tar.gz", members)
+    with tarfile.open(path, "r:gz") as tar:
+        names = tar.getnames()
+    assert all(n.startswith("cifar-10-batches-py/") for n in names)
+    # An archive whose batch sits at ../../ is not read (and nothing is extracted anywhere).
+    evil = write_archive(tmp_path / "evil.tar.gz", members, folder="../..")
+    with pytest.raises(DataError, match="missing"):
+        load_cifar10(evil)
+    assert sorted(os.listdir(work)) == [] and not (tmp_path.parent / "data_batch_1").exists()
+
+
+@pytest.mark.parametrize("name", ["test_batch", "batches.meta", "data_batch_3"])
+def test_missing_batch_is_named(tmp_path, name):
+    members = tiny_members()
+    del members[name]
+    with pytest.raises(DataError, match=f"missing {name}"):
+        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+
+
+def test_truncated_archive(tmp_path, tiny_archive):
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(tiny_archive.read_bytes()[: tiny_archive.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"cut\.tar\.gz.*(truncated|corrupt)"):
+        load_cifar10(cut)
+
+
+def test_not_an_archive(tmp_path):
+    junk = tmp_path / "junk.tar.gz"
+    junk.write_bytes(b"not a tar file at all" * 100)
+    with pytest.raises(DataError, match="junk.tar.gz"):
+        load_cifar10(junk)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, r"\(N, 3072\)"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "1 labels for 2 images"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "0..9"),
+    ([1, 2, 3], "expected a dict"),
+])
+def test_wrong_contents_are_named(tmp_path, bad, message):
+    members = tiny_members()
+    members["data_batch_4"] = pickle.dumps(bad, protocol=2)
+    with pytest.raises(DataError, match=f"data_batch_4.*{message}"):
+        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+
+
+def test_wrong_class_names(tmp_path):
+    members = tiny_members()
+    members["batches.meta"] = meta_bytes(names=["a", "b"])
+    with pytest.raises(DataError, match="10 label_names"):
+        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+
+
+def test_data_source_order(tmp_path, monkeypatch, tiny_archive):
+    monkeypatch.setenv("EDGEPACK_DATA", str(tiny_archive))
+    assert resolve_data_path(None) == tiny_archive  # the environment variable
+    assert resolve_data_path(tmp_path) == tmp_path  # an explicit path wins
+    monkeypatch.setenv("EDGEPACK_DATA", str(tmp_path / "nope.tar.gz"))
+    with pytest.raises(DataError, match=r"nope\.tar\.gz.*EDGEPACK_DATA"):
+        resolve_data_path(None)
+    monkeypatch.delenv("EDGEPACK_DATA")
+    monkeypatch.setattr("edgepack.data.KERAS_CACHE", tmp_path / "empty")
+    with pytest.raises(DataError, match="--data PATH"):
+        resolve_data_path(None, download=False)
+
+
+def test_offline_download_fails_with_a_fix(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("EDGEPACK_DATA", raising=False)
+    monkeypatch.setattr("edgepack.data.KERAS_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError, match="download failed.*--data PATH"):
+        load_cifar10(None)
+    assert not list((tmp_path / "cache").glob("*"))  # no partial download left
+
+
+def test_balanced_subset_is_seeded_and_balanced():
+    labels = np.repeat(np.arange(10), 100)
+    a = balanced_subset(labels, 55, seed=1)
+    assert len(a) == 55 and len(set(a)) == 55
+    assert sorted(np.bincount(labels[a]).tolist()) == [5] * 5 + [6] * 5
+    np.testing.assert_array_equal(a, balanced_subset(labels, 55, seed=1))
+    assert not np.array_equal(a, balanced_subset(labels, 55, seed=2))
+    assert len(balanced_subset(labels, 5000)) == 1000  # larger than the set: all of it
+
+
+def test_limits_apply(tiny_archive):
+    d = load_cifar10(tiny_archive, limit_train=30, limit_test=10)
+    assert len(d.y_train) == 30 and np.bincount(d.y_train).tolist() == [3] * 10
+    assert len(d.y_test) == 10

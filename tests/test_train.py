@@ -1,0 +1,124 @@
+"""The baseline model, metrics, run folders and training (tiny and real data)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edgepack import rundir
+from edgepack.errors import RunFolderError
+from edgepack.metrics import classification_metrics, top1_agreement
+
+
+def test_baseline_cnn_is_the_seeds_network():
+    from edgepack.model import BASELINE_PARAMS, baseline_cnn
+
+    m = baseline_cnn()
+    assert m.count_params() == BASELINE_PARAMS == 122_570
+    got = [(type(layer).__name__, tuple(layer.output_shape[1:])) for layer in m.layers]
+    assert got == [("Conv2D", (30, 30, 32)), ("MaxPooling2D", (15, 15, 32)), ("Conv2D", (13, 13, 64)),
+                   ("MaxPooling2D", (6, 6, 64)), ("Conv2D", (4, 4, 64)), ("Flatten", (1024,)),
+                   ("Dense", (64,)), ("Dense", (10,))]
+    acts = [layer.activation.__name__ for layer in m.layers if hasattr(layer, "activation")]
+    assert acts == ["relu", "relu", "relu", "relu", "softmax"]
+    assert type(m).__module__.startswith("tf_keras")  # Keras 2, as TF-MOT needs
+
+
+def test_metrics_against_hand_computed_values():
+    names = ["a", "b", "c"]
+    y_true = np.array([0, 0, 0, 1, 1, 2])
+    y_pred = np.array([0, 0, 1, 1, 2, 2])
+    m = classification_metrics(y_true, y_pred, names)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    # class a: tp 2, fp 0, fn 1 -> P 1, R 2/3; b: tp 1, fp 1, fn 1 -> 1/2, 1/2; c: tp 1, fp 1, fn 0 -> 1/2, 1
+    assert m["per_class"]["a"]["precision"] == pytest.approx(1.0)
+    assert m["per_class"]["a"]["recall"] == pytest.approx(2 / 3)
+    assert m["per_class"]["a"]["f1"] == pytest.approx(0.8)
+    assert m["per_class"]["c"]["f1"] == pytest.approx(2 / 3)
+    assert m["precision_macro"] == pytest.approx((1 + 0.5 + 0.5) / 3)
+    assert m["recall_macro"] == pytest.approx((2 / 3 + 0.5 + 1) / 3)
+    assert m["f1_macro"] == pytest.approx((0.8 + 0.5 + 2 / 3) / 3)
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    assert m["per_class"]["b"]["support"] == 2 and m["num_test_images"] == 6
+    assert top1_agreement(y_true, y_pred) == pytest.approx(4 / 6)
+
+
+def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(ZeroDivisionError), rundir.atomic_dir(out) as tmp:
+        (tmp / "half.txt").write_text("x")
+        1 / 0  # noqa: B018
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_refuses_existing_and_replaces_only_when_complete(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old").write_text("old")
+    with pytest.raises(RunFolderError, match="already exists.*--force"):
+        with rundir.atomic_dir(out):
+            pass
+    with pytest.raises(RuntimeError), rundir.atomic_dir(out, force=True) as tmp:
+        (tmp / "new").write_text("new")
+        raise RuntimeError("killed mid-way")
+    assert [p.name for p in out.iterdir()] == ["old"]  # untouched
+    with rundir.atomic_dir(out, force=True) as tmp:
+        (tmp / "new").write_text("new")
+    assert [p.name for p in out.iterdir()] == ["new"] and len(list(tmp_path.iterdir())) == 1
+
+
+def test_train_run_folder_is_complete_and_checked(tiny_run):
+    run = rundir.load_run(tiny_run)
+    meta, metrics = run.metadata, run.metrics
+    for key in ("class_names", "input_shape", "pixel_scaling", "data_sha256", "versions", "git_commit",
+                "wall_seconds", "model_sha256", "config"):
+        assert key in meta, key
+    assert meta["config"]["seed"] == 0 and meta["input_shape"] == [32, 32, 3]
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_test_images"] == 20
+    history = json.loads((tiny_run / "history.json").read_text())
+    assert len(history["loss"]) == 1
+    assert not [p for p in tiny_run.parent.iterdir() if rundir.TMP_MARK in p.name]
+
+
+def test_load_run_detects_a_changed_model(tmp_path, tiny_run):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_run, copy)
+    with open(copy / "model.keras", "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(RunFolderError, match="does not match the sha256"):
+        rundir.load_run(copy)
+    (copy / "metrics.json").unlink()
+    with pytest.raises(RunFolderError, match="metrics.json is missing"):
+        rundir.load_run(copy)
+
+
+def test_saved_model_reloads_with_identical_outputs(tiny_run):
+    from edgepack.model import load_run_model
+
+    run = rundir.load_run(tiny_run)
+    model = load_run_model(run)
+    x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+    again = load_run_model(run)
+    np.testing.assert_array_equal(model(x).numpy(), again(x).numpy())
+    assert model.optimizer is None  # saved for inference, without adam's slots
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_short_real_training_beats_chance_widely(tmp_path, real_data):
+    from edgepack.cli import main
+
+    out = tmp_path / "real"
+    code = main(["train", "--data", str(real_data), "--out", str(out), "--epochs", "1",
+                 "--limit-train", "10000", "--limit-test", "2000"])
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_test_images"] == 2000
+    assert metrics["accuracy"] >= 0.35, metrics["accuracy"]  # chance is 0.10
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["num_train_images"] == 10_000
+    assert meta["data_sha256"] == "957a21788a790d998453ba463efac25d62cd27828ec6d0d7700e583d2656a2da"
