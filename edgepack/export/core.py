@@ -1,0 +1,178 @@
+"""`export()`: convert a run folder's Keras model into checked, self-describing deployable files.
+
+Output folder (written under a temporary name, renamed when every format has passed its checks):
+    <format><suffix>        e.g. tflite-int8.tflite, onnx-fp32.onnx (ONNX: metadata in metadata_props)
+    <file>.json             TFLite metadata sidecar (edgepack.runtime.metadata schema)
+    export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import __version__
+from edgepack.errors import EdgepackError
+from edgepack.export.context import Context, is_qat_model
+from edgepack.export.files import FAMILIES
+from edgepack.export.formats import FORMATS, Format, options_for, resolve
+from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
+
+SCHEMA_VERSION = 1
+SUMMARY = "export.json"
+CHECK_SEED = 0  # held-out check images: class-balanced subset of the test set
+CALIBRATION_SEED = 0  # calibration images: class-balanced subset of the training set
+
+
+def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.PathLike,
+           options: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
+           check_images: int = 1000, ds=None) -> dict:
+    """Export the model of run folder `source` to each of `formats` in folder `out`; returns export.json.
+
+    `options` maps option names to values for every chosen format that accepts them (see FORMATS).
+    Each file is checked (loads in its runtime; matches the source on `check_images` class-balanced
+    test images) before the folder is written; any failure raises EdgepackError and leaves no `out`.
+    `ds` (an edgepack.data.Cifar10) skips loading the data again.
+    """
+    from edgepack import rundir
+    from edgepack.errors import require_toolchain
+
+    names = resolve(formats)
+    opts = options_for(names, options)
+    if not isinstance(check_images, int) or check_images < 10:
+        raise EdgepackError(f"check_images must be an integer >= 10, got {check_images!r}")
+    rundir.check_new_output(out, force)
+    run = rundir.load_run(source)
+    require_toolchain("edgepack export")
+    from edgepack import data as data_mod
+    from edgepack.model import load_run_model, predict_proba
+
+    model = load_run_model(run)
+    ds = ds if ds is not None else data_mod.load_cifar10(_data_source(run, data_path))
+    class_names = list(run.metadata.get("class_names") or ds.class_names)
+    if class_names != list(ds.class_names):
+        raise EdgepackError(f"the data's class names differ from the model's ({run.path}): pass the --data "
+                            "the model was trained on")
+    idx = data_mod.balanced_subset(ds.y_test, check_images, CHECK_SEED)
+    x_check, y_check = scale_pixels(ds.x_test[idx]), ds.y_test[idx]
+    reference = predict_proba(model, x_check)
+
+    @functools.lru_cache(maxsize=4)
+    def calibration(n: int) -> np.ndarray:
+        return scale_pixels(ds.x_train[data_mod.balanced_subset(ds.y_train, n, CALIBRATION_SEED)])
+
+    base_meta = {
+        "class_names": class_names,
+        "input_shape": list(run.metadata.get("input_shape") or data_mod.IMAGE_SHAPE),
+        "pixel_scaling": run.metadata.get("pixel_scaling") or PIXEL_SCALING,
+        "source_sha256": _source_sha256(run),
+        "technique": run.metadata.get("technique", "baseline"),
+        "variant": run.metadata.get("variant", run.metadata.get("technique", "baseline")),
+        "edgepack_version": __version__,
+    }
+    qat = is_qat_model(model, base_meta["technique"])
+    summary = {
+        "schema_version": SCHEMA_VERSION, "source": str(run.path), **{k: base_meta[k] for k in (
+            "source_sha256", "technique", "variant")},
+        "source_accuracy": run.metrics.get("accuracy"), "qat_source": qat,
+        "data_source": ds.source, "data_sha256": ds.sha256,
+        "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "test",
+                  "source_accuracy": _accuracy(reference, y_check)},
+        "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
+        "formats": {},
+    }
+    with rundir.atomic_dir(out, force) as tmp:
+        scratch = tmp / ".scratch"
+        scratch.mkdir()
+        ctx = Context(model=model, options={}, calibration=calibration, qat=qat, scratch=scratch)
+        for name in names:
+            ctx.options = opts[name]
+            summary["formats"][name] = export_one(FORMATS[name], ctx, tmp, base_meta, x_check, y_check,
+                                                  reference)
+        shutil.rmtree(scratch)
+        summary["versions"] = rundir.package_versions()
+        rundir.write_json(tmp / SUMMARY, summary)
+    return summary
+
+
+def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check: np.ndarray,
+               y_check: np.ndarray, reference: np.ndarray) -> dict:
+    """Convert, annotate and check one format in `folder`; returns its export.json entry."""
+    t0 = time.perf_counter()
+    path = folder / fmt.filename
+    try:
+        fmt.convert(ctx, path)
+    except EdgepackError:
+        raise
+    except Exception as e:  # converters raise many types; the user needs the format and the cause
+        raise EdgepackError(f"{fmt.name}: conversion failed ({type(e).__name__}: {str(e)[:300]})") from None
+    family = FAMILIES[fmt.runtime]
+    structural = family.check(path)
+    io = family.io(path)
+    meta = {**base_meta, "format": fmt.name, "input_dtype": io.input_dtype,
+            "input_quantization": io.input_quantization, "output_quantization": io.output_quantization,
+            "options": dict(ctx.options)}
+    meta_file = family.attach(path, meta)
+    family.read_metadata(path)  # the file as written must parse with the runtime's schema
+    checks = compare(fmt, family.predict(path, x_check), reference, y_check)
+    if not checks["passed"]:
+        raise EdgepackError(
+            f"{fmt.name}: check failed on {checks['images']} held-out images: {checks['metric']} "
+            f"{checks['value']:.6g}, needs {fmt.check.describe()}; the export was not written")
+    data = path.read_bytes()
+    return {
+        "file": path.name, "metadata_file": meta_file.name, "bytes": len(data),
+        "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0)),
+        "runtime": fmt.runtime, "input_dtype": io.input_dtype, "output_dtype": io.output_dtype,
+        "options": dict(ctx.options), "checks": {**structural, **checks}, "status": "ok",
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def compare(fmt: Format, probs: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
+    """The file's outputs against the source model's on the same images, judged by the format's rule."""
+    from edgepack.metrics import top1_agreement
+
+    if probs.shape != reference.shape:
+        raise EdgepackError(f"{fmt.name}: output shape {probs.shape} differs from the source's "
+                            f"{reference.shape}")
+    values = {"max_abs_diff": float(np.max(np.abs(probs - reference))),
+              "top1_agreement": top1_agreement(probs.argmax(axis=1), reference.argmax(axis=1))}
+    value = values[fmt.check.metric]
+    return {"images": int(len(probs)), "metric": fmt.check.metric, "value": value,
+            "threshold": fmt.check.threshold, "passed": bool(fmt.check.passed(value)), **values,
+            "accuracy": _accuracy(probs, labels), "source_accuracy": _accuracy(reference, labels)}
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(probs.argmax(axis=1) == labels))
+
+
+def _data_source(run, data_path):
+    """--data if given, else the data the run was made from (if still there), else the default."""
+    if data_path:
+        return data_path
+    recorded = run.metadata.get("data_source")
+    return recorded if recorded and Path(recorded).exists() else None
+
+
+def _source_sha256(run) -> str:
+    """sha256 of the model file (recorded by the run folder); for a SavedModel folder, of its files."""
+    if run.metadata.get("model_sha256"):
+        return run.metadata["model_sha256"]
+    from edgepack.rundir import sha256_file
+
+    p = run.model_path
+    if p.is_file():
+        return sha256_file(p)
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(str(f.relative_to(p)).encode() + b"\0" + bytes.fromhex(sha256_file(f)))
+    return h.hexdigest()

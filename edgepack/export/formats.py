@@ -1,0 +1,143 @@
+"""The export formats: one name-keyed table that drives the CLI, `export()` and the pipeline.
+
+Each entry says which file it writes (suffix), which runtime family opens it, which options it
+accepts (with defaults), how it is made (converter) and how it is checked against its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from edgepack.errors import EdgepackError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option a format accepts (`--option name=value`)."""
+
+    default: Any  # its type (int, str, bool) is the type a value is parsed to
+    help: str  # one line for --help
+    choices: tuple = ()  # allowed values, if a closed set
+    minimum: int | None = None  # for ints
+
+    def parse(self, name: str, fmt: str, value: Any) -> Any:
+        kind = type(self.default)
+        try:
+            if kind is bool and isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                parsed = value.lower() in ("true", "1", "yes")
+            elif kind is int and isinstance(value, float | bool):
+                raise ValueError(value)
+            else:
+                parsed = kind(value)
+        except (TypeError, ValueError):
+            raise EdgepackError(f"{fmt}: option {name}={value!r} must be a {kind.__name__}") from None
+        if self.choices and parsed not in self.choices:
+            allowed = ", ".join(map(str, self.choices))
+            raise EdgepackError(f"{fmt}: option {name}={parsed!r} is not one of {allowed}")
+        if self.minimum is not None and parsed < self.minimum:
+            raise EdgepackError(f"{fmt}: option {name}={parsed} must be >= {self.minimum}")
+        return parsed
+
+
+@dataclass(frozen=True)
+class Check:
+    """How an exported file is compared with its source Keras model on held-out images."""
+
+    metric: str  # "max_abs_diff" (of the probabilities; must be <=) or "top1_agreement" (must be >=)
+    threshold: float
+
+    def passed(self, value: float) -> bool:
+        if self.metric == "max_abs_diff":
+            return value <= self.threshold
+        return value >= self.threshold
+
+    def describe(self) -> str:
+        return f"{self.metric} {'<=' if self.metric == 'max_abs_diff' else '>='} {self.threshold:g}"
+
+
+@dataclass(frozen=True)
+class Format:
+    """One export format."""
+
+    name: str  # also the output file's stem: `<name><suffix>`
+    suffix: str  # ".tflite" or ".onnx"
+    runtime: str  # "tflite" (ai_edge_litert) or "onnx" (onnxruntime): how the file is opened
+    convert: Callable  # convert(ctx: edgepack.export.convert.Context, path: Path) -> None
+    check: Check
+    summary: str  # one line for --help
+    options: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # name -> Option
+
+    @property
+    def filename(self) -> str:
+        return self.name + self.suffix
+
+
+FP32 = Check("max_abs_diff", 1e-4)
+FP16 = Check("max_abs_diff", 1e-2)
+QUANTIZED = Check("top1_agreement", 0.97)
+CALIBRATION = Option(500, "class-balanced training images used for calibration", minimum=10)
+OPSET = Option(17, "ONNX opset", choices=(13, 14, 15, 16, 17, 18))
+
+
+def _table() -> dict[str, Format]:
+    from edgepack.export import to_onnx, to_tflite
+
+    formats = [
+        Format("tflite-fp32", ".tflite", "tflite", to_tflite.fp32, FP32, "TFLite, float32 weights and math"),
+        Format("tflite-fp16", ".tflite", "tflite", to_tflite.fp16, FP16,
+               "TFLite, float16 weights (half the size), float32 math"),
+        Format("tflite-dynamic", ".tflite", "tflite", to_tflite.dynamic, QUANTIZED,
+               "TFLite, dynamic-range: int8 weights, float input/output"),
+        Format("tflite-int8", ".tflite", "tflite", to_tflite.int8, QUANTIZED,
+               "TFLite, full integer: int8 weights and activations, calibrated (QAT models: learned ranges)",
+               MappingProxyType({
+                   "calibration_images": CALIBRATION,
+                   "io": Option("int8", "input/output tensor type", choices=("int8", "uint8", "float")),
+               })),
+        Format("onnx-fp32", ".onnx", "onnx", to_onnx.fp32, FP32,
+               "ONNX via tf2onnx, float32, dynamic batch, input named 'image'",
+               MappingProxyType({"opset": OPSET})),
+        Format("onnx-int8", ".onnx", "onnx", to_onnx.int8, QUANTIZED,
+               "ONNX Runtime static quantization (QDQ, per-channel int8) of the fp32 ONNX, calibrated",
+               MappingProxyType({"opset": OPSET, "calibration_images": CALIBRATION})),
+    ]
+    return {f.name: f for f in formats}
+
+
+FORMATS: dict[str, Format] = _table()
+ALL = "all"  # `--format all`
+
+
+def resolve(names: list[str] | tuple[str, ...] | str) -> list[str]:
+    """Format names in table order, `all` expanded; unknown names fail with one line."""
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise EdgepackError(f"no export format given: choose from {', '.join(FORMATS)} or {ALL}")
+    if ALL in names:
+        return list(FORMATS)
+    unknown = [n for n in names if n not in FORMATS]
+    if unknown:
+        raise EdgepackError(f"unknown export format {unknown[0]!r}: choose from {', '.join(FORMATS)} "
+                            f"or {ALL}")
+    return [n for n in FORMATS if n in names]
+
+
+def options_for(names: list[str], options: dict | None) -> dict[str, dict]:
+    """Each format's full options: defaults, overridden by `options` where that format accepts the key.
+
+    A key no chosen format accepts is an error (it would otherwise be silently ignored).
+    """
+    options = dict(options or {})
+    for key in options:
+        if not any(key in FORMATS[n].options for n in names):
+            takers = [n for n, f in FORMATS.items() if key in f.options]
+            hint = f"accepted by {', '.join(takers)}" if takers else "no format accepts it"
+            raise EdgepackError(f"option {key!r} is not accepted by {', '.join(names)} ({hint})")
+    return {n: {k: (opt.parse(k, n, options[k]) if k in options else opt.default)
+                for k, opt in FORMATS[n].options.items()} for n in names}
