@@ -1,0 +1,322 @@
+"""`edgepack pipeline`: train -> compress -> export -> compare, resumable, in one command.
+
+Output folder layout:
+    settings.json        the resolved settings (defaults < TOML file < CLI), recorded for the report
+    runs/<variant>/      run folders: baseline (train) and every compressed variant (compress)
+    exports/<variant>/   exported files of each run folder (export)
+    report/              report.md, report.html, results.json/.csv, plots (compare)
+    stages/<stage>.json  completion markers: the stage's settings key, wall time, status
+
+Resuming: a stage is skipped when its marker's key equals the key of the current settings (its own
+and its inputs') and its output is still complete. Every stage writes its output under a temporary
+name and renames it when complete, so a run killed at any point (even SIGKILL) leaves only
+temporary folders, which the next run removes before it starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+import time
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgepack import rundir
+from edgepack.errors import EdgepackError
+
+# The defaults: the seed's training recipe, the issue's variants, every export format.
+DEFAULTS: dict = {
+    "data": {"path": None, "limit_train": None, "limit_test": None, "seed": 0},
+    "train": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
+    # Every variant (and the uncompressed `finetune` control) is fine-tuned with these, so the
+    # control isolates what the extra training alone did. Per-variant `params` may add options.
+    "finetune": {"epochs": 2, "learning_rate": 1e-4},
+    "variants": [
+        {"name": "prune-0.5", "technique": "prune", "params": {"sparsity": 0.5}},
+        {"name": "prune-0.8", "technique": "prune", "params": {"sparsity": 0.8}},
+        {"name": "prune-2of4", "technique": "prune-2of4", "params": {}},
+        {"name": "cluster-16", "technique": "cluster", "params": {"clusters": 16}},
+        {"name": "qat", "technique": "qat", "params": {}},
+        {"name": "pqat", "technique": "pqat", "source": "prune-0.5", "params": {}},
+        {"name": "finetune", "technique": "finetune", "params": {}},
+    ],
+    "export": {"formats": ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32",
+                           "onnx-int8"], "options": {}},
+    "compare": {"runs": 200, "warmup": 20, "max_drop": 1.0, "fail_over": None},
+}
+
+# --quick: a few-minute smoke run on a subset; the report says so.
+QUICK: dict = {
+    "data": {"limit_train": 5000, "limit_test": 1000},
+    "train": {"epochs": 2},
+    "finetune": {"epochs": 1},
+    "compare": {"runs": 30, "warmup": 5},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Nested dict update (override wins; lists are replaced, not merged)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_settings(config: str | Path | None = None, quick: bool = False, overrides: dict | None = None) -> dict:
+    """Defaults, then --quick, then the TOML file, then CLI overrides; checked."""
+    settings = merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
+    if config is not None:
+        try:
+            with open(config, "rb") as f:
+                user = tomllib.load(f)
+        except FileNotFoundError:
+            raise EdgepackError(f"config file {config} not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise EdgepackError(f"config file {config} is not valid TOML ({e})") from None
+        unknown = set(user) - set(DEFAULTS)
+        if unknown:
+            raise EdgepackError(f"config file {config}: unknown section(s) {', '.join(sorted(unknown))} "
+                                f"(known: {', '.join(DEFAULTS)})")
+        settings = merge(settings, user)
+    settings = merge(settings, overrides or {})
+    settings["quick"] = quick
+    check_settings(settings)
+    return settings
+
+
+def check_settings(s: dict) -> None:
+    from edgepack.compress import TECHNIQUES
+    from edgepack.export import FORMATS
+
+    names = [v.get("name") for v in s["variants"]]
+    if len(set(names)) != len(names) or None in names or "baseline" in names:
+        raise EdgepackError(f"variant names must be unique, present and not 'baseline': {names}")
+    for v in s["variants"]:
+        if v.get("technique") not in TECHNIQUES:
+            raise EdgepackError(f"variant {v['name']}: unknown technique {v.get('technique')!r} "
+                                f"(known: {', '.join(TECHNIQUES)})")
+        src = v.get("source", "baseline")
+        if src != "baseline" and src not in names[: names.index(v["name"])]:
+            raise EdgepackError(f"variant {v['name']}: source {src!r} must be 'baseline' or an earlier variant")
+    bad = [f for f in s["export"]["formats"] if f not in FORMATS]
+    if bad:
+        raise EdgepackError(f"unknown export format(s) {', '.join(bad)} (known: {', '.join(FORMATS)})")
+
+
+@dataclass
+class Progress:
+    """Prints what runs, how far the pipeline is and a rough time left (from stage weights)."""
+
+    weights: dict[str, float]  # stage id -> expected relative cost
+    started: float = field(default_factory=time.time)
+    done: float = 0.0
+
+    def start(self, stage: str, what: str) -> None:
+        i = list(self.weights).index(stage) + 1
+        elapsed = time.time() - self.started
+        left = ""
+        if self.done > 0:
+            rest = sum(self.weights.values()) - self.done
+            left = f", ~{elapsed / self.done * rest / 60:.1f} min left"
+        print(f"[{i}/{len(self.weights)}] {what} ({elapsed / 60:.1f} min elapsed{left})", flush=True)
+
+    def finish(self, stage: str) -> None:
+        self.done += self.weights[stage]
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Stages:
+    """Completion markers under OUT/stages/."""
+
+    def __init__(self, out: Path):
+        self.folder = out / "stages"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def done(self, stage: str, key: str) -> bool:
+        p = self.folder / f"{stage}.json"
+        if not p.is_file():
+            return False
+        try:
+            return json.loads(p.read_text()).get("key") == key
+        except (json.JSONDecodeError, OSError):
+            return False
+
+    def mark(self, stage: str, key: str, seconds: float, status: str = "ok", error: str | None = None):
+        rundir.write_json(self.folder / f"{stage}.json",
+                          {"key": key, "seconds": round(seconds, 2), "status": status, "error": error})
+
+    def record(self, stage: str) -> dict:
+        return rundir.read_json(self.folder / f"{stage}.json")
+
+
+def remove_leftovers(out: Path) -> list[Path]:
+    """Delete temporary folders/files a killed run left (names contain rundir.TMP_MARK)."""
+    gone = []
+    for p in sorted(out.rglob(f"*{rundir.TMP_MARK}*"), key=lambda p: -len(p.parts)):
+        if p.exists():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            gone.append(p)
+    return gone
+
+
+def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
+    """Stage ids in order, each with a rough relative cost (for the time-left estimate)."""
+    ft_epochs = settings["finetune"]["epochs"]
+    stages: dict[str, float] = {}
+    if not have_baseline:
+        stages["train"] = settings["train"]["epochs"] * 1.0
+    for v in settings["variants"]:
+        stages[f"compress-{v['name']}"] = ft_epochs * (2.0 if "qat" in v["technique"] else 1.3)
+    for name in ["baseline", *(v["name"] for v in settings["variants"])]:
+        for fmt in settings["export"]["formats"]:
+            stages[f"export-{name}-{fmt}"] = 0.25
+    stages["compare"] = 0.15 * len(stages)
+    return stages
+
+
+def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
+             quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Run every stage not already complete; returns the comparison results (see edgepack.report)."""
+    from edgepack.errors import require_toolchain
+
+    require_toolchain("edgepack pipeline")
+    settings = load_settings(config, quick, overrides)
+    if data_path is not None:
+        settings["data"]["path"] = str(data_path)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in remove_leftovers(out):
+        print(f"removed {p} (left by an interrupted run)", flush=True)
+    rundir.write_json(out / "settings.json", settings)
+    stages = Stages(out)
+    progress = Progress(plan(settings, baseline is not None))
+    from edgepack import data as data_mod
+
+    d = settings["data"]
+    ds = data_mod.load_cifar10(d["path"], d["limit_train"], d["limit_test"], d["seed"])
+    print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}"
+          f"{' (--quick subset)' if quick else ''}", flush=True)
+    data_key = _key(ds.sha256, d)
+    failures: list[dict] = []
+
+    runs: dict[str, Path] = {}
+    keys: dict[str, str] = {}
+    if baseline is not None:
+        run = rundir.load_run(baseline)  # checked: complete, model intact
+        runs["baseline"], keys["baseline"] = run.path, _key(run.metadata["model_sha256"])
+    else:
+        runs["baseline"], keys["baseline"] = _train_stage(out, settings, ds, data_key, stages, progress)
+
+    for v in settings["variants"]:
+        src = v.get("source", "baseline")
+        if src not in runs:
+            failures.append({"variant": v["name"], "format": "keras", "stage": "compress",
+                             "error": f"source variant {src} failed"})
+            continue
+        result = _compress_stage(out, v, settings, runs[src], keys[src], ds, stages, progress)
+        if isinstance(result, dict):
+            failures.append(result)
+        else:
+            runs[v["name"]], keys[v["name"]] = result
+
+    exports = []
+    for name, path in runs.items():
+        for fmt in settings["export"]["formats"]:
+            result = _export_stage(out, name, fmt, settings, path, keys[name], ds, stages, progress)
+            (failures.append if isinstance(result, dict) else exports.append)(result)
+
+    return _compare_stage(out, settings, runs, exports, failures, ds, stages, progress)
+
+
+def _run_stage(stages: Stages, progress: Progress, stage: str, key: str, what: str, output: Path,
+               valid, work) -> str | None:
+    """Skip a stage that is complete for `key`, else run `work()`; returns an error text on failure."""
+    if stages.done(stage, key) and valid(output):
+        if stages.record(stage)["status"] == "ok":
+            print(f"skip {what}: complete in {output}", flush=True)
+            progress.finish(stage)
+            return None
+    progress.start(stage, what)
+    t0 = time.time()
+    try:
+        work()
+    except EdgepackError as e:  # a variant that fails becomes a row, not a crash
+        print(f"FAILED {what}: {e}", flush=True)
+        progress.finish(stage)
+        return str(e)
+    stages.mark(stage, key, time.time() - t0)
+    progress.finish(stage)
+    return None
+
+
+def _valid_run(path: Path) -> bool:
+    try:
+        rundir.load_run(path)
+        return True
+    except EdgepackError:
+        return False
+
+
+def _train_stage(out, settings, ds, data_key, stages, progress) -> tuple[Path, str]:
+    from edgepack.train import TrainConfig, train
+
+    t = settings["train"]
+    cfg = TrainConfig(epochs=t["epochs"], batch_size=t["batch_size"], learning_rate=t["learning_rate"],
+                      seed=settings["data"]["seed"], limit_train=settings["data"]["limit_train"],
+                      limit_test=settings["data"]["limit_test"])
+    path, key = out / "runs" / "baseline", _key(data_key, t)
+    error = _run_stage(stages, progress, "train", key, f"train baseline ({t['epochs']} epochs)", path,
+                       _valid_run, lambda: train(None, path, cfg, force=True, ds=ds))
+    if error:
+        raise EdgepackError(f"training the baseline failed: {error}")
+    return path, key
+
+
+def _compress_stage(out, v, settings, source: Path, source_key: str, ds, stages, progress):
+    from edgepack.compress import compress
+
+    params = {**v.get("params", {}), **settings["finetune"]}
+    path, key = out / "runs" / v["name"], _key(source_key, v, settings["finetune"])
+    error = _run_stage(stages, progress, f"compress-{v['name']}", key,
+                       f"compress {v['name']} ({v['technique']}, {params})", path, _valid_run,
+                       lambda: compress(source, v["technique"], path, params=params, force=True, ds=ds,
+                                        variant=v["name"]))
+    if error:
+        return {"variant": v["name"], "format": "keras", "stage": "compress", "error": error}
+    return path, key
+
+
+def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, stages, progress):
+    from edgepack.export import export
+
+    path = out / "exports" / name / fmt
+    options = settings["export"]["options"]
+    key = _key(source_key, fmt, options)
+    error = _run_stage(stages, progress, f"export-{name}-{fmt}", key, f"export {name} -> {fmt}", path,
+                       lambda p: (p / "export.json").is_file(),
+                       lambda: export(source, [fmt], path, options=options, force=True, ds=ds))
+    if error:
+        return {"variant": name, "format": fmt, "stage": "export", "error": error}
+    return path
+
+
+def _compare_stage(out, settings, runs, exports, failures, ds, stages, progress) -> dict:
+    from edgepack.report.compare import CompareOptions, compare
+
+    c = settings["compare"]
+    opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
+                          fail_over=c["fail_over"])
+    path = out / "report"
+    inputs = [*runs.values(), *exports]
+    progress.start("compare", f"compare {len(inputs)} models on {len(ds.y_test)} test images")
+    results = compare(inputs, path, baseline=runs["baseline"], control=runs.get("finetune"), options=opts,
+                      force=True, ds=ds, failures=failures, settings=settings)
+    progress.finish("compare")
+    print(f"report: {path / 'report.md'} ({(time.time() - progress.started) / 60:.1f} min in all)")
+    return results
