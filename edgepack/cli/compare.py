@@ -1,0 +1,50 @@
+"""Compare models on the same test images: accuracy, agreement, size, latency; write a report.
+
+Every input is a run folder (Keras model made by `edgepack train` / `edgepack compress`), an
+exported .tflite/.onnx file, or an export folder (all its files). The baseline is the run whose
+technique is "baseline" (or --baseline); the control is the fine-tuned, uncompressed run
+(technique "finetune", or --control). DIR gets report.md, report.html, results.json, results.csv
+and two PNG plots. A model that fails to load or evaluate is a row with its error.
+
+--max-drop X marks the recommended variant (smallest and fastest within X accuracy points of the
+baseline); --fail-over X exits with status 1 when a variant drops more than X points (or fails),
+after writing the report.
+
+example:
+  edgepack compare runs/baseline runs/prune-0.8 runs/exports/baseline --out runs/report
+  edgepack compare runs/baseline runs/qat/model.tflite --limit-test 1000 --runs 50 --fail-over 2 --out /tmp/r
+"""
+
+from edgepack.cli import add_command, add_data_options, positive_int
+
+
+def register(sub) -> None:
+    p = add_command(sub, "compare", __doc__, run)
+    p.add_argument("inputs", nargs="+", metavar="RUN_OR_FILE",
+                   help="run folders, exported files, export folders")
+    p.add_argument("--out", required=True, metavar="DIR", help="report folder to write")
+    add_data_options(p, limits=False)
+    p.add_argument("--limit-test", type=positive_int, metavar="N",
+                   help="evaluate on a seeded, class-balanced subset of N test images (default: all 10,000)")
+    p.add_argument("--baseline", metavar="RUN", help="the original model (default: technique 'baseline')")
+    p.add_argument("--control", metavar="RUN",
+                   help="fine-tuned, uncompressed model (default: technique 'finetune')")
+    p.add_argument("--runs", type=positive_int, default=200,
+                   help="timed batch-1 calls per figure (default 200)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed calls before timing (default 20)")
+    p.add_argument("--max-drop", type=float, metavar="X",
+                   help="recommend the best variant within X points")
+    p.add_argument("--fail-over", type=float, metavar="X",
+                   help="exit 1 if a variant drops more than X points")
+    p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
+
+
+def run(args) -> int:
+    from edgepack.report import CompareOptions, compare
+
+    options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
+                             max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency)
+    compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline, control=args.control,
+            options=options, force=args.force)
+    return 0

@@ -1,0 +1,314 @@
+"""`edgepack compare`: every variant on the same test images, against the original and a control.
+
+results.json schema (schema_version 1); report.md, results.csv and report.html render the same data.
+Accuracies are fractions in [0, 1]; changes are in percentage points ("pts"); sizes in bytes;
+latencies in milliseconds; throughput in images per second. Unmeasured values are null.
+
+    schema_version      1
+    kind                "edgepack-compare"
+    created             UTC time, ISO 8601
+    wall_seconds        time the comparison took
+    data                {source, sha256, num_test_images, limit_test (null = all 10,000)}
+    options             the CompareOptions used (runs, warmup, max_drop, fail_over, ...)
+    environment         {cpu: {model, machine, isa_flags, logical_cores, usable_cores, physical_cores},
+                         versions: {package: version}, platform, git_commit}
+    baseline, control   row id of the reference rows (the Keras runs whose technique is "baseline" /
+                        "finetune", or those given with --baseline / --control), or null
+    recommended         row id of the recommended variant (needs max_drop), or null
+    gate                {fail_over, failed: [row ids], passed} or null when no fail_over was asked
+    rows                one object per model, baseline first:
+      id                "<variant>/<format>", e.g. "prune-0.8/tflite-int8", "baseline/keras"
+      variant, technique  from the model's metadata
+      format            "keras" for a run folder, else the export format ("tflite-int8", "onnx-fp32", ...)
+      kind              "run" (Keras run folder) or "file" (exported file)
+      path              what was evaluated
+      status, error     "ok" or "error"; error = "<stage>: <what went wrong>" (null when ok)
+      accuracy, precision_macro, recall_macro, f1_macro
+      per_class_accuracy  {class name: share of that class's test images classified right}
+      confusion_matrix  rows = true class, columns = predicted class
+      num_test_images
+      accuracy_recorded the accuracy in the run folder's own metrics.json (Keras rows), else null
+      accuracy_check    "equal", "mismatch" (then status is "error") or "skipped: <why>"
+      agreement         share of test images whose top-1 equals the baseline Keras model's top-1
+      delta_pts_vs_baseline  accuracy minus the baseline Keras model's, in points
+      delta_pts_vs_control   for compressed variants: accuracy minus the control's accuracy in the same
+                        format (the Keras control if that format of the control was not given), in points
+      control_ref       the row id that delta_pts_vs_control compares with
+      size_bytes, size_gzip_bytes   model file size, raw and gzip'ed (level 9)
+      size_ratio_gzip, size_ratio_raw   baseline Keras model's size / this row's size ("x smaller")
+      parameters        parameter count (Keras rows: counted by Keras; files: their source run's)
+      sparsity          share of exactly-zero weights in Conv/Dense kernels
+      sparsity_source   "model" (Keras), "file" (read from the file), "source-run", or null
+      source_sha256     sha256 of the Keras model a file (or compressed run) was made from
+      model_sha256      sha256 of this model file
+      latency           {method, threads_1, threads_all, predict_threads_all, error}; each timing is
+                        {p50_ms, p90_ms, p99_ms, mean_ms, runs, warmup, threads, throughput_ips}:
+                        batch-1 latency over `runs` calls after `warmup`, and images/s at batch 64.
+                        Keras rows: threads_* time a compiled tf.function call (1 thread: measured in a
+                        child process); predict_threads_all times model.predict (fewer runs: ~70 ms each).
+                        Files: edgepack.runtime predict on uint8 images (scaling included).
+      speedup           baseline Keras tf.function p50 / this row's p50, 1 thread ("x faster"; all
+                        cores when 1-thread figures are missing)
+      memory_rss_delta_mb  resident memory growth from loading the model and running it (psutil)
+      recommended       true for the recommended row
+      eval_seconds      time spent on this row
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from edgepack.errors import EdgepackError
+from edgepack.report.inputs import KERAS, Entry, expand, open_entry
+
+SCHEMA_VERSION = 1
+BASELINE, CONTROL = "baseline", "finetune"  # techniques of the reference runs
+NOT_COMPRESSED = (BASELINE, CONTROL)
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    limit_test: int | None = None  # class-balanced test subset (None: all 10,000 images)
+    runs: int = 200  # timed batch-1 calls per latency figure
+    warmup: int = 20  # untimed calls before timing
+    predict_runs: int = 30  # timed Keras model.predict calls (each ~70 ms: 200 would cost 14 s a model)
+    throughput_runs: int = 20  # timed batch-64 calls for throughput
+    eval_batch: int = 1000  # images per runtime predict call when measuring accuracy
+    latency: bool = True  # False: accuracy and sizes only (--no-latency)
+    keras_single_thread: bool = True  # time Keras rows on 1 thread in a child process
+    max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
+    fail_over: float | None = None  # points: GateFailed if a row drops more than this (or fails)
+    seed: int = 0  # test subset seed
+
+    def check(self) -> None:
+        if self.runs < 1 or self.warmup < 0 or self.predict_runs < 1 or self.throughput_runs < 1:
+            raise EdgepackError("--runs must be >= 1 and --warmup >= 0")
+        if self.eval_batch < 1:
+            raise EdgepackError(f"eval_batch must be >= 1, got {self.eval_batch}")
+        if self.limit_test is not None and self.limit_test < 10:
+            raise EdgepackError(f"--limit-test must be >= 10 (one image per class), got {self.limit_test}")
+        for name in ("max_drop", "fail_over"):
+            v = getattr(self, name)
+            if v is not None and not 0 <= v <= 100:
+                raise EdgepackError(f"--{name.replace('_', '-')} is in accuracy points, 0-100; got {v}")
+
+
+class GateFailed(EdgepackError):
+    """--fail-over: a variant dropped more than allowed (the report is written before this is raised)."""
+
+    def __init__(self, message: str, results: dict):
+        super().__init__(message)
+        self.results = results
+
+
+def _pick(entries: list[Entry], given: str | os.PathLike | None, technique: str) -> Entry | None:
+    """The reference entry: the one given, else the Keras run (then any file) with that technique."""
+    if given is not None:
+        key = Path(given).resolve()
+        found = next((e for e in entries if e.path.resolve() == key), None)
+        if found is None:
+            raise EdgepackError(f"{given} is not a single model: pass a run folder or model file")
+        return found
+    for kind in ("run", "file"):
+        found = [e for e in entries if e.kind == kind and e.technique == technique and not e.error]
+        if found:
+            return found[0]
+    return None
+
+
+def _with_references(inputs, baseline, control) -> list:
+    paths = list(inputs)
+    known = {Path(p).resolve() for p in paths}
+    for ref in (baseline, control):
+        if ref is not None and Path(ref).resolve() not in known:
+            paths.insert(0, ref)
+            known.add(Path(ref).resolve())
+    return paths
+
+
+def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
+            data_path: str | os.PathLike | None = None, baseline: str | os.PathLike | None = None,
+            control: str | os.PathLike | None = None,
+            options: CompareOptions = CompareOptions(), force: bool = False, ds=None) -> dict:
+    """Evaluate every input, write the report folder `out` (atomically) and return the results."""
+    from edgepack import data as data_mod
+    from edgepack import rundir
+    from edgepack.errors import require_toolchain
+    from edgepack.report import env as env_mod
+    from edgepack.report.evaluate import evaluate_entry
+
+    require_toolchain("edgepack compare")
+    options.check()
+    rundir.check_new_output(out, force)
+    for ref, flag in ((baseline, "--baseline"), (control, "--control")):
+        if ref is not None and not Path(ref).exists():
+            raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")
+    entries = expand(_with_references(inputs, baseline, control))
+    base, ctrl = _pick(entries, baseline, BASELINE), _pick(entries, control, CONTROL)
+    started = time.time()
+    if ds is None:
+        ds = data_mod.load_cifar10(data_path, limit_test=options.limit_test, seed=options.seed)
+    print(f"compare: {len(entries)} models on {len(ds.y_test)} test images from {ds.source}", flush=True)
+    if base is None:
+        print("compare: no baseline (technique 'baseline' or --baseline): no changes, no agreement",
+              flush=True)
+    order = ([base] if base else []) + [e for e in entries if e is not base]
+    all_threads = env_mod.usable_cores()
+    rows, base_pred = [], None
+    for i, entry in enumerate(order, 1):
+        print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}) ... elapsed {time.time() - started:.0f} s",
+              flush=True)
+        row, pred = evaluate_entry(entry, ds, options, all_threads)
+        if entry is base:
+            base_pred = pred
+        if pred is not None and base_pred is not None:
+            from edgepack.metrics import top1_agreement
+
+            row["agreement"] = top1_agreement(pred, base_pred)
+        rows.append(row)
+        status = "ok" if row["status"] == "ok" else f"ERROR {row['error']}"
+        print(f"      accuracy {_fmt(row['accuracy'])} {status}", flush=True)
+    if options.latency and options.keras_single_thread:
+        _single_thread_keras(rows, order, ds, options)
+    _fill_from_source_runs(rows)
+    results = {
+        "schema_version": SCHEMA_VERSION, "kind": "edgepack-compare",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": None,
+        "data": {"source": ds.source, "sha256": ds.sha256, "num_test_images": int(len(ds.y_test)),
+                 "limit_test": options.limit_test},
+        "options": asdict(options), "environment": env_mod.environment(),
+        "baseline": rows[0]["id"] if base else None,
+        "control": next((r["id"] for r, e in zip(rows, order, strict=True) if e is ctrl), None),
+        "recommended": None, "gate": None, "rows": rows,
+    }
+    derive(results)
+    results["wall_seconds"] = round(time.time() - started, 2)
+    write_report(results, out, force)
+    print(f"compare: wrote {out} in {results['wall_seconds']:.0f} s", flush=True)
+    gate = results["gate"]
+    if gate and not gate["passed"]:
+        limit = f"{gate['fail_over']:g}"
+        raise GateFailed(f"--fail-over {limit}: {', '.join(gate['failed'])} dropped more than {limit} points "
+                         f"below the baseline or failed (report in {out})", results)
+    return results
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def _single_thread_keras(rows: list[dict], order: list[Entry], ds, options: CompareOptions) -> None:
+    from edgepack.report.keras_worker import time_single_thread
+
+    targets = {str(e.path): r for r, e in zip(rows, order, strict=True)
+               if e.kind == "run" and r["status"] == "ok"}
+    if not targets:
+        return
+    print(f"compare: timing {len(targets)} Keras models on 1 thread in a child process", flush=True)
+    try:
+        got = time_single_thread(list(targets), ds.x_test[:64], options, timeout=120 + 60 * len(targets))
+    except Exception as e:
+        for r in targets.values():
+            r["latency"]["error"] = f"1-thread timing: {type(e).__name__}: {str(e)[:300]}"
+        return
+    for path, row in targets.items():
+        t = got.get(path) or {"error": "no result"}
+        if "error" in t:
+            row["latency"]["error"] = f"1-thread timing: {t['error']}"
+        else:
+            row["latency"]["threads_1"] = t
+
+
+def _fill_from_source_runs(rows: list[dict]) -> None:
+    """Files get their source run's parameter count (and sparsity, if unreadable from the file)."""
+    by_sha = {r["model_sha256"]: r for r in rows if r["format"] == KERAS and r["model_sha256"]}
+    for r in rows:
+        src = by_sha.get(r["source_sha256"]) if r["format"] != KERAS else None
+        if src is None:
+            continue
+        r["parameters"] = src["parameters"]
+        if r["sparsity"] is None and src["sparsity"] is not None:
+            r["sparsity"], r["sparsity_source"] = src["sparsity"], "source-run"
+
+
+def _p50(row: dict, key: str) -> float | None:
+    t = (row.get("latency") or {}).get(key)
+    return t["p50_ms"] if t else None
+
+
+def derive(results: dict) -> None:
+    """Changes, ratios, the recommendation and the gate, from the rows' own measurements."""
+    rows = results["rows"]
+    by_id = {r["id"]: r for r in rows}
+    base = by_id.get(results["baseline"])
+    ctrl = by_id.get(results["control"])
+    ok = [r for r in rows if r["status"] == "ok"]
+    if base and base["status"] == "ok":
+        key = "threads_1" if _p50(base, "threads_1") else "threads_all"
+        for r in ok:
+            r["delta_pts_vs_baseline"] = 100 * (r["accuracy"] - base["accuracy"])
+            if base["size_gzip_bytes"] and r["size_gzip_bytes"]:
+                r["size_ratio_gzip"] = base["size_gzip_bytes"] / r["size_gzip_bytes"]
+                r["size_ratio_raw"] = base["size_bytes"] / r["size_bytes"]
+            if _p50(base, key) and _p50(r, key):
+                r["speedup"] = _p50(base, key) / _p50(r, key)
+    if ctrl and ctrl["status"] == "ok":
+        for r in ok:
+            if r["technique"] in NOT_COMPRESSED:
+                continue
+            same = by_id.get(f"{ctrl['variant']}/{r['format']}")
+            ref = same if same is not None and same["status"] == "ok" else ctrl
+            r["delta_pts_vs_control"] = 100 * (r["accuracy"] - ref["accuracy"])
+            r["control_ref"] = ref["id"]
+    opts = results["options"]
+    if opts.get("max_drop") is not None and base and base["status"] == "ok":
+        pick = recommend(rows, opts["max_drop"])
+        if pick is not None:
+            pick["recommended"] = True
+            results["recommended"] = pick["id"]
+    if opts.get("fail_over") is not None:
+        limit = opts["fail_over"]
+        failed = [r["id"] for r in rows if r["status"] != "ok"
+                  or (r["delta_pts_vs_baseline"] is not None and r["delta_pts_vs_baseline"] < -limit)]
+        results["gate"] = {"fail_over": opts["fail_over"], "failed": failed, "passed": not failed}
+
+
+def recommend(rows: list[dict], max_drop: float) -> dict | None:
+    """The smallest and fastest row within `max_drop` points of the baseline.
+
+    Candidates rank by gzip'ed size and by 1-thread p50 latency (all cores if missing); the pick has
+    the lowest sum of the two ranks; ties go to the smaller file, then the faster one, then the more
+    accurate. Without latency figures the smallest file wins.
+    """
+    cands = [r for r in rows if r["status"] == "ok" and r["delta_pts_vs_baseline"] is not None
+             and r["delta_pts_vs_baseline"] >= -max_drop - 1e-9 and r["size_gzip_bytes"]]
+    if not cands:
+        return None
+
+    def latency(r):
+        return _p50(r, "threads_1") or _p50(r, "threads_all") or float("inf")
+
+    size_rank = {r["id"]: i for i, r in enumerate(sorted(cands, key=lambda r: r["size_gzip_bytes"]))}
+    lat_rank = {r["id"]: i for i, r in enumerate(sorted(cands, key=latency))}
+    return min(cands, key=lambda r: (size_rank[r["id"]] + lat_rank[r["id"]], r["size_gzip_bytes"],
+                                     latency(r), -r["accuracy"]))
+
+
+def write_report(results: dict, out: str | os.PathLike, force: bool) -> None:
+    from edgepack import rundir
+    from edgepack.report import plots, render
+
+    with rundir.atomic_dir(out, force) as tmp:
+        rundir.write_json(tmp / "results.json", results)
+        render.write_csv(results, tmp / "results.csv")
+        images = plots.write_plots(results, tmp)
+        (tmp / "report.md").write_text(render.markdown(results, images), encoding="utf-8")
+        (tmp / "report.html").write_text(render.html(results, tmp, images), encoding="utf-8")
+
+
+__all__ = ["CompareOptions", "GateFailed", "compare", "recommend", "derive", "SCHEMA_VERSION", "open_entry"]

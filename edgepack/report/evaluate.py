@@ -1,0 +1,221 @@
+"""Evaluate one row: accuracy and friends on the test set, size, sparsity, latency, memory.
+
+Keras run folders are evaluated with `predict_proba` (as training wrote metrics.json) and timed as a
+compiled `tf.function` call and, separately, as `model.predict`. Exported files are evaluated and
+timed through `edgepack.runtime` (what apps embed): predictions in batches, latency at batch 1.
+Every failure is caught per stage and recorded in the row (`status`, `error`), never raised.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.report.inputs import Entry
+from edgepack.timing import measure
+
+THROUGHPUT_BATCH = 64  # images per call when measuring throughput
+
+# Every row has every key (null when not measured); compare.py documents them.
+ROW_KEYS = (
+    "id", "variant", "technique", "format", "kind", "path", "status", "error",
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class_accuracy", "confusion_matrix",
+    "num_test_images", "accuracy_recorded", "accuracy_check",
+    "agreement", "delta_pts_vs_baseline", "delta_pts_vs_control", "control_ref",
+    "size_bytes", "size_gzip_bytes", "size_ratio_gzip", "size_ratio_raw", "parameters",
+    "sparsity", "sparsity_source", "source_sha256", "model_sha256",
+    "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
+)
+
+
+def blank_row(entry: Entry) -> dict:
+    row = dict.fromkeys(ROW_KEYS)
+    row.update(id=entry.row_id, variant=entry.variant, technique=entry.technique, format=entry.format,
+               kind=entry.kind, path=str(entry.path), status="ok", recommended=False,
+               latency={"method": None, "threads_1": None, "threads_all": None, "predict_threads_all": None,
+                        "error": None})
+    if entry.error:
+        row.update(status="error", error=f"open: {entry.error}")
+    return row
+
+
+def fail(row: dict, stage: str, exc: BaseException) -> None:
+    row["status"] = "error"
+    row["error"] = f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+
+
+def sizes(path: Path) -> tuple[int, int]:
+    """Raw and gzip'ed (level 9) bytes of a model file, or of every file in a model folder."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    raw = sum(p.stat().st_size for p in files)
+    gz = sum(len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0)) for p in files)
+    return raw, gz
+
+
+def rss_mb() -> float | None:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except Exception:
+        return None
+
+
+def fill_metrics(row: dict, y_true: np.ndarray, probs: np.ndarray, class_names) -> np.ndarray:
+    from edgepack.metrics import classification_metrics
+
+    probs = np.asarray(probs)
+    if probs.shape != (len(y_true), len(class_names)):
+        raise ValueError(f"predictions have shape {probs.shape}, expected {(len(y_true), len(class_names))}")
+    pred = probs.argmax(axis=1)
+    m = classification_metrics(y_true, pred, class_names)
+    row.update(accuracy=m["accuracy"], precision_macro=m["precision_macro"], recall_macro=m["recall_macro"],
+               f1_macro=m["f1_macro"], confusion_matrix=m["confusion_matrix"],
+               num_test_images=m["num_test_images"],
+               per_class_accuracy={k: v["accuracy"] for k, v in m["per_class"].items()})
+    return pred
+
+
+def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None) -> dict:
+    """Batch-1 latency distribution and batch-64 throughput (images/s, from the median call)."""
+    lat = measure(fn1, runs=runs or opts.runs, warmup=opts.warmup).as_dict()
+    lat["threads"] = threads
+    lat["throughput_ips"] = None
+    if fn64 is not None:
+        t = measure(fn64, runs=opts.throughput_runs, warmup=2)
+        lat["throughput_ips"] = THROUGHPUT_BATCH / (t.p50_ms / 1e3)
+    return lat
+
+
+# --- Keras run folders
+
+def check_recorded(row: dict, entry: Entry, ds) -> None:
+    """The accuracy must equal the run's own metrics.json when both used the same test images."""
+    rec = entry.run.metrics.get("accuracy")
+    row["accuracy_recorded"] = rec
+    same = (entry.run.metrics.get("num_test_images") == len(ds.y_test)
+            and entry.metadata.get("data_sha256") in (None, ds.sha256))
+    if rec is None or not same:
+        row["accuracy_check"] = "skipped: the run was evaluated on other test images"
+        return
+    n = len(ds.y_test)
+    if round(rec * n) == round(row["accuracy"] * n):
+        row["accuracy_check"] = "equal"
+    else:
+        row["accuracy_check"] = "mismatch"
+        row["status"] = "error"
+        row["error"] = (f"accuracy {row['accuracy']:.4f} differs from metrics.json {rec:.4f}: "
+                        "the model file changed or loads differently")
+
+
+def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool) -> dict:
+    """tf.function (and optionally model.predict) timings of a Keras model at the current TF threads."""
+    import tensorflow as tf
+
+    from edgepack.runtime.preprocess import scale_pixels
+
+    x1 = tf.constant(scale_pixels(x_uint8[:1]))
+    x64 = tf.constant(scale_pixels(x_uint8[:THROUGHPUT_BATCH]))
+    fn = tf.function(lambda x: model(x, training=False))
+    fn(x1)
+    fn(x64)  # trace both shapes before timing
+    out = {"tf_function": timing(lambda: fn(x1).numpy(), lambda: fn(x64).numpy(), opts, threads)}
+    if with_predict:
+        x1np = x1.numpy()
+        out["predict"] = timing(lambda: model.predict(x1np, verbose=0), None, opts, threads,
+                                runs=min(opts.runs, opts.predict_runs))
+    return out
+
+
+def evaluate_run(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
+    from edgepack.model import load_run_model, predict_proba
+    from edgepack.report.weights import keras_sparsity
+    from edgepack.runtime.preprocess import scale_pixels
+
+    row = blank_row(entry)
+    if row["status"] != "ok":
+        return row, None
+    t0 = time.perf_counter()
+    meta = entry.metadata
+    row.update(model_sha256=meta.get("model_sha256"), source_sha256=meta.get("source_sha256"))
+    try:
+        row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.run.model_path)
+        rss0 = rss_mb()
+        model = load_run_model(entry.run)
+        row["parameters"] = int(model.count_params())
+        row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
+        probs = predict_proba(model, scale_pixels(ds.x_test))
+        pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
+        rss1 = rss_mb()
+        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
+    except Exception as e:
+        fail(row, "evaluate", e)
+        return row, None
+    check_recorded(row, entry, ds)
+    if opts.latency:
+        row["latency"]["method"] = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
+        try:
+            t = keras_timing(model, ds.x_test, opts, all_threads, with_predict=True)
+            row["latency"]["threads_all"] = t["tf_function"]
+            row["latency"]["predict_threads_all"] = t["predict"]
+        except Exception as e:
+            row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row, pred
+
+
+# --- exported files
+
+def batched_predict(clf, x: np.ndarray, batch: int) -> np.ndarray:
+    return np.concatenate([np.asarray(clf.predict(x[i:i + batch]), dtype=np.float32)
+                           for i in range(0, len(x), batch)])
+
+
+def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
+    from edgepack import runtime
+    from edgepack.report.weights import file_sparsity
+    from edgepack.rundir import sha256_file
+
+    row = blank_row(entry)
+    if row["status"] != "ok":
+        return row, None
+    t0 = time.perf_counter()
+    row.update(source_sha256=entry.metadata.get("source_sha256"))
+    try:
+        row["model_sha256"] = sha256_file(entry.path)
+        row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.path)
+        sparsity = file_sparsity(entry.path)
+        if sparsity is not None:
+            row["sparsity"], row["sparsity_source"] = sparsity, "file"
+        rss0 = rss_mb()
+        clf = runtime.load(entry.path, threads=all_threads)
+        clf.predict(ds.x_test[:1])
+        rss1 = rss_mb()
+        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
+        probs = batched_predict(clf, ds.x_test, opts.eval_batch)
+        pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
+    except Exception as e:
+        fail(row, "evaluate", e)
+        return row, None
+    if opts.latency:
+        row["latency"]["method"] = "edgepack.runtime predict (uint8 in, probabilities out)"
+        x1, x64 = ds.x_test[:1], ds.x_test[:THROUGHPUT_BATCH]
+        try:
+            row["latency"]["threads_all"] = timing(lambda: clf.predict(x1), lambda: clf.predict(x64),
+                                                   opts, all_threads)
+            clf1 = runtime.load(entry.path, threads=1)
+            row["latency"]["threads_1"] = timing(lambda: clf1.predict(x1), lambda: clf1.predict(x64),
+                                                 opts, 1)
+        except Exception as e:
+            row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row, pred
+
+
+def evaluate_entry(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
+    if entry.kind == "run":
+        return evaluate_run(entry, ds, opts, all_threads)
+    return evaluate_file(entry, ds, opts, all_threads)

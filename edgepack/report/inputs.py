@@ -1,0 +1,113 @@
+"""What `edgepack compare` is given, resolved into one entry per row.
+
+Inputs are run folders (a Keras model: `metadata.json` + `metrics.json`), exported files (`.tflite`
+with its sidecar `<file>.json`, `.onnx` with `metadata_props["edgepack"]`) and export folders
+(a folder with `export.json`: expanded to the model files inside, sorted by name). An input that
+cannot be opened still becomes an entry, with its error, so it ends up a row and not a crash.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgepack.errors import EdgepackError
+
+FILE_SUFFIXES = (".tflite", ".onnx")
+EXPORT_MANIFEST = "export.json"
+KERAS = "keras"  # the `format` of a Keras run folder's row
+
+
+@dataclass
+class Entry:
+    """One model to evaluate: a Keras run folder or an exported file."""
+
+    path: Path  # run folder or model file
+    kind: str  # "run" or "file"
+    format: str  # "keras" for run folders, else the export format ("tflite-int8", ...)
+    variant: str  # the source run's variant name ("baseline", "prune-0.8", ...)
+    technique: str  # "baseline", "finetune", "prune", ...
+    metadata: dict = field(default_factory=dict)  # run metadata.json or the file's edgepack metadata
+    run: object = None  # edgepack.rundir.Run for run folders
+    error: str | None = None  # why it could not be opened (the row reports it)
+
+    @property
+    def row_id(self) -> str:
+        return f"{self.variant}/{self.format}"
+
+
+def expand(inputs: list[str | os.PathLike]) -> list[Entry]:
+    """Entries for every input, in the order given (export folders expand in place)."""
+    if not inputs:
+        raise EdgepackError("nothing to compare: pass run folders, exported files or export folders")
+    entries: list[Entry] = []
+    seen: set[Path] = set()
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise EdgepackError(f"{path} does not exist: pass run folders, exported files or export folders")
+        targets = _export_files(path) if (path / EXPORT_MANIFEST).is_file() else [path]
+        for target in targets:
+            key = target.resolve()
+            if key not in seen:  # the same file given twice is one row
+                seen.add(key)
+                entries.append(open_entry(target))
+    return entries
+
+
+def _export_files(folder: Path) -> list[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
+    if not files:
+        raise EdgepackError(f"{folder} has {EXPORT_MANIFEST} but no .tflite/.onnx files: re-run the export")
+    return files
+
+
+def open_entry(path: Path) -> Entry:
+    """Open one run folder or model file; failures are recorded in `error`."""
+    if path.is_dir():
+        return _run_entry(path)
+    if path.suffix in FILE_SUFFIXES:
+        return _file_entry(path)
+    raise EdgepackError(f"{path} is neither a run folder, an export folder nor a .tflite/.onnx file")
+
+
+def _run_entry(path: Path) -> Entry:
+    from edgepack.rundir import load_run
+
+    try:
+        run = load_run(path)
+    except EdgepackError as e:
+        return Entry(path, "run", KERAS, path.name, "unknown", error=str(e))
+    meta = run.metadata
+    return Entry(path, "run", KERAS, str(meta.get("variant") or path.name),
+                 str(meta.get("technique") or "unknown"), meta, run)
+
+
+def _file_entry(path: Path) -> Entry:
+    fallback = Entry(path, "file", path.suffix.lstrip("."), path.stem, "unknown")
+    try:
+        meta = read_file_metadata(path)
+    except Exception as e:  # a missing sidecar, a corrupt file: the row says so
+        fallback.error = f"cannot read edgepack metadata: {type(e).__name__}: {str(e)[:200]}"
+        return fallback
+    return Entry(path, "file", str(meta.get("format") or fallback.format),
+                 str(meta.get("variant") or path.stem), str(meta.get("technique") or "unknown"), meta)
+
+
+def read_file_metadata(path: Path) -> dict:
+    """The edgepack metadata of an exported file (schema: edgepack.runtime.metadata)."""
+    from edgepack.runtime import metadata as md
+
+    if path.suffix == ".tflite":
+        side = md.sidecar_path(path)
+        if not side.is_file():
+            raise md.MetadataError(f"{path}: sidecar {side.name} is missing")
+        return md.parse(side.read_bytes(), str(side))
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for prop in model.metadata_props:
+        if prop.key == md.ONNX_KEY:
+            return md.parse(prop.value, str(path))
+    raise md.MetadataError(f"{path}: no '{md.ONNX_KEY}' entry in metadata_props")

@@ -1,0 +1,197 @@
+"""Render results (schema: edgepack.report.compare) as report.md, report.html and results.csv.
+
+Tables are built once as (title, headers, rows of strings) and written both as Markdown and HTML,
+so the two reports cannot disagree. Units and formatting live here, never in results.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html as html_mod
+from pathlib import Path
+
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def _num(v, fmt: str, scale: float = 1.0) -> str:
+    if v is None:
+        return "-"
+    return format(v * scale if scale != 1.0 else v, fmt)
+
+
+def _signed(v) -> str:
+    return "-" if v is None else f"{v:+.2f}"
+
+
+def _kb(v) -> str:
+    return "-" if v is None else f"{v / 1024:.1f}"
+
+
+def _lat(row: dict, key: str) -> dict | None:
+    return (row.get("latency") or {}).get(key)
+
+
+def main_table(results: dict) -> Table:
+    headers = ["variant", "format", "size KB", "gzip KB", "x smaller (gzip)", "accuracy %",
+               "change (pts)", "change vs control (pts)", "agreement %", "p50 ms 1 thread",
+               "p50 ms all cores", "x faster", "images/s b64", "status"]
+    out = []
+    for r in results["rows"]:
+        one, allc = _lat(r, "threads_1"), _lat(r, "threads_all")
+        name = r["variant"] + (" (recommended)" if r["recommended"] else "")
+        if r["id"] == results.get("baseline"):
+            name += " (baseline)"
+        elif r["id"] == results.get("control"):
+            name += " (control)"
+        out.append([
+            name, r["format"] + (" tf.function" if r["kind"] == "run" else ""),
+            _kb(r["size_bytes"]), _kb(r["size_gzip_bytes"]), _num(r["size_ratio_gzip"], ".2f"),
+            _num(r["accuracy"], ".2f", 100), _signed(r["delta_pts_vs_baseline"]),
+            _signed(r["delta_pts_vs_control"]), _num(r["agreement"], ".2f", 100),
+            _num(one and one["p50_ms"], ".3f"), _num(allc and allc["p50_ms"], ".3f"),
+            _num(r["speedup"], ".1f"), _num(allc and allc["throughput_ips"], ".0f"),
+            r["status"],
+        ])
+    return "Variants", headers, out
+
+
+def latency_table(results: dict) -> Table:
+    headers = ["id", "timed as", "threads", "p50 ms", "p90 ms", "p99 ms", "runs", "images/s b64"]
+    out = []
+    for r in results["rows"]:
+        for key, label in (("threads_1", None), ("threads_all", None),
+                           ("predict_threads_all", "model.predict")):
+            t = _lat(r, key)
+            if not t:
+                continue
+            how = label or ("tf.function" if r["kind"] == "run" else "edgepack.runtime")
+            out.append([r["id"], how, str(t["threads"]), f"{t['p50_ms']:.3f}", f"{t['p90_ms']:.3f}",
+                        f"{t['p99_ms']:.3f}", str(t["runs"]), _num(t["throughput_ips"], ".0f")])
+    return "Latency (batch 1, after warm-up) and throughput (batch 64)", headers, out
+
+
+def detail_table(results: dict) -> Table:
+    headers = ["id", "precision %", "recall %", "F1 %", "parameters", "sparsity %", "sparsity from",
+               "RSS delta MB", "accuracy in metrics.json", "check"]
+    out = [[r["id"], _num(r["precision_macro"], ".2f", 100), _num(r["recall_macro"], ".2f", 100),
+            _num(r["f1_macro"], ".2f", 100), _num(r["parameters"], ","), _num(r["sparsity"], ".1f", 100),
+            r["sparsity_source"] or "-", _num(r["memory_rss_delta_mb"], ".1f"),
+            _num(r["accuracy_recorded"], ".4f"), r["accuracy_check"] or "-"] for r in results["rows"]]
+    return "Details (macro averages)", headers, out
+
+
+def per_class_table(results: dict) -> Table:
+    rows = [r for r in results["rows"] if r["per_class_accuracy"]]
+    names = list(rows[0]["per_class_accuracy"]) if rows else []
+    out = [[r["id"]] + [_num(r["per_class_accuracy"][n], ".1f", 100) for n in names] for r in rows]
+    return "Per-class accuracy %", ["id", *names], out
+
+
+def error_table(results: dict) -> Table:
+    out = [[r["id"], r["path"], r["error"] or ""] for r in results["rows"] if r["status"] != "ok"]
+    out += [[r["id"], r["path"], f"latency: {r['latency']['error']}"] for r in results["rows"]
+            if (r.get("latency") or {}).get("error")]
+    return "Failures", ["id", "path", "error"], out
+
+
+def tables(results: dict) -> list[Table]:
+    return [t for t in (main_table(results), latency_table(results), detail_table(results),
+                        per_class_table(results), error_table(results)) if t[2]]
+
+
+def header_lines(results: dict) -> list[str]:
+    env, data, opts = results["environment"], results["data"], results["options"]
+    cpu = env["cpu"]
+    n = data["num_test_images"]
+    subset = (f"a class-balanced subset of {n} test images (--limit-test; not the full test set)"
+              if data["limit_test"] else f"all {n} test images")
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    lines = [
+        f"Created {results['created']} in {results['wall_seconds']:.0f} s; {subset} from `{data['source']}`.",
+        f"CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable cores "
+        f"({cpu['logical_cores']} logical); ISA: {', '.join(cpu['isa_flags']) or 'none detected'}.",
+        f"Software: {versions}.",
+        f"Baseline: {results['baseline'] or 'none'}; control (fine-tuned, not compressed): "
+        f"{results['control'] or 'none'}.",
+        f"Latency: batch 1, median of {opts['runs']} runs after {opts['warmup']} warm-up calls "
+        "(Keras rows: compiled tf.function call; model.predict listed separately). "
+        "x smaller and x faster are relative to the baseline Keras model (gzip'ed size; 1-thread p50)."
+        if opts["latency"] else "Latency: not measured (--no-latency).",
+    ]
+    if results["recommended"]:
+        lines.append(f"Recommended (smallest and fastest within {opts['max_drop']:g} points of the "
+                     f"baseline): **{results['recommended']}**.")
+    gate = results.get("gate")
+    if gate:
+        lines.append(f"Gate --fail-over {gate['fail_over']:g}: "
+                     + ("passed." if gate["passed"] else f"FAILED by {', '.join(gate['failed'])}."))
+    return lines
+
+
+def _md_table(t: Table) -> str:
+    title, headers, rows = t
+
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = [f"## {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def markdown(results: dict, images: dict[str, str]) -> str:
+    parts = ["# edgepack comparison report", "", *[f"- {line}" for line in header_lines(results)], ""]
+    parts += [_md_table(t) for t in tables(results)]
+    parts += [f"![{title}]({name})\n" for title, name in images.items()]
+    return "\n".join(parts)
+
+
+def _html_table(t: Table) -> str:
+    title, headers, rows = t
+    esc = html_mod.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<h2>{esc(title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
+
+
+_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}"
+          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}")
+
+
+def html(results: dict, folder: Path, images: dict[str, str]) -> str:
+    """A self-contained page: the same tables as report.md, plots embedded as base64 PNGs."""
+    esc = html_mod.escape
+    items = "".join(f"<li>{esc(line).replace('**', '')}</li>" for line in header_lines(results))
+    imgs = "".join(
+        f'<img alt="{esc(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode((folder / name).read_bytes()).decode()}">' for title, name in images.items())
+    body = "".join(_html_table(t) for t in tables(results))
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>edgepack comparison</title>"
+            f"<style>{_STYLE}</style></head><body><h1>edgepack comparison report</h1><ul>{items}</ul>"
+            f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
+
+
+def flat_row(row: dict) -> dict:
+    """One CSV line: every scalar field, latency figures as columns, per-class accuracy as columns."""
+    flat = {k: v for k, v in row.items() if not isinstance(v, dict | list)}
+    for key in ("threads_1", "threads_all", "predict_threads_all"):
+        t = _lat(row, key) or {}
+        for f in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips"):
+            flat[f"{key}_{f}"] = t.get(f)
+    flat["latency_error"] = (row.get("latency") or {}).get("error")
+    for name, acc in (row.get("per_class_accuracy") or {}).items():
+        flat[f"accuracy_{name}"] = acc
+    return flat
+
+
+def write_csv(results: dict, path: Path) -> None:
+    flats = [flat_row(r) for r in results["rows"]]
+    fields: list[str] = []
+    for f in flats:
+        fields += [k for k in f if k not in fields]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerows(flats)
