@@ -1,0 +1,54 @@
+"""Compress a trained run folder (pruning, 2:4 sparsity, clustering, QAT, PQAT) into a new run folder.
+
+Techniques (defaults in brackets; fine-tuning uses training images only):
+  prune       magnitude pruning to --sparsity [0.5], 2 epochs at 1e-3; every pruned kernel is checked
+              to be within 1 point of the target
+  prune-2of4  2 zeros in every 4 consecutive input-channel weights, 2 epochs at 1e-3; the pattern is
+              checked in every pruned kernel (the first conv, 3 input channels, ends at 1/3 sparsity)
+  cluster     --clusters [16] shared values per kernel (k-means++), 2 epochs at 1e-4; checked
+  qat         int8 quantization-aware training, 1 epoch at 1e-4; saved as model.h5
+  pqat        pruning-preserving QAT from a prune/prune-2of4 run folder, 1 epoch at 1e-4; the
+              source's zeros are checked to survive
+  finetune    control: the source trained further (2 epochs at 1e-4), not compressed
+
+The run folder holds the model, history.json, metrics.json (test set) and metadata.json (technique,
+parameters, source run and its sha256, fine-tuning time, measured invariants, gzip'ed model size).
+A broken invariant is an error and leaves no folder behind.
+
+example:
+  edgepack compress --model runs/baseline --technique prune --sparsity 0.8 --out runs/prune-0.8
+  edgepack compress --model runs/prune-0.5 --technique pqat --out runs/pqat
+  edgepack compress --model runs/baseline --technique cluster --keep-dense conv1 --out runs/cluster-16
+"""
+
+from edgepack.cli import add_command, add_data_options, positive_int
+
+
+def register(sub) -> None:
+    p = add_command(sub, "compress", __doc__, run)
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="run folder to compress (from train)")
+    p.add_argument("--technique", required=True, metavar="NAME",
+                   help="prune, prune-2of4, cluster, qat, pqat or finetune (see above)")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    add_data_options(p)
+    p.add_argument("--sparsity", type=float, help="prune: target share of zeros per kernel, in (0, 1)")
+    p.add_argument("--clusters", type=int, help="cluster: distinct values per kernel, >= 2")
+    p.add_argument("--keep-dense", nargs="+", metavar="LAYER",
+                   help="prune, prune-2of4, cluster: leave these Conv/Dense layers uncompressed")
+    p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default: the technique's)")
+    p.add_argument("--learning-rate", type=float, help="adam learning rate (default: the technique's)")
+    p.add_argument("--batch-size", type=positive_int, help="batch size (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
+
+
+def run(args) -> int:
+    from edgepack.compress import compress
+
+    # Only the options given are passed: the library refuses those the technique does not take.
+    params = {"sparsity": args.sparsity, "clusters": args.clusters, "keep_dense": args.keep_dense,
+              "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size}
+    out = compress(args.model, args.technique, args.out, params=params, data_path=args.data, force=args.force,
+                   limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed)
+    print(f"wrote {out}")
+    return 0

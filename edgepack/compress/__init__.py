@@ -1,0 +1,15 @@
+"""Compression of trained run folders: pruning, 2:4 sparsity, clustering, QAT, PQAT, and a fine-tune control.
+
+    from edgepack.compress import compress, TECHNIQUES
+    compress("runs/baseline", "prune", "runs/prune-0.8", params={"sparsity": 0.8})
+
+The techniques and their defaults live in one table, edgepack.compress.techniques.TECHNIQUES.
+Importing this package does not import TensorFlow.
+"""
+
+from edgepack.compress.core import compress, get_technique, gzip_bytes, resolve_params
+from edgepack.compress.invariants import InvariantError
+from edgepack.compress.techniques import TECHNIQUES, Technique
+
+__all__ = ["compress", "get_technique", "gzip_bytes", "resolve_params", "InvariantError", "TECHNIQUES",
+           "Technique"]

@@ -1,0 +1,210 @@
+"""`compress()`: source run folder -> technique (wrap, fine-tune, strip, check) -> new run folder.
+
+The new folder has the same layout as training's (edgepack.rundir): the model file (model.keras, or
+model.h5 for QAT models, see `model_format`), history.json, metrics.json (edgepack.metrics schema) and
+metadata.json with kind "compress", the technique, variant and parameters, the source run and its
+model's sha256, the fine-tuning settings and time, the measured invariants, and the data fields
+(class names, input shape and dtype, pixel scaling, data sha256) that export and the runtime read.
+Every failure (bad option, bad source, broken invariant) happens before the folder is renamed into
+place, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import data as data_mod
+from edgepack import rundir
+from edgepack.compress import invariants as inv
+from edgepack.compress.techniques import MODEL_FILES, PRUNED_TECHNIQUES, TECHNIQUES, Plan, Technique
+from edgepack.errors import EdgepackError, require_toolchain
+from edgepack.runtime.preprocess import scale_pixels
+
+ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
+ROUND_TRIP_TOLERANCE = 1e-6  # max |probability difference| between the trained and reloaded model
+
+
+def flag(option: str) -> str:
+    """The CLI spelling of a parameter name."""
+    return "--" + option.replace("_", "-")
+
+
+def get_technique(name: str) -> Technique:
+    tech = TECHNIQUES.get(name)
+    if tech is None:
+        raise EdgepackError(f"unknown technique {name!r}: choose one of {', '.join(TECHNIQUES)}")
+    return tech
+
+
+def resolve_params(tech: Technique, params: dict | None) -> dict:
+    """The technique's defaults overridden by `params`; refuses options it does not take or bad values."""
+    params = {k: v for k, v in (params or {}).items() if v is not None}
+    unknown = sorted(set(params) - set(tech.defaults))
+    if unknown:
+        raise EdgepackError(f"technique {tech.name} does not take {', '.join(map(flag, unknown))}; it takes "
+                            f"{', '.join(map(flag, tech.defaults))}")
+    p = {**tech.defaults, **params}
+    if "sparsity" in p and not 0.0 < float(p["sparsity"]) < 1.0:
+        raise EdgepackError(f"--sparsity must be between 0 and 1 (exclusive), got {p['sparsity']}")
+    if "clusters" in p and (int(p["clusters"]) != p["clusters"] or p["clusters"] < 2):
+        raise EdgepackError(f"--clusters must be a whole number >= 2, got {p['clusters']}")
+    if int(p["epochs"]) != p["epochs"] or p["epochs"] < 1:
+        raise EdgepackError(f"--epochs must be a whole number >= 1, got {p['epochs']}")
+    if int(p["batch_size"]) != p["batch_size"] or p["batch_size"] < 1:
+        raise EdgepackError(f"--batch-size must be a whole number >= 1, got {p['batch_size']}")
+    if not float(p["learning_rate"]) > 0:
+        raise EdgepackError(f"--learning-rate must be > 0, got {p['learning_rate']}")
+    if "keep_dense" in p:
+        p["keep_dense"] = [str(n) for n in p["keep_dense"]]
+    return p
+
+
+def gzip_bytes(path: str | os.PathLike) -> int:
+    """Size of the file gzip'ed at level 9 (fixed mtime): what compression saves on the wire."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
+
+
+def _check_source(src: rundir.Run, tech: Technique) -> None:
+    meta = src.metadata
+    if meta.get("model_format", "keras") != "keras":
+        raise EdgepackError(f"{src.path} holds a {meta.get('model_format')} model: compress a float run "
+                            "folder (from train, prune, prune-2of4, cluster or finetune)")
+    if tech.needs_pruned_source and meta.get("technique") not in PRUNED_TECHNIQUES:
+        raise EdgepackError(f"technique {tech.name} needs a pruned run folder "
+                            f"({' or '.join(PRUNED_TECHNIQUES)}), but {src.path} is a "
+                            f"{meta.get('technique', 'unknown')!r} run: "
+                            "run `edgepack compress --technique prune` first")
+
+
+def _load_source_model(src: rundir.Run):
+    from edgepack.model import keras, load_run_model
+
+    model = load_run_model(src)
+    k = keras()
+    if not (isinstance(model, k.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise EdgepackError(f"{src.model_path} is a subclassed Keras model: TF-MOT needs a Sequential or "
+                            "Functional tf_keras model")
+    return model
+
+
+def _targets(model, keep_dense) -> tuple[str, ...]:
+    """Conv/Dense layers to compress: all of them except those named in keep_dense."""
+    from edgepack.model import keras
+
+    layers = keras().layers
+    compressible = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D | layers.Dense)]
+    unknown = [n for n in keep_dense if n not in compressible]
+    if unknown:
+        raise EdgepackError(f"--keep-dense {' '.join(unknown)}: no such Conv/Dense layer "
+                            f"(the model has {', '.join(compressible)})")
+    targets = tuple(n for n in compressible if n not in keep_dense)
+    if not targets:
+        raise EdgepackError("--keep-dense names every Conv/Dense layer: nothing is left to compress")
+    return targets
+
+
+def _load_data(src: rundir.Run, data_path, limit_train, limit_test, seed) -> data_mod.Cifar10:
+    for name, v in (("limit_train", limit_train), ("limit_test", limit_test)):
+        if v is not None and v < 10:
+            raise EdgepackError(f"--{name.replace('_', '-')} must be >= 10 (one image per class), got {v}")
+    recorded = src.metadata.get("data_source")
+    if data_path is None and recorded and Path(recorded).exists():
+        data_path = recorded  # the data the source was trained on
+    return data_mod.load_cifar10(data_path, limit_train, limit_test, seed)
+
+
+def _save(model, folder: Path, model_format: str, x_check: np.ndarray) -> Path:
+    """Save, reload through edgepack.model.LOADERS and check the reloaded model gives the same outputs."""
+    from edgepack.model import LOADERS, predict_proba, save_model
+
+    path = folder / MODEL_FILES[model_format]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": the only format QAT loads back from
+        save_model(model, path)
+    reloaded = LOADERS[model_format](path)
+    diff = float(np.max(np.abs(predict_proba(model, x_check) - predict_proba(reloaded, x_check))))
+    if diff > ROUND_TRIP_TOLERANCE:
+        raise EdgepackError(f"the saved {model_format} model does not reproduce the trained one "
+                            f"(max difference {diff:.2e}): report this as a bug")
+    return path
+
+
+def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
+             params: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
+             limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
+             ds: data_mod.Cifar10 | None = None) -> Path:
+    """Compress the model of a run folder with `technique` and write the run folder `out`.
+
+    params: the technique's options (see TECHNIQUES[technique].defaults), e.g. {"sparsity": 0.8}.
+    data_path: CIFAR-10 for fine-tuning (training images) and metrics (test images); default: the
+    data the source was trained on if it still exists, then the usual search (edgepack.data).
+    ds: an already loaded data set (overrides data_path and the limits).
+    """
+    require_toolchain("edgepack compress")
+    tech = get_technique(technique)
+    params = resolve_params(tech, params)
+    rundir.check_new_output(out, force)
+    src = rundir.load_run(source_run_dir)
+    _check_source(src, tech)
+    started = time.time()
+    from edgepack.model import compile_model, count_params
+    from edgepack.train import data_metadata, evaluate, keras_verbosity, seed_everything
+
+    model = _load_source_model(src)
+    targets = _targets(model, params.get("keep_dense", ()))
+    if ds is None:
+        ds = _load_data(src, data_path, limit_train, limit_test, seed)
+    if list(ds.class_names) != list(src.metadata.get("class_names", ds.class_names)):
+        raise EdgepackError(f"the data's class names differ from the source run's: pass the --data it was "
+                            f"trained on ({src.metadata.get('data_source')})")
+    source_kernels = inv.kernels(model)
+    if tech.needs_pruned_source and not any((w == 0).any() for w in source_kernels.values()):
+        raise EdgepackError(f"{src.path} is recorded as pruned but its kernels hold no zeros: re-create it")
+    print(f"{tech.name}: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}",
+          flush=True)
+
+    seed_everything(seed)
+    steps = params["epochs"] * math.ceil(len(ds.y_train) / params["batch_size"])
+    plan = Plan(steps=steps, targets=targets, source_kernels=source_kernels)
+    wrapped, callbacks = tech.wrap(model, params, plan)
+    compile_model(wrapped, params["learning_rate"])  # wrapped models must be (re)compiled
+    x_train = scale_pixels(ds.x_train)
+    t0 = time.time()
+    hist = wrapped.fit(x_train, ds.y_train, epochs=params["epochs"], batch_size=params["batch_size"],
+                       shuffle=True, callbacks=callbacks, verbose=keras_verbosity())
+    finetune_seconds = time.time() - t0
+    final = tech.finish(wrapped)
+    invariants = tech.check(final, params, plan)
+    metrics, _ = evaluate(final, ds)
+    variant = tech.variant(params)
+    print(f"{variant}: test accuracy {metrics['accuracy']:.4f} (source run: "
+          f"{src.metrics.get('accuracy', float('nan')):.4f}) after {finetune_seconds:.0f} s of fine-tuning",
+          flush=True)
+
+    with rundir.atomic_dir(out, force) as tmp:
+        path = _save(final, tmp, tech.model_format, x_train[:ROUND_TRIP_IMAGES])
+        metadata = {
+            "kind": "compress", "technique": tech.name, "variant": variant,
+            "model_file": path.name, "model_format": tech.model_format, "params": params,
+            "source_run": str(src.path.resolve()), "source_model_sha256": src.metadata.get("model_sha256"),
+            "source_variant": src.metadata.get("variant"), "source_technique": src.metadata.get("technique"),
+            "source_accuracy": src.metrics.get("accuracy"),
+            "source_data_sha256": src.metadata.get("data_sha256"),
+            "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
+                         "batch_size": params["batch_size"], "steps": steps, "seed": seed,
+                         "seconds": round(finetune_seconds, 2)},
+            "invariants": invariants, "parameters": count_params(final), **data_metadata(ds),
+            "model_gzip_bytes": gzip_bytes(path),
+            "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training
+            "wall_seconds": round(time.time() - started, 2),
+        }
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        rundir.write_run_files(tmp, metadata, metrics, history)
+    return Path(out)

@@ -1,0 +1,214 @@
+"""The compression techniques: one name-keyed table (`TECHNIQUES`) that the CLI and the pipeline read.
+
+A technique is four small functions around a shared fine-tuning loop (edgepack.compress.core):
+  wrap(model, params, plan)  -> (model with TF-MOT wrappers, extra Keras callbacks)
+  finish(trained)            -> the model to save (wrappers stripped)
+  check(final, params, plan) -> the measured invariants for metadata.json (raises InvariantError)
+  variant(params)            -> a short unique name ("prune-0.8", "cluster-16", ...)
+Adding a technique is adding one entry. TensorFlow and TF-MOT are imported only when a function runs.
+
+Fine-tuning defaults are the recipes measured on the real data (../shared/TOOLCHAIN.md): pruning and
+2:4 fine-tune 2 epochs at adam's 1e-3; clustering 2 epochs at 1e-4; QAT and PQAT 1 epoch at 1e-4.
+`finetune` is the control: the source trained further without compression, so a comparison can
+separate what the extra epochs did from what the compression cost (match its --epochs and
+--learning-rate to the variant it controls for; the default matches `cluster`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from edgepack.compress import invariants as inv
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a technique needs to know about the model and the fine-tuning run."""
+
+    steps: int  # fine-tuning steps (batches) over all epochs
+    targets: tuple[str, ...]  # Conv/Dense layers to compress (all of them minus --keep-dense)
+    source_kernels: dict = field(repr=False)  # {layer: kernel} of the source before any change
+
+
+@dataclass(frozen=True)
+class Technique:
+    name: str
+    summary: str  # one line for --help
+    defaults: Mapping[str, Any]  # every option the technique takes, with its default
+    wrap: Callable
+    finish: Callable
+    check: Callable
+    variant: Callable[[dict], str]
+    model_format: str = "keras"  # edgepack.model.LOADERS key of the saved model
+    needs_pruned_source: bool = False  # source must be a `prune` / `prune-2of4` run folder
+
+
+PRUNED_TECHNIQUES = ("prune", "prune-2of4")
+MODEL_FILES = {"keras": "model.keras", "keras-qat-h5": "model.h5"}  # QAT does not round-trip .keras
+
+
+def _tfmot():
+    import tensorflow_model_optimization as tfmot
+
+    return tfmot
+
+
+def _wrap_targets(model, targets, wrap_one):
+    """Clone `model`, wrapping the layers named in `targets` (other layers are reused as they are)."""
+    from edgepack.model import keras
+
+    return keras().models.clone_model(model, clone_function=lambda layer: (
+        wrap_one(layer) if layer.name in targets else layer))
+
+
+def _identity(model):
+    return model
+
+
+# --- pruning
+
+def pruning_schedule(steps: int, sparsity: float):
+    """PolynomialDecay from 0 to `sparsity` that finishes half-way through fine-tuning.
+
+    TF-MOT's default frequency (100 steps) leaves short runs at 0% with no warning: the frequency
+    here is at most 1/20 of the run and end_step a multiple of it, so the final mask is applied and
+    the second half of fine-tuning recovers accuracy at the final sparsity.
+    """
+    if steps < 2:
+        raise inv.InvariantError(f"pruning needs at least 2 fine-tuning steps, got {steps}: "
+                                 "use more training images, more --epochs or a smaller --batch-size")
+    freq = max(1, min(100, steps // 20))
+    end = max(freq, (steps // 2) // freq * freq)
+    return _tfmot().sparsity.keras.PolynomialDecay(
+        initial_sparsity=0.0, final_sparsity=sparsity, begin_step=0, end_step=end, frequency=freq)
+
+
+def _wrap_prune(model, params, plan, m_by_n=None):
+    tfmot = _tfmot()
+    if m_by_n:
+        freq = max(1, min(100, plan.steps // 20))  # the 2:4 mask is recomputed every `freq` steps
+        kw = {"pruning_schedule": tfmot.sparsity.keras.ConstantSparsity(0.5, begin_step=0, frequency=freq),
+              "sparsity_m_by_n": m_by_n}
+    else:
+        kw = {"pruning_schedule": pruning_schedule(plan.steps, params["sparsity"])}
+    wrapped = _wrap_targets(model, plan.targets, lambda layer: tfmot.sparsity.keras.prune_low_magnitude(
+        layer, **kw))
+    # Without this callback fit() fails with InvalidArgumentError (TOOLCHAIN.md).
+    return wrapped, [tfmot.sparsity.keras.UpdatePruningStep()]
+
+
+def _strip_pruning(model):
+    return _tfmot().sparsity.keras.strip_pruning(model)
+
+
+def _check_prune(model, params, plan):
+    return inv.sparsity_record(inv.kernels(model), params["sparsity"], list(plan.targets))
+
+
+def _check_2of4(model, params, plan):
+    return inv.two_of_four_record(inv.kernels(model), list(plan.targets))
+
+
+# --- clustering
+
+def _wrap_cluster(model, params, plan):
+    c = _tfmot().clustering.keras
+    init = c.CentroidInitialization.KMEANS_PLUS_PLUS
+    return _wrap_targets(model, plan.targets, lambda layer: c.cluster_weights(
+        layer, number_of_clusters=params["clusters"], cluster_centroids_init=init)), []
+
+
+def _strip_clustering(model):
+    return _tfmot().clustering.keras.strip_clustering(model)
+
+
+def _check_cluster(model, params, plan):
+    return inv.cluster_record(inv.kernels(model), params["clusters"], list(plan.targets))
+
+
+# --- quantization-aware training
+
+def _wrap_qat(model, params, plan):
+    return _tfmot().quantization.keras.quantize_model(model), []
+
+
+def _wrap_pqat(model, params, plan):
+    tfmot = _tfmot()
+    q = tfmot.quantization.keras
+    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    return q.quantize_apply(q.quantize_annotate_model(model), scheme), []
+
+
+def _quantized_layers(model, plan) -> dict:
+    wrapped = sorted(getattr(layer, "layer", layer).name for layer in model.layers
+                     if type(layer).__name__.startswith("QuantizeWrapper"))
+    missing = sorted(set(plan.targets) - set(wrapped))
+    inv.require(not missing, f"layers {', '.join(missing)} were not wrapped for quantization-aware training")
+    return {"quantized_layers": wrapped}
+
+
+def _check_qat(model, params, plan):
+    return {**_quantized_layers(model, plan), **inv.sparsity_record(inv.kernels(model), None, [])}
+
+
+def _check_pqat(model, params, plan):
+    ks = inv.kernels(model)
+    return {**_quantized_layers(model, plan), **inv.zeros_kept_record(plan.source_kernels, ks),
+            **inv.sparsity_record(ks, None, [])}
+
+
+def _check_finetune(model, params, plan):
+    return inv.sparsity_record(inv.kernels(model), None, [])
+
+
+# --- the table
+
+def _finetune_defaults(epochs: int, learning_rate: float) -> dict:
+    return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": 32}
+
+
+def _variant(base: Callable[[dict], str], name: str) -> Callable[[dict], str]:
+    """Base name, plus the fine-tuning settings that differ from the technique's defaults."""
+
+    def variant(params: dict) -> str:
+        tech = TECHNIQUES[name]
+        parts = [base(params)]
+        if params.get("keep_dense"):
+            parts.append("keep-" + "+".join(params["keep_dense"]))
+        for key, tag in (("epochs", "e"), ("learning_rate", "lr"), ("batch_size", "b")):
+            if params[key] != tech.defaults[key]:
+                parts.append(f"{tag}{params[key]:g}")
+        return "-".join(parts)
+
+    return variant
+
+
+def _entry(name, summary, defaults, wrap, finish, check, base, **kw) -> Technique:
+    return Technique(name, summary, MappingProxyType(defaults), wrap, finish, check,
+                     _variant(base, name), **kw)
+
+
+TECHNIQUES: dict[str, Technique] = {t.name: t for t in (
+    _entry("prune", "magnitude pruning to --sparsity (polynomial decay), wrappers stripped",
+           {"sparsity": 0.5, "keep_dense": (), **_finetune_defaults(2, 1e-3)},
+           _wrap_prune, _strip_pruning, _check_prune, lambda p: f"prune-{p['sparsity']:g}"),
+    _entry("prune-2of4", "structured 2:4 sparsity (2 zeros in every 4 input-channel weights)",
+           {"keep_dense": (), **_finetune_defaults(2, 1e-3)},
+           lambda m, p, plan: _wrap_prune(m, p, plan, m_by_n=inv.M_BY_N), _strip_pruning, _check_2of4,
+           lambda p: "prune-2of4"),
+    _entry("cluster", "weight clustering to --clusters shared values per kernel (k-means++ init)",
+           {"clusters": 16, "keep_dense": (), **_finetune_defaults(2, 1e-4)},
+           _wrap_cluster, _strip_clustering, _check_cluster, lambda p: f"cluster-{p['clusters']}"),
+    _entry("qat", "int8 quantization-aware training (fake-quant wrappers, saved as .h5)",
+           _finetune_defaults(1, 1e-4), _wrap_qat, _identity, _check_qat, lambda p: "qat",
+           model_format="keras-qat-h5"),
+    _entry("pqat", "pruning-preserving int8 QAT from a pruned run folder (keeps its zeros)",
+           _finetune_defaults(1, 1e-4), _wrap_pqat, _identity, _check_pqat, lambda p: "pqat",
+           model_format="keras-qat-h5", needs_pruned_source=True),
+    _entry("finetune", "control: the source trained further, not compressed",
+           _finetune_defaults(2, 1e-4), lambda m, p, plan: (m, []), _identity, _check_finetune,
+           lambda p: "finetune"),
+)}
