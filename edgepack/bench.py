@@ -1,0 +1,157 @@
+"""`edgepack bench`: batch-1 latency of exported files through edgepack.runtime vs the raw engine.
+
+For each file, in one process and on the same synthetic uint8 image:
+  edgepack  `load(file).predict(image)`: input checks, scaling / int8 quantization, the engine
+            call and dequantization to float32 probabilities (what an app pays);
+  raw       the bare engine on a second copy of the file with the same options, fed the already
+            prepared input: ONNX Runtime `session.run`, LiteRT `set_tensor` + `invoke` + `get_tensor`.
+The two are timed in alternating rounds (the machine's speed drifts) with edgepack.timing.measure;
+p50 and p90 are medians over the rounds. A file that fails becomes a row with its error.
+The import time of edgepack.runtime is measured in fresh processes (median), which also check that
+TensorFlow was not imported. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.timing import measure
+
+ROUNDS = 5  # alternating edgepack/raw rounds per file
+IMAGE_SEED = 0
+
+# Run in a fresh interpreter: import time of edgepack.runtime, then (optionally) the first load + predict.
+_IMPORT_PROBE = """
+import json, sys, time
+t0 = time.perf_counter()
+import edgepack.runtime
+t1 = time.perf_counter()
+out = {"import_s": t1 - t0}
+if len(sys.argv) > 1:
+    import numpy as np
+    edgepack.runtime.load(sys.argv[1]).predict(np.zeros((1, 32, 32, 3), np.uint8))
+    out["first_predict_s"] = time.perf_counter() - t0
+out["tensorflow_imported"] = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
+print(json.dumps(out))
+"""
+
+
+def raw_call(clf, x: np.ndarray) -> Callable[[], object]:
+    """The bare engine call on prepared input `x`, on its own session/interpreter with `clf`'s options."""
+    from edgepack.runtime import backends
+
+    if isinstance(clf, backends.OnnxClassifier):
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(clf.path), backends.session_options(clf.threads),
+                                       providers=["CPUExecutionProvider"])
+        feed = {session.get_inputs()[0].name: x}
+        return lambda: session.run(None, feed)
+    interpreter = backends.new_interpreter(clf.path, clf.threads)
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    if list(inp["shape"]) != list(x.shape):
+        interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
+        interpreter.allocate_tensors()
+    in_index, out_index = inp["index"], out["index"]
+
+    def call():
+        interpreter.set_tensor(in_index, x)
+        interpreter.invoke()
+        return interpreter.get_tensor(out_index)
+
+    return call
+
+
+def bench_file(path: str | os.PathLike, runs: int = 500, warmup: int = 50, threads: int = 1) -> dict:
+    """One row: edgepack vs raw batch-1 latency of `path` (ms), or the error that stopped it."""
+    from edgepack import runtime
+
+    row = {"file": str(path), "format": None, "runtime": None, "threads": threads, "status": "ok"}
+    try:
+        clf = runtime.load(path, threads=threads)
+        row.update(format=clf.format, runtime=clf.runtime)
+        image = np.random.default_rng(IMAGE_SEED).integers(0, 256, (1, *clf.input_shape), dtype=np.uint8)
+        fns = {"edgepack": lambda: clf.predict(image), "raw": raw_call(clf, clf.prepare(image))}
+        rounds: dict[str, list] = {k: [] for k in fns}
+        per_round = max(1, runs // ROUNDS)
+        for r in range(ROUNDS):
+            for name in (("edgepack", "raw") if r % 2 == 0 else ("raw", "edgepack")):
+                rounds[name].append(measure(fns[name], per_round, warmup if r == 0 else max(1, warmup // 5)))
+    except Exception as e:  # a failed file is a row with its reason, not a crash
+        row.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
+        return row
+    for name, lats in rounds.items():
+        row[name] = {"p50_ms": float(np.median([lat.p50_ms for lat in lats])),
+                     "p90_ms": float(np.median([lat.p90_ms for lat in lats])),
+                     "runs": per_round * ROUNDS, "rounds": ROUNDS}
+    row["ratio_p50"] = row["edgepack"]["p50_ms"] / row["raw"]["p50_ms"]
+    return row
+
+
+def import_time(repeats: int = 5, model: str | os.PathLike | None = None) -> dict:
+    """Seconds to `import edgepack.runtime` in fresh processes (median of `repeats`), and whether
+    TensorFlow got imported; with `model`, also import + load + first predict of that file."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    samples = []
+    for _ in range(repeats):
+        args = [sys.executable, "-c", _IMPORT_PROBE] + ([str(model)] if model else [])
+        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        if done.returncode != 0:
+            lines = done.stderr.strip().splitlines() or ["no output"]
+            return {"status": "error", "error": lines[-1][:300]}
+        samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    out = {"status": "ok", "repeats": repeats,
+           "import_s": float(np.median([s["import_s"] for s in samples])),
+           "import_s_all": [round(s["import_s"], 4) for s in samples],
+           "tensorflow_imported": any(s["tensorflow_imported"] for s in samples)}
+    if model:
+        first = [s["first_predict_s"] for s in samples]
+        out.update(model=str(model), first_predict_s=float(np.median(first)))
+    return out
+
+
+def bench(paths: list[str | os.PathLike], runs: int = 500, warmup: int = 50, threads: int = 1,
+          import_repeats: int = 5) -> dict:
+    """`edgepack bench`: a row per file plus the runtime's import time (JSON-ready)."""
+    rows = [bench_file(p, runs, warmup, threads) for p in paths]
+    first_ok = next((r["file"] for r in rows if r["status"] == "ok"), None)
+    return {"batch": 1, "threads": threads, "runs": runs, "warmup": warmup, "rounds": ROUNDS,
+            "input": "synthetic uint8 image (seed 0)", "files": rows,
+            "import": import_time(import_repeats, first_ok)}
+
+
+def render(result: dict) -> str:
+    """The bench result as a text table."""
+    head = (f"batch 1, {result['threads']} thread(s), {result['runs']} timed runs after {result['warmup']} "
+            f"warm-up in {result['rounds']} alternating rounds; milliseconds (median over rounds)")
+    names = [Path(r["file"]).name for r in result["files"]]
+    w = max([len("file")] + [len(n) for n in names])
+    lines = [head, f"{'file':<{w}}  {'format':<15} {'runtime':<12} {'edgepack p50':>12} {'p90':>7} "
+                   f"{'raw p50':>8} {'p90':>7} {'ratio':>6}"]
+    for name, r in zip(names, result["files"], strict=True):
+        if r["status"] != "ok":
+            fmt, rt = r["format"] or "-", r["runtime"] or "-"
+            lines.append(f"{name:<{w}}  {fmt:<15} {rt:<12} error: {r['error']}")
+            continue
+        e, raw = r["edgepack"], r["raw"]
+        lines.append(f"{name:<{w}}  {r['format']:<15} {r['runtime']:<12} {e['p50_ms']:>12.4f} "
+                     f"{e['p90_ms']:>7.4f} {raw['p50_ms']:>8.4f} {raw['p90_ms']:>7.4f} "
+                     f"{r['ratio_p50']:>6.3f}")
+    imp = result["import"]
+    if imp["status"] != "ok":
+        lines.append(f"import edgepack.runtime: error: {imp['error']}")
+    else:
+        tf = "YES" if imp["tensorflow_imported"] else "no"
+        lines.append(f"import edgepack.runtime (fresh process, median of {imp['repeats']}): "
+                     f"{imp['import_s']:.3f} s; tensorflow imported: {tf}")
+        if "first_predict_s" in imp:
+            lines.append(f"import + load + first predict of {Path(imp['model']).name}: "
+                         f"{imp['first_predict_s']:.3f} s")
+    return "\n".join(lines)

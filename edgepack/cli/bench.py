@@ -1,0 +1,41 @@
+"""Time exported files at batch 1: edgepack.runtime vs the raw engine, side by side.
+
+For each MODEL (.onnx or .tflite) prints the median and p90 latency of `edgepack.runtime`'s
+predict (uint8 image in, probabilities out, scaling and int8 (de)quantization included) next to a
+raw ONNX Runtime `session.run` / LiteRT `invoke` on prepared input, and their ratio; then the
+import time of edgepack.runtime in a fresh process, checking that TensorFlow is not imported.
+Several files in one table compare formats (fp32 vs int8 per runtime). A file that fails is a row
+with its error (exit code 1). Needs no TensorFlow.
+
+example:
+  edgepack bench runs/export/baseline/*.onnx runs/export/baseline/*.tflite
+  edgepack bench model.tflite --runs 2000 --threads 2 --json
+"""
+
+import json
+
+from edgepack.cli import add_command, positive_int
+
+
+def register(sub) -> None:
+    p = add_command(sub, "bench", __doc__, run)
+    p.add_argument("models", nargs="+", metavar="MODEL", help="exported .onnx or .tflite files")
+    p.add_argument("--runs", type=positive_int, default=500, metavar="N",
+                   help="timed calls per file and per side (default 500)")
+    p.add_argument("--warmup", type=positive_int, default=50, metavar="N",
+                   help="untimed calls before timing (default 50)")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="intra-op threads for both sides (default 1)")
+    p.add_argument("--import-repeats", type=positive_int, default=5, metavar="N",
+                   help="fresh processes for the import time (default 5)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args) -> int:
+    from edgepack.bench import bench, render
+
+    result = bench(args.models, runs=args.runs, warmup=args.warmup, threads=args.threads,
+                   import_repeats=args.import_repeats)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    failed = [r for r in result["files"] if r["status"] != "ok"]
+    return 1 if failed or result["import"]["status"] != "ok" or result["import"]["tensorflow_imported"] else 0

@@ -1,0 +1,191 @@
+"""The classifier every backend shares: input checks, pixel scaling, (de)quantization, top-k (numpy only).
+
+A backend (edgepack.runtime.backends) only runs a prepared batch through its engine; everything an
+app could get wrong (dtype, layout, scaling, int8 scale and zero point) is decided here from the
+model file's metadata (edgepack.runtime.metadata).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.runtime.preprocess import scale_pixels
+
+CHUNK = 256  # images per engine call for models with a dynamic batch (bounds activation memory)
+INPUT_DTYPES = ("float32", "int8", "uint8")  # what a model file's input tensor may take
+
+
+class ModelFileError(EdgepackError, ValueError):
+    """A model file is not a usable edgepack model (corrupt, truncated, not a model, bad metadata)."""
+
+
+class ModelNotFoundError(ModelFileError, FileNotFoundError):
+    """A model file (or its metadata sidecar) does not exist."""
+
+
+class InputError(EdgepackError, ValueError):
+    """Images passed to predict() have the wrong rank, shape, dtype or values."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of an image's top-k classes."""
+
+    label: str  # class name from the model's metadata
+    class_id: int  # index into class_names
+    score: float  # probability in [0, 1]
+
+
+class Classifier:
+    """A loaded model: `predict` gives probabilities, `classify` names. Subclasses implement `_run`."""
+
+    runtime = ""  # engine name, set by each backend
+
+    def __init__(self, path: Path, metadata: dict, threads: int | None, fixed_batch: int | None,
+                 output_dtype: str):
+        self.path = path
+        self.threads = threads  # None = the engine's default
+        self._metadata = metadata
+        self.class_names = tuple(metadata["class_names"])
+        self.input_shape = tuple(int(d) for d in metadata["input_shape"])  # one image, NHWC
+        self.input_dtype = np.dtype(metadata["input_dtype"])  # what the file's input tensor takes
+        self.fixed_batch = fixed_batch  # batch size baked into the file, or None if dynamic
+        self._in_q = metadata.get("input_quantization")
+        self._out_q = metadata.get("output_quantization")
+        for what, dtype, q in (("input", self.input_dtype, self._in_q),
+                               ("output", np.dtype(output_dtype), self._out_q)):
+            if dtype.kind in "iu" and not q:
+                raise ModelFileError(f"{path}: the model's {what} is {dtype} but its metadata gives no "
+                                     f"{what}_quantization: re-export it")
+        scaling = metadata["pixel_scaling"]
+        self._divisor = float(scaling["divisor"])  # float input = uint8 pixels / divisor
+        self._range = tuple(float(v) for v in scaling.get("range", (0.0, 1.0)))  # of float input
+        self._out_lut = None  # int8/uint8 outputs: code (viewed as uint8) -> probability
+        if np.dtype(output_dtype).kind in "iu":
+            codes = np.arange(256, dtype=np.uint8).view(np.dtype(output_dtype))
+            self._out_lut = self._dequantize_formula(codes)
+        self._pixels = self._pixel_path()
+
+    def _pixel_path(self):
+        """The fastest function from uint8 pixels to model input that gives exactly the values of the
+        documented formula (scale, then quantize), checked on all 256 pixel values at load time."""
+        codes = np.arange(256, dtype=np.uint8)
+        table = self._from_float(scale_pixels(codes, self._divisor))
+        divisor = np.float32(self._divisor)
+        if self._in_q is None:
+            if np.array_equal(np.divide(codes, divisor, dtype=np.float32), table):
+                return lambda x: np.divide(x, divisor, dtype=np.float32)  # ~2x faster than float64
+            return lambda x: scale_pixels(x, self._divisor)
+        shift = table.view(np.uint8)[0]
+        if np.array_equal(table.view(np.uint8), codes + shift):  # the usual int8 case: q = pixel - 128
+            return lambda x: (x + shift).view(self.input_dtype)
+        return lambda x: np.take(table, x)
+
+    # --- what apps read
+
+    @property
+    def metadata(self) -> dict:
+        """The file's edgepack metadata (a copy)."""
+        return dict(self._metadata)
+
+    @property
+    def format(self) -> str:
+        """Export format name, e.g. "onnx-fp32", "tflite-int8"."""
+        return self._metadata["format"]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} {self.path.name} format={self.format} runtime={self.runtime} "
+                f"threads={self.threads}>")
+
+    # --- inference
+
+    def predict(self, images) -> np.ndarray:
+        """Probabilities, float32 (N, num_classes), for uint8 NHWC pixels (N, 32, 32, 3) or one image
+        (32, 32, 3) (then N = 1), or float images already scaled to [0, 1] (uint8 pixels / 255)."""
+        x = self.prepare(images)
+        step = self.fixed_batch or CHUNK
+        if len(x) == step or (self.fixed_batch is None and len(x) <= step):
+            return self._dequantize(self._run(x))  # the common case: one engine call, no copies
+        out = np.empty((len(x), self.num_classes), dtype=np.float32)
+        for start in range(0, len(x), step):
+            chunk = x[start:start + step]
+            n = len(chunk)
+            if self.fixed_batch and n < step:  # pad the last chunk of a fixed-batch model
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
+            out[start:start + n] = self._dequantize(self._run(chunk))[:n]
+        return out
+
+    def classify(self, images, top_k: int = 1) -> list[list[Prediction]]:
+        """The `top_k` most probable classes of each image, best first (one list per image)."""
+        if not isinstance(top_k, int | np.integer) or not 1 <= top_k <= self.num_classes:
+            raise InputError(f"top_k must be a whole number from 1 to {self.num_classes}, got {top_k!r}")
+        probs = self.predict(images)
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: lower class id first
+        return [[Prediction(self.class_names[c], int(c), float(p[c])) for c in row]
+                for p, row in zip(probs, order, strict=True)]
+
+    def prepare(self, images) -> np.ndarray:
+        """Check `images` and turn them into the batch the model file takes (dtype, scaling, int8)."""
+        try:
+            x = np.asarray(images)
+        except ValueError as e:  # ragged nested lists
+            raise InputError(f"expected an array of images, got something numpy cannot stack ({e})") from None
+        if x.ndim == len(self.input_shape):
+            x = x[None]
+        self._check_shape(x)
+        if x.dtype == np.uint8:
+            return self._pixels(x)
+        if x.dtype.kind != "f":
+            raise InputError(f"expected uint8 pixels or float images scaled to [0, 1], got dtype {x.dtype}")
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise InputError("expected finite pixel values in [0, 1], got NaN or infinity")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < self._range[0] or hi > self._range[1]:
+            raise InputError(f"expected float images scaled to [{self._range[0]:g}, {self._range[1]:g}] "
+                             f"(uint8 pixels / {self._divisor:g}), got values from {lo:g} to {hi:g}")
+        return np.ascontiguousarray(self._from_float(x))
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        if x.ndim == len(self.input_shape) + 1 and x.shape[1:] == self.input_shape and x.shape[0] > 0:
+            return
+        want = "(N, " + ", ".join(map(str, self.input_shape)) + ")"
+        one = "(" + ", ".join(map(str, self.input_shape)) + ")"
+        if x.ndim == len(self.input_shape) + 1 and x.shape[1:] == self.input_shape:
+            raise InputError(f"expected at least one image, got an empty batch of shape {x.shape}")
+        hint = ""
+        if x.ndim == 4 and x.shape[1] == self.input_shape[-1] and x.shape[2:] == self.input_shape[:2]:
+            hint = " (channels first? transpose to NHWC with x.transpose(0, 2, 3, 1))"
+        raise InputError(f"expected images of shape {want} or one image {one} (NHWC), "
+                         f"got shape {x.shape}{hint}")
+
+    def _from_float(self, x: np.ndarray) -> np.ndarray:
+        """float32 images in [0, 1] -> model input: q = round(x / scale) + zero_point for int models."""
+        if self._in_q is None:
+            return x
+        info = np.iinfo(self.input_dtype)
+        q = np.round(x / np.float32(self._in_q["scale"])) + self._in_q["zero_point"]
+        return np.clip(q, info.min, info.max).astype(self.input_dtype)
+
+    def _dequantize(self, y: np.ndarray) -> np.ndarray:
+        """Model output -> float32 probabilities (a table lookup for int8/uint8 outputs)."""
+        if self._out_lut is None:
+            return y.astype(np.float32, copy=False)
+        return np.take(self._out_lut, y.view(np.uint8))
+
+    def _dequantize_formula(self, q: np.ndarray) -> np.ndarray:
+        """probability = (q - zero_point) * scale, in float32."""
+        return ((q.astype(np.float32) - np.float32(self._out_q["zero_point"]))
+                * np.float32(self._out_q["scale"]))
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        """Run one prepared batch through the engine; returns its raw output (N, num_classes)."""
+        raise NotImplementedError

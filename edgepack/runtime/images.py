@@ -1,0 +1,112 @@
+"""Image files for `edgepack predict`: PNG/JPEG (Pillow, the `images` extra) and .npy arrays.
+
+How a PNG/JPEG becomes the model's 32x32 input (fixed, so results are reproducible):
+  1. EXIF orientation is applied (photos from phones), then the image is converted to RGB
+     (grayscale is replicated, palette images expanded, an alpha channel is dropped);
+  2. the largest centred square is cropped (the shorter side is kept whole);
+  3. the square is resized to 32x32 with Pillow's BILINEAR filter, which antialiases when it
+     shrinks. An image that is already 32x32 is used pixel for pixel.
+A .npy file holds uint8 pixels (32, 32, 3) or (N, 32, 32, 3), or floats already scaled to [0, 1];
+it is read with allow_pickle=False (a pickled object array is refused, never executed).
+The file kind is recognised by its first bytes, not by its name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.runtime.classifier import InputError
+
+MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"\x93NUMPY": "npy"}
+
+
+class InputFileError(InputError):
+    """An input file is missing, unreadable or not a PNG, JPEG or .npy image array."""
+
+
+def file_kind(path: Path) -> str:
+    """"png", "jpeg" or "npy" from the file's first bytes; one-line errors otherwise."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except FileNotFoundError:
+        raise InputFileError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise InputFileError(f"{path}: is a folder, expected a PNG, JPEG or .npy file") from None
+    except OSError as e:
+        raise InputFileError(f"{path}: cannot be read ({e.strerror})") from None
+    for magic, kind in MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    raise InputFileError(f"{path}: not a PNG, JPEG or .npy file")
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """A PNG/JPEG file as uint8 RGB pixels (height, width, 3), cropped and resized as documented above."""
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        raise EdgepackError("reading PNG/JPEG files needs Pillow: pip install 'edgepack[images]'") from None
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            if img.size != (size[1], size[0]):
+                img = ImageOps.fit(img, (size[1], size[0]), method=Image.Resampling.BILINEAR,
+                                   centering=(0.5, 0.5))
+            return np.asarray(img, dtype=np.uint8).copy()
+    except Image.DecompressionBombError:
+        raise InputFileError(f"{path}: image too large (Pillow's decompression-bomb limit)") from None
+    except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for broken or truncated files
+        raise InputFileError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+
+
+def read_npy(path: str | os.PathLike) -> np.ndarray:
+    """A .npy array, without pickle (shape and dtype are checked later by predict())."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputFileError(f"{path}: not a readable .npy image array ({str(e).splitlines()[0]})") from None
+
+
+def read_input(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.ndarray:
+    """One input file: an image (H, W, 3) or an array of images (N, H, W, 3) / (H, W, 3)."""
+    path = Path(path)
+    return read_npy(path) if file_kind(path) == "npy" else read_image(path, size)
+
+
+def predict_files(model: str | os.PathLike, inputs: list[str | os.PathLike], top_k: int = 1,
+                  threads: int | None = None) -> dict:
+    """Classify image files with an exported model; returns a JSON-ready record.
+
+    Every input is read before the model runs, so a bad file fails the call with one line naming it.
+    An .npy file of N images gives N predictions named `file.npy[i]`.
+    """
+    from edgepack.runtime import load
+
+    if not inputs:
+        raise InputError("no input files given: pass PNG, JPEG or .npy files")
+    paths = [Path(p) for p in inputs]
+    for p in paths:
+        file_kind(p)  # missing / unknown files fail before the model loads
+    clf = load(model, threads=threads)
+    if not 1 <= top_k <= clf.num_classes:
+        raise InputError(f"--top-k must be from 1 to {clf.num_classes}, got {top_k}")
+    arrays = [read_input(p, clf.input_shape[:2]) for p in paths]
+    predictions = []
+    for path, array in zip(paths, arrays, strict=True):
+        try:
+            results = clf.classify(array, top_k=top_k)
+        except InputError as e:
+            raise InputFileError(f"{path}: {e}") from None
+        single = array.ndim == len(clf.input_shape)
+        for i, top in enumerate(results):
+            name = str(path) if single else f"{path}[{i}]"
+            predictions.append({"input": name, "top": [
+                {"label": p.label, "class_id": p.class_id, "score": p.score} for p in top]})
+    return {"model": str(model), "format": clf.format, "runtime": clf.runtime, "top_k": top_k,
+            "predictions": predictions}
