@@ -49,7 +49,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         Files: edgepack.runtime predict on uint8 images (scaling included).
       speedup           baseline Keras tf.function p50 / this row's p50, 1 thread ("x faster"; all
                         cores when 1-thread figures are missing)
-      memory_rss_delta_mb  resident memory growth from loading the model and running it (psutil)
+      memory_rss_delta_mb  resident memory growth from loading the model and one batch-1 call (psutil;
+                        indicative only: allocators keep freed memory, libraries load once per process)
       recommended       true for the recommended row
       eval_seconds      time spent on this row
 """
@@ -75,7 +76,8 @@ class CompareOptions:
     limit_test: int | None = None  # class-balanced test subset (None: all 10,000 images)
     runs: int = 200  # timed batch-1 calls per latency figure
     warmup: int = 20  # untimed calls before timing
-    predict_runs: int = 30  # timed Keras model.predict calls (each ~70 ms: 200 would cost 14 s a model)
+    predict_runs: int = 30  # timed Keras model.predict calls (each ~70 ms: 200 would cost 14 s a model;
+    #                         warm-up for them is min(warmup, 3))
     throughput_runs: int = 20  # timed batch-64 calls for throughput
     eval_batch: int = 1000  # images per runtime predict call when measuring accuracy
     latency: bool = True  # False: accuracy and sizes only (--no-latency)
@@ -157,6 +159,11 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         print("compare: no baseline (technique 'baseline' or --baseline): no changes, no agreement",
               flush=True)
     order = ([base] if base else []) + [e for e in entries if e is not base]
+    _unique_ids(order)
+    if any(e.kind == "run" for e in order):
+        from edgepack.model import keras
+
+        keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = env_mod.usable_cores()
     rows, base_pred = [], None
     for i, entry in enumerate(order, 1):
@@ -196,6 +203,15 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         raise GateFailed(f"--fail-over {limit}: {', '.join(gate['failed'])} dropped more than {limit} points "
                          f"below the baseline or failed (report in {out})", results)
     return results
+
+
+def _unique_ids(entries: list[Entry]) -> None:
+    """Row ids are "<variant>/<format>"; a second model with the same id gets its file name appended."""
+    seen: set[str] = set()
+    for e in entries:
+        if e.row_id in seen:
+            e.id_suffix = f"@{e.path.name}"
+        seen.add(e.row_id)
 
 
 def _fmt(v) -> str:

@@ -79,9 +79,9 @@ def fill_metrics(row: dict, y_true: np.ndarray, probs: np.ndarray, class_names) 
     return pred
 
 
-def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None) -> dict:
+def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None, warmup: int | None = None) -> dict:
     """Batch-1 latency distribution and batch-64 throughput (images/s, from the median call)."""
-    lat = measure(fn1, runs=runs or opts.runs, warmup=opts.warmup).as_dict()
+    lat = measure(fn1, runs=runs or opts.runs, warmup=opts.warmup if warmup is None else warmup).as_dict()
     lat["threads"] = threads
     lat["throughput_ips"] = None
     if fn64 is not None:
@@ -126,7 +126,7 @@ def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool) 
     if with_predict:
         x1np = x1.numpy()
         out["predict"] = timing(lambda: model.predict(x1np, verbose=0), None, opts, threads,
-                                runs=min(opts.runs, opts.predict_runs))
+                                runs=min(opts.runs, opts.predict_runs), warmup=min(opts.warmup, 3))
     return out
 
 
@@ -147,10 +147,11 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nda
         model = load_run_model(entry.run)
         row["parameters"] = int(model.count_params())
         row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
-        probs = predict_proba(model, scale_pixels(ds.x_test))
-        pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
+        model(scale_pixels(ds.x_test[:1]), training=False)
         rss1 = rss_mb()
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
+        probs = predict_proba(model, scale_pixels(ds.x_test))
+        pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None

@@ -31,10 +31,11 @@ class Entry:
     metadata: dict = field(default_factory=dict)  # run metadata.json or the file's edgepack metadata
     run: object = None  # edgepack.rundir.Run for run folders
     error: str | None = None  # why it could not be opened (the row reports it)
+    id_suffix: str = ""  # set when two inputs share variant and format
 
     @property
     def row_id(self) -> str:
-        return f"{self.variant}/{self.format}"
+        return f"{self.variant}/{self.format}{self.id_suffix}"
 
 
 def expand(inputs: list[str | os.PathLike]) -> list[Entry]:

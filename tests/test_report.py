@@ -1,0 +1,203 @@
+"""`edgepack compare`: results schema, failures as rows, plots and HTML, --max-drop and --fail-over."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgepack.report import CompareOptions, GateFailed, compare
+from edgepack.report.compare import recommend
+from edgepack.report.evaluate import ROW_KEYS
+
+FAST = CompareOptions(runs=10, warmup=2, predict_runs=3, throughput_runs=3, max_drop=1.0)
+TIMING_KEYS = {"p50_ms": float, "p90_ms": float, "p99_ms": float, "mean_ms": float, "runs": int,
+               "warmup": int, "threads": int}
+
+
+def relabel(src: Path, dst: Path, **meta) -> Path:
+    """A copy of a run folder whose metadata says another variant/technique (same model file)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "metadata.json").read_text())
+    m.update(meta)
+    (dst / "metadata.json").write_text(json.dumps(m))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
+    """A baseline that learned (5 epochs: ~40% on the tiny test set), the 1-epoch tiny run as a
+    weaker compressed variant and as the control, a 2-format export, and a broken file."""
+    from edgepack.export import export
+    from edgepack.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("report-runs")
+    base = train(tiny_archive, root / "baseline", TrainConfig(epochs=5, batch_size=8))
+    weak = relabel(tiny_run, root / "prune", variant="prune-0.5", technique="prune")
+    ctrl = relabel(tiny_run, root / "finetune", variant="finetune", technique="finetune")
+    export(base, ["tflite-int8", "onnx-fp32"], root / "exports", data_path=tiny_archive, check_images=20)
+    broken = root / "broken" / "tflite-fp32.tflite"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a flatbuffer")
+    (broken.parent / "tflite-fp32.tflite.json").write_text(json.dumps({
+        "format": "tflite-fp32", "class_names": ["a"] * 10, "input_shape": [32, 32, 3],
+        "input_dtype": "float32", "pixel_scaling": {"divisor": 255.0}, "variant": "broken",
+        "technique": "prune"}))
+    return {"baseline": base, "weak": weak, "control": ctrl, "exports": root / "exports", "broken": broken,
+            "root": root}
+
+
+@pytest.fixture(scope="module")
+def report(runs, tiny_archive) -> tuple[dict, Path]:
+    out = runs["root"] / "report"
+    results = compare([runs["baseline"], runs["weak"], runs["control"], runs["exports"], runs["broken"]],
+                      out, data_path=tiny_archive, options=FAST)
+    return results, out
+
+
+def by_id(results: dict) -> dict[str, dict]:
+    return {r["id"]: r for r in results["rows"]}
+
+
+def test_results_schema_every_row(report):
+    results, out = report
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["schema_version"] == 1 and on_disk["kind"] == "edgepack-compare"
+    for key in ("created", "wall_seconds", "data", "options", "environment", "baseline", "control",
+                "recommended", "gate", "rows"):
+        assert key in on_disk
+    assert on_disk["environment"]["cpu"]["logical_cores"] >= 1
+    assert on_disk["environment"]["versions"]["numpy"]
+    rows = on_disk["rows"]
+    assert [r["id"] for r in rows][:1] == ["baseline/keras"] and len(rows) == 6
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:
+        assert set(r) == set(ROW_KEYS), r["id"]
+        assert r["status"] in ("ok", "error")
+        if r["status"] != "ok":
+            continue
+        assert r["error"] is None
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["agreement"] <= 1.0
+        assert isinstance(r["size_bytes"], int) and isinstance(r["size_gzip_bytes"], int)
+        assert 0 < r["size_gzip_bytes"] and r["parameters"] == 122_570
+        assert 0.0 <= r["sparsity"] <= 1.0
+        assert len(r["confusion_matrix"]) == 10 and len(r["per_class_accuracy"]) == 10
+        assert sum(map(sum, r["confusion_matrix"])) == r["num_test_images"] == 20
+        for key in ("threads_1", "threads_all"):
+            timing = r["latency"][key]
+            assert timing is not None, (r["id"], key, r["latency"]["error"])
+            for name, kind in TIMING_KEYS.items():
+                assert isinstance(timing[name], kind), (r["id"], key, name)
+            assert timing["p50_ms"] > 0 and timing["throughput_ips"] > 0
+        assert r["latency"]["threads_1"]["threads"] == 1
+        assert (r["latency"]["predict_threads_all"] is not None) == (r["kind"] == "run")
+    lines = list(csv.DictReader((out / "results.csv").open()))
+    assert [line["id"] for line in lines] == [r["id"] for r in rows]
+    assert lines[0]["threads_1_p50_ms"]
+
+
+def test_failed_variant_is_a_row(report):
+    results, _ = report
+    row = by_id(results)["broken/tflite-fp32"]
+    assert row["status"] == "error" and "not a valid tflite" in row["error"]
+    assert row["accuracy"] is None and row["latency"]["threads_1"] is None
+
+
+def test_accuracy_equals_metrics_json(report, runs):
+    rows = by_id(report[0])
+    pairs = (("baseline/keras", "baseline"), ("prune-0.5/keras", "weak"), ("finetune/keras", "control"))
+    for rid, key in pairs:
+        recorded = json.loads((runs[key] / "metrics.json").read_text())["accuracy"]
+        assert rows[rid]["accuracy"] == pytest.approx(recorded, abs=1e-12)
+        assert rows[rid]["accuracy_check"] == "equal"
+
+
+def test_references_deltas_and_agreement(report):
+    results = report[0]
+    rows = by_id(results)
+    assert results["baseline"] == "baseline/keras" and results["control"] == "finetune/keras"
+    base, weak, ctrl = rows["baseline/keras"], rows["prune-0.5/keras"], rows["finetune/keras"]
+    assert base["agreement"] == 1.0 and base["delta_pts_vs_baseline"] == 0.0 and base["speedup"] == 1.0
+    assert weak["delta_pts_vs_baseline"] == pytest.approx(100 * (weak["accuracy"] - base["accuracy"]))
+    assert weak["delta_pts_vs_control"] == pytest.approx(100 * (weak["accuracy"] - ctrl["accuracy"]))
+    assert weak["control_ref"] == "finetune/keras"
+    assert base["delta_pts_vs_control"] is None and ctrl["delta_pts_vs_control"] is None
+    assert rows["baseline/onnx-fp32"]["agreement"] == 1.0  # fp32 export: same top-1 everywhere
+    assert rows["baseline/tflite-int8"]["size_ratio_gzip"] > 2.5
+    assert results["recommended"] in rows and rows[results["recommended"]]["recommended"]
+    assert rows[results["recommended"]]["delta_pts_vs_baseline"] >= -1.0
+
+
+def test_report_files_not_empty(report):
+    results, out = report
+    for name in ("accuracy_vs_latency.png", "accuracy_vs_size.png"):
+        raw = (out / name).read_bytes()
+        assert raw.startswith(b"\x89PNG\r\n\x1a\n") and len(raw) > 5000
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and page.count("<table") >= 3
+    md = (out / "report.md").read_text()
+    for r in results["rows"]:
+        assert r["id"].split("/")[0] in md and r["id"].split("/")[0] in page
+    assert "x faster" in md and "agreement" in md and "control" in md
+    assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
+
+
+def _row(rid, acc, gz, p50, status="ok"):
+    return {"id": rid, "status": status, "accuracy": acc, "delta_pts_vs_baseline": 100 * (acc - 0.70),
+            "size_gzip_bytes": gz, "latency": {"threads_1": {"p50_ms": p50}, "threads_all": None}}
+
+
+def test_recommend_smallest_and_fastest_within_max_drop():
+    rows = [_row("base", 0.70, 450_000, 1.3), _row("int8", 0.695, 120_000, 0.06),
+            _row("prune", 0.699, 44_000, 0.05), _row("too-lossy", 0.60, 10_000, 0.01),
+            _row("slow-small", 0.70, 40_000, 0.5), _row("failed", 0.70, 1, 0.001, status="error")]
+    assert recommend(rows, 1.0)["id"] == "prune"
+    assert recommend(rows, 0.2)["id"] == "slow-small"  # rank sums tie with prune: the smaller file wins
+    assert recommend(rows, 0.05)["id"] == "slow-small"  # prune's -0.1 points is out; beats base on both
+    assert recommend(rows, 20.0)["id"] == "too-lossy"
+    assert recommend([rows[-1]], 1.0) is None
+
+
+def test_fail_over_exit_codes(runs, tiny_archive, tmp_path, capsys):
+    from edgepack.cli import main
+
+    base_acc = json.loads((runs["baseline"] / "metrics.json").read_text())["accuracy"]
+    weak_acc = json.loads((runs["weak"] / "metrics.json").read_text())["accuracy"]
+    drop = 100 * (base_acc - weak_acc)
+    assert drop > 5, "the fixture's weak variant must be clearly worse than its baseline"
+    args = [str(runs["baseline"]), str(runs["weak"]), "--data", str(tiny_archive), "--no-latency"]
+    assert main(["compare", *args, "--out", str(tmp_path / "pass"), "--fail-over", f"{drop + 1:.2f}"]) == 0
+    assert main(["compare", *args, "--out", str(tmp_path / "fail"), "--fail-over", f"{drop - 1:.2f}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prune-0.5/keras" in err[0] and "--fail-over" in err[0]
+    gate = json.loads((tmp_path / "fail" / "results.json").read_text())["gate"]  # report still written
+    assert gate["passed"] is False and gate["failed"] == ["prune-0.5/keras"]
+    with pytest.raises(GateFailed):
+        compare([runs["baseline"], runs["weak"]], tmp_path / "lib", data_path=tiny_archive,
+                options=CompareOptions(latency=False, fail_over=drop - 1))
+
+
+def test_metrics_mismatch_is_a_row_error(runs, tiny_archive, tmp_path):
+    changed = relabel(runs["weak"], tmp_path / "changed")
+    metrics = json.loads((changed / "metrics.json").read_text())
+    metrics["accuracy"] = 0.99
+    (changed / "metrics.json").write_text(json.dumps(metrics))
+    results = compare([runs["baseline"], changed], tmp_path / "out", data_path=tiny_archive,
+                      options=CompareOptions(latency=False))
+    row = results["rows"][1]
+    assert row["status"] == "error" and row["accuracy_check"] == "mismatch" and "metrics.json" in row["error"]
+
+
+def test_existing_output_and_bad_inputs_are_one_line_errors(runs, tiny_archive, tmp_path, capsys):
+    from edgepack.cli import main
+
+    (tmp_path / "taken").mkdir()
+    assert main(["compare", str(runs["baseline"]), "--out", str(tmp_path / "taken"), "--no-latency"]) == 1
+    assert main(["compare", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--no-latency"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "--force" in err[0] and "does not exist" in err[1]
+    assert not (tmp_path / "o").exists()
