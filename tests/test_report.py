@@ -201,3 +201,17 @@ def test_existing_output_and_bad_inputs_are_one_line_errors(runs, tiny_archive, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "--force" in err[0] and "does not exist" in err[1]
     assert not (tmp_path / "o").exists()
+
+
+def test_upstream_failures_and_settings_are_recorded(runs, tiny_archive, tmp_path):
+    failures = [{"variant": "qat", "format": "onnx-int8", "stage": "export", "error": "check failed"}]
+    with pytest.raises(GateFailed) as info:  # an upstream failure fails the gate too
+        compare([runs["baseline"]], tmp_path / "out", data_path=tiny_archive,
+                options=CompareOptions(latency=False, fail_over=50), failures=failures,
+                settings={"quick": True})
+    results = info.value.results
+    row = results["rows"][-1]
+    assert row["id"] == "qat/onnx-int8" and row["status"] == "error"
+    assert row["error"] == "export: check failed"
+    assert set(row) == set(ROW_KEYS) and results["settings"] == {"quick": True}
+    assert "Quick smoke run" in (tmp_path / "out" / "report.md").read_text()

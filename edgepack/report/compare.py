@@ -16,6 +16,7 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         "finetune", or those given with --baseline / --control), or null
     recommended         row id of the recommended variant (needs max_drop), or null
     gate                {fail_over, failed: [row ids], passed} or null when no fail_over was asked
+    settings            what the caller (edgepack pipeline) recorded, e.g. its resolved settings; or null
     rows                one object per model, baseline first:
       id                "<variant>/<format>", e.g. "prune-0.8/tflite-int8", "baseline/keras"
       variant, technique  from the model's metadata
@@ -135,8 +136,15 @@ def _with_references(inputs, baseline, control) -> list:
 def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
             data_path: str | os.PathLike | None = None, baseline: str | os.PathLike | None = None,
             control: str | os.PathLike | None = None,
-            options: CompareOptions = CompareOptions(), force: bool = False, ds=None) -> dict:
-    """Evaluate every input, write the report folder `out` (atomically) and return the results."""
+            options: CompareOptions = CompareOptions(), force: bool = False, ds=None,
+            failures: list[dict] | None = None, settings: dict | None = None) -> dict:
+    """Evaluate every input, write the report folder `out` (atomically) and return the results.
+
+    `ds`: an already loaded edgepack.data.Cifar10 (then `data_path` and `limit_test` are not used).
+    `failures`: models that could not be made upstream ({variant, format, stage, error} and optionally
+    technique, path): each becomes an error row. `settings`: recorded as results["settings"] (a
+    `"quick": true` entry labels the report a smoke run).
+    """
     from edgepack import data as data_mod
     from edgepack import rundir
     from edgepack.errors import require_toolchain
@@ -166,8 +174,11 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = env_mod.usable_cores()
     rows, base_pred = [], None
+    t_rows = time.time()
     for i, entry in enumerate(order, 1):
-        print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}) ... elapsed {time.time() - started:.0f} s",
+        done = time.time() - t_rows
+        eta = f", about {done / (i - 1) * (len(order) - i + 1):.0f} s left" if i > 1 else ""
+        print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}): elapsed {time.time() - started:.0f} s{eta}",
               flush=True)
         row, pred = evaluate_entry(entry, ds, options, all_threads)
         if entry is base:
@@ -182,6 +193,10 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
     if options.latency and options.keras_single_thread:
         _single_thread_keras(rows, order, ds, options)
     _fill_from_source_runs(rows)
+    for row in _failure_rows(failures or []):
+        if any(r["id"] == row["id"] for r in rows):
+            row["id"] += "@failed"
+        rows.append(row)
     results = {
         "schema_version": SCHEMA_VERSION, "kind": "edgepack-compare",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -190,8 +205,8 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
                  "limit_test": options.limit_test},
         "options": asdict(options), "environment": env_mod.environment(),
         "baseline": rows[0]["id"] if base else None,
-        "control": next((r["id"] for r, e in zip(rows, order, strict=True) if e is ctrl), None),
-        "recommended": None, "gate": None, "rows": rows,
+        "control": next((r["id"] for r, e in zip(rows[:len(order)], order, strict=True) if e is ctrl), None),
+        "recommended": None, "gate": None, "settings": settings, "rows": rows,
     }
     derive(results)
     results["wall_seconds"] = round(time.time() - started, 2)
@@ -212,6 +227,20 @@ def _unique_ids(entries: list[Entry]) -> None:
         if e.row_id in seen:
             e.id_suffix = f"@{e.path.name}"
         seen.add(e.row_id)
+
+
+def _failure_rows(failures: list[dict]) -> list[dict]:
+    from edgepack.report.evaluate import blank_row
+
+    rows = []
+    for f in failures:
+        fmt = str(f.get("format") or KERAS)
+        entry = Entry(Path(str(f.get("path") or "")), "run" if fmt == KERAS else "file", fmt,
+                      str(f.get("variant") or "unknown"), str(f.get("technique") or "unknown"))
+        row = blank_row(entry)
+        row.update(status="error", error=f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}")
+        rows.append(row)
+    return rows
 
 
 def _fmt(v) -> str:

@@ -107,7 +107,10 @@ def header_lines(results: dict) -> list[str]:
     subset = (f"a class-balanced subset of {n} test images (--limit-test; not the full test set)"
               if data["limit_test"] else f"all {n} test images")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-    lines = [
+    quick = (results.get("settings") or {}).get("quick")
+    lines = ["**Quick smoke run (--quick): a subset and few timing runs, not the real figures.**"
+             ] if quick else []
+    lines += [
         f"Created {results['created']} in {results['wall_seconds']:.0f} s; {subset} from `{data['source']}`.",
         f"CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable cores "
         f"({cpu['logical_cores']} logical); ISA: {', '.join(cpu['isa_flags']) or 'none detected'}.",
