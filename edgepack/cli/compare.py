@@ -12,7 +12,8 @@ after writing the report.
 
 example:
   edgepack compare runs/baseline runs/prune-0.8 runs/exports/baseline --out runs/report
-  edgepack compare runs/baseline runs/qat/model.tflite --limit-test 1000 --runs 50 --fail-over 2 --out /tmp/r
+  edgepack compare runs/baseline runs/exports/qat/tflite-int8.tflite --limit-test 1000 --runs 50 \
+      --fail-over 2 --out /tmp/r
 """
 
 from edgepack.cli import add_command, add_data_options, positive_int

@@ -140,7 +140,8 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nda
         return row, None
     t0 = time.perf_counter()
     meta = entry.metadata
-    row.update(model_sha256=meta.get("model_sha256"), source_sha256=meta.get("source_sha256"))
+    row.update(model_sha256=meta.get("model_sha256"),
+               source_sha256=meta.get("source_sha256") or meta.get("source_model_sha256"))
     try:
         row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.run.model_path)
         rss0 = rss_mb()
