@@ -1,0 +1,366 @@
+"""Export: every format round-trips on a tiny run, carries its metadata, and bad exports fail.
+
+The quantised formats' check (top-1 agreement >= 97%) needs a model with clear margins: the shared
+tiny run (one epoch on classes that differ by overlapping brightness) predicts near-ties that int8
+rounding flips. So the round trips use a tiny set of 10 well-separated colours and a model trained
+to 100% on it; the error cases use the shared `tiny_run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepack.cli import main
+from edgepack.errors import EdgepackError
+from edgepack.export import FORMATS, SUMMARY, export
+from edgepack.runtime import metadata
+from tests.conftest import CLASS_NAMES, batch_bytes, meta_bytes, write_archive
+
+CHECK = 200  # test images in the colour archive
+COLOURS = np.array([[r, g, b] for r in (0, 200) for g in (0, 200) for b in (0, 200)]
+                   + [[100, 100, 100], [200, 100, 0]])  # one per class, far apart
+
+
+def colour_members(per_batch: int = 40, n_test: int = CHECK, seed: int = 0) -> dict[str, bytes]:
+    """Batch files of a tiny set whose classes are 10 distinct colours plus noise."""
+    rng = np.random.default_rng(seed)
+
+    def make(n):
+        y = np.arange(n) % 10
+        return (COLOURS[y][:, None, None, :] + rng.integers(0, 50, (n, 32, 32, 3))).astype(np.uint8), y
+
+    members = {"batches.meta": meta_bytes()}
+    for i in range(1, 6):
+        members[f"data_batch_{i}"] = batch_bytes(*make(per_batch))
+    members["test_batch"] = batch_bytes(*make(n_test))
+    return members
+
+
+@pytest.fixture(scope="module")
+def tiny_ds(tmp_path_factory):
+    from edgepack.data import load_cifar10
+
+    return load_cifar10(write_archive(tmp_path_factory.mktemp("colours") / "cifar-10-python.tar.gz",
+                                      colour_members()))
+
+
+@pytest.fixture(scope="module")
+def clear_run(tiny_ds, tmp_path_factory) -> Path:
+    """A baseline run folder trained to clear margins on the colour set (8 epochs, a few seconds)."""
+    from edgepack.train import TrainConfig, train
+
+    run = train(None, tmp_path_factory.mktemp("runs") / "colours", TrainConfig(epochs=8, batch_size=16),
+                ds=tiny_ds)
+    assert json.loads((run / "metrics.json").read_text())["accuracy"] >= 0.95
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(clear_run, tiny_ds, tmp_path_factory) -> tuple[Path, dict]:
+    """One export of every format, shared by the tests below."""
+    out = tmp_path_factory.mktemp("export") / "all"
+    return out, export(clear_run, ["all"], out, check_images=CHECK, ds=tiny_ds)
+
+
+@pytest.fixture(scope="module")
+def source_probs(clear_run, tiny_ds) -> tuple[np.ndarray, np.ndarray]:
+    """Float32 test images of the tiny set and the source Keras model's probabilities."""
+    from edgepack import rundir
+    from edgepack.model import load_run_model, predict_proba
+    from edgepack.runtime.preprocess import scale_pixels
+
+    x = scale_pixels(tiny_ds.x_test)
+    return x, predict_proba(load_run_model(rundir.load_run(clear_run)), x)
+
+
+def run_file(path: Path, x: np.ndarray) -> np.ndarray:
+    """Run an exported file the way an app would, independently of edgepack's export code."""
+    if path.suffix == ".onnx":
+        import onnxruntime as ort
+
+        s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return s.run(None, {"image": x})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=str(path))
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    out = []
+    for image in x:  # batch 1, as the file was converted
+        it.allocate_tensors()
+        feed = image[None]
+        if i["dtype"] != np.float32:
+            s, z = i["quantization"]
+            feed = np.clip(np.round(feed / s) + z, -128, 127).astype(i["dtype"])
+        it.set_tensor(i["index"], feed)
+        it.invoke()
+        y = it.get_tensor(o["index"])[0]
+        if o["dtype"] != np.float32:
+            s, z = o["quantization"]
+            y = (y.astype(np.float32) - z) * s
+        out.append(y)
+    return np.array(out, dtype=np.float32)
+
+
+def read_meta(path: Path) -> dict:
+    if path.suffix == ".onnx":
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+        return metadata.parse(props[metadata.ONNX_KEY], str(path))
+    return metadata.parse(metadata.sidecar_path(path).read_text(), str(path))
+
+
+def test_every_format_round_trips(exported, source_probs):
+    out, summary = exported
+    x, ref = source_probs
+    assert list(summary["formats"]) == list(FORMATS)
+    for name, fmt in FORMATS.items():
+        path = out / fmt.filename
+        probs = run_file(path, x)
+        assert probs.shape == ref.shape, name
+        if fmt.check.metric == "max_abs_diff":
+            assert np.max(np.abs(probs - ref)) <= fmt.check.threshold, name
+        else:
+            assert np.mean(probs.argmax(1) == ref.argmax(1)) >= fmt.check.threshold, name
+
+
+def test_export_json_describes_each_file(exported):
+    out, summary = exported
+    assert json.loads((out / SUMMARY).read_text()) == json.loads(json.dumps(summary))
+    for name, fmt in FORMATS.items():
+        r = summary["formats"][name]
+        assert r["file"] == fmt.filename and r["status"] == "ok" and r["seconds"] > 0
+        assert r["bytes"] == (out / r["file"]).stat().st_size
+        assert 0 < r["gzip_bytes"] < r["bytes"]
+        c = r["checks"]
+        assert (c["metric"], c["threshold"], c["passed"], c["images"]) == (
+            fmt.check.metric, fmt.check.threshold, True, CHECK)
+        assert c["loads_in"] in ("ai_edge_litert", "onnxruntime")
+    assert summary["formats"]["onnx-fp32"]["checks"]["onnx_checker"] == "passed"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [SUMMARY] + [f.filename for f in FORMATS.values()]
+        + [f.filename + ".json" for f in FORMATS.values() if f.suffix == ".tflite"])
+
+
+def test_int8_files_are_under_30_percent_of_fp32(exported):
+    formats = exported[1]["formats"]
+    for family in ("tflite", "onnx"):
+        assert formats[f"{family}-int8"]["bytes"] <= 0.30 * formats[f"{family}-fp32"]["bytes"]
+
+
+def test_metadata_is_present_and_right(exported, clear_run):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack import __version__
+    from edgepack.runtime.preprocess import PIXEL_SCALING
+
+    out, summary = exported
+    run_meta = json.loads((clear_run / "metadata.json").read_text())
+    for name, fmt in FORMATS.items():
+        meta = read_meta(out / fmt.filename)
+        assert meta["format"] == name
+        assert meta["class_names"] == CLASS_NAMES
+        assert meta["input_shape"] == [32, 32, 3]
+        assert meta["pixel_scaling"] == PIXEL_SCALING
+        assert meta["source_sha256"] == run_meta["model_sha256"] == summary["source_sha256"]
+        assert (meta["technique"], meta["variant"]) == ("baseline", "baseline")
+        assert meta["edgepack_version"] == __version__
+        assert meta["schema_version"] == metadata.SCHEMA_VERSION
+        if name != "tflite-int8":
+            assert meta["input_dtype"] == "float32"
+            assert meta["input_quantization"] is None and meta["output_quantization"] is None
+    # The int8 file's scale and zero point are the interpreter's own.
+    meta = read_meta(out / "tflite-int8.tflite")
+    it = Interpreter(model_path=str(out / "tflite-int8.tflite"))
+    i, o = it.get_input_details()[0], it.get_output_details()[0]
+    assert meta["input_dtype"] == "int8" and i["dtype"] == np.int8
+    assert (meta["input_quantization"]["scale"], meta["input_quantization"]["zero_point"]) == pytest.approx(
+        i["quantization"])
+    assert (meta["output_quantization"]["scale"], meta["output_quantization"]["zero_point"]) == pytest.approx(
+        o["quantization"])
+
+
+def test_onnx_has_named_input_and_dynamic_batch(exported):
+    import onnx
+
+    for name in ("onnx-fp32", "onnx-int8"):
+        model = onnx.load(str(exported[0] / f"{name}.onnx"))
+        onnx.checker.check_model(model)
+        (inp,) = model.graph.input
+        assert inp.name == "image"
+        dims = inp.type.tensor_type.shape.dim
+        assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [32, 32, 3]
+        assert any(op.domain in ("", "ai.onnx") and op.version == 17 for op in model.opset_import)
+    ops = {n.op_type for n in onnx.load(str(exported[0] / "onnx-int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # QDQ format
+
+
+def test_single_format_with_options(clear_run, tiny_ds, tmp_path):
+    out = tmp_path / "one"
+    s = export(clear_run, "tflite-int8", out, options={"io": "float", "calibration_images": "50"},
+               check_images=CHECK, ds=tiny_ds)
+    assert list(s["formats"]) == ["tflite-int8"]
+    assert s["formats"]["tflite-int8"]["options"] == {"calibration_images": 50, "io": "float"}
+    assert read_meta(out / "tflite-int8.tflite")["input_dtype"] == "float32"
+
+
+def _perturb_onnx(real):
+    """A converter that changes a weight after conversion (a deliberately broken export)."""
+    def convert(ctx, path):
+        import onnx
+        from onnx import numpy_helper
+
+        real(ctx, path)
+        model = onnx.load(str(path))
+        init = max(model.graph.initializer, key=lambda t: np.prod(t.dims) if len(t.dims) == 1 else 0)
+        init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) + 1.0, init.name))  # a bias
+        onnx.save(model, str(path))
+    return convert
+
+
+def _perturb_keras(real):
+    """A converter that converts a model whose weights differ from the source's."""
+    def convert(ctx, path):
+        model = ctx.model
+        weights = model.get_weights()
+        weights[-1] = weights[-1] + np.eye(weights[-1].size, dtype=np.float32)[0] * 100  # always class 0
+        clone = type(model).from_config(model.get_config())
+        clone.set_weights(weights)
+        real(dataclasses.replace(ctx, model=clone), path)
+    return convert
+
+
+@pytest.mark.parametrize("name, breaker", [("onnx-fp32", _perturb_onnx), ("tflite-fp32", _perturb_keras),
+                                           ("tflite-int8", _perturb_keras)])
+def test_broken_export_fails_and_leaves_nothing(clear_run, tiny_ds, tmp_path, monkeypatch, name, breaker):
+    fmt = FORMATS[name]
+    monkeypatch.setitem(FORMATS, name, dataclasses.replace(fmt, convert=breaker(fmt.convert)))
+    out = tmp_path / "broken"
+    with pytest.raises(EdgepackError, match=rf"{name}: check failed .* {fmt.check.metric} [0-9.e+-]+, "
+                                            rf"needs {fmt.check.metric}") as e:
+        export(clear_run, [name], out, check_images=CHECK, ds=tiny_ds)
+    assert "\n" not in str(e.value)
+    assert not out.exists() and not [p for p in tmp_path.iterdir()]  # no temporary folder either
+
+
+def _tiny_qat_run(folder: Path, source: Path, tiny_ds) -> Path:
+    """A run folder holding a QAT model fine-tuned from `source` (saved as compress does: .h5)."""
+    import tensorflow_model_optimization as tfmot
+
+    from edgepack import rundir
+    from edgepack.model import compile_model, load_run_model, save_model
+    from edgepack.runtime.preprocess import scale_pixels
+    from edgepack.train import data_metadata, seed_everything
+
+    seed_everything(0)
+    model = tfmot.quantization.keras.quantize_model(load_run_model(rundir.load_run(source)))
+    compile_model(model, learning_rate=1e-4)
+    model.fit(scale_pixels(tiny_ds.x_train), tiny_ds.y_train, epochs=1, batch_size=16, verbose=0)
+    folder.mkdir()
+    save_model(model, folder / "model.h5")
+    rundir.write_run_files(folder, {"kind": "compress", "technique": "qat", "variant": "qat",
+                                    "model_file": "model.h5", "model_format": "keras-qat-h5",
+                                    **data_metadata(tiny_ds)}, {"accuracy": 0.1})
+    return folder
+
+
+def test_qat_source_converts_to_int8_without_calibration(clear_run, tiny_ds, tmp_path, monkeypatch):
+    from edgepack import data
+
+    run = _tiny_qat_run(tmp_path / "qat", clear_run, tiny_ds)
+    real = data.balanced_subset
+
+    def subset(labels, n, seed=0):  # the check images come from the test split; calibration would not
+        assert labels is not tiny_ds.y_train, "a QAT model must convert without a calibration sample"
+        return real(labels, n, seed)
+
+    monkeypatch.setattr(data, "balanced_subset", subset)
+    s = export(run, ["tflite-int8"], tmp_path / "out", check_images=CHECK, ds=tiny_ds)
+    assert s["qat_source"] is True
+    meta = read_meta(tmp_path / "out" / "tflite-int8.tflite")
+    assert (meta["technique"], meta["input_dtype"]) == ("qat", "int8")
+    assert s["formats"]["tflite-int8"]["bytes"] < 200_000  # int8 kernels, not a 500 KB float model
+
+
+# --- errors, through the CLI: one line each, exit 1, nothing written
+
+def _cli_error(capsys, *argv) -> str:
+    assert main(["export", *argv]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("edgepack: error: ") and "\n" not in err
+    return err
+
+
+def test_cli_errors(tiny_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--model", str(tiny_run), "--out", str(out)]
+    assert "unknown export format 'tflite-int4'" in _cli_error(capsys, *base, "--format", "tflite-int4")
+    err = _cli_error(capsys, *base, "--format", "tflite-fp32", "--option", "io=float")
+    assert "'io' is not accepted by tflite-fp32" in err and "tflite-int8" in err
+    assert "not one of int8, uint8, float" in _cli_error(capsys, *base, "--format", "tflite-int8",
+                                                         "--option", "io=int4")
+    assert "must look like KEY=VALUE" in _cli_error(capsys, *base, "--format", "all", "--option", "opset")
+    incomplete = tmp_path / "incomplete"
+    incomplete.mkdir()
+    shutil.copy(tiny_run / "model.keras", incomplete)
+    assert "not a complete run folder" in _cli_error(capsys, "--model", str(incomplete), "--out", str(out),
+                                                     "--format", "onnx-fp32")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_run, corrupt)
+    (corrupt / "model.keras").write_bytes(b"PK\x03\x04 not really a zip")
+    assert "changed or corrupt" in _cli_error(capsys, "--model", str(corrupt), "--out", str(out),
+                                              "--format", "onnx-fp32")
+    meta = json.loads((corrupt / "metadata.json").read_text())
+    del meta["model_sha256"]  # no recorded hash: the loader itself must refuse the file
+    (corrupt / "metadata.json").write_text(json.dumps(meta))
+    assert "cannot load model" in _cli_error(capsys, "--model", str(corrupt), "--out", str(out),
+                                             "--format", "onnx-fp32")
+    assert not out.exists()
+
+
+def test_cli_exports_and_refuses_existing_output(tiny_run, tiny_archive, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["export", "--model", str(tiny_run), "--format", "onnx-fp32", "--data", str(tiny_archive),
+            "--check-images", "20", "--out", str(out)]
+    assert main(argv) == 0
+    assert "onnx-fp32" in capsys.readouterr().out
+    assert (out / "onnx-fp32.onnx").is_file()
+    assert "already exists" in _cli_error(capsys, *argv[1:])
+
+
+def test_help_lists_every_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = capsys.readouterr().out
+    assert "example:" in text and all(name in text for name in FORMATS)
+
+
+@pytest.mark.real
+@pytest.mark.slow
+def test_int8_accuracy_on_real_data(real_data, real_cifar, tmp_path):
+    """A baseline trained in-test on 5,000 real images: int8 files within 1 point, <= 30% of fp32."""
+    from edgepack.train import TrainConfig, train
+
+    run = train(real_data, tmp_path / "run", TrainConfig(epochs=4), ds=_subset(real_cifar))
+    s = export(run, ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"], tmp_path / "out",
+               check_images=2000, ds=real_cifar)
+    f = s["formats"]
+    for family in ("tflite", "onnx"):
+        c = f[f"{family}-int8"]["checks"]
+        assert c["images"] == 2000
+        assert abs(c["accuracy"] - c["source_accuracy"]) <= 0.01, (family, c)
+        assert f[f"{family}-int8"]["bytes"] <= 0.30 * f[f"{family}-fp32"]["bytes"]
+    assert s["check"]["source_accuracy"] > 0.3  # the model learned something: the check means something
+
+
+def _subset(ds):
+    from edgepack.data import balanced_subset
+
+    idx = balanced_subset(ds.y_train, 5000, 0)
+    return dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
