@@ -76,15 +76,32 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
         raise EdgepackError(f"{path} is not a Keras .keras file (not a zip archive): re-create the run")
     if path.suffix == ".h5" and head != b"\x89HDF\r\n\x1a\n":
         raise EdgepackError(f"{path} is not an HDF5 model file: re-create the run")
+    version = _keras_file_version(path) if path.suffix == ".keras" else None
+    if version and not version.startswith("2."):
+        raise EdgepackError(f"{path} was saved by Keras {version}: edgepack needs a Keras 2 (tf_keras) "
+                            "model, build it with `import tf_keras` (edgepack train does)")
     try:
         kwargs = {"safe_mode": True} if path.suffix == ".keras" else {}
         model = k.models.load_model(str(path), custom_objects=custom_objects, compile=False, **kwargs)
     except Exception as e:  # Keras raises many types for corrupt files
-        raise EdgepackError(f"cannot load model {path} ({type(e).__name__}: {str(e)[:200]}): "
+        detail = " ".join(str(e).split())[:200]  # Keras messages span lines; errors are one line
+        raise EdgepackError(f"cannot load model {path} ({type(e).__name__}: {detail}): "
                             "re-create the run folder") from None
     if not isinstance(model, k.Model):
         raise EdgepackError(f"{path} is not a Keras 2 (tf_keras) model")
     return model
+
+
+def _keras_file_version(path: Path) -> str | None:
+    """The keras_version a .keras archive records in its metadata.json (None if unreadable)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return str(json.loads(z.read("metadata.json")).get("keras_version") or "") or None
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError):
+        return None
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
