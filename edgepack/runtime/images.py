@@ -55,9 +55,12 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img).convert("RGB")
+            w, h = img.size
+            side = min(w, h)
+            left, top = (w - side) // 2, (h - side) // 2
+            img = img.crop((left, top, left + side, top + side))  # nothing outside it leaks in
             if img.size != (size[1], size[0]):
-                img = ImageOps.fit(img, (size[1], size[0]), method=Image.Resampling.BILINEAR,
-                                   centering=(0.5, 0.5))
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).copy()
     except Image.DecompressionBombError:
         raise InputFileError(f"{path}: image too large (Pillow's decompression-bomb limit)") from None
