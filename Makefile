@@ -1,13 +1,17 @@
-# The two set-up commands: `make run` (the main job) and `make test` (lint + the whole test suite).
-# Both create .venv if missing and install edgepack with its toolchain and dev extras into it.
+# The two set-up commands: `make run` (the main job) and `make test` (lint + the whole test suite +
+# runtime-check). Both create .venv if missing and install edgepack with its toolchain and dev extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= $(if $(EDGEPACK_DATA),$(EDGEPACK_DATA),../shared/data/cifar-10-python.tar.gz)
 OUT ?= runs/baseline
 PYTEST_ARGS ?=
+# The runtime as apps install it (`pip install .`, no extras: no TensorFlow) and the small exported
+# files the test run leaves for it to check.
+RUNTIME_VENV := .venv-runtime
+RUNTIME_MODELS := runs/runtime-check
 
-.PHONY: run test lint venv clean
+.PHONY: run test lint venv clean runtime-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +31,22 @@ lint: venv
 	$(BIN)/ruff check edgepack tests examples
 
 test: lint
-	EDGEPACK_DATA=$(DATA) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	rm -rf $(RUNTIME_MODELS)
+	EDGEPACK_DATA=$(DATA) EDGEPACK_RUNTIME_MODELS=$(CURDIR)/$(RUNTIME_MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory runtime-check
+
+$(RUNTIME_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(RUNTIME_VENV)
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet .
+	touch $@
+
+# edgepack.runtime, `edgepack predict` and `edgepack bench` without TensorFlow: re-installs the current
+# sources into .venv-runtime, then loads and runs the exported files there (made here if missing).
+runtime-check: $(RUNTIME_VENV)/.installed | $(BIN)/python
+	$(RUNTIME_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation --force-reinstall .
+	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
+	cd $(RUNTIME_VENV) && bin/python $(CURDIR)/tests/runtime_only_check.py $(CURDIR)/$(RUNTIME_MODELS)
 
 clean:
 	rm -rf $(VENV) .venv-runtime .pytest_cache .ruff_cache

@@ -18,6 +18,7 @@ from edgepack.cli import main
 from edgepack.errors import EdgepackError
 from edgepack.runtime import metadata as md
 from tests.conftest import CLASS_NAMES, ROOT
+from tests.runtime_only_check import write_check_folder
 
 CHECK = 20  # the tiny archive has 20 test images
 MODELS_ENV = "EDGEPACK_RUNTIME_MODELS"  # `make test` sets it: exported files for `make runtime-check`
@@ -41,25 +42,9 @@ def exported(tiny_run, tiny_ds, tmp_path_factory) -> dict[str, Path]:
     files = {name: out / "all" / f["file"] for name, f in s["formats"].items()}
     u = export(tiny_run, ["tflite-int8"], out / "u8", options={"io": "uint8"}, check_images=CHECK, ds=tiny_ds)
     files["tflite-int8-uint8"] = out / "u8" / u["formats"]["tflite-int8"]["file"]
-    _leave_for_runtime_check(files, tiny_ds.x_test)
+    if os.environ.get(MODELS_ENV):  # `make test`: leave them for `make runtime-check`
+        write_check_folder(Path(os.environ[MODELS_ENV]), files, tiny_ds.x_test)
     return files
-
-
-def _leave_for_runtime_check(files: dict[str, Path], images: np.ndarray) -> None:
-    """Copy the files, test images and this venv's predictions where `make runtime-check` reads them."""
-    target = os.environ.get(MODELS_ENV)
-    if not target:
-        return
-    target = Path(target)
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True)
-    np.save(target / "images.npy", images)
-    for name, path in files.items():
-        dest = target / (name + path.suffix)
-        shutil.copy(path, dest)
-        if md.sidecar_path(path).exists():
-            shutil.copy(md.sidecar_path(path), md.sidecar_path(dest))
-        np.save(target / f"{dest.name}.probs.npy", runtime.load(dest).predict(images))
 
 
 def direct(path: Path, pixels: np.ndarray) -> np.ndarray:

@@ -179,7 +179,7 @@ class Classifier:
         """Model output -> float32 probabilities (a table lookup for int8/uint8 outputs)."""
         if self._out_lut is None:
             return y.astype(np.float32, copy=False)
-        return np.take(self._out_lut, y.view(np.uint8))
+        return self._out_lut[y.view(np.uint8)]
 
     def _dequantize_formula(self, q: np.ndarray) -> np.ndarray:
         """probability = (q - zero_point) * scale, in float32."""

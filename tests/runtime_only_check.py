@@ -1,0 +1,117 @@
+"""`make runtime-check`: edgepack's runtime in an environment made with `pip install .` alone.
+
+    .venv-runtime/bin/python tests/runtime_only_check.py FOLDER   # in the runtime-only environment
+    .venv/bin/python tests/runtime_only_check.py --make FOLDER    # main environment: make FOLDER
+
+FOLDER holds small exported files (every format), images.npy and, per file, the probabilities the
+main environment's runtime gave (<file>.probs.npy). tests/test_runtime.py writes it when
+$EDGEPACK_RUNTIME_MODELS is set (as `make test` does); --make trains and exports a tiny model instead.
+The check: TensorFlow is not installed and never imported, the installed edgepack (not the source
+tree) loads every file and reproduces the probabilities, and `edgepack predict` / `edgepack bench`
+work with the base install (PNG/JPEG without Pillow: the one-line install hint).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MODEL_SUFFIXES = (".onnx", ".tflite")
+
+
+def write_check_folder(folder: Path, files: dict[str, Path], images: np.ndarray) -> None:
+    """Copy exported files (with TFLite sidecars), the images and this environment's predictions."""
+    from edgepack import runtime
+    from edgepack.runtime import metadata
+
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    np.save(folder / "images.npy", images)
+    for name, path in files.items():
+        dest = folder / (name + path.suffix)
+        shutil.copy(path, dest)
+        if metadata.sidecar_path(path).exists():
+            shutil.copy(metadata.sidecar_path(path), metadata.sidecar_path(dest))
+        np.save(folder / f"{dest.name}.probs.npy", runtime.load(dest).predict(images))
+
+
+def make(folder: Path) -> None:
+    """Main environment only: train a tiny model on tiny synthetic data and export every format."""
+    import tempfile
+
+    root = Path(__file__).resolve().parent.parent
+    sys.path.insert(0, str(root))
+    from edgepack.data import load_cifar10
+    from edgepack.export import export
+    from edgepack.train import TrainConfig, train
+    from tests.conftest import tiny_members, write_archive
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        archive = write_archive(tmp / "cifar-10-python.tar.gz", tiny_members())
+        ds = load_cifar10(archive)
+        run = train(archive, tmp / "run", TrainConfig(epochs=1, batch_size=16), ds=ds)
+        s = export(run, ["all"], tmp / "export", check_images=20, ds=ds)
+        write_check_folder(folder, {n: tmp / "export" / f["file"] for n, f in s["formats"].items()},
+                           ds.x_test)
+
+
+def tf_modules() -> list[str]:
+    return [m for m in sys.modules if m.split(".")[0] in ("tensorflow", "tf_keras")]
+
+
+def check(folder: Path) -> None:
+    for name in ("tensorflow", "tf_keras", "tensorflow_model_optimization"):
+        assert importlib.util.find_spec(name) is None, f"{name} is installed: not a runtime-only environment"
+    import edgepack
+    from edgepack import runtime
+
+    src = Path(__file__).resolve().parent.parent / "edgepack"
+    assert Path(edgepack.__file__).resolve().parent != src, f"testing the source tree {src}, not the install"
+    files = sorted(p for p in folder.iterdir() if p.suffix in MODEL_SUFFIXES)
+    assert {p.suffix for p in files} == set(MODEL_SUFFIXES), f"{folder}: needs .onnx and .tflite files"
+    images = np.load(folder / "images.npy", allow_pickle=False)
+    for path in files:
+        clf = runtime.load(path, threads=1)
+        probs = clf.predict(images)
+        expected = np.load(folder / f"{path.name}.probs.npy", allow_pickle=False)
+        np.testing.assert_allclose(probs, expected, atol=1e-6, err_msg=str(path))
+        assert len(clf.classify(images[0], top_k=3)[0]) == 3
+        print(f"ok  {path.name:<24} {clf.format:<15} {clf.runtime:<12} {len(images)} images")
+    assert not tf_modules(), f"imported {tf_modules()}"
+
+    cli = Path(sys.executable).parent / "edgepack"
+    onnx = next(p for p in files if p.suffix == ".onnx")
+    done = subprocess.run([str(cli), "predict", str(onnx), str(folder / "images.npy"), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["predictions"]) == len(images)
+    done = subprocess.run([str(cli), "bench", *map(str, files), "--runs", "20", "--warmup", "2",
+                           "--import-repeats", "2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(done.stdout.rstrip())
+    if importlib.util.find_spec("PIL") is None:
+        fake_png = folder / "fake.png"
+        fake_png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))
+        done = subprocess.run([str(cli), "predict", str(onnx), str(fake_png)], capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 1 and "pip install 'edgepack[images]'" in done.stderr, done.stderr
+        print("ok  PNG without Pillow: " + done.stderr.strip())
+    print(f"runtime-check passed: edgepack {edgepack.__version__} from {Path(edgepack.__file__).parent}, "
+          "no TensorFlow installed or imported")
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--make":
+        make(Path(args[1]))
+    elif len(args) == 1:
+        check(Path(args[0]))
+    else:
+        sys.exit(__doc__.strip().splitlines()[2])
