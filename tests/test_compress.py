@@ -65,10 +65,10 @@ def runs(tmp_path_factory, tiny_run, tiny_archive):
     root = tmp_path_factory.mktemp("compress")
     made: dict[str, Path] = {}
 
-    def get(name, technique, source=None, **params):
+    def get(name, technique, source=None, variant=None, **params):
         if name not in made:
             made[name] = compress(source or tiny_run, technique, root / name, params={**FAST, **params},
-                                  data_path=tiny_archive)
+                                  data_path=tiny_archive, variant=variant)
         return made[name]
 
     return get
@@ -143,16 +143,18 @@ def test_qat_run_folder_loads_back_as_qat(runs):
     assert {"conv1", "conv2", "conv3", "dense1", "probs"} <= wrapped
 
 
-@pytest.mark.parametrize("technique", ["qat", "pqat"])
-def test_qat_models_round_trip_with_the_same_outputs(technique, runs, tmp_path):
-    """Save a trained (PQ)AT model the way compress does, load it through LOADERS: identical outputs."""
+def test_qat_model_round_trips_with_the_same_outputs(runs, tmp_path):
+    """Save a trained QAT model the way compress does, load it through LOADERS: identical outputs.
+
+    (compress() itself re-checks every saved model, PQAT included, on 64 images before writing.)
+    """
     from edgepack.compress.core import _save
     from edgepack.compress.techniques import Plan
     from edgepack.model import LOADERS, compile_model, load_run_model, predict_proba
 
     source = runs("prune-0.5", "prune", sparsity=0.5)
     model = load_run_model(load_run(source))
-    tech = TECHNIQUES[technique]
+    tech = TECHNIQUES["qat"]
     plan = Plan(steps=2, targets=("conv1", "conv2", "conv3", "dense1", "probs"),
                 source_kernels=inv.kernels(model))
     wrapped, _ = tech.wrap(model, dict(tech.defaults), plan)
@@ -162,19 +164,19 @@ def test_qat_models_round_trip_with_the_same_outputs(technique, runs, tmp_path):
     path = _save(wrapped, tmp_path, tech.model_format, x[:8])
     reloaded = LOADERS[tech.model_format](path)
     np.testing.assert_array_equal(predict_proba(wrapped, x), predict_proba(reloaded, x))
-    if technique == "pqat":
-        assert inv.zeros_kept_record(plan.source_kernels, inv.kernels(reloaded))
+    assert [type(ly).__name__ for ly in reloaded.layers] == [type(ly).__name__ for ly in wrapped.layers]
 
 
 def test_pqat_keeps_the_source_zeros(runs):
     source = runs("prune-0.5", "prune", sparsity=0.5)
-    out = runs("pqat", "pqat", source=source)
+    out = runs("pqat", "pqat", source=source, variant="pqat-from-prune-0.5")
     before, after = _kernels(source), _kernels(out)
     for name, w0 in before.items():
         assert np.all(after[name][w0 == 0] == 0), name
         assert inv.sparsity(after[name]) >= inv.sparsity(w0) >= 0.49
     meta = load_run(out).metadata
     assert meta["source_technique"] == "prune" and meta["model_format"] == "keras-qat-h5"
+    assert meta["variant"] == "pqat-from-prune-0.5"  # the name a caller (the pipeline) chose
     assert set(meta["invariants"]["refilled_zeros"].values()) == {0}
 
 

@@ -13,7 +13,8 @@ Techniques (defaults in brackets; fine-tuning uses training images only):
 
 The run folder holds the model, history.json, metrics.json (test set) and metadata.json (technique,
 parameters, source run and its sha256, fine-tuning time, measured invariants, gzip'ed model size).
-A broken invariant is an error and leaves no folder behind.
+A broken invariant is an error and leaves no folder behind. --data defaults to the data the source
+was trained on (its metadata's data_source) if that file still exists, else the usual search below.
 
 example:
   edgepack compress --model runs/baseline --technique prune --sparsity 0.8 --out runs/prune-0.8

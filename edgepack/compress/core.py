@@ -139,13 +139,14 @@ def _save(model, folder: Path, model_format: str, x_check: np.ndarray) -> Path:
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
              params: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
              limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
-             ds: data_mod.Cifar10 | None = None) -> Path:
+             ds: data_mod.Cifar10 | None = None, variant: str | None = None) -> Path:
     """Compress the model of a run folder with `technique` and write the run folder `out`.
 
     params: the technique's options (see TECHNIQUES[technique].defaults), e.g. {"sparsity": 0.8}.
     data_path: CIFAR-10 for fine-tuning (training images) and metrics (test images); default: the
     data the source was trained on if it still exists, then the usual search (edgepack.data).
     ds: an already loaded data set (overrides data_path and the limits).
+    variant: the name to record (default: derived from the technique and params, e.g. "prune-0.8").
     """
     require_toolchain("edgepack compress")
     tech = get_technique(technique)
@@ -183,7 +184,7 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
     final = tech.finish(wrapped)
     invariants = tech.check(final, params, plan)
     metrics, _ = evaluate(final, ds)
-    variant = tech.variant(params)
+    variant = variant or tech.variant(params)
     print(f"{variant}: test accuracy {metrics['accuracy']:.4f} (source run: "
           f"{src.metrics.get('accuracy', float('nan')):.4f}) after {finetune_seconds:.0f} s of fine-tuning",
           flush=True)
