@@ -57,6 +57,32 @@ def test_every_technique_takes_the_fine_tuning_options():
         assert tech.variant(dict(tech.defaults)).startswith(name)
 
 
+@pytest.mark.parametrize("technique, params, message", [
+    ("cluster", {"clusters": 16.5}, "--clusters must be a whole number"),
+    ("cluster", {"clusters": "many"}, "--clusters must be a whole number"),
+    ("prune", {"sparsity": float("nan")}, "--sparsity must be a finite number"),
+    ("prune", {"learning_rate": float("inf")}, "--learning-rate must be a finite number"),
+    ("prune", {"learning_rate": 0}, "--learning-rate must be > 0"),
+    ("prune", {"epochs": 0}, "--epochs must be a whole number >= 1"),
+    ("finetune", {"keep_dense": ["conv1"]}, "technique finetune does not take --keep-dense"),
+])
+def test_bad_parameters_are_refused(technique, params, message):
+    from edgepack.compress import resolve_params
+    from edgepack.errors import EdgepackError
+
+    with pytest.raises(EdgepackError, match=message):
+        resolve_params(TECHNIQUES[technique], params)
+
+
+def test_parameters_are_normalised():
+    from edgepack.compress import resolve_params
+
+    p = resolve_params(TECHNIQUES["cluster"], {"clusters": 16.0, "keep_dense": "conv1", "epochs": None})
+    assert p == {"clusters": 16, "keep_dense": ["conv1"], "epochs": 2, "learning_rate": 1e-4,
+                 "batch_size": 32}
+    assert TECHNIQUES["cluster"].variant(p) == "cluster-16-keep-conv1"
+
+
 # --- every technique on the tiny run folder
 
 @pytest.fixture(scope="module")

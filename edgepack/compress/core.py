@@ -51,19 +51,35 @@ def resolve_params(tech: Technique, params: dict | None) -> dict:
         raise EdgepackError(f"technique {tech.name} does not take {', '.join(map(flag, unknown))}; it takes "
                             f"{', '.join(map(flag, tech.defaults))}")
     p = {**tech.defaults, **params}
-    if "sparsity" in p and not 0.0 < float(p["sparsity"]) < 1.0:
+    for key, kind in (("sparsity", float), ("learning_rate", float), ("clusters", int), ("epochs", int),
+                      ("batch_size", int)):
+        if key in p:
+            p[key] = _number(key, p[key], kind)
+    if "sparsity" in p and not 0.0 < p["sparsity"] < 1.0:
         raise EdgepackError(f"--sparsity must be between 0 and 1 (exclusive), got {p['sparsity']}")
-    if "clusters" in p and (int(p["clusters"]) != p["clusters"] or p["clusters"] < 2):
+    if "clusters" in p and p["clusters"] < 2:
         raise EdgepackError(f"--clusters must be a whole number >= 2, got {p['clusters']}")
-    if int(p["epochs"]) != p["epochs"] or p["epochs"] < 1:
-        raise EdgepackError(f"--epochs must be a whole number >= 1, got {p['epochs']}")
-    if int(p["batch_size"]) != p["batch_size"] or p["batch_size"] < 1:
-        raise EdgepackError(f"--batch-size must be a whole number >= 1, got {p['batch_size']}")
-    if not float(p["learning_rate"]) > 0:
+    for key in ("epochs", "batch_size"):
+        if p[key] < 1:
+            raise EdgepackError(f"{flag(key)} must be a whole number >= 1, got {p[key]}")
+    if not p["learning_rate"] > 0:
         raise EdgepackError(f"--learning-rate must be > 0, got {p['learning_rate']}")
     if "keep_dense" in p:
-        p["keep_dense"] = [str(n) for n in p["keep_dense"]]
+        names = p["keep_dense"]
+        p["keep_dense"] = [names] if isinstance(names, str) else [str(n) for n in names]
     return p
+
+
+def _number(key: str, value, kind: type) -> int | float:
+    """`value` as an int or float; whole numbers only for ints (16.0 is 16, 16.5 is refused)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not math.isfinite(number) or (kind is int and number != int(number)):
+        what = "a whole number" if kind is int else "a finite number"
+        raise EdgepackError(f"{flag(key)} must be {what}, got {value!r}")
+    return kind(number)
 
 
 def gzip_bytes(path: str | os.PathLike) -> int:
