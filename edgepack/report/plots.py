@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-MARKERS = {"keras": "s", "tflite": "o", "onnx": "^"}  # by format family
-
-
-def _family(fmt: str) -> str:
-    return fmt.split("-")[0]
+# Marker by format, colour by variant: with ~50 points, labels on every point would be unreadable.
+MARKERS = {"keras": "s", "tflite-fp32": "o", "tflite-fp16": "D", "tflite-dynamic": "v", "tflite-int8": "^",
+           "onnx-fp32": "P", "onnx-int8": "X"}
+OTHER_MARKER = "*"
 
 
 def _latency(row: dict) -> tuple[float | None, str]:
@@ -25,21 +24,33 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
     if points:
-        for fam, marker in MARKERS.items():
-            sel = [(x, y, r) for x, y, r in points if _family(r["format"]) == fam]
-            if sel:
-                ax.scatter([p[0] for p in sel], [p[1] for p in sel], marker=marker, label=fam, s=36)
+        variants = list(dict.fromkeys(r["variant"] for _, _, r in points))
+        colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
+        formats = list(dict.fromkeys(r["format"] for _, _, r in points))
         for x, y, r in points:
-            ax.annotate(r["id"] + (" *" if r["recommended"] else ""), (x, y), fontsize=6,
-                        xytext=(3, 2), textcoords="offset points")
+            ax.scatter([x], [y], marker=MARKERS.get(r["format"], OTHER_MARKER), color=colours[r["variant"]],
+                       s=60 if r["recommended"] else 36, alpha=0.85,
+                       edgecolors="black" if r["recommended"] else "none")
+            if r["recommended"]:
+                ax.annotate("recommended: " + r["id"], (x, y), fontsize=7, xytext=(4, 4),
+                            textcoords="offset points")
         if all(x > 0 for x, _, _ in points):
             ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(ScalarFormatter())
+            ax.tick_params(axis="x", which="minor", labelsize=7)
         if baseline_acc is not None:
-            ax.axhline(baseline_acc, color="grey", linestyle="--", linewidth=0.8, label="baseline")
-        ax.legend(fontsize=8)
+            ax.axhline(baseline_acc, color="grey", linestyle="--", linewidth=0.8)
+        handles = [Line2D([], [], linestyle="", marker="o", color=colours[v], label=v) for v in variants]
+        handles += [Line2D([], [], linestyle="", marker=MARKERS.get(f, OTHER_MARKER), color="grey", label=f)
+                    for f in formats]
+        handles.append(Line2D([], [], color="grey", linestyle="--", label="baseline accuracy"))
+        ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
         ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
