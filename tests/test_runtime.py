@@ -221,6 +221,17 @@ def test_bad_model_files_name_the_file(exported, tmp_path):
     partial = _write(tmp_path / "p.tflite", tfl.read_bytes())
     md.sidecar_path(partial).write_text(json.dumps({"format": "tflite-fp32"}))
     cases["missing keys"] = (partial, runtime.ModelFileError, "lacks class_names")
+    meta = json.loads(md.sidecar_path(exported["tflite-int8"]).read_text())
+    for i, (key, value, message) in enumerate([
+            ("input_shape", [32, 32], "input_shape must be [height, width, channels]"),
+            ("input_dtype", "float64", "input_dtype must be one of"),
+            ("pixel_scaling", {"divisor": 0}, "pixel_scaling must have a positive divisor"),
+            ("input_quantization", {"scale": "x", "zero_point": 0}, "input_quantization must be null or"),
+            ("input_quantization", None, "the model's input is int8 but its metadata gives no input_quant"),
+            ("class_names", CLASS_NAMES[:9], "gives 10 outputs but its metadata names 9 classes")]):
+        broken = _write(tmp_path / f"meta{i}.tflite", exported["tflite-int8"].read_bytes())
+        md.sidecar_path(broken).write_text(json.dumps({**meta, key: value}))
+        cases[f"metadata {key} {i}"] = (broken, runtime.ModelFileError, message)
     for what, (path, kind, message) in cases.items():
         with pytest.raises(kind) as e:
             runtime.load(path)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.runtime import metadata as md
-from edgepack.runtime.classifier import Classifier, ModelFileError, ModelNotFoundError
+from edgepack.runtime.classifier import INPUT_DTYPES, Classifier, ModelFileError, ModelNotFoundError
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
@@ -24,10 +24,37 @@ def _first_line(e: BaseException) -> str:
 
 
 def _parse_metadata(text: str | bytes, where: str) -> dict:
+    """The metadata, checked for what the runtime relies on (ModelFileError naming `where` if not)."""
     try:
-        return md.parse(text, where)
+        meta = md.parse(text, where)
     except md.MetadataError as e:
         raise ModelFileError(str(e)) from None
+    problem = _metadata_problem(meta)
+    if problem:
+        raise ModelFileError(f"{where}: edgepack metadata {problem}: re-export the model")
+    return meta
+
+
+def _metadata_problem(meta: dict) -> str | None:
+    def number(v) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
+
+    shape = meta["input_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
+        return f"input_shape must be [height, width, channels], got {shape!r}"
+    if meta["input_dtype"] not in INPUT_DTYPES:
+        return f"input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {meta['input_dtype']!r}"
+    if not all(isinstance(c, str) for c in meta["class_names"]):
+        return "class_names must be strings"
+    scaling = meta["pixel_scaling"]
+    if not isinstance(scaling, dict) or not number(scaling.get("divisor")) or scaling["divisor"] <= 0:
+        return f"pixel_scaling must have a positive divisor, got {scaling!r}"
+    for key in ("input_quantization", "output_quantization"):
+        q = meta.get(key)
+        if q is not None and not (isinstance(q, dict) and number(q.get("scale")) and q["scale"] > 0
+                                  and isinstance(q.get("zero_point"), int)):
+            return f"{key} must be null or {{scale > 0, integer zero_point}}, got {q!r}"
+    return None
 
 
 def _check_io(path: Path, meta: dict, in_dtype: str, in_shape, out_shape) -> None:
