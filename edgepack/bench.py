@@ -24,7 +24,7 @@ import numpy as np
 
 from edgepack.timing import measure
 
-ROUNDS = 5  # alternating edgepack/raw rounds per file
+ROUNDS = 10  # alternating edgepack/raw rounds per file (the machine's speed drifts)
 IMAGE_SEED = 0
 
 # Run in a fresh interpreter: import time of edgepack.runtime, then (optionally) the first load + predict.
