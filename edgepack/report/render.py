@@ -166,7 +166,8 @@ _STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse
 def html(results: dict, folder: Path, images: dict[str, str]) -> str:
     """A self-contained page: the same tables as report.md, plots embedded as base64 PNGs."""
     esc = html_mod.escape
-    items = "".join(f"<li>{esc(line).replace('**', '')}</li>" for line in header_lines(results))
+    plain = (line.replace("**", "").replace("`", "") for line in header_lines(results))
+    items = "".join(f"<li>{esc(line)}</li>" for line in plain)
     imgs = "".join(
         f'<img alt="{esc(title)}" src="data:image/png;base64,'
         f'{base64.b64encode((folder / name).read_bytes()).decode()}">' for title, name in images.items())
