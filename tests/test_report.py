@@ -94,7 +94,7 @@ def test_results_schema_every_row(report):
                 assert isinstance(timing[name], kind), (r["id"], key, name)
             assert timing["p50_ms"] > 0 and timing["throughput_ips"] > 0
         assert r["latency"]["threads_1"]["threads"] == 1
-        assert (r["latency"]["predict_threads_all"] is not None) == (r["kind"] == "run")
+        assert (r["latency"]["predict_threads_all"] is not None) == (r["id"] == "baseline/keras")
     lines = list(csv.DictReader((out / "results.csv").open()))
     assert [line["id"] for line in lines] == [r["id"] for r in rows]
     assert lines[0]["threads_1_p50_ms"]

@@ -46,7 +46,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         {p50_ms, p90_ms, p99_ms, mean_ms, runs, warmup, threads, throughput_ips}:
                         batch-1 latency over `runs` calls after `warmup`, and images/s at batch 64.
                         Keras rows: threads_* time a compiled tf.function call (1 thread: measured in a
-                        child process); predict_threads_all times model.predict (fewer runs: ~70 ms each).
+                        child process); predict_threads_all times model.predict (fewer runs: ~70 ms
+                        each; the baseline only unless options.predict_all).
                         Files: edgepack.runtime predict on uint8 images (scaling included).
       speedup           baseline Keras tf.function p50 / this row's p50, 1 thread ("x faster"; all
                         cores when 1-thread figures are missing)
@@ -79,6 +80,7 @@ class CompareOptions:
     warmup: int = 20  # untimed calls before timing
     predict_runs: int = 30  # timed Keras model.predict calls (each ~70 ms: 200 would cost 14 s a model;
     #                         warm-up for them is min(warmup, 3))
+    predict_all: bool = False  # time model.predict for every Keras row (default: the baseline only)
     throughput_runs: int = 20  # timed batch-64 calls for throughput
     eval_batch: int = 1000  # images per runtime predict call when measuring accuracy
     latency: bool = True  # False: accuracy and sizes only (--no-latency)
@@ -180,7 +182,7 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         eta = f", about {done / (i - 1) * (len(order) - i + 1):.0f} s left" if i > 1 else ""
         print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}): elapsed {time.time() - started:.0f} s{eta}",
               flush=True)
-        row, pred = evaluate_entry(entry, ds, options, all_threads)
+        row, pred = evaluate_entry(entry, ds, options, all_threads, is_baseline=entry is base)
         if entry is base:
             base_pred = pred
         if pred is not None and base_pred is not None:

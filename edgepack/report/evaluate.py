@@ -130,7 +130,8 @@ def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool) 
     return out
 
 
-def evaluate_run(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
+def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
+                 ) -> tuple[dict, np.ndarray | None]:
     from edgepack.model import load_run_model, predict_proba
     from edgepack.report.weights import keras_sparsity
     from edgepack.runtime.preprocess import scale_pixels
@@ -160,9 +161,10 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nda
     if opts.latency:
         row["latency"]["method"] = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
         try:
-            t = keras_timing(model, ds.x_test, opts, all_threads, with_predict=True)
+            t = keras_timing(model, ds.x_test, opts, all_threads,
+                             with_predict=is_baseline or opts.predict_all)
             row["latency"]["threads_all"] = t["tf_function"]
-            row["latency"]["predict_threads_all"] = t["predict"]
+            row["latency"]["predict_threads_all"] = t.get("predict")
         except Exception as e:
             row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["eval_seconds"] = time.perf_counter() - t0
@@ -217,7 +219,8 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
     return row, pred
 
 
-def evaluate_entry(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
+def evaluate_entry(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
+                   ) -> tuple[dict, np.ndarray | None]:
     if entry.kind == "run":
-        return evaluate_run(entry, ds, opts, all_threads)
+        return evaluate_run(entry, ds, opts, all_threads, is_baseline)
     return evaluate_file(entry, ds, opts, all_threads)
