@@ -110,13 +110,13 @@ class Classifier:
     def predict(self, images) -> np.ndarray:
         """Probabilities, float32 (N, num_classes), for uint8 NHWC pixels (N, 32, 32, 3) or one image
         (32, 32, 3) (then N = 1), or float images already scaled to [0, 1] (uint8 pixels / 255)."""
-        x = self.prepare(images)
+        x = self._checked(images)
         step = self.fixed_batch or CHUNK
         if len(x) == step or (self.fixed_batch is None and len(x) <= step):
-            return self._dequantize(self._run(x))  # the common case: one engine call, no copies
+            return self._dequantize(self._run(self._convert(x)))  # the common case: one engine call
         out = np.empty((len(x), self.num_classes), dtype=np.float32)
-        for start in range(0, len(x), step):
-            chunk = x[start:start + step]
+        for start in range(0, len(x), step):  # converted chunk by chunk: memory stays bounded
+            chunk = self._convert(x[start:start + step])
             n = len(chunk)
             if self.fixed_batch and n < step:  # pad the last chunk of a fixed-batch model
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], step - n, axis=0)])
@@ -134,6 +134,10 @@ class Classifier:
 
     def prepare(self, images) -> np.ndarray:
         """Check `images` and turn them into the batch the model file takes (dtype, scaling, int8)."""
+        return self._convert(self._checked(images))
+
+    def _checked(self, images) -> np.ndarray:
+        """`images` as a checked array with a batch dimension (InputError saying expected vs got)."""
         try:
             x = np.asarray(images)
         except ValueError as e:  # ragged nested lists
@@ -142,17 +146,22 @@ class Classifier:
             x = x[None]
         self._check_shape(x)
         if x.dtype == np.uint8:
-            return self._pixels(x)
+            return x
         if x.dtype.kind != "f":
             raise InputError(f"expected uint8 pixels or float images scaled to [0, 1], got dtype {x.dtype}")
-        x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise InputError("expected finite pixel values in [0, 1], got NaN or infinity")
         lo, hi = float(x.min()), float(x.max())
         if lo < self._range[0] or hi > self._range[1]:
             raise InputError(f"expected float images scaled to [{self._range[0]:g}, {self._range[1]:g}] "
                              f"(uint8 pixels / {self._divisor:g}), got values from {lo:g} to {hi:g}")
-        return np.ascontiguousarray(self._from_float(x))
+        return x
+
+    def _convert(self, x: np.ndarray) -> np.ndarray:
+        """Checked uint8 pixels or float images -> the model's input tensor (C-contiguous)."""
+        if x.dtype == np.uint8:
+            return self._pixels(x)
+        return np.ascontiguousarray(self._from_float(x.astype(np.float32, copy=False)))
 
     def _check_shape(self, x: np.ndarray) -> None:
         if x.ndim == len(self.input_shape) + 1 and x.shape[1:] == self.input_shape and x.shape[0] > 0:
