@@ -235,7 +235,7 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
 
 
 def _run_stage(stages: Stages, progress: Progress, stage: str, key: str, what: str, output: Path,
-               valid, work) -> str | None:
+               valid, work, catch: bool = True) -> str | None:
     """Skip a stage that is complete for `key`, else run `work()`; returns an error text on failure."""
     if stages.done(stage, key) and valid(output):
         if stages.record(stage)["status"] == "ok":
@@ -247,6 +247,8 @@ def _run_stage(stages: Stages, progress: Progress, stage: str, key: str, what: s
     try:
         work()
     except EdgepackError as e:  # a variant that fails becomes a row, not a crash
+        if not catch:
+            raise
         print(f"FAILED {what}: {e}", flush=True)
         progress.finish(stage)
         return str(e)
@@ -307,16 +309,44 @@ def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, s
 
 
 def _compare_stage(out, settings, runs, exports, failures, ds, stages, progress) -> dict:
-    from edgepack.report.compare import CompareOptions, compare
+    from edgepack.report.compare import CompareOptions, GateFailed, compare
 
     c = settings["compare"]
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
                           fail_over=c["fail_over"])
     path = out / "report"
     inputs = [*runs.values(), *exports]
-    progress.start("compare", f"compare {len(inputs)} models on {len(ds.y_test)} test images")
-    results = compare(inputs, path, baseline=runs["baseline"], control=runs.get("finetune"), options=opts,
-                      force=True, ds=ds, failures=failures, settings=settings)
-    progress.finish("compare")
+    # Inputs are identified by their stage markers' keys: a changed upstream stage re-runs the comparison.
+    upstream = {p.name: json.loads(p.read_text()).get("key") for p in sorted(stages.folder.glob("*.json"))
+                if p.name != "compare.json"}
+    key = _key(upstream, [str(p) for p in inputs], failures, c, settings["quick"])
+    results: dict = {}
+
+    def work():
+        try:
+            results.update(compare(inputs, path, baseline=runs["baseline"], control=runs.get("finetune"),
+                                   options=opts, force=True, ds=ds, failures=failures, settings=settings))
+        except GateFailed as e:  # the report is written: mark the stage, then fail the command
+            results.update(e.results)
+            stages.mark("compare", key, time.time() - progress.started)
+            raise
+    error = _run_stage(stages, progress, "compare", key,
+                       f"compare {len(inputs)} models on {len(ds.y_test)} test images", path,
+                       lambda p: (p / "results.json").is_file(), work, catch=False)
+    if error is None and not results:  # skipped: the recorded results stand, gate included
+        results = rundir.read_json(path / "results.json")
+        gate = results.get("gate")
+        if gate and not gate["passed"]:
+            raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
+                             f"than allowed (report in {path})", results)
+    print(_variants_table(path / "report.md"))
     print(f"report: {path / 'report.md'} ({(time.time() - progress.started) / 60:.1f} min in all)")
     return results
+
+
+def _variants_table(report_md: Path) -> str:
+    """The report's main table (its first section), to show at the end of the run."""
+    text = report_md.read_text(encoding="utf-8")
+    start = text.find("| variant")
+    end = text.find("\n\n", start)
+    return text[start:end] if start >= 0 else ""
