@@ -20,12 +20,16 @@ import hashlib
 import json
 import shutil
 import time
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 # The defaults: the seed's training recipe, the issue's variants, every export format.
 DEFAULTS: dict = {
@@ -61,11 +65,13 @@ def merge(base: dict, override: dict) -> dict:
     """Nested dict update (override wins; lists are replaced, not merged)."""
     out = copy.deepcopy(base)
     for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge(out[k], v) if both else copy.deepcopy(v)
     return out
 
 
-def load_settings(config: str | Path | None = None, quick: bool = False, overrides: dict | None = None) -> dict:
+def load_settings(config: str | Path | None = None, quick: bool = False,
+                  overrides: dict | None = None) -> dict:
     """Defaults, then --quick, then the TOML file, then CLI overrides; checked."""
     settings = merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
     if config is not None:
@@ -100,7 +106,8 @@ def check_settings(s: dict) -> None:
                                 f"(known: {', '.join(TECHNIQUES)})")
         src = v.get("source", "baseline")
         if src != "baseline" and src not in names[: names.index(v["name"])]:
-            raise EdgepackError(f"variant {v['name']}: source {src!r} must be 'baseline' or an earlier variant")
+            raise EdgepackError(f"variant {v['name']}: source {src!r} must be 'baseline' or an earlier "
+                                "variant")
     bad = [f for f in s["export"]["formats"] if f not in FORMATS]
     if bad:
         raise EdgepackError(f"unknown export format(s) {', '.join(bad)} (known: {', '.join(FORMATS)})")

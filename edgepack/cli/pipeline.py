@@ -36,10 +36,11 @@ def run(args) -> int:
     from edgepack.pipeline import pipeline
 
     overrides: dict = {}
-    for section, key, value in (("data", "limit_train", args.limit_train), ("data", "limit_test", args.limit_test),
-                                ("train", "epochs", args.epochs), ("finetune", "epochs", args.finetune_epochs),
-                                ("compare", "runs", args.runs), ("compare", "max_drop", args.max_drop),
-                                ("compare", "fail_over", args.fail_over)):
+    given = (("data", "limit_train", args.limit_train), ("data", "limit_test", args.limit_test),
+             ("train", "epochs", args.epochs), ("finetune", "epochs", args.finetune_epochs),
+             ("compare", "runs", args.runs), ("compare", "max_drop", args.max_drop),
+             ("compare", "fail_over", args.fail_over))
+    for section, key, value in given:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick, baseline=args.baseline,
