@@ -8,7 +8,7 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
     kind                "edgepack-compare"
     created             UTC time, ISO 8601
     wall_seconds        time the comparison took
-    data                {source, sha256, num_test_images, limit_test (null = all 10,000)}
+    data                {source, sha256, num_test_images, limit_test (null = all 10,000, else subset size)}
     options             the CompareOptions used (runs, warmup, max_drop, fail_over, ...)
     environment         {cpu: {model, machine, isa_flags, logical_cores, usable_cores, physical_cores},
                          versions: {package: version}, platform, git_commit}
@@ -71,6 +71,7 @@ from edgepack.report.inputs import KERAS, Entry, expand, open_entry
 SCHEMA_VERSION = 1
 BASELINE, CONTROL = "baseline", "finetune"  # techniques of the reference runs
 NOT_COMPRESSED = (BASELINE, CONTROL)
+FULL_TEST = 10_000  # CIFAR-10's test set: fewer images is a subset, and the report says so
 
 
 @dataclass(frozen=True)
@@ -199,12 +200,13 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         if any(r["id"] == row["id"] for r in rows):
             row["id"] += "@failed"
         rows.append(row)
+    n_test = int(len(ds.y_test))
     results = {
         "schema_version": SCHEMA_VERSION, "kind": "edgepack-compare",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": None,
-        "data": {"source": ds.source, "sha256": ds.sha256, "num_test_images": int(len(ds.y_test)),
-                 "limit_test": options.limit_test},
+        "data": {"source": ds.source, "sha256": ds.sha256, "num_test_images": n_test,
+                 "limit_test": options.limit_test or (n_test if n_test < FULL_TEST else None)},
         "options": asdict(options), "environment": env_mod.environment(),
         "baseline": rows[0]["id"] if base else None,
         "control": next((r["id"] for r, e in zip(rows[:len(order)], order, strict=True) if e is ctrl), None),
