@@ -367,24 +367,14 @@ def test_example_app_classifies_images(exported, tiny_ds, tmp_path):
 # --- real data
 
 @pytest.mark.real
-@pytest.mark.slow
-def test_runtime_equals_the_engines_on_real_test_images(real_data, real_cifar, tmp_path):
-    """A model trained briefly on real images, exported to every format: on 2,000 real test images the
-    runtime's probabilities are bit-identical to the bare engines' (TFLite: one image per invoke)."""
-    import dataclasses
-
+def test_runtime_equals_the_engines_on_real_test_images(exported, real_cifar):
+    """Every exported format on 2,000 real test images: the runtime's probabilities are bit-identical
+    to the bare engines' (TFLite: one image per invoke; the runtime batches 256 per invoke).
+    (The tiny model is trained on synthetic images: what is checked is the runtime, not accuracy.)"""
     from edgepack.data import balanced_subset
-    from edgepack.export import export
-    from edgepack.train import TrainConfig, train
 
-    idx = balanced_subset(real_cifar.y_train, 5000, 0)
-    ds = dataclasses.replace(real_cifar, x_train=real_cifar.x_train[idx], y_train=real_cifar.y_train[idx])
-    run = train(real_data, tmp_path / "run", TrainConfig(epochs=2), ds=ds)
-    s = export(run, ["all"], tmp_path / "export", check_images=500, ds=real_cifar)
-    test = balanced_subset(real_cifar.y_test, 2000, 1)
-    x, y = real_cifar.x_test[test], real_cifar.y_test[test]
-    for name, f in s["formats"].items():
-        path = tmp_path / "export" / f["file"]
+    x = real_cifar.x_test[balanced_subset(real_cifar.y_test, 2000, 1)]
+    for name, path in exported.items():
         probs = runtime.load(path).predict(x)
         np.testing.assert_array_equal(probs, direct(path, x), err_msg=name)
-        assert np.mean(probs.argmax(axis=1) == y) > 0.3, name  # it learned: agreement means something
+        assert np.ptp(probs, axis=0).max() > 0.01, name  # outputs vary with the image
