@@ -127,11 +127,22 @@ def test_any_batch_size_including_more_than_one_chunk(exported, tiny_ds):
             np.testing.assert_allclose(clf.predict(big[:n]), ref[:n], atol=1e-6, err_msg=f"{name} N={n}")
 
 
-def test_fixed_batch_model_is_looped(exported, tiny_ds):
-    clf = runtime.load(exported["tflite-fp32"])
-    ref = clf.predict(tiny_ds.x_test[:5])
-    clf.fixed_batch = 1  # as a file with a fixed batch of 1 would load
-    np.testing.assert_allclose(clf.predict(tiny_ds.x_test[:5]), ref, atol=1e-6)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_fixed_batch_model_handles_any_n(exported, tiny_ds, tmp_path, batch):
+    """An ONNX file whose input has a fixed batch: looped, the last chunk padded."""
+    import onnx
+
+    m = onnx.load(str(exported["onnx-fp32"]))
+    dim = m.graph.input[0].type.tensor_type.shape.dim[0]
+    dim.Clear()
+    dim.dim_value = batch
+    onnx.save(m, str(tmp_path / "fixed.onnx"))
+    clf = runtime.load(tmp_path / "fixed.onnx")
+    assert clf.fixed_batch == batch
+    x = tiny_ds.x_test[:7]
+    ref = runtime.load(exported["onnx-fp32"]).predict(x)
+    for n in (1, 4, 7):
+        np.testing.assert_allclose(clf.predict(x[:n]), ref[:n], atol=1e-6, err_msg=f"N={n}")
 
 
 def test_classify_and_properties(exported, tiny_ds):
