@@ -151,7 +151,9 @@ def test_classify_and_properties(exported, tiny_ds):
     assert clf.class_names == tuple(CLASS_NAMES) and clf.input_shape == (32, 32, 3)
     assert clf.metadata["input_quantization"]["zero_point"] == -128
     clf.metadata["format"] = "changed"  # a copy
-    assert clf.format == "tflite-int8" and "tflite-int8.tflite" in repr(clf)
+    clf.metadata["class_names"].append("extra")
+    assert clf.format == "tflite-int8" and len(clf.metadata["class_names"]) == 10
+    assert "tflite-int8.tflite" in repr(clf)
     probs = clf.predict(tiny_ds.x_test[:4])
     top = clf.classify(tiny_ds.x_test[:4], top_k=3)
     assert len(top) == 4 and all(len(t) == 3 for t in top)
@@ -237,6 +239,7 @@ def test_bad_model_files_name_the_file(exported, tmp_path):
             ("input_shape", [32, 32], "input_shape must be [height, width, channels]"),
             ("input_dtype", "float64", "input_dtype must be one of"),
             ("pixel_scaling", {"divisor": 0}, "pixel_scaling must have a positive divisor"),
+            ("pixel_scaling", {"divisor": 255.0, "range": [1, 0]}, "pixel_scaling range must be"),
             ("input_quantization", {"scale": "x", "zero_point": 0}, "input_quantization must be null or"),
             ("input_quantization", None, "the model's input is int8 but its metadata gives no input_quant"),
             ("class_names", CLASS_NAMES[:9], "gives 10 outputs but its metadata names 9 classes")]):

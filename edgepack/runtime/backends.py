@@ -49,6 +49,9 @@ def _metadata_problem(meta: dict) -> str | None:
     scaling = meta["pixel_scaling"]
     if not isinstance(scaling, dict) or not number(scaling.get("divisor")) or scaling["divisor"] <= 0:
         return f"pixel_scaling must have a positive divisor, got {scaling!r}"
+    span = scaling.get("range", [0.0, 1.0])
+    if not (isinstance(span, list) and len(span) == 2 and all(map(number, span)) and span[0] < span[1]):
+        return f"pixel_scaling range must be [low, high], got {span!r}"
     for key in ("input_quantization", "output_quantization"):
         q = meta.get(key)
         if q is not None and not (isinstance(q, dict) and number(q.get("scale")) and q["scale"] > 0
@@ -142,7 +145,7 @@ class LiteRTClassifier(Classifier):
         self._batch = int(inp["shape"][0])  # the size the tensors are allocated for now
         self._lock = threading.Lock()
         # Converter files have batch 1 with a dynamic signature (-1): resize for bigger batches
-        # (one invoke of 256 images is much faster than 256 invokes of one).
+        # (one invoke of 256 images was faster here than 256 invokes of one).
         super().__init__(path, meta, threads, None if signature[0] == -1 else self._batch,
                          np.dtype(out["dtype"]).name)
 

@@ -7,6 +7,7 @@ model file's metadata (edgepack.runtime.metadata).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,8 +90,8 @@ class Classifier:
 
     @property
     def metadata(self) -> dict:
-        """The file's edgepack metadata (a copy)."""
-        return dict(self._metadata)
+        """The file's edgepack metadata (a deep copy: changing it changes nothing here)."""
+        return copy.deepcopy(self._metadata)
 
     @property
     def format(self) -> str:
