@@ -340,6 +340,8 @@ def test_predict_cli_bad_files_get_one_line(exported, tiny_ds, tmp_path, capsys,
         assert err.startswith(f"edgepack: error: {path}") and message in err and err.count("\n") == 1, err
     code, _, err = _cli(capsys, "predict", tmp_path / "missing.onnx", tmp_path / "ok.png")
     assert code == 1 and "missing.onnx not found" in err
+    code, _, err = _cli(capsys, "predict", model, tmp_path / "ok.png", "--top-k", "11")
+    assert code == 1 and "--top-k must be from 1 to 10, got 11" in err
     monkeypatch.setitem(sys.modules, "PIL", None)  # Pillow not installed
     code, _, err = _cli(capsys, "predict", model, tmp_path / "ok.png")
     assert code == 1 and "pip install 'edgepack[images]'" in err and err.count("\n") == 1
