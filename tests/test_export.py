@@ -249,7 +249,7 @@ def test_broken_export_fails_and_leaves_nothing(clear_run, tiny_ds, tmp_path, mo
     assert not out.exists() and not [p for p in tmp_path.iterdir()]  # no temporary folder either
 
 
-def _tiny_qat_run(folder: Path, source: Path, tiny_ds) -> Path:
+def _tiny_qat_run(folder: Path, source: Path, tiny_ds):
     """A run folder holding a QAT model fine-tuned from `source` (saved as compress does: .h5)."""
     import tensorflow_model_optimization as tfmot
 
@@ -267,25 +267,33 @@ def _tiny_qat_run(folder: Path, source: Path, tiny_ds) -> Path:
     rundir.write_run_files(folder, {"kind": "compress", "technique": "qat", "variant": "qat",
                                     "model_file": "model.h5", "model_format": "keras-qat-h5",
                                     **data_metadata(tiny_ds)}, {"accuracy": 0.1})
-    return folder
+    return folder, model
 
 
-def test_qat_source_converts_to_int8_without_calibration(clear_run, tiny_ds, tmp_path, monkeypatch):
-    from edgepack import data
+def test_qat_source_exports_integer_formats_without_calibration(clear_run, tiny_ds, tmp_path):
+    from edgepack.export import to_tflite
+    from edgepack.export.context import Context
 
-    run = _tiny_qat_run(tmp_path / "qat", clear_run, tiny_ds)
-    real = data.balanced_subset
+    run, model = _tiny_qat_run(tmp_path / "qat", clear_run, tiny_ds)
 
-    def subset(labels, n, seed=0):  # the check images come from the test split; calibration would not
-        assert labels is not tiny_ds.y_train, "a QAT model must convert without a calibration sample"
-        return real(labels, n, seed)
+    def no_calibration(n):
+        raise AssertionError("a QAT model must convert to int8 TFLite without a calibration sample")
 
-    monkeypatch.setattr(data, "balanced_subset", subset)
-    s = export(run, ["tflite-int8"], tmp_path / "out", check_images=CHECK, ds=tiny_ds)
+    ctx = Context(model, {"calibration_images": 500, "io": "int8"}, no_calibration, qat=True,
+                  scratch=tmp_path)
+    to_tflite.int8(ctx, tmp_path / "direct.tflite")
+
+    # Through export(): float formats do not apply to a QAT model; refused by name, left out of `all`.
+    with pytest.raises(EdgepackError, match="tflite-fp32 does not apply to a QAT/PQAT model"):
+        export(run, ["tflite-fp32", "tflite-int8"], tmp_path / "refused", check_images=CHECK, ds=tiny_ds)
+    s = export(run, "all", tmp_path / "all", check_images=CHECK, ds=tiny_ds)
     assert s["qat_source"] is True
-    meta = read_meta(tmp_path / "out" / "tflite-int8.tflite")
+    assert list(s["formats"]) == ["tflite-dynamic", "tflite-int8", "onnx-int8"]
+    assert sorted(s["skipped"]) == ["onnx-fp32", "tflite-fp16", "tflite-fp32"]
+    meta = read_meta(tmp_path / "all" / "tflite-int8.tflite")
     assert (meta["technique"], meta["input_dtype"]) == ("qat", "int8")
-    assert s["formats"]["tflite-int8"]["bytes"] < 200_000  # int8 kernels, not a 500 KB float model
+    for name in s["formats"]:  # int8 kernels, not a ~500 KB float model
+        assert s["formats"][name]["bytes"] < 150_000, name
 
 
 # --- errors, through the CLI: one line each, exit 1, nothing written

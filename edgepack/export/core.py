@@ -22,7 +22,7 @@ from edgepack import __version__
 from edgepack.errors import EdgepackError
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
-from edgepack.export.formats import FORMATS, Format, options_for, resolve
+from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 
 SCHEMA_VERSION = 1
@@ -78,6 +78,8 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
         "edgepack_version": __version__,
     }
     qat = is_qat_model(model, base_meta["technique"])
+    asked = [formats] if isinstance(formats, str) else list(formats)
+    names, skipped = for_source(names, qat, explicit=ALL not in asked)
     summary = {
         "schema_version": SCHEMA_VERSION, "source": str(run.path), **{k: base_meta[k] for k in (
             "source_sha256", "technique", "variant")},
@@ -86,7 +88,7 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
         "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "test",
                   "source_accuracy": _accuracy(reference, y_check)},
         "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
-        "formats": {},
+        "formats": {}, "skipped": skipped,
     }
     with rundir.atomic_dir(out, force) as tmp:
         scratch = tmp / ".scratch"

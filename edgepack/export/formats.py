@@ -70,6 +70,7 @@ class Format:
     convert: Callable  # convert(ctx: edgepack.export.convert.Context, path: Path) -> None
     check: Check
     summary: str  # one line for --help
+    qat: bool  # accepts QAT / PQAT sources (their float formats would not be their float model)
     options: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # name -> Option
 
     @property
@@ -88,23 +89,24 @@ def _table() -> dict[str, Format]:
     from edgepack.export import to_onnx, to_tflite
 
     formats = [
-        Format("tflite-fp32", ".tflite", "tflite", to_tflite.fp32, FP32, "TFLite, float32 weights and math"),
+        Format("tflite-fp32", ".tflite", "tflite", to_tflite.fp32, FP32, "TFLite, float32 weights and math",
+               qat=False),
         Format("tflite-fp16", ".tflite", "tflite", to_tflite.fp16, FP16,
-               "TFLite, float16 weights (half the size), float32 math"),
+               "TFLite, float16 weights (half the size), float32 math", qat=False),
         Format("tflite-dynamic", ".tflite", "tflite", to_tflite.dynamic, QUANTIZED,
-               "TFLite, dynamic-range: int8 weights, float input/output"),
+               "TFLite, dynamic-range: int8 weights, float input/output (QAT models: int8)", qat=True),
         Format("tflite-int8", ".tflite", "tflite", to_tflite.int8, QUANTIZED,
                "TFLite, full integer: int8 weights and activations, calibrated (QAT models: learned ranges)",
-               MappingProxyType({
+               True, MappingProxyType({
                    "calibration_images": CALIBRATION,
                    "io": Option("int8", "input/output tensor type", choices=("int8", "uint8", "float")),
                })),
         Format("onnx-fp32", ".onnx", "onnx", to_onnx.fp32, FP32,
-               "ONNX via tf2onnx, float32, dynamic batch, input named 'image'",
+               "ONNX via tf2onnx, float32, dynamic batch, input named 'image'", False,
                MappingProxyType({"opset": OPSET})),
         Format("onnx-int8", ".onnx", "onnx", to_onnx.int8, QUANTIZED,
                "ONNX Runtime static quantization (QDQ, per-channel int8) of the fp32 ONNX, calibrated",
-               MappingProxyType({"opset": OPSET, "calibration_images": CALIBRATION})),
+               True, MappingProxyType({"opset": OPSET, "calibration_images": CALIBRATION})),
     ]
     return {f.name: f for f in formats}
 
@@ -126,6 +128,21 @@ def resolve(names: list[str] | tuple[str, ...] | str) -> list[str]:
         raise EdgepackError(f"unknown export format {unknown[0]!r}: choose from {', '.join(FORMATS)} "
                             f"or {ALL}")
     return [n for n in FORMATS if n in names]
+
+
+def for_source(names: list[str], qat: bool, explicit: bool) -> tuple[list[str], dict[str, str]]:
+    """The formats that apply to this source, and the reason for each left out (for `all`).
+
+    A QAT / PQAT model's float formats are refused: the converter turns a QAT model into int8 (fp16,
+    dynamic) or a float model emulating fake-quant that cannot match it to 1e-4 (fp32).
+    """
+    skipped = {n: "QAT source: only integer formats apply" for n in names if qat and not FORMATS[n].qat}
+    if skipped and explicit:
+        name = next(iter(skipped))
+        takers = ", ".join(n for n, f in FORMATS.items() if f.qat)
+        raise EdgepackError(f"{name} does not apply to a QAT/PQAT model (its float file would not be a float "
+                            f"model): choose {takers}, or export the run it was fine-tuned from")
+    return [n for n in names if n not in skipped], skipped
 
 
 def options_for(names: list[str], options: dict | None) -> dict[str, dict]:

@@ -2,6 +2,13 @@
 
 The int8 route is the fast one TOOLCHAIN.md measured: fp32 ONNX -> quant_pre_process ->
 quantize_static(QDQ, per-channel int8), which ORT (ORT_ENABLE_ALL) fuses into QLinearConv/QGemm.
+
+QAT / PQAT sources take the same fast route from their float twin (the QAT model's weights without
+its fake-quant ops), calibrated like any model: tf2onnx's own conversion of the fake-quant ops keeps
+float weights and runs 3-4x slower in ORT (TOOLCHAIN.md). ORT's int8 grid is not TF-MOT's, so the
+top-1 agreement check against the QAT model decides whether the file is good enough. (Passing QAT's
+learned ranges to ORT as TensorQuantOverrides made it worse: ORT drops a Relu whose range is not
+[0, max], and QAT's relu ranges after short fine-tuning still start near -5.)
 """
 
 from __future__ import annotations
@@ -19,15 +26,18 @@ CALIBRATION_BATCH = 50  # images per calibration feed
 
 
 def _fp32_model(ctx: Context):
-    """The tf2onnx ModelProto for this opset (made once per export call)."""
+    """The tf2onnx ModelProto for this opset (made once per export call); QAT models: their float twin."""
     opset = ctx.options["opset"]
     key = ("onnx-fp32", opset)
     if key not in ctx.cache:
         import tensorflow as tf
         import tf2onnx
 
+        from edgepack.export.qat import float_twin
+
         spec = [tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME)]
-        proto, _ = tf2onnx.convert.from_keras(ctx.model, input_signature=spec, opset=opset)
+        model = float_twin(ctx.model) if ctx.qat else ctx.model
+        proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         for value in (*proto.graph.input, *proto.graph.output):
             value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM  # tf2onnx names it unk__NN
         ctx.cache[key] = proto.SerializeToString()
