@@ -21,6 +21,7 @@ import numpy as np
 from edgepack.errors import EdgepackError
 from edgepack.runtime.classifier import InputError
 
+IMAGE_SIZE = (32, 32)  # (height, width) images are read at before the model loads (CIFAR-10's size)
 MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"\x93NUMPY": "npy"}
 
 
@@ -94,12 +95,12 @@ def predict_files(model: str | os.PathLike, inputs: list[str | os.PathLike], top
     if not inputs:
         raise InputError("no input files given: pass PNG, JPEG or .npy files")
     paths = [Path(p) for p in inputs]
-    for p in paths:
-        file_kind(p)  # missing / unknown files fail before the model loads
+    arrays = [read_input(p, IMAGE_SIZE) for p in paths]  # bad files fail before the model loads
     clf = load(model, threads=threads)
+    if clf.input_shape[:2] != IMAGE_SIZE:
+        arrays = [read_input(p, clf.input_shape[:2]) for p in paths]
     if not 1 <= top_k <= clf.num_classes:
         raise InputError(f"--top-k must be from 1 to {clf.num_classes}, got {top_k}")
-    arrays = [read_input(p, clf.input_shape[:2]) for p in paths]
     predictions = []
     for path, array in zip(paths, arrays, strict=True):
         try:
