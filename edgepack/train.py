@@ -39,7 +39,8 @@ class TrainConfig:
         for name in ("limit_train", "limit_test"):
             v = getattr(self, name)
             if v is not None and v < 10:
-                raise EdgepackError(f"--{name.replace('_', '-')} must be >= 10 (one image per class), got {v}")
+                flag = "--" + name.replace("_", "-")
+                raise EdgepackError(f"{flag} must be >= 10 (one image per class), got {v}")
 
 
 def data_metadata(ds: data_mod.Cifar10) -> dict:
@@ -105,7 +106,8 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
     with rundir.atomic_dir(out, force) as tmp:
         save_model(model, tmp / MODEL_FILE)
         metadata = {
-            "kind": "train", "technique": "baseline", "variant": "baseline", "model_file": MODEL_FILE, "model_format": "keras",
+            "kind": "train", "technique": "baseline", "variant": "baseline", "model_file": MODEL_FILE,
+            "model_format": "keras",
             "config": asdict(config), "parameters": count_params(model), **data_metadata(ds),
             "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
         }
