@@ -85,6 +85,8 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
             "source_sha256", "technique", "variant")},
         "source_accuracy": run.metrics.get("accuracy"), "qat_source": qat,
         "data_source": ds.source, "data_sha256": ds.sha256,
+        # False: the check images may not be held out from the model's training (other data given)
+        "data_matches_source": ds.sha256 == run.metadata.get("data_sha256"),
         "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "test",
                   "source_accuracy": _accuracy(reference, y_check)},
         "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
@@ -125,9 +127,11 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
     family.read_metadata(path)  # the file as written must parse with the runtime's schema
     checks = compare(fmt, family.predict(path, x_check), reference, y_check)
     if not checks["passed"]:
+        hint = " (ORT's int8 grid is not TF-MOT's: export QAT models to tflite-int8)" if (
+            ctx.qat and fmt.runtime == "onnx") else ""
         raise EdgepackError(
             f"{fmt.name}: check failed on {checks['images']} held-out images: {checks['metric']} "
-            f"{checks['value']:.6g}, needs {fmt.check.describe()}; the export was not written")
+            f"{checks['value']:.6g}, needs {fmt.check.describe()}; the export was not written{hint}")
     data = path.read_bytes()
     return {
         "file": path.name, "metadata_file": meta_file.name, "bytes": len(data),
