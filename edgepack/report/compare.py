@@ -51,7 +51,7 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         Files: edgepack.runtime predict on uint8 images (scaling included).
       speedup           baseline Keras tf.function p50 / this row's p50, 1 thread ("x faster"; all
                         cores when 1-thread figures are missing)
-      memory_rss_delta_mb  resident memory growth from loading the model and one batch-1 call (psutil;
+      memory_rss_delta_mb  resident memory growth (>= 0) from loading the model and one batch-1 call (psutil;
                         indicative only: allocators keep freed memory, libraries load once per process)
       recommended       true for the recommended row
       eval_seconds      time spent on this row

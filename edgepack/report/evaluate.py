@@ -151,7 +151,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
         model(scale_pixels(ds.x_test[:1]), training=False)
         rss1 = rss_mb()
-        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
+        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = predict_proba(model, scale_pixels(ds.x_test))
         pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
     except Exception as e:
@@ -198,7 +198,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         clf = runtime.load(entry.path, threads=all_threads)
         clf.predict(ds.x_test[:1])
         rss1 = rss_mb()
-        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else rss1 - rss0
+        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = batched_predict(clf, ds.x_test, opts.eval_batch)
         pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
     except Exception as e:
