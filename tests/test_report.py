@@ -143,6 +143,7 @@ def test_report_files_not_empty(report):
     for r in results["rows"]:
         assert r["id"].split("/")[0] in md and r["id"].split("/")[0] in page
     assert "x faster" in md and "agreement" in md and "control" in md
+    assert "| baseline/keras | model.predict |" in md and "| baseline/keras | tf.function | 1 |" in md
     assert not [p for p in out.parent.iterdir() if ".tmp-" in p.name]
 
 
@@ -215,3 +216,15 @@ def test_upstream_failures_and_settings_are_recorded(runs, tiny_archive, tmp_pat
     assert row["error"] == "export: check failed"
     assert set(row) == set(ROW_KEYS) and results["settings"] == {"quick": True}
     assert "Quick smoke run" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.real
+def test_real_test_subset_is_labelled_and_check_skipped(real_data, tiny_run, tmp_path):
+    """On the real archive: a run evaluated on other test images is not checked against them."""
+    results = compare([tiny_run], tmp_path / "out", data_path=real_data,
+                      options=CompareOptions(limit_test=200, latency=False))
+    row = results["rows"][0]
+    assert row["status"] == "ok" and row["num_test_images"] == 200
+    assert row["accuracy_check"].startswith("skipped")
+    assert results["data"]["limit_test"] == 200 and results["data"]["sha256"] != ""
+    assert "subset of 200 test images" in (tmp_path / "out" / "report.md").read_text()
