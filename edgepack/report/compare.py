@@ -37,7 +37,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
       control_ref       the row id that delta_pts_vs_control compares with
       size_bytes, size_gzip_bytes   model file size, raw and gzip'ed (level 9)
       size_ratio_gzip, size_ratio_raw   baseline Keras model's size / this row's size ("x smaller")
-      parameters        parameter count (Keras rows: counted by Keras; files: their source run's)
+      parameters        Conv/Dense kernel + bias values (TF-MOT wrapper variables not counted); files:
+                        their source run's (matched by source_sha256), else null
       sparsity          share of exactly-zero weights in Conv/Dense kernels
       sparsity_source   "model" (Keras), "file" (read from the file), "source-run", or null
       source_sha256     sha256 of the Keras model a file (or compressed run) was made from

@@ -133,7 +133,7 @@ def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool) 
 def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
                  ) -> tuple[dict, np.ndarray | None]:
     from edgepack.model import load_run_model, predict_proba
-    from edgepack.report.weights import keras_sparsity
+    from edgepack.report.weights import keras_parameters, keras_sparsity
     from edgepack.runtime.preprocess import scale_pixels
 
     row = blank_row(entry)
@@ -147,7 +147,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.run.model_path)
         rss0 = rss_mb()
         model = load_run_model(entry.run)
-        row["parameters"] = int(model.count_params())
+        row["parameters"] = keras_parameters(model)
         row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
         model(scale_pixels(ds.x_test[:1]), training=False)
         rss1 = rss_mb()

@@ -20,8 +20,23 @@ def _share_of_zeros(arrays: list[np.ndarray]) -> float | None:
     return float(sum(int(np.count_nonzero(a == 0)) for a in arrays) / total)
 
 
+KERNELS = ("kernel", "depthwise_kernel")  # variable names (without ":0") of Conv/Dense weights
+
+
+def _name(w) -> str:
+    return w.name.split("/")[-1].split(":")[0]
+
+
+def keras_parameters(model) -> int:
+    """Conv/Dense kernel and bias values: the network's parameters, without TF-MOT's wrapper
+    variables (quantizer ranges, pruning masks), so a QAT model counts the same as its source."""
+    n = sum(int(np.prod(w.shape)) for w in model.weights
+            if _name(w) in (*KERNELS, "bias"))
+    return n or int(model.count_params())
+
+
 def keras_sparsity(model) -> float | None:
-    kernels = [np.asarray(w.numpy()) for w in model.weights if w.name.split("/")[-1].startswith("kernel")]
+    kernels = [np.asarray(w.numpy()) for w in model.weights if _name(w) in KERNELS]
     return _share_of_zeros(kernels)
 
 
