@@ -56,10 +56,7 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
 
     model = load_run_model(run)
     ds = ds if ds is not None else data_mod.load_cifar10(_data_source(run, data_path))
-    class_names = list(run.metadata.get("class_names") or ds.class_names)
-    if class_names != list(ds.class_names):
-        raise EdgepackError(f"the data's class names differ from the model's ({run.path}): pass the --data "
-                            "the model was trained on")
+    base_meta = source_metadata(run, ds)
     idx = data_mod.balanced_subset(ds.y_test, check_images, CHECK_SEED)
     x_check, y_check = scale_pixels(ds.x_test[idx]), ds.y_test[idx]
     reference = predict_proba(model, x_check)
@@ -68,15 +65,6 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
     def calibration(n: int) -> np.ndarray:
         return scale_pixels(ds.x_train[data_mod.balanced_subset(ds.y_train, n, CALIBRATION_SEED)])
 
-    base_meta = {
-        "class_names": class_names,
-        "input_shape": list(run.metadata.get("input_shape") or data_mod.IMAGE_SHAPE),
-        "pixel_scaling": run.metadata.get("pixel_scaling") or PIXEL_SCALING,
-        "source_sha256": _source_sha256(run),
-        "technique": run.metadata.get("technique", "baseline"),
-        "variant": run.metadata.get("variant", run.metadata.get("technique", "baseline")),
-        "edgepack_version": __version__,
-    }
     qat = is_qat_model(model, base_meta["technique"])
     asked = [formats] if isinstance(formats, str) else list(formats)
     names, skipped = for_source(names, qat, explicit=ALL not in asked)
@@ -104,6 +92,26 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
         summary["versions"] = rundir.package_versions()
         rundir.write_json(tmp / SUMMARY, summary)
     return summary
+
+
+def source_metadata(run, ds) -> dict:
+    """The metadata every file of this source carries (format-specific fields are added per file)."""
+    from edgepack.data import IMAGE_SHAPE
+
+    class_names = list(run.metadata.get("class_names") or ds.class_names)
+    if class_names != list(ds.class_names):
+        raise EdgepackError(f"the data's class names differ from the model's ({run.path}): pass the --data "
+                            "the model was trained on")
+    technique = run.metadata.get("technique", "baseline")
+    return {
+        "class_names": class_names,
+        "input_shape": list(run.metadata.get("input_shape") or IMAGE_SHAPE),
+        "pixel_scaling": run.metadata.get("pixel_scaling") or PIXEL_SCALING,
+        "source_sha256": _source_sha256(run),
+        "technique": technique,
+        "variant": run.metadata.get("variant", technique),
+        "edgepack_version": __version__,
+    }
 
 
 def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check: np.ndarray,

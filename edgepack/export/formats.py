@@ -67,7 +67,7 @@ class Format:
     name: str  # also the output file's stem: `<name><suffix>`
     suffix: str  # ".tflite" or ".onnx"
     runtime: str  # "tflite" (ai_edge_litert) or "onnx" (onnxruntime): how the file is opened
-    convert: Callable  # convert(ctx: edgepack.export.convert.Context, path: Path) -> None
+    convert: Callable  # convert(ctx: edgepack.export.context.Context, path: Path) -> None
     check: Check
     summary: str  # one line for --help
     qat: bool  # accepts QAT / PQAT sources (their float formats would not be their float model)
