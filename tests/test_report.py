@@ -228,3 +228,22 @@ def test_real_test_subset_is_labelled_and_check_skipped(real_data, tiny_run, tmp
     assert row["accuracy_check"].startswith("skipped")
     assert results["data"]["limit_test"] == 200 and results["data"]["sha256"] != ""
     assert "subset of 200 test images" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_keras_parameters_and_sparsity_ignore_tfmot_variables():
+    import numpy as np
+    import tensorflow_model_optimization as tfmot
+
+    from edgepack.model import BASELINE_PARAMS, baseline_cnn
+    from edgepack.report.weights import keras_parameters, keras_sparsity
+
+    model = baseline_cnn()
+    kernel = model.get_layer("dense1").kernel
+    kernel.assign(np.zeros(kernel.shape, np.float32))
+    expected = 65_536 / 122_336  # dense1's kernel / all kernel values (122,570 minus 234 biases)
+    assert keras_parameters(model) == BASELINE_PARAMS
+    assert keras_sparsity(model) == pytest.approx(expected)
+    qat = tfmot.quantization.keras.quantize_model(model)
+    assert qat.count_params() > BASELINE_PARAMS  # quantizer ranges are variables too
+    assert keras_parameters(qat) == BASELINE_PARAMS
+    assert keras_sparsity(qat) == pytest.approx(expected)
