@@ -213,7 +213,7 @@ def test_upstream_failures_and_settings_are_recorded(runs, tiny_archive, tmp_pat
     results = info.value.results
     row = results["rows"][-1]
     assert row["id"] == "qat/onnx-int8" and row["status"] == "error"
-    assert row["error"] == "export: check failed"
+    assert row["error"] == "export: check failed" and row["path"] is None
     assert set(row) == set(ROW_KEYS) and results["settings"] == {"quick": True}
     assert "Quick smoke run" in (tmp_path / "out" / "report.md").read_text()
 

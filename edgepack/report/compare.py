@@ -22,7 +22,7 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
       variant, technique  from the model's metadata
       format            "keras" for a run folder, else the export format ("tflite-int8", "onnx-fp32", ...)
       kind              "run" (Keras run folder) or "file" (exported file)
-      path              what was evaluated
+      path              what was evaluated (null for a model that failed before compare)
       status, error     "ok" or "error"; error = "<stage>: <what went wrong>" (null when ok)
       accuracy, precision_macro, recall_macro, f1_macro
       per_class_accuracy  {class name: share of that class's test images classified right}
@@ -243,7 +243,8 @@ def _failure_rows(failures: list[dict]) -> list[dict]:
         entry = Entry(Path(str(f.get("path") or "")), "run" if fmt == KERAS else "file", fmt,
                       str(f.get("variant") or "unknown"), str(f.get("technique") or "unknown"))
         row = blank_row(entry)
-        row.update(status="error", error=f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}")
+        row.update(status="error", error=f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}",
+                   path=str(f["path"]) if f.get("path") else None)
         rows.append(row)
     return rows
 

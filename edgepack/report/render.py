@@ -89,8 +89,8 @@ def per_class_table(results: dict) -> Table:
 
 
 def error_table(results: dict) -> Table:
-    out = [[r["id"], r["path"], r["error"] or ""] for r in results["rows"] if r["status"] != "ok"]
-    out += [[r["id"], r["path"], f"latency: {r['latency']['error']}"] for r in results["rows"]
+    out = [[r["id"], r["path"] or "-", r["error"] or ""] for r in results["rows"] if r["status"] != "ok"]
+    out += [[r["id"], r["path"] or "-", f"latency: {r['latency']['error']}"] for r in results["rows"]
             if (r.get("latency") or {}).get("error")]
     return "Failures", ["id", "path", "error"], out
 
