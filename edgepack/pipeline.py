@@ -35,9 +35,9 @@ except ModuleNotFoundError:  # Python 3.10
 DEFAULTS: dict = {
     "data": {"path": None, "limit_train": None, "limit_test": None, "seed": 0},
     "train": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
-    # Every variant (and the uncompressed `finetune` control) is fine-tuned with these, so the
-    # control isolates what the extra training alone did. Per-variant `params` may add options.
-    "finetune": {"epochs": 2, "learning_rate": 1e-4},
+    # Fine-tuning: each technique's own recipe (edgepack.compress.TECHNIQUES defaults) unless set here
+    # for every variant (e.g. epochs = 1); a variant's own `params` win over both.
+    "finetune": {},
     "variants": [
         {"name": "prune-0.5", "technique": "prune", "params": {"sparsity": 0.5}},
         {"name": "prune-0.8", "technique": "prune", "params": {"sparsity": 0.8}},
@@ -45,8 +45,11 @@ DEFAULTS: dict = {
         {"name": "cluster-16", "technique": "cluster", "params": {"clusters": 16}},
         {"name": "qat", "technique": "qat", "params": {}},
         {"name": "pqat", "technique": "pqat", "source": "prune-0.5", "params": {}},
-        {"name": "finetune", "technique": "finetune", "params": {}},
     ],
+    # Controls: the original fine-tuned with the same epochs and learning rate as the compressed
+    # variants, but not compressed, one per distinct recipe ("finetune-e2-lr0.001", ...). Extra
+    # low-learning-rate epochs alone move accuracy; the report credits compression only with the rest.
+    "controls": True,
     "export": {"formats": ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32",
                            "onnx-int8"], "options": {}},
     "compare": {"runs": 200, "warmup": 20, "max_drop": 1.0, "fail_over": None},
@@ -90,7 +93,24 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
     settings = merge(settings, overrides or {})
     settings["quick"] = quick
     check_settings(settings)
+    if settings["controls"]:
+        settings["variants"] = controls(settings) + settings["variants"]
     return settings
+
+
+def recipe(variant: dict, settings: dict) -> tuple[int, float]:
+    """(epochs, learning rate) a variant is fine-tuned with."""
+    from edgepack.compress import TECHNIQUES
+
+    p = {**TECHNIQUES[variant["technique"]].defaults, **settings["finetune"], **variant.get("params", {})}
+    return int(p["epochs"]), float(p["learning_rate"])
+
+
+def controls(settings: dict) -> list[dict]:
+    """One uncompressed fine-tuning control per distinct recipe among the compressed variants."""
+    recipes = sorted({recipe(v, settings) for v in settings["variants"] if v["technique"] != "finetune"})
+    return [{"name": f"finetune-e{e}-lr{lr:g}", "technique": "finetune",
+             "params": {"epochs": e, "learning_rate": lr}} for e, lr in recipes]
 
 
 def check_settings(s: dict) -> None:
@@ -174,14 +194,13 @@ def remove_leftovers(out: Path) -> list[Path]:
 
 def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
     """Stage ids in order, each with a rough relative cost (for the time-left estimate)."""
-    ft_epochs = settings["finetune"]["epochs"]
     stages: dict[str, float] = {}
     if not have_baseline:
         stages["train"] = settings["train"]["epochs"] * 1.0
     for v in settings["variants"]:
-        stages[f"compress-{v['name']}"] = ft_epochs * (2.0 if "qat" in v["technique"] else 1.3)
-    for name in ["baseline", *(v["name"] for v in settings["variants"])]:
-        for fmt in settings["export"]["formats"]:
+        stages[f"compress-{v['name']}"] = recipe(v, settings)[0] * (2.0 if "qat" in v["technique"] else 1.3)
+    for name, fmt, skip in export_jobs(settings):
+        if not skip:
             stages[f"export-{name}-{fmt}"] = 0.25
     stages["compare"] = 0.15 * len(stages)
     return stages
@@ -233,9 +252,11 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
             runs[v["name"]], keys[v["name"]] = result
 
     exports = []
-    for name, path in runs.items():
-        for fmt in settings["export"]["formats"]:
-            result = _export_stage(out, name, fmt, settings, path, keys[name], ds, stages, progress)
+    for name, fmt, skip in export_jobs(settings):
+        if skip:
+            print(f"not exporting {name} -> {fmt}: {skip}", flush=True)
+        elif name in runs:
+            result = _export_stage(out, name, fmt, settings, runs[name], keys[name], ds, stages, progress)
             (failures.append if isinstance(result, dict) else exports.append)(result)
 
     return _compare_stage(out, settings, runs, exports, failures, ds, stages, progress)
@@ -290,8 +311,8 @@ def _train_stage(out, settings, ds, data_key, stages, progress) -> tuple[Path, s
 def _compress_stage(out, v, settings, source: Path, source_key: str, ds, stages, progress):
     from edgepack.compress import compress
 
-    params = {**v.get("params", {}), **settings["finetune"]}
-    path, key = out / "runs" / v["name"], _key(source_key, v, settings["finetune"])
+    params = {**settings["finetune"], **v.get("params", {})}
+    path, key = out / "runs" / v["name"], _key(source_key, v["technique"], params)
     error = _run_stage(stages, progress, f"compress-{v['name']}", key,
                        f"compress {v['name']} ({v['technique']}, {params})", path, _valid_run,
                        lambda: compress(source, v["technique"], path, params=params, force=True, ds=ds,
@@ -301,11 +322,27 @@ def _compress_stage(out, v, settings, source: Path, source_key: str, ds, stages,
     return path, key
 
 
+def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
+    """(variant, format, reason to skip or None) for every model and export format.
+
+    A QAT model's float formats are not its float model (they keep or drop the fake-quant in ways
+    that do not match Keras), so formats that do not take QAT sources are skipped for them.
+    """
+    from edgepack.export import FORMATS
+    from edgepack.export.context import QAT_TECHNIQUES
+
+    techniques = {"baseline": "baseline", **{v["name"]: v["technique"] for v in settings["variants"]}}
+    return [(name, fmt, "QAT models export to int8 formats only"
+             if technique in QAT_TECHNIQUES and not FORMATS[fmt].qat else None)
+            for name, technique in techniques.items() for fmt in settings["export"]["formats"]]
+
+
 def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, stages, progress):
-    from edgepack.export import export
+    from edgepack.export import FORMATS, export
 
     path = out / "exports" / name / fmt
-    options = settings["export"]["options"]
+    # One options table for all formats in the settings; each format takes the options it knows.
+    options = {k: v for k, v in settings["export"]["options"].items() if k in FORMATS[fmt].options}
     key = _key(source_key, fmt, options)
     error = _run_stage(stages, progress, f"export-{name}-{fmt}", key, f"export {name} -> {fmt}", path,
                        lambda p: (p / "export.json").is_file(),
@@ -331,7 +368,7 @@ def _compare_stage(out, settings, runs, exports, failures, ds, stages, progress)
 
     def work():
         try:
-            results.update(compare(inputs, path, baseline=runs["baseline"], control=runs.get("finetune"),
+            results.update(compare(inputs, path, baseline=runs["baseline"], control=None,
                                    options=opts, force=True, ds=ds, failures=failures, settings=settings))
         except GateFailed as e:  # the report is written: mark the stage, then fail the command
             results.update(e.results)

@@ -29,10 +29,6 @@ name = "prune-0.5"
 technique = "prune"
 params = {sparsity = 0.5}
 
-[[variants]]
-name = "finetune"
-technique = "finetune"
-
 [export]
 formats = ["tflite-fp32", "onnx-fp32"]
 
@@ -48,8 +44,12 @@ def test_settings_layering_and_errors(tmp_path):
     s = load_settings(cfg, quick=True, overrides={"compare": {"runs": 7}})
     assert s["train"]["epochs"] == 1 and s["data"]["limit_train"] == 5000  # file over --quick
     assert s["compare"]["runs"] == 7 and s["quick"] is True  # CLI over file
-    assert [v["name"] for v in s["variants"]] == ["prune-0.5", "finetune"]
-    assert len(load_settings()["variants"]) == len(DEFAULTS["variants"]) == 7
+    # One control per fine-tuning recipe, added before the variants: prune's lr with the file's epochs.
+    assert [v["name"] for v in s["variants"]] == ["finetune-e1-lr0.001", "prune-0.5"]
+    defaults = load_settings()
+    assert [v["name"] for v in defaults["variants"][:3]] == [
+        "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001"]
+    assert len(defaults["variants"]) == len(DEFAULTS["variants"]) + 3
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),
                           ('[export]\nformats = ["tflite-fp64"]', "unknown export format"),
                           ('[[variants]]\nname = "x"\ntechnique = "shrink"', "unknown technique"),
@@ -93,10 +93,12 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
     assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
     results = json.loads((out / "report" / "results.json").read_text())
     variants = {(r["variant"], r["format"]) for r in results["rows"]}
-    for name in ("baseline", "prune-0.5", "finetune"):
+    for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):
         for fmt in ("keras", "tflite-fp32", "onnx-fp32"):
             assert (name, fmt) in variants
-    for name in ("baseline", "prune-0.5", "finetune"):  # report accuracy == the run's own metrics.json
+    prune = next(r for r in results["rows"] if r["id"] == "prune-0.5/onnx-fp32")
+    assert prune["control_ref"] == "finetune-e1-lr0.001/onnx-fp32"  # the control with prune's recipe
+    for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):  # report accuracy == the run's own metrics.json
         own = json.loads((out / "runs" / name / "metrics.json").read_text())["accuracy"]
         row = next(r for r in results["rows"] if r["variant"] == name and r["format"] == "keras")
         assert row["accuracy"] == own
