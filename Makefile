@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= $(if $(EDGEPACK_DATA),$(EDGEPACK_DATA),../shared/data/cifar-10-python.tar.gz)
-OUT ?= runs/baseline
+OUT ?= runs/pipeline
 PYTEST_ARGS ?=
 # The runtime as apps install it (`pip install .`, no extras: no TensorFlow) and the small exported
 # files the test run leaves for it to check.
@@ -24,8 +24,9 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# The main job: train, compress, export and compare into $(OUT)/report (re-running resumes).
 run: venv
-	$(BIN)/edgepack train --data $(DATA) --out $(OUT) --force
+	$(BIN)/edgepack pipeline --data $(DATA) --out $(OUT)
 
 lint: venv
 	$(BIN)/ruff check edgepack tests examples
