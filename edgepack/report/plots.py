@@ -25,7 +25,7 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import LogLocator, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
     if points:
@@ -42,13 +42,14 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
         if all(x > 0 for x, _, _ in points):
             ax.set_xscale("log")
             ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # labels at 1-2-5: no overlaps
             ax.xaxis.set_minor_formatter(ScalarFormatter())
             ax.tick_params(axis="x", which="minor", labelsize=7)
         if baseline_acc is not None:
             ax.axhline(baseline_acc, color="grey", linestyle="--", linewidth=0.8)
         handles = [Line2D([], [], linestyle="", marker="o", color=colours[v], label=v) for v in variants]
-        handles += [Line2D([], [], linestyle="", marker=MARKERS.get(f, OTHER_MARKER), color="grey", label=f)
-                    for f in formats]
+        handles += [Line2D([], [], linestyle="", marker=MARKERS.get(f, OTHER_MARKER), color="black",
+                           fillstyle="none", label=f) for f in formats]
         handles.append(Line2D([], [], color="grey", linestyle="--", label="baseline accuracy"))
         ax.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     else:
