@@ -92,11 +92,13 @@ def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None, warmup:
 
 # --- Keras run folders
 
-def check_recorded(row: dict, entry: Entry, ds) -> None:
+def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
     """The accuracy must equal the run's own metrics.json when both used the same test images."""
     rec = entry.run.metrics.get("accuracy")
     row["accuracy_recorded"] = rec
-    same = (entry.run.metrics.get("num_test_images") == len(ds.y_test)
+    config = entry.metadata.get("config") or {}
+    other_subset = config.get("limit_test") is not None and config.get("seed", seed) != seed
+    same = (entry.run.metrics.get("num_test_images") == len(ds.y_test) and not other_subset
             and entry.metadata.get("data_sha256") in (None, ds.sha256))
     if rec is None or not same:
         row["accuracy_check"] = "skipped: the run was evaluated on other test images"
@@ -157,7 +159,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
-    check_recorded(row, entry, ds)
+    check_recorded(row, entry, ds, opts.seed)
     if opts.latency:
         row["latency"]["method"] = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
         try:
