@@ -68,7 +68,7 @@ def test_results_schema_every_row(report):
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["schema_version"] == 1 and on_disk["kind"] == "edgepack-compare"
     for key in ("created", "wall_seconds", "data", "options", "environment", "baseline", "control",
-                "recommended", "gate", "rows"):
+                "controls", "recommended", "gate", "settings", "rows"):
         assert key in on_disk
     assert on_disk["environment"]["cpu"]["logical_cores"] >= 1
     assert on_disk["environment"]["versions"]["numpy"]
@@ -119,7 +119,8 @@ def test_accuracy_equals_metrics_json(report, runs):
 def test_references_deltas_and_agreement(report):
     results = report[0]
     rows = by_id(results)
-    assert results["baseline"] == "baseline/keras" and results["control"] == "finetune/keras"
+    assert results["baseline"] == "baseline/keras" and results["controls"] == ["finetune/keras"]
+    assert results["control"] is None  # none given: the only control serves every compressed row
     base, weak, ctrl = rows["baseline/keras"], rows["prune-0.5/keras"], rows["finetune/keras"]
     assert base["agreement"] == 1.0 and base["delta_pts_vs_baseline"] == 0.0 and base["speedup"] == 1.0
     assert weak["delta_pts_vs_baseline"] == pytest.approx(100 * (weak["accuracy"] - base["accuracy"]))
@@ -161,6 +162,38 @@ def test_recommend_smallest_and_fastest_within_max_drop():
     assert recommend(rows, 0.05)["id"] == "slow-small"  # prune's -0.1 points is out; beats base on both
     assert recommend(rows, 20.0)["id"] == "too-lossy"
     assert recommend([rows[-1]], 1.0) is None
+
+
+def _ctrl_row(rid, fmt, technique, recipe, acc, kind="run"):
+    variant = rid.split("/")[0]
+    return {"id": rid, "variant": variant, "format": fmt, "kind": kind, "technique": technique,
+            "status": "ok", "accuracy": acc, "finetune_recipe": recipe, "delta_pts_vs_control": None,
+            "control_ref": None}
+
+
+def test_controls_matched_by_recipe_and_format():
+    from edgepack.report.compare import derive
+
+    e2 = {"epochs": 2, "learning_rate": 0.001}
+    e1 = {"epochs": 1, "learning_rate": 0.0001}
+    rows = [_ctrl_row("ft-e2/keras", "keras", "finetune", e2, 0.72),
+            _ctrl_row("ft-e1/keras", "keras", "finetune", e1, 0.74),
+            _ctrl_row("ft-e2/tflite-int8", "tflite-int8", "finetune", e2, 0.71, "file"),
+            _ctrl_row("prune/keras", "keras", "prune", e2, 0.70),
+            _ctrl_row("prune/tflite-int8", "tflite-int8", "prune", e2, 0.69, "file"),
+            _ctrl_row("prune/onnx-int8", "onnx-int8", "prune", e2, 0.68, "file"),
+            _ctrl_row("qat/keras", "keras", "qat", e1, 0.745),
+            _ctrl_row("odd/keras", "keras", "cluster", {"epochs": 3, "learning_rate": 0.1}, 0.7)]
+    results = {"rows": rows, "baseline": None, "control": None, "controls": ["ft-e2/keras", "ft-e1/keras"],
+               "options": {}}
+    derive(results)
+    got = {r["id"]: (r["control_ref"], r["delta_pts_vs_control"]) for r in rows}
+    assert got["prune/keras"] == ("ft-e2/keras", pytest.approx(-2.0))
+    assert got["prune/tflite-int8"] == ("ft-e2/tflite-int8", pytest.approx(-2.0))  # same format
+    assert got["prune/onnx-int8"] == ("ft-e2/keras", pytest.approx(-4.0))  # that format not given
+    assert got["qat/keras"] == ("ft-e1/keras", pytest.approx(0.5))
+    assert got["odd/keras"] == (None, None)  # no control with its recipe, and two to choose from
+    assert got["ft-e1/keras"] == (None, None)  # controls are not compared with controls
 
 
 def test_fail_over_exit_codes(runs, tiny_archive, tmp_path, capsys):

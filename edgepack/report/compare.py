@@ -12,8 +12,12 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
     options             the CompareOptions used (runs, warmup, max_drop, fail_over, ...)
     environment         {cpu: {model, machine, isa_flags, logical_cores, usable_cores, physical_cores},
                          versions: {package: version}, platform, git_commit}
-    baseline, control   row id of the reference rows (the Keras runs whose technique is "baseline" /
-                        "finetune", or those given with --baseline / --control), or null
+    baseline            row id of the reference row: the Keras run whose technique is "baseline" (or
+                        the one given with --baseline), or null
+    control             row id of the control given with --control (used for every row), or null
+    controls            row ids of the Keras control runs (technique "finetune"; only --control's if given).
+                        Without --control each compressed row is compared with the control that has its
+                        fine-tuning recipe (same epochs and learning rate), else with the only control.
     recommended         row id of the recommended variant (needs max_drop), or null
     gate                {fail_over, failed: [row ids], passed} or null when no fail_over was asked
     settings            what the caller (edgepack pipeline) recorded, e.g. its resolved settings; or null
@@ -32,9 +36,11 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
       accuracy_check    "equal", "mismatch" (then status is "error") or "skipped: <why>"
       agreement         share of test images whose top-1 equals the baseline Keras model's top-1
       delta_pts_vs_baseline  accuracy minus the baseline Keras model's, in points
-      delta_pts_vs_control   for compressed variants: accuracy minus the control's accuracy in the same
-                        format (the Keras control if that format of the control was not given), in points
+      delta_pts_vs_control   for compressed variants: accuracy minus the matched control's accuracy in the
+                        same format (the Keras control if that format of it was not given), in points
       control_ref       the row id that delta_pts_vs_control compares with
+      finetune_recipe   {epochs, learning_rate} the model was fine-tuned with (run metadata; files: their
+                        source run's), or null (e.g. the baseline)
       size_bytes, size_gzip_bytes   model file size, raw and gzip'ed (level 9)
       size_ratio_gzip, size_ratio_raw   baseline Keras model's size / this row's size ("x smaller")
       parameters        Conv/Dense kernel + bias values (TF-MOT wrapper variables not counted); files:
@@ -162,7 +168,8 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         if ref is not None and not Path(ref).exists():
             raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")
     entries = expand(_with_references(inputs, baseline, control))
-    base, ctrl = _pick(entries, baseline, BASELINE), _pick(entries, control, CONTROL)
+    base = _pick(entries, baseline, BASELINE)
+    ctrl = _pick(entries, control, CONTROL) if control is not None else None
     started = time.time()
     if ds is None:
         ds = data_mod.load_cifar10(data_path, limit_test=options.limit_test, seed=options.seed)
@@ -211,6 +218,8 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
         "options": asdict(options), "environment": env_mod.environment(),
         "baseline": rows[0]["id"] if base else None,
         "control": next((r["id"] for r, e in zip(rows[:len(order)], order, strict=True) if e is ctrl), None),
+        "controls": [r["id"] for r in rows if r["technique"] == CONTROL and r["kind"] == "run"
+                     and (ctrl is None or r["path"] == str(ctrl.path))],
         "recommended": None, "gate": None, "settings": settings, "rows": rows,
     }
     derive(results)
@@ -276,13 +285,19 @@ def _single_thread_keras(rows: list[dict], order: list[Entry], ds, options: Comp
 
 
 def _fill_from_source_runs(rows: list[dict]) -> None:
-    """Files get their source run's parameter count (and sparsity, if unreadable from the file)."""
-    by_sha = {r["model_sha256"]: r for r in rows if r["format"] == KERAS and r["model_sha256"]}
+    """Files get their source run's parameter count and fine-tuning recipe (and sparsity, if unreadable
+    from the file). The source run is the Keras row whose model sha256 is the file's source_sha256,
+    else the Keras row of the same variant name."""
+    keras_rows = [r for r in rows if r["format"] == KERAS and r["status"] == "ok"]
+    by_sha = {r["model_sha256"]: r for r in keras_rows if r["model_sha256"]}
+    by_variant = {r["variant"]: r for r in keras_rows}
     for r in rows:
-        src = by_sha.get(r["source_sha256"]) if r["format"] != KERAS else None
+        if r["format"] == KERAS:
+            continue
+        src = by_sha.get(r["source_sha256"]) or by_variant.get(r["variant"])
         if src is None:
             continue
-        r["parameters"] = src["parameters"]
+        r["parameters"], r["finetune_recipe"] = src["parameters"], src["finetune_recipe"]
         if r["sparsity"] is None and src["sparsity"] is not None:
             r["sparsity"], r["sparsity_source"] = src["sparsity"], "source-run"
 
@@ -292,12 +307,22 @@ def _p50(row: dict, key: str) -> float | None:
     return t["p50_ms"] if t else None
 
 
+def control_for(row: dict, controls: list[dict], given: dict | None) -> dict | None:
+    """The control a compressed row is compared with: the one given (--control), else the control
+    fine-tuned with the same recipe (epochs, learning rate), else the only control there is."""
+    if given is not None:
+        return given if given["status"] == "ok" else None
+    same = [c for c in controls if c["finetune_recipe"] and c["finetune_recipe"] == row["finetune_recipe"]]
+    if same:
+        return same[0]
+    return controls[0] if len(controls) == 1 else None
+
+
 def derive(results: dict) -> None:
     """Changes, ratios, the recommendation and the gate, from the rows' own measurements."""
     rows = results["rows"]
     by_id = {r["id"]: r for r in rows}
     base = by_id.get(results["baseline"])
-    ctrl = by_id.get(results["control"])
     ok = [r for r in rows if r["status"] == "ok"]
     if base and base["status"] == "ok":
         key = "threads_1" if _p50(base, "threads_1") else "threads_all"
@@ -308,14 +333,16 @@ def derive(results: dict) -> None:
                 r["size_ratio_raw"] = base["size_bytes"] / r["size_bytes"]
             if _p50(base, key) and _p50(r, key):
                 r["speedup"] = _p50(base, key) / _p50(r, key)
-    if ctrl and ctrl["status"] == "ok":
-        for r in ok:
-            if r["technique"] in NOT_COMPRESSED:
-                continue
-            same = by_id.get(f"{ctrl['variant']}/{r['format']}")
-            ref = same if same is not None and same["status"] == "ok" else ctrl
-            r["delta_pts_vs_control"] = 100 * (r["accuracy"] - ref["accuracy"])
-            r["control_ref"] = ref["id"]
+    controls = [by_id[c] for c in results.get("controls") or [] if by_id[c]["status"] == "ok"]
+    given = by_id.get(results["control"])
+    for r in ok:
+        ctrl = None if r["technique"] in NOT_COMPRESSED else control_for(r, controls, given)
+        if ctrl is None:
+            continue
+        same = by_id.get(f"{ctrl['variant']}/{r['format']}")
+        ref = same if same is not None and same["status"] == "ok" else ctrl
+        r["delta_pts_vs_control"] = 100 * (r["accuracy"] - ref["accuracy"])
+        r["control_ref"] = ref["id"]
     opts = results["options"]
     if opts.get("max_drop") is not None and base and base["status"] == "ok":
         pick = recommend(rows, opts["max_drop"])

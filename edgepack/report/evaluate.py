@@ -24,7 +24,7 @@ ROW_KEYS = (
     "id", "variant", "technique", "format", "kind", "path", "status", "error",
     "accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class_accuracy", "confusion_matrix",
     "num_test_images", "accuracy_recorded", "accuracy_check",
-    "agreement", "delta_pts_vs_baseline", "delta_pts_vs_control", "control_ref",
+    "agreement", "delta_pts_vs_baseline", "delta_pts_vs_control", "control_ref", "finetune_recipe",
     "size_bytes", "size_gzip_bytes", "size_ratio_gzip", "size_ratio_raw", "parameters",
     "sparsity", "sparsity_source", "source_sha256", "model_sha256",
     "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
@@ -113,6 +113,14 @@ def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
                         "the model file changed or loads differently")
 
 
+def finetune_recipe(meta: dict) -> dict | None:
+    """(epochs, learning rate) of a compress run's fine-tuning, from its metadata; None if not fine-tuned."""
+    ft = meta.get("finetune") if meta.get("kind") == "compress" else None
+    if not isinstance(ft, dict) or "epochs" not in ft or "learning_rate" not in ft:
+        return None
+    return {"epochs": int(ft["epochs"]), "learning_rate": float(ft["learning_rate"])}
+
+
 def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool) -> dict:
     """tf.function (and optionally model.predict) timings of a Keras model at the current TF threads."""
     import tensorflow as tf
@@ -143,6 +151,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         return row, None
     t0 = time.perf_counter()
     meta = entry.metadata
+    row["finetune_recipe"] = finetune_recipe(meta)
     row.update(model_sha256=meta.get("model_sha256"),
                source_sha256=meta.get("source_sha256") or meta.get("source_model_sha256"))
     try:

@@ -42,7 +42,7 @@ def main_table(results: dict) -> Table:
         name = r["variant"] + (" (recommended)" if r["recommended"] else "")
         if r["id"] == results.get("baseline"):
             name += " (baseline)"
-        elif r["id"] == results.get("control"):
+        elif r["id"] in (results.get("controls") or []):
             name += " (control)"
         out.append([
             name, r["format"] + (" tf.function" if r["kind"] == "run" else ""),
@@ -108,6 +108,7 @@ def header_lines(results: dict) -> list[str]:
               if data["limit_test"] else f"all {n} test images")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
     quick = (results.get("settings") or {}).get("quick")
+    controls = results.get("controls") or ([results["control"]] if results.get("control") else [])
     lines = ["**Quick smoke run (--quick): a subset and few timing runs, not the real figures.**"
              ] if quick else []
     lines += [
@@ -115,8 +116,8 @@ def header_lines(results: dict) -> list[str]:
         f"CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable cores "
         f"({cpu['logical_cores']} logical); ISA: {', '.join(cpu['isa_flags']) or 'none detected'}.",
         f"Software: {versions}.",
-        f"Baseline: {results['baseline'] or 'none'}; control (fine-tuned, not compressed): "
-        f"{results['control'] or 'none'}.",
+        f"Baseline: {results['baseline'] or 'none'}; controls (fine-tuned, not compressed; each "
+        f"compressed variant is compared with the one of its recipe): {', '.join(controls) or 'none'}.",
         f"Latency: batch 1, median of {opts['runs']} runs after {opts['warmup']} warm-up calls "
         "(Keras rows: compiled tf.function call; model.predict listed separately). "
         "x smaller and x faster are relative to the baseline Keras model (gzip'ed size; 1-thread p50)."
