@@ -2,9 +2,11 @@
 
 Every input is a run folder (Keras model made by `edgepack train` / `edgepack compress`), an
 exported .tflite/.onnx file, or an export folder (all its files). The baseline is the run whose
-technique is "baseline" (or --baseline); the control is the fine-tuned, uncompressed run
-(technique "finetune", or --control). DIR gets report.md, report.html, results.json, results.csv
-and two PNG plots. A model that fails to load or evaluate is a row with its error.
+technique is "baseline" (or --baseline). Controls are runs fine-tuned but not compressed (technique
+"finetune"): each compressed variant is compared with the control of its fine-tuning recipe (same
+epochs and learning rate), or with --control if given. DIR gets report.md, report.html,
+results.json, results.csv and two PNG plots. A model that fails to load or evaluate is a row with
+its error.
 
 --max-drop X marks the recommended variant (smallest and fastest within X accuracy points of the
 baseline); --fail-over X exits with status 1 when a variant drops more than X points (or fails),
@@ -29,7 +31,8 @@ def register(sub) -> None:
                    help="evaluate on a seeded, class-balanced subset of N test images (default: all 10,000)")
     p.add_argument("--baseline", metavar="RUN", help="the original model (default: technique 'baseline')")
     p.add_argument("--control", metavar="RUN",
-                   help="fine-tuned, uncompressed model (default: technique 'finetune')")
+                   help="compare every compressed variant with this fine-tuned, uncompressed model "
+                        "(default: the 'finetune' run with the variant's recipe)")
     p.add_argument("--runs", type=positive_int, default=200,
                    help="timed batch-1 calls per figure (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed calls before timing (default 20)")
