@@ -73,11 +73,12 @@ def latency_table(results: dict) -> Table:
 
 def detail_table(results: dict) -> Table:
     headers = ["id", "precision %", "recall %", "F1 %", "parameters", "sparsity %", "sparsity from",
-               "RSS delta MB", "accuracy in metrics.json", "check"]
+               "RSS delta MB", "accuracy in metrics.json", "check", "control compared with"]
     out = [[r["id"], _num(r["precision_macro"], ".2f", 100), _num(r["recall_macro"], ".2f", 100),
             _num(r["f1_macro"], ".2f", 100), _num(r["parameters"], ","), _num(r["sparsity"], ".1f", 100),
             r["sparsity_source"] or "-", _num(r["memory_rss_delta_mb"], ".1f"),
-            _num(r["accuracy_recorded"], ".4f"), r["accuracy_check"] or "-"] for r in results["rows"]]
+            _num(r["accuracy_recorded"], ".4f"), r["accuracy_check"] or "-", r["control_ref"] or "-"]
+           for r in results["rows"]]
     return "Details (macro averages)", headers, out
 
 
