@@ -187,6 +187,9 @@ def flat_row(row: dict) -> dict:
         for f in ("p50_ms", "p90_ms", "p99_ms", "throughput_ips"):
             flat[f"{key}_{f}"] = t.get(f)
     flat["latency_error"] = (row.get("latency") or {}).get("error")
+    recipe = row.get("finetune_recipe") or {}
+    flat["finetune_epochs"] = recipe.get("epochs")
+    flat["finetune_learning_rate"] = recipe.get("learning_rate")
     for name, acc in (row.get("per_class_accuracy") or {}).items():
         flat[f"accuracy_{name}"] = acc
     return flat
