@@ -255,6 +255,8 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     for name, fmt, skip in export_jobs(settings):
         if skip:
             print(f"not exporting {name} -> {fmt}: {skip}", flush=True)
+            failures.append({"variant": name, "format": fmt, "stage": "export", "status": "skipped",
+                             "error": skip})
         elif name in runs:
             result = _export_stage(out, name, fmt, settings, runs[name], keys[name], ds, stages, progress)
             (failures.append if isinstance(result, dict) else exports.append)(result)

@@ -98,7 +98,8 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
             assert (name, fmt) in variants
     prune = next(r for r in results["rows"] if r["id"] == "prune-0.5/onnx-fp32")
     assert prune["control_ref"] == "finetune-e1-lr0.001/onnx-fp32"  # the control with prune's recipe
-    for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):  # report accuracy == the run's own metrics.json
+    # The report's accuracy equals each run's own metrics.json.
+    for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):
         own = json.loads((out / "runs" / name / "metrics.json").read_text())["accuracy"]
         row = next(r for r in results["rows"] if r["variant"] == name and r["format"] == "keras")
         assert row["accuracy"] == own

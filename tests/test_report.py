@@ -77,7 +77,7 @@ def test_results_schema_every_row(report):
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert set(r) == set(ROW_KEYS), r["id"]
-        assert r["status"] in ("ok", "error")
+        assert r["status"] in ("ok", "error", "skipped")
         if r["status"] != "ok":
             continue
         assert r["error"] is None
@@ -238,7 +238,9 @@ def test_existing_output_and_bad_inputs_are_one_line_errors(runs, tiny_archive, 
 
 
 def test_upstream_failures_and_settings_are_recorded(runs, tiny_archive, tmp_path):
-    failures = [{"variant": "qat", "format": "onnx-int8", "stage": "export", "error": "check failed"}]
+    failures = [{"variant": "qat", "format": "tflite-fp32", "stage": "export", "status": "skipped",
+                 "error": "QAT models export to int8 formats only"},
+                {"variant": "qat", "format": "onnx-int8", "stage": "export", "error": "check failed"}]
     with pytest.raises(GateFailed) as info:  # an upstream failure fails the gate too
         compare([runs["baseline"]], tmp_path / "out", data_path=tiny_archive,
                 options=CompareOptions(latency=False, fail_over=50), failures=failures,
@@ -248,6 +250,9 @@ def test_upstream_failures_and_settings_are_recorded(runs, tiny_archive, tmp_pat
     assert row["id"] == "qat/onnx-int8" and row["status"] == "error"
     assert row["error"] == "export: check failed" and row["path"] is None
     assert set(row) == set(ROW_KEYS) and results["settings"] == {"quick": True}
+    skipped = results["rows"][-2]  # not applicable: a row that says so, and does not fail the gate
+    assert skipped["id"] == "qat/tflite-fp32" and skipped["status"] == "skipped"
+    assert results["gate"]["failed"] == ["qat/onnx-int8"]
     assert "Quick smoke run" in (tmp_path / "out" / "report.md").read_text()
 
 

@@ -27,7 +27,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
       format            "keras" for a run folder, else the export format ("tflite-int8", "onnx-fp32", ...)
       kind              "run" (Keras run folder) or "file" (exported file)
       path              what was evaluated (null for a model that failed before compare)
-      status, error     "ok" or "error"; error = "<stage>: <what went wrong>" (null when ok)
+      status, error     "ok", "error", or "skipped" (not applicable: a QAT model's float formats);
+                        error = "<stage>: <what went wrong or why skipped>" (null when ok)
       accuracy, precision_macro, recall_macro, f1_macro
       per_class_accuracy  {class name: share of that class's test images classified right}
       confusion_matrix  rows = true class, columns = predicted class
@@ -252,7 +253,8 @@ def _failure_rows(failures: list[dict]) -> list[dict]:
         entry = Entry(Path(str(f.get("path") or "")), "run" if fmt == KERAS else "file", fmt,
                       str(f.get("variant") or "unknown"), str(f.get("technique") or "unknown"))
         row = blank_row(entry)
-        row.update(status="error", error=f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}",
+        row.update(status=f.get("status") or "error",
+                   error=f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}",
                    path=str(f["path"]) if f.get("path") else None)
         rows.append(row)
     return rows
@@ -351,7 +353,7 @@ def derive(results: dict) -> None:
             results["recommended"] = pick["id"]
     if opts.get("fail_over") is not None:
         limit = opts["fail_over"]
-        failed = [r["id"] for r in rows if r["status"] != "ok"
+        failed = [r["id"] for r in rows if r["status"] == "error"
                   or (r["delta_pts_vs_baseline"] is not None and r["delta_pts_vs_baseline"] < -limit)]
         results["gate"] = {"fail_over": opts["fail_over"], "failed": failed, "passed": not failed}
 

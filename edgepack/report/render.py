@@ -93,7 +93,7 @@ def error_table(results: dict) -> Table:
     out = [[r["id"], r["path"] or "-", r["error"] or ""] for r in results["rows"] if r["status"] != "ok"]
     out += [[r["id"], r["path"] or "-", f"latency: {r['latency']['error']}"] for r in results["rows"]
             if (r.get("latency") or {}).get("error")]
-    return "Failures", ["id", "path", "error"], out
+    return "Failures and skipped models", ["id", "path", "error"], out
 
 
 def tables(results: dict) -> list[Table]:
