@@ -77,6 +77,6 @@ def write_plots(results: dict, folder: Path) -> dict[str, str]:
     size_points = [(r["size_gzip_bytes"] / 1024, 100 * r["accuracy"], r) for r in ok if r["size_gzip_bytes"]]
     images = {"Accuracy vs latency": "accuracy_vs_latency.png", "Accuracy vs size": "accuracy_vs_size.png"}
     _scatter(folder / images["Accuracy vs latency"], "Accuracy vs latency", label, lat_points, base_acc)
-    _scatter(folder / images["Accuracy vs size"], "Accuracy vs size", "gzip'ed size KB", size_points,
+    _scatter(folder / images["Accuracy vs size"], "Accuracy vs size", "gzip'ed size KiB", size_points,
              base_acc)
     return images

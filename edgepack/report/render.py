@@ -33,7 +33,7 @@ def _lat(row: dict, key: str) -> dict | None:
 
 
 def main_table(results: dict) -> Table:
-    headers = ["variant", "format", "size KB", "gzip KB", "x smaller (gzip)", "accuracy %",
+    headers = ["variant", "format", "size KiB", "gzip KiB", "x smaller (gzip)", "accuracy %",
                "change (pts)", "change vs control (pts)", "agreement %", "p50 ms 1 thread",
                "p50 ms all cores", "x faster", "images/s b64", "status"]
     out = []
