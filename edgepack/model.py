@@ -62,8 +62,8 @@ def save_model(model, path: str | os.PathLike) -> None:
 def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
     """Load a Keras 2 model file made by edgepack, refusing anything else with one line.
 
-    `.keras` files load with safe_mode (no arbitrary code in Lambda layers); `.h5` files are
-    checked for the HDF5 signature first. Loading is the caller's last step after load_run()
+    Both `.keras` and `.h5` files load in safe mode (no arbitrary code from Lambda layers); `.h5`
+    files are checked for the HDF5 signature first. Loading is the caller's last step after load_run()
     has checked the file's sha256 against the run folder's record.
     """
     path = Path(path)
@@ -80,9 +80,14 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
     if version and not version.startswith("2."):
         raise EdgepackError(f"{path} was saved by Keras {version}: edgepack needs a Keras 2 (tf_keras) "
                             "model, build it with `import tf_keras` (edgepack train does)")
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
     try:
-        kwargs = {"safe_mode": True} if path.suffix == ".keras" else {}
-        model = k.models.load_model(str(path), custom_objects=custom_objects, compile=False, **kwargs)
+        # Safe mode for every format: a Lambda layer's stored bytecode is refused, never run
+        # (`safe_mode=True` alone covers .keras files only; the scope covers .h5 too).
+        with SafeModeScope(True):
+            kwargs = {"safe_mode": True} if path.suffix == ".keras" else {}
+            model = k.models.load_model(str(path), custom_objects=custom_objects, compile=False, **kwargs)
     except Exception as e:  # Keras raises many types for corrupt files
         detail = " ".join(str(e).split())[:200]  # Keras messages span lines; errors are one line
         raise EdgepackError(f"cannot load model {path} ({type(e).__name__}: {detail}): "

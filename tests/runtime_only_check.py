@@ -47,10 +47,11 @@ def make(folder: Path) -> None:
 
     root = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(root))
+    from conftest import tiny_members, write_archive
+
     from edgepack.data import load_cifar10
     from edgepack.export import export
     from edgepack.train import TrainConfig, train
-    from tests.conftest import tiny_members, write_archive
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

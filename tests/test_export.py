@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASS_NAMES, batch_bytes, meta_bytes, write_archive
 
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
 from edgepack.export import FORMATS, SUMMARY, export
 from edgepack.runtime import metadata
-from tests.conftest import CLASS_NAMES, batch_bytes, meta_bytes, write_archive
 
 CHECK = 200  # test images in the colour archive
 COLOURS = np.array([[r, g, b] for r in (0, 200) for g in (0, 200) for b in (0, 200)]

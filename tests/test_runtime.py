@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CLASS_NAMES, ROOT
+from runtime_only_check import write_check_folder
 
 from edgepack import runtime
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
 from edgepack.runtime import metadata as md
-from tests.conftest import CLASS_NAMES, ROOT
-from tests.runtime_only_check import write_check_folder
 
 CHECK = 20  # the tiny archive has 20 test images
 MODELS_ENV = "EDGEPACK_RUNTIME_MODELS"  # `make test` sets it: exported files for `make runtime-check`

@@ -122,3 +122,26 @@ def test_short_real_training_beats_chance_widely(tmp_path, real_data):
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["num_train_images"] == 10_000
     assert meta["data_sha256"] == "957a21788a790d998453ba463efac25d62cd27828ec6d0d7700e583d2656a2da"
+
+
+def test_model_files_with_code_are_refused_without_running(tmp_path, monkeypatch):
+    """A Lambda layer stores Python bytecode: loading it must be refused (in .h5 too), never run."""
+    from edgepack.errors import EdgepackError
+    from edgepack.model import keras, load_model
+
+    monkeypatch.chdir(tmp_path)
+    k = keras()
+
+    def evil(x):
+        import pathlib
+
+        pathlib.Path("pwned").touch()
+        return x
+
+    m = k.Sequential([k.layers.Input((4,)), k.layers.Lambda(evil), k.layers.Dense(2)])
+    for name in ("evil.h5", "evil.keras"):
+        m.save(tmp_path / name)
+        (tmp_path / "pwned").unlink(missing_ok=True)
+        with pytest.raises(EdgepackError, match=f"cannot load model .*{name}"):
+            load_model(tmp_path / name)
+        assert not (tmp_path / "pwned").exists(), name
