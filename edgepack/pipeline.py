@@ -85,17 +85,55 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
             raise EdgepackError(f"config file {config} not found") from None
         except tomllib.TOMLDecodeError as e:
             raise EdgepackError(f"config file {config} is not valid TOML ({e})") from None
-        unknown = set(user) - set(DEFAULTS)
-        if unknown:
-            raise EdgepackError(f"config file {config}: unknown section(s) {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(DEFAULTS)})")
+        check_file(user, str(config))
         settings = merge(settings, user)
     settings = merge(settings, overrides or {})
     settings["quick"] = quick
     check_settings(settings)
     if settings["controls"]:
         settings["variants"] = controls(settings) + settings["variants"]
+        check_settings(settings)  # a user's variant may be named like a control
     return settings
+
+
+VARIANT_KEYS = {"name": str, "technique": str, "source": str, "params": dict}
+FINETUNE_KEYS = {"epochs": int, "learning_rate": float, "batch_size": int}
+
+
+def check_file(user: dict, where: str) -> None:
+    """Every section, key and type of a settings file must be known: a typo is an error, not a default."""
+    def fail(what: str):
+        raise EdgepackError(f"config file {where}: {what}")
+
+    def check_type(name: str, value, want: type | None):
+        ok = want is None or isinstance(value, want) or (want is float and isinstance(value, int))
+        if not ok or isinstance(value, bool) and want in (int, float):
+            fail(f"{name} must be {want.__name__ if want else 'a value'}, got {value!r}")
+
+    for section, value in user.items():
+        if section not in DEFAULTS:
+            fail(f"unknown section {section!r} (known: {', '.join(DEFAULTS)})")
+        if section == "controls":
+            check_type("controls", value, bool)
+        elif section == "variants":
+            if not isinstance(value, list):
+                fail("variants must be an array of tables ([[variants]])")
+            for i, v in enumerate(value):
+                if not isinstance(v, dict) or set(v) - set(VARIANT_KEYS):
+                    fail(f"variants[{i}] may set only {', '.join(VARIANT_KEYS)}, got {v!r:.120}")
+                for key, want in VARIANT_KEYS.items():
+                    if key in v:
+                        check_type(f"variants[{i}].{key}", v[key], want)
+        else:
+            if not isinstance(value, dict):
+                fail(f"[{section}] must be a table")
+            known = FINETUNE_KEYS if section == "finetune" else {
+                k: (type(d) if d is not None and not isinstance(d, list) else None)
+                for k, d in DEFAULTS[section].items()}
+            for key, v in value.items():
+                if key not in known:
+                    fail(f"unknown key {key!r} in [{section}] (known: {', '.join(known)})")
+                check_type(f"{section}.{key}", v, dict if key == "options" else known[key])
 
 
 def recipe(variant: dict, settings: dict) -> tuple[int, float]:
@@ -235,7 +273,8 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     keys: dict[str, str] = {}
     if baseline is not None:
         run = rundir.load_run(baseline)  # checked: complete, model intact
-        runs["baseline"], keys["baseline"] = run.path, _key(run.metadata["model_sha256"])
+        model_hash = run.metadata.get("model_sha256") or rundir.sha256_file(run.model_path)
+        runs["baseline"], keys["baseline"] = run.path, _key(model_hash, data_key)  # data: as if trained
     else:
         runs["baseline"], keys["baseline"] = _train_stage(out, settings, ds, data_key, stages, progress)
 
@@ -318,7 +357,7 @@ def _compress_stage(out, v, settings, source: Path, source_key: str, ds, stages,
     error = _run_stage(stages, progress, f"compress-{v['name']}", key,
                        f"compress {v['name']} ({v['technique']}, {params})", path, _valid_run,
                        lambda: compress(source, v["technique"], path, params=params, force=True, ds=ds,
-                                        variant=v["name"]))
+                                        variant=v["name"], seed=settings["data"]["seed"]))
     if error:
         return {"variant": v["name"], "format": "keras", "stage": "compress", "error": error}
     return path, key

@@ -53,7 +53,12 @@ def test_settings_layering_and_errors(tmp_path):
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),
                           ('[export]\nformats = ["tflite-fp64"]', "unknown export format"),
                           ('[[variants]]\nname = "x"\ntechnique = "shrink"', "unknown technique"),
-                          ('[[variants]]\nname = "p"\ntechnique = "pqat"\nsource = "nope"', "source 'nope'")):
+                          ('[[variants]]\nname = "p"\ntechnique = "pqat"\nsource = "nope"', "source 'nope'"),
+                          ("[compare]\nmax-drop = 2", "unknown key 'max-drop' in \\[compare\\]"),
+                          ("[train]\nepochs = 'ten'", "train.epochs must be int"),
+                          ('[[variants]]\nname = "x"\ntechnique = "prune"\nparams = 3', "must be dict"),
+                          ('[[variants]]\nname = "finetune-e2-lr0.001"\ntechnique = "prune"', "unique"),
+                          ("controls = 1", "controls must be bool")):
         cfg.write_text(text)
         with pytest.raises(EdgepackError, match=message):
             load_settings(cfg)
@@ -77,7 +82,9 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
     # Kill it in the middle of a stage: after training completed, while a later stage is writing.
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
-        if (out / "stages" / "train.json").exists() and list(out.rglob(f"*{rundir.TMP_MARK}*")):
+        # A stage's temporary output folder (not a JSON file's brief temporary name) is being written.
+        if (out / "stages" / "train.json").exists() and [
+                p for p in out.rglob(f"*{rundir.TMP_MARK}*") if p.is_dir()]:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "pipeline ended before it could be killed mid-stage"
