@@ -203,6 +203,13 @@ def dataset_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def test_set_sha256(ds: Cifar10) -> str:
+    """sha256 of the exact test images and labels (identifies a test subset, whatever made it)."""
+    h = hashlib.sha256(np.ascontiguousarray(ds.x_test).tobytes())
+    h.update(np.ascontiguousarray(ds.y_test, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
 def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None = None,
                  limit_test: int | None = None, seed: int = 0, download: bool = True) -> Cifar10:
     """Load, validate and optionally subset CIFAR-10 (see the module docstring for sources)."""

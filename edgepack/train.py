@@ -54,6 +54,7 @@ def data_metadata(ds: data_mod.Cifar10) -> dict:
         "data_sha256": ds.sha256,
         "num_train_images": int(len(ds.y_train)),
         "num_test_images": int(len(ds.y_test)),
+        "test_images_sha256": data_mod.test_set_sha256(ds),  # which test images metrics.json used
     }
 
 

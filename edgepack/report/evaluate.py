@@ -96,10 +96,16 @@ def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
     """The accuracy must equal the run's own metrics.json when both used the same test images."""
     rec = entry.run.metrics.get("accuracy")
     row["accuracy_recorded"] = rec
-    config = entry.metadata.get("config") or {}
-    other_subset = config.get("limit_test") is not None and config.get("seed", seed) != seed
-    same = (entry.run.metrics.get("num_test_images") == len(ds.y_test) and not other_subset
-            and entry.metadata.get("data_sha256") in (None, ds.sha256))
+    recorded_set = entry.metadata.get("test_images_sha256")
+    if recorded_set is not None:  # the exact test images the run's metrics.json was computed on
+        from edgepack.data import test_set_sha256
+
+        same = recorded_set == test_set_sha256(ds)
+    else:
+        config = entry.metadata.get("config") or {}
+        other_subset = config.get("limit_test") is not None and config.get("seed", seed) != seed
+        same = (entry.run.metrics.get("num_test_images") == len(ds.y_test) and not other_subset
+                and entry.metadata.get("data_sha256") in (None, ds.sha256))
     if rec is None or not same:
         row["accuracy_check"] = "skipped: the run was evaluated on other test images"
         return
