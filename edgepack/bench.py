@@ -102,11 +102,17 @@ def import_time(repeats: int = 5, model: str | os.PathLike | None = None) -> dic
     samples = []
     for _ in range(repeats):
         args = [sys.executable, "-c", _IMPORT_PROBE] + ([str(model)] if model else [])
-        done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        except subprocess.TimeoutExpired:
+            return {"status": "error", "error": "importing edgepack.runtime took over 120 s"}
         if done.returncode != 0:
             lines = done.stderr.strip().splitlines() or ["no output"]
             return {"status": "error", "error": lines[-1][:300]}
-        samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        try:
+            samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        except (IndexError, json.JSONDecodeError):
+            return {"status": "error", "error": f"unexpected probe output: {done.stdout[-200:]!r}"}
     out = {"status": "ok", "repeats": repeats,
            "import_s": float(np.median([s["import_s"] for s in samples])),
            "import_s_all": [round(s["import_s"], 4) for s in samples],
@@ -122,7 +128,8 @@ def bench(paths: list[str | os.PathLike], runs: int = 500, warmup: int = 50, thr
     """`edgepack bench`: a row per file plus the runtime's import time (JSON-ready)."""
     rows = [bench_file(p, runs, warmup, threads) for p in paths]
     first_ok = next((r["file"] for r in rows if r["status"] == "ok"), None)
-    return {"batch": 1, "threads": threads, "runs": runs, "warmup": warmup, "rounds": ROUNDS,
+    timed = max(1, runs // ROUNDS) * ROUNDS  # what bench_file really times per side
+    return {"batch": 1, "threads": threads, "runs": timed, "warmup": warmup, "rounds": ROUNDS,
             "input": "synthetic uint8 image (seed 0)", "files": rows,
             "import": import_time(import_repeats, first_ok)}
 

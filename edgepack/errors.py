@@ -21,12 +21,16 @@ class MissingToolchain(EdgepackError):
     """A command needs the `toolchain` extra (TensorFlow and friends) that is not installed."""
 
 
+# What the `toolchain` extra brings that training, compression, export and reports import.
+TOOLCHAIN_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "onnx", "tf2onnx",
+                     "sklearn", "matplotlib")
+
+
 def require_toolchain(what: str) -> None:
-    """Fail with one line if TensorFlow, tf_keras or TF-MOT cannot be imported."""
+    """Fail with one line (before any work) if a module of the toolchain extra is not installed."""
     import importlib.util
 
-    missing = [m for m in ("tensorflow", "tf_keras", "tensorflow_model_optimization")
-               if importlib.util.find_spec(m) is None]
+    missing = [m for m in TOOLCHAIN_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingToolchain(
             f"{what} needs the toolchain extra ({', '.join(missing)} not installed): "

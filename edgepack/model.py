@@ -109,6 +109,25 @@ def _keras_file_version(path: Path) -> str | None:
         return None
 
 
+def save_checked(model, path: str | os.PathLike, model_format: str, x_check: np.ndarray,
+                 tolerance: float = 1e-6) -> Path:
+    """Save, reload through LOADERS[model_format] and check the reloaded model reproduces `model`'s
+    probabilities on `x_check` (float images) within `tolerance`: a run folder never holds a model
+    file that loads differently from the model that was evaluated."""
+    import warnings
+
+    path = Path(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": the only format QAT loads back from
+        save_model(model, path)
+    reloaded = LOADERS[model_format](path)
+    diff = float(np.max(np.abs(predict_proba(model, x_check) - predict_proba(reloaded, x_check))))
+    if diff > tolerance:
+        raise EdgepackError(f"the saved {model_format} model does not reproduce the trained one "
+                            f"(max difference {diff:.2e}): report this as a bug")
+    return path
+
+
 def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities for float32 images, batched, without Keras's progress bar."""
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)

@@ -26,11 +26,6 @@ from pathlib import Path
 from edgepack import rundir
 from edgepack.errors import EdgepackError
 
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-
 # The defaults: the seed's training recipe, the issue's variants, every export format.
 DEFAULTS: dict = {
     "data": {"path": None, "limit_train": None, "limit_test": None, "seed": 0},
@@ -78,6 +73,10 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
     """Defaults, then --quick, then the TOML file, then CLI overrides; checked."""
     settings = merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
     if config is not None:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10: the toolchain extra installs tomli
+            import tomli as tomllib
         try:
             with open(config, "rb") as f:
                 user = tomllib.load(f)

@@ -12,6 +12,7 @@ crash or a SIGKILL never leaves a half-written folder under the final name.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import os
@@ -47,6 +48,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def gzip_size(path: str | os.PathLike) -> int:
+    """Bytes of the file gzip'ed at level 9 with a fixed mtime: what compression saves on the wire."""
+    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
+
+
 def _tmp_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
 
@@ -55,12 +61,16 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (temporary name, fsync, rename)."""
     path = Path(path)
     tmp = _tmp_sibling(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _json_default(obj: Any) -> Any:
@@ -89,6 +99,11 @@ def check_new_output(out: str | os.PathLike, force: bool) -> Path:
         raise RunFolderError(f"output folder {out} already exists: choose another --out or pass --force")
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"output path {out} exists and is not a folder: choose another --out")
+    parent = out.absolute().parent
+    while not parent.exists():  # the folder that will hold it must be writable (checked before work)
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise RunFolderError(f"cannot write {out}: {parent} is not a writable folder; choose another --out")
     return out
 
 

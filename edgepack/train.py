@@ -86,7 +86,7 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
     require_toolchain("edgepack train")
     config.check()
     rundir.check_new_output(out, force)
-    from edgepack.model import baseline_cnn, compile_model, count_params, save_model
+    from edgepack.model import baseline_cnn, compile_model, count_params, save_checked
 
     started = time.time()
     if ds is None:
@@ -105,7 +105,7 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
     from edgepack.model import MODEL_FILE
 
     with rundir.atomic_dir(out, force) as tmp:
-        save_model(model, tmp / MODEL_FILE)
+        save_checked(model, tmp / MODEL_FILE, "keras", scale_pixels(ds.x_train[:64]))
         metadata = {
             "kind": "train", "technique": "baseline", "variant": "baseline", "model_file": MODEL_FILE,
             "model_format": "keras",

@@ -19,7 +19,7 @@ def subcommands():
 def test_every_command_has_help_with_an_example():
     found = subcommands()
     assert "train" in found
-    assert set(found) <= set(COMMANDS)
+    assert set(found) == set(COMMANDS)  # every listed command is built
     for name, p in found.items():
         text = p.format_help()
         assert "example" in text.lower() and f"edgepack {name}" in text, name
@@ -68,3 +68,11 @@ def test_missing_toolchain_names_the_fix(monkeypatch, capsys, tmp_path, tiny_arc
     code = main(["train", "--data", str(tiny_archive), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "pip install 'edgepack[toolchain]'" in err and "\n" not in err
+
+
+def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, tiny_archive):
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    code = main(["train", "--data", str(tiny_archive), "--out", str(blocker / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and "not a writable folder" in err and "\n" not in err

@@ -96,15 +96,30 @@ def test_load_run_detects_a_changed_model(tmp_path, tiny_run):
         rundir.load_run(copy)
 
 
-def test_saved_model_reloads_with_identical_outputs(tiny_run):
-    from edgepack.model import load_run_model
+def test_saved_model_reloads_with_identical_outputs(tiny_run, tmp_path):
+    from edgepack.errors import EdgepackError
+    from edgepack.model import load_run_model, save_checked
 
     run = rundir.load_run(tiny_run)
     model = load_run_model(run)
-    x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
-    again = load_run_model(run)
-    np.testing.assert_array_equal(model(x).numpy(), again(x).numpy())
     assert model.optimizer is None  # saved for inference, without adam's slots
+    x = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
+    save_checked(model, tmp_path / "same.keras", "keras", x)  # reproduces: no error
+
+    class Drifting:  # a model whose saved weights differ from what was evaluated
+        def __init__(self, m):
+            self.m = m
+
+        def save(self, path, **kw):
+            m2 = type(self.m).from_config(self.m.get_config())
+            m2.set_weights([w * 1.5 for w in self.m.get_weights()])
+            m2.save(path, **kw)
+
+        def predict(self, *a, **kw):
+            return self.m.predict(*a, **kw)
+
+    with pytest.raises(EdgepackError, match="does not reproduce"):
+        save_checked(Drifting(model), tmp_path / "drift.h5", "keras", x)
 
 
 @pytest.mark.real

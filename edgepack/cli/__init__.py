@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except EdgepackError as e:
         print(f"edgepack: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # disk full, permissions, a folder where a file should be, ...
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"edgepack: error: {e.strerror or e}{where}: check the path and free space", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("edgepack: interrupted", file=sys.stderr)
         return 130

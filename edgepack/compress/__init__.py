@@ -7,9 +7,9 @@ The techniques and their defaults live in one table, edgepack.compress.technique
 Importing this package does not import TensorFlow.
 """
 
-from edgepack.compress.core import compress, get_technique, gzip_bytes, resolve_params
+from edgepack.compress.core import compress, get_technique, resolve_params
 from edgepack.compress.invariants import InvariantError
 from edgepack.compress.techniques import TECHNIQUES, Technique
 
-__all__ = ["compress", "get_technique", "gzip_bytes", "resolve_params", "InvariantError", "TECHNIQUES",
+__all__ = ["compress", "get_technique", "resolve_params", "InvariantError", "TECHNIQUES",
            "Technique"]

@@ -11,14 +11,10 @@ place, so nothing is left behind.
 
 from __future__ import annotations
 
-import gzip
 import math
 import os
 import time
-import warnings
 from pathlib import Path
-
-import numpy as np
 
 from edgepack import data as data_mod
 from edgepack import rundir
@@ -28,7 +24,6 @@ from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.runtime.preprocess import scale_pixels
 
 ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
-ROUND_TRIP_TOLERANCE = 1e-6  # max |probability difference| between the trained and reloaded model
 
 
 def flag(option: str) -> str:
@@ -82,11 +77,6 @@ def _number(key: str, value, kind: type) -> int | float:
     return kind(number)
 
 
-def gzip_bytes(path: str | os.PathLike) -> int:
-    """Size of the file gzip'ed at level 9 (fixed mtime): what compression saves on the wire."""
-    return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
-
-
 def _check_source(src: rundir.Run, tech: Technique) -> None:
     meta = src.metadata
     if meta.get("model_format", "keras") != "keras":
@@ -136,22 +126,6 @@ def _load_data(src: rundir.Run, data_path, limit_train, limit_test, seed) -> dat
     return data_mod.load_cifar10(data_path, limit_train, limit_test, seed)
 
 
-def _save(model, folder: Path, model_format: str, x_check: np.ndarray) -> Path:
-    """Save, reload through edgepack.model.LOADERS and check the reloaded model gives the same outputs."""
-    from edgepack.model import LOADERS, predict_proba, save_model
-
-    path = folder / MODEL_FILES[model_format]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": the only format QAT loads back from
-        save_model(model, path)
-    reloaded = LOADERS[model_format](path)
-    diff = float(np.max(np.abs(predict_proba(model, x_check) - predict_proba(reloaded, x_check))))
-    if diff > ROUND_TRIP_TOLERANCE:
-        raise EdgepackError(f"the saved {model_format} model does not reproduce the trained one "
-                            f"(max difference {diff:.2e}): report this as a bug")
-    return path
-
-
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
              params: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
              limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
@@ -171,7 +145,7 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
     src = rundir.load_run(source_run_dir)
     _check_source(src, tech)
     started = time.time()
-    from edgepack.model import compile_model, count_params
+    from edgepack.model import compile_model, count_params, save_checked
     from edgepack.train import data_metadata, evaluate, keras_verbosity, seed_everything
 
     model = _load_source_model(src)
@@ -206,7 +180,8 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
           flush=True)
 
     with rundir.atomic_dir(out, force) as tmp:
-        path = _save(final, tmp, tech.model_format, x_train[:ROUND_TRIP_IMAGES])
+        path = save_checked(final, tmp / MODEL_FILES[tech.model_format], tech.model_format,
+                            x_train[:ROUND_TRIP_IMAGES])
         metadata = {
             "kind": "compress", "technique": tech.name, "variant": variant,
             "model_file": path.name, "model_format": tech.model_format, "params": params,
@@ -218,7 +193,7 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
                          "batch_size": params["batch_size"], "steps": steps, "seed": seed,
                          "seconds": round(finetune_seconds, 2)},
             "invariants": invariants, "parameters": count_params(final), **data_metadata(ds),
-            "model_gzip_bytes": gzip_bytes(path),
+            "model_gzip_bytes": rundir.gzip_size(path),
             "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training
             "wall_seconds": round(time.time() - started, 2),
         }

@@ -9,8 +9,6 @@ Output folder (written under a temporary name, renamed when every format has pas
 from __future__ import annotations
 
 import functools
-import gzip
-import hashlib
 import os
 import shutil
 import time
@@ -18,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import __version__
+from edgepack import __version__, rundir
 from edgepack.errors import EdgepackError
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
@@ -41,7 +39,6 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
     test images) before the folder is written; any failure raises EdgepackError and leaves no `out`.
     `ds` (an edgepack.data.Cifar10) skips loading the data again.
     """
-    from edgepack import rundir
     from edgepack.errors import require_toolchain
 
     names = resolve(formats)
@@ -140,10 +137,9 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
         raise EdgepackError(
             f"{fmt.name}: check failed on {checks['images']} held-out images: {checks['metric']} "
             f"{checks['value']:.6g}, needs {fmt.check.describe()}; the export was not written{hint}")
-    data = path.read_bytes()
     return {
-        "file": path.name, "metadata_file": meta_file.name, "bytes": len(data),
-        "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0)),
+        "file": path.name, "metadata_file": meta_file.name, "bytes": path.stat().st_size,
+        "gzip_bytes": rundir.gzip_size(path),
         "runtime": fmt.runtime, "input_dtype": io.input_dtype, "output_dtype": io.output_dtype,
         "options": dict(ctx.options), "checks": {**structural, **checks}, "status": "ok",
         "seconds": round(time.perf_counter() - t0, 2),
@@ -178,15 +174,6 @@ def _data_source(run, data_path):
 
 
 def _source_sha256(run) -> str:
-    """sha256 of the model file (recorded by the run folder); for a SavedModel folder, of its files."""
-    if run.metadata.get("model_sha256"):
-        return run.metadata["model_sha256"]
-    from edgepack.rundir import sha256_file
+    """sha256 of the model file (recorded by the run folder, which load_run checked)."""
 
-    p = run.model_path
-    if p.is_file():
-        return sha256_file(p)
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        h.update(str(f.relative_to(p)).encode() + b"\0" + bytes.fromhex(sha256_file(f)))
-    return h.hexdigest()
+    return run.metadata.get("model_sha256") or rundir.sha256_file(run.model_path)

@@ -8,12 +8,12 @@ Every failure is caught per stage and recorded in the row (`status`, `error`), n
 
 from __future__ import annotations
 
-import gzip
 import time
 from pathlib import Path
 
 import numpy as np
 
+from edgepack import rundir
 from edgepack.report.inputs import Entry
 from edgepack.timing import measure
 
@@ -51,7 +51,7 @@ def sizes(path: Path) -> tuple[int, int]:
     """Raw and gzip'ed (level 9) bytes of a model file, or of every file in a model folder."""
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     raw = sum(p.stat().st_size for p in files)
-    gz = sum(len(gzip.compress(p.read_bytes(), compresslevel=9, mtime=0)) for p in files)
+    gz = sum(rundir.gzip_size(p) for p in files)
     return raw, gz
 
 
