@@ -129,8 +129,12 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
             "input_quantization": io.input_quantization, "output_quantization": io.output_quantization,
             "options": dict(ctx.options)}
     meta_file = family.attach(path, meta)
-    family.read_metadata(path)  # the file as written must parse with the runtime's schema
-    checks = compare(fmt, family.predict(path, x_check), reference, y_check)
+    from edgepack import runtime
+
+    # Checked the way apps run it: edgepack.runtime parses the metadata as written, checks it against
+    # the file's tensors, then scales, quantizes and batches exactly as it will in an app.
+    clf = runtime.load(path)
+    checks = compare(fmt, clf.predict(x_check), reference, y_check)
     if not checks["passed"]:
         hint = " (ORT's int8 grid is not TF-MOT's: export QAT models to tflite-int8)" if (
             ctx.qat and fmt.runtime == "onnx") else ""

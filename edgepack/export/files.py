@@ -1,7 +1,7 @@
-"""Open, describe, annotate and run exported files, per runtime family (no TensorFlow needed).
+"""Open, describe and annotate exported files, per runtime family (no TensorFlow needed).
 
-Validation runs the files exactly as an app would: TFLite with ai_edge_litert's Interpreter,
-ONNX with onnxruntime (ORT_ENABLE_ALL), not with the converter's own tools.
+Structural checks load each file in the engine apps use (ai_edge_litert's Interpreter, onnxruntime
+with ORT_ENABLE_ALL); the numerical check runs it through edgepack.runtime, as an app would.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ import numpy as np
 
 from edgepack.errors import EdgepackError
 from edgepack.runtime import metadata
-
-BATCH = 250  # images per invoke when checking
 
 
 @dataclass(frozen=True)
@@ -66,45 +64,6 @@ def tflite_attach(path: Path, meta: dict) -> Path:
     return side
 
 
-def tflite_read_metadata(path: Path) -> dict:
-    side = metadata.sidecar_path(path)
-    return metadata.parse(side.read_bytes(), str(side))
-
-
-def quantize_input(x: np.ndarray, dtype: np.dtype, q: tuple) -> np.ndarray:
-    """float32 input -> the integer tensor a full-integer model takes (q = round(x / s) + z)."""
-    dtype = np.dtype(dtype)
-    if dtype.kind not in "iu":
-        return x.astype(dtype)
-    scale, zero_point = q
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero_point, info.min, info.max).astype(dtype)
-
-
-def dequantize_output(y: np.ndarray, q: tuple) -> np.ndarray:
-    if np.asarray(y).dtype.kind not in "iu":
-        return np.asarray(y, dtype=np.float32)
-    scale, zero_point = q
-    return ((y.astype(np.float32) - zero_point) * scale).astype(np.float32)
-
-
-def tflite_predict(path: Path, x: np.ndarray) -> np.ndarray:
-    """Float probabilities for float32 images, in batches of BATCH (integer I/O handled)."""
-    it = _interpreter(path)
-    i, o = it.get_input_details()[0], it.get_output_details()[0]
-    out, size = [], None
-    for start in range(0, len(x), BATCH):
-        batch = x[start:start + BATCH]
-        if len(batch) != size:
-            it.resize_tensor_input(i["index"], [len(batch), *batch.shape[1:]])
-            it.allocate_tensors()
-            size = len(batch)
-        it.set_tensor(i["index"], quantize_input(batch, i["dtype"], i["quantization"]))
-        it.invoke()
-        out.append(dequantize_output(it.get_tensor(o["index"]), o["quantization"]))
-    return np.concatenate(out)
-
-
 # --- ONNX (onnx + onnxruntime)
 
 def onnx_check(path: Path) -> dict:
@@ -152,20 +111,6 @@ def onnx_attach(path: Path, meta: dict) -> Path:
     return path
 
 
-def onnx_read_metadata(path: Path) -> dict:
-    props = _session(path).get_modelmeta().custom_metadata_map
-    if metadata.ONNX_KEY not in props:
-        raise EdgepackError(f"{path.name} has no {metadata.ONNX_KEY!r} metadata_props entry")
-    return metadata.parse(props[metadata.ONNX_KEY], str(path))
-
-
-def onnx_predict(path: Path, x: np.ndarray) -> np.ndarray:
-    s = _session(path)
-    name = s.get_inputs()[0].name
-    return np.concatenate([np.asarray(s.run(None, {name: x[i:i + BATCH]})[0], dtype=np.float32)
-                           for i in range(0, len(x), BATCH)])
-
-
 @dataclass(frozen=True)
 class Family:
     """What export needs to do with one runtime family's files."""
@@ -173,11 +118,9 @@ class Family:
     check: object  # path -> dict of passed structural checks (raises EdgepackError)
     io: object  # path -> IO
     attach: object  # (path, meta) -> the file holding the metadata
-    read_metadata: object  # path -> dict
-    predict: object  # (path, float32 images) -> float32 probabilities
 
 
 FAMILIES = {
-    "tflite": Family(tflite_check, tflite_io, tflite_attach, tflite_read_metadata, tflite_predict),
-    "onnx": Family(onnx_check, onnx_io, onnx_attach, onnx_read_metadata, onnx_predict),
+    "tflite": Family(tflite_check, tflite_io, tflite_attach),
+    "onnx": Family(onnx_check, onnx_io, onnx_attach),
 }
