@@ -49,21 +49,18 @@ def cpu_info() -> dict:
         physical = psutil.cpu_count(logical=False)
     except Exception:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
     return {
         "model": model or platform.processor() or None,
         "machine": platform.machine(),
         "isa_flags": [label for flag, label in ISA_FLAGS.items() if flag in flags],
         "logical_cores": os.cpu_count(),
-        "usable_cores": usable,
+        "usable_cores": usable_cores(),
         "physical_cores": physical,
     }
 
 
 def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), which is what "all cores" timing uses."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
