@@ -237,6 +237,14 @@ def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None 
     return Cifar10(x_train, y_train, x_test, y_test, class_names, str(src), dataset_sha256(src))
 
 
+def check_limits(**limits: int | None) -> None:
+    """Subset sizes given as options (limit_train=..., limit_test=...) must hold one image per class."""
+    for name, v in limits.items():
+        if v is not None and v < NUM_CLASSES:
+            raise DataError(f"--{name.replace('_', '-')} must be >= {NUM_CLASSES} (one image per class), "
+                            f"got {v}")
+
+
 def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Indices of a seeded, class-balanced subset of size `n` (in the data's original order).
 

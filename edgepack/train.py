@@ -36,11 +36,7 @@ class TrainConfig:
             raise EdgepackError(f"--validation-split must be in [0, 1), got {self.validation_split}")
         if not self.learning_rate > 0:
             raise EdgepackError(f"--learning-rate must be > 0, got {self.learning_rate}")
-        for name in ("limit_train", "limit_test"):
-            v = getattr(self, name)
-            if v is not None and v < 10:
-                flag = "--" + name.replace("_", "-")
-                raise EdgepackError(f"{flag} must be >= 10 (one image per class), got {v}")
+        data_mod.check_limits(limit_train=self.limit_train, limit_test=self.limit_test)
 
 
 def data_metadata(ds: data_mod.Cifar10) -> dict:

@@ -117,9 +117,7 @@ def _targets(model, keep_dense) -> tuple[str, ...]:
 
 
 def _load_data(src: rundir.Run, data_path, limit_train, limit_test, seed) -> data_mod.Cifar10:
-    for name, v in (("limit_train", limit_train), ("limit_test", limit_test)):
-        if v is not None and v < 10:
-            raise EdgepackError(f"--{name.replace('_', '-')} must be >= 10 (one image per class), got {v}")
+    data_mod.check_limits(limit_train=limit_train, limit_test=limit_test)
     recorded = src.metadata.get("data_source")
     if data_path is None and recorded and Path(recorded).exists():
         data_path = recorded  # the data the source was trained on

@@ -103,8 +103,9 @@ class CompareOptions:
             raise EdgepackError("--runs must be >= 1 and --warmup >= 0")
         if self.eval_batch < 1:
             raise EdgepackError(f"eval_batch must be >= 1, got {self.eval_batch}")
-        if self.limit_test is not None and self.limit_test < 10:
-            raise EdgepackError(f"--limit-test must be >= 10 (one image per class), got {self.limit_test}")
+        from edgepack.data import check_limits
+
+        check_limits(limit_test=self.limit_test)
         for name in ("max_drop", "fail_over"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 100:
