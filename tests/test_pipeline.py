@@ -66,6 +66,16 @@ def test_settings_layering_and_errors(tmp_path):
         load_settings(tmp_path / "missing.toml")
 
 
+def test_example_settings_file_is_valid():
+    from conftest import ROOT
+
+    s = load_settings(ROOT / "examples" / "pipeline.toml")
+    assert [v["name"] for v in s["variants"]] == [
+        "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001",
+        "prune-0.8", "cluster-16", "qat"]
+    assert s["export"]["options"] == {"calibration_images": 500}
+
+
 def _pipeline_cmd(data: Path, out: Path, cfg: Path) -> list[str]:
     return [sys.executable, "-m", "edgepack", "pipeline", "--data", str(data), "--out", str(out),
             "--config", str(cfg)]
