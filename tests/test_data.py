@@ -9,6 +9,8 @@ import tarfile
 import numpy as np
 import pytest
 from conftest import batch_bytes, meta_bytes, tiny_members, write_archive
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgepack.data import balanced_subset, load_cifar10, resolve_data_path
 from edgepack.errors import DataError
@@ -174,3 +176,25 @@ def test_limits_apply(tiny_archive):
     d = load_cifar10(tiny_archive, limit_train=30, limit_test=10)
     assert len(d.y_train) == 30 and np.bincount(d.y_train).tolist() == [3] * 10
     assert len(d.y_test) == 10
+
+
+@settings(max_examples=60, deadline=None)
+@given(counts=st.lists(st.integers(0, 30), min_size=10, max_size=10), n=st.integers(1, 400),
+       seed=st.integers(0, 2**32 - 1))
+def test_balanced_subset_properties(counts, n, seed):
+    """Any class sizes: distinct in-range indices, sorted, as balanced as the classes allow."""
+    labels = np.repeat(np.arange(10), counts)
+    if labels.size == 0:
+        return
+    idx = balanced_subset(labels, n, seed)
+    assert np.all(np.diff(idx) > 0) and idx.min() >= 0 and idx.max() < labels.size  # sorted, distinct
+    np.testing.assert_array_equal(idx, balanced_subset(labels, n, seed))
+    if n >= labels.size:
+        assert idx.size == labels.size
+        return
+    got = np.bincount(labels[idx], minlength=10)
+    present = np.unique(labels)
+    per = n // len(present)
+    for c in present:  # each class gets its share, or all it has
+        assert got[c] >= min(per, counts[c])
+    assert idx.size <= n
