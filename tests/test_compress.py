@@ -176,9 +176,8 @@ def test_qat_model_round_trips_with_the_same_outputs(runs, tmp_path):
 
     (compress() itself re-checks every saved model, PQAT included, on 64 images before writing.)
     """
-    from edgepack.compress.core import _save
-    from edgepack.compress.techniques import Plan
-    from edgepack.model import LOADERS, compile_model, load_run_model, predict_proba
+    from edgepack.compress.techniques import MODEL_FILES, Plan
+    from edgepack.model import LOADERS, compile_model, load_run_model, predict_proba, save_checked
 
     source = runs("prune-0.5", "prune", sparsity=0.5)
     model = load_run_model(load_run(source))
@@ -189,7 +188,7 @@ def test_qat_model_round_trips_with_the_same_outputs(runs, tmp_path):
     compile_model(wrapped, 1e-3)
     x = np.random.default_rng(0).random((32, 32, 32, 3)).astype(np.float32)
     wrapped.fit(x, np.arange(32) % 10, epochs=1, batch_size=16, verbose=0)  # moves the quantizer ranges
-    path = _save(wrapped, tmp_path, tech.model_format, x[:8])
+    path = save_checked(wrapped, tmp_path / MODEL_FILES[tech.model_format], tech.model_format, x[:8])
     reloaded = LOADERS[tech.model_format](path)
     np.testing.assert_array_equal(predict_proba(wrapped, x), predict_proba(reloaded, x))
     assert [type(ly).__name__ for ly in reloaded.layers] == [type(ly).__name__ for ly in wrapped.layers]
