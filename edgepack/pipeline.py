@@ -5,7 +5,7 @@ Output folder layout:
     runs/<variant>/      run folders: baseline (train) and every compressed variant (compress)
     exports/<variant>/   exported files of each run folder (export)
     report/              report.md, report.html, results.json/.csv, plots (compare)
-    stages/<stage>.json  completion markers: the stage's settings key, wall time, status
+    stages/<stage>.json  completion markers: the stage's settings key and wall time
 
 Resuming: a stage is skipped when its marker's key equals the key of the current settings (its own
 and its inputs') and its output is still complete. Every stage writes its output under a temporary
@@ -211,12 +211,9 @@ class Stages:
         except (json.JSONDecodeError, OSError):
             return False
 
-    def mark(self, stage: str, key: str, seconds: float, status: str = "ok", error: str | None = None):
-        rundir.write_json(self.folder / f"{stage}.json",
-                          {"key": key, "seconds": round(seconds, 2), "status": status, "error": error})
-
-    def record(self, stage: str) -> dict:
-        return rundir.read_json(self.folder / f"{stage}.json")
+    def mark(self, stage: str, key: str, seconds: float) -> None:
+        """Written only when a stage completed (a failed stage has no marker and runs again)."""
+        rundir.write_json(self.folder / f"{stage}.json", {"key": key, "seconds": round(seconds, 2)})
 
 
 def remove_leftovers(out: Path) -> list[Path]:
@@ -299,17 +296,16 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
             result = _export_stage(out, name, fmt, settings, runs[name], keys[name], ds, stages, progress)
             (failures.append if isinstance(result, dict) else exports.append)(result)
 
-    return _compare_stage(out, settings, runs, exports, failures, ds, stages, progress)
+    return _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, progress)
 
 
 def _run_stage(stages: Stages, progress: Progress, stage: str, key: str, what: str, output: Path,
                valid, work, catch: bool = True) -> str | None:
     """Skip a stage that is complete for `key`, else run `work()`; returns an error text on failure."""
     if stages.done(stage, key) and valid(output):
-        if stages.record(stage)["status"] == "ok":
-            print(f"skip {what}: complete in {output}", flush=True)
-            progress.finish(stage)
-            return None
+        print(f"skip {what}: complete in {output}", flush=True)
+        progress.finish(stage)
+        return None
     progress.start(stage, what)
     t0 = time.time()
     try:
@@ -392,7 +388,7 @@ def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, s
     return path
 
 
-def _compare_stage(out, settings, runs, exports, failures, ds, stages, progress) -> dict:
+def _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, progress) -> dict:
     from edgepack.report.compare import CompareOptions, GateFailed, compare
 
     c = settings["compare"]
@@ -400,24 +396,23 @@ def _compare_stage(out, settings, runs, exports, failures, ds, stages, progress)
                           fail_over=c["fail_over"])
     path = out / "report"
     inputs = [*runs.values(), *exports]
-    # Inputs are identified by their stage markers' keys: a changed upstream stage re-runs the comparison.
-    upstream = {p.name: json.loads(p.read_text()).get("key") for p in sorted(stages.folder.glob("*.json"))
-                if p.name != "compare.json"}
-    key = _key(upstream, [str(p) for p in inputs], failures, c, settings["quick"])
+    # The run keys chain every upstream setting (data, training, fine-tuning); exports add their own.
+    key = _key(keys, settings["export"], [str(p) for p in inputs], failures, c, settings["quick"])
     results: dict = {}
 
     def work():
+        t0 = time.time()
         try:
             results.update(compare(inputs, path, baseline=runs["baseline"], control=None,
                                    options=opts, force=True, ds=ds, failures=failures, settings=settings))
         except GateFailed as e:  # the report is written: mark the stage, then fail the command
             results.update(e.results)
-            stages.mark("compare", key, time.time() - progress.started)
+            stages.mark("compare", key, time.time() - t0)
             raise
-    error = _run_stage(stages, progress, "compare", key,
-                       f"compare {len(inputs)} models on {len(ds.y_test)} test images", path,
-                       lambda p: (p / "results.json").is_file(), work, catch=False)
-    if error is None and not results:  # skipped: the recorded results stand, gate included
+    _run_stage(stages, progress, "compare", key,
+               f"compare {len(inputs)} models on {len(ds.y_test)} test images", path,
+               lambda p: (p / "results.json").is_file(), work, catch=False)
+    if not results:  # skipped: the recorded results stand, gate included
         results = rundir.read_json(path / "results.json")
         gate = results.get("gate")
         if gate and not gate["passed"]:
