@@ -171,6 +171,14 @@ class Run:
     def model_path(self) -> Path:
         return self.path / self.metadata["model_file"]
 
+    def data_path(self, given: str | os.PathLike | None = None) -> str | os.PathLike | None:
+        """`given` (--data) if set, else the data this run was made from if it is still there, else
+        None (then edgepack.data searches its usual places)."""
+        if given:
+            return given
+        recorded = self.metadata.get("data_source")
+        return recorded if recorded and Path(recorded).exists() else None
+
 
 def load_run(path: str | os.PathLike) -> Run:
     """Open a run folder and check it is complete: metadata, metrics and an intact model file."""

@@ -118,10 +118,7 @@ def _targets(model, keep_dense) -> tuple[str, ...]:
 
 def _load_data(src: rundir.Run, data_path, limit_train, limit_test, seed) -> data_mod.Cifar10:
     data_mod.check_limits(limit_train=limit_train, limit_test=limit_test)
-    recorded = src.metadata.get("data_source")
-    if data_path is None and recorded and Path(recorded).exists():
-        data_path = recorded  # the data the source was trained on
-    return data_mod.load_cifar10(data_path, limit_train, limit_test, seed)
+    return data_mod.load_cifar10(src.data_path(data_path), limit_train, limit_test, seed)
 
 
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,

@@ -52,7 +52,7 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
     from edgepack.model import load_run_model, predict_proba
 
     model = load_run_model(run)
-    ds = ds if ds is not None else data_mod.load_cifar10(_data_source(run, data_path))
+    ds = ds if ds is not None else data_mod.load_cifar10(run.data_path(data_path))
     base_meta = source_metadata(run, ds)
     idx = data_mod.balanced_subset(ds.y_test, check_images, CHECK_SEED)
     x_check, y_check = scale_pixels(ds.x_test[idx]), ds.y_test[idx]
@@ -167,14 +167,6 @@ def compare(fmt: Format, probs: np.ndarray, reference: np.ndarray, labels: np.nd
 
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(probs.argmax(axis=1) == labels))
-
-
-def _data_source(run, data_path):
-    """--data if given, else the data the run was made from (if still there), else the default."""
-    if data_path:
-        return data_path
-    recorded = run.metadata.get("data_source")
-    return recorded if recorded and Path(recorded).exists() else None
 
 
 def _source_sha256(run) -> str:

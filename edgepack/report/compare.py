@@ -91,7 +91,6 @@ class CompareOptions:
     #                         warm-up for them is min(warmup, 3))
     predict_all: bool = False  # time model.predict for every Keras row (default: the baseline only)
     throughput_runs: int = 20  # timed batch-64 calls for throughput
-    eval_batch: int = 1000  # images per runtime predict call when measuring accuracy
     latency: bool = True  # False: accuracy and sizes only (--no-latency)
     keras_single_thread: bool = True  # time Keras rows on 1 thread in a child process
     max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
@@ -101,8 +100,6 @@ class CompareOptions:
     def check(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.predict_runs < 1 or self.throughput_runs < 1:
             raise EdgepackError("--runs must be >= 1 and --warmup >= 0")
-        if self.eval_batch < 1:
-            raise EdgepackError(f"eval_batch must be >= 1, got {self.eval_batch}")
         from edgepack.data import check_limits
 
         check_limits(limit_test=self.limit_test)
@@ -154,7 +151,8 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
 
     `ds`: an already loaded edgepack.data.Cifar10 (then `data_path` and `limit_test` are not used).
     `failures`: models that could not be made upstream ({variant, format, stage, error} and optionally
-    technique, path): each becomes an error row. `settings`: recorded as results["settings"] (a
+    technique, path, and status "skipped" for models not applicable): each becomes a row with its
+    status ("error" unless given). `settings`: recorded as results["settings"] (a
     `"quick": true` entry labels the report a smoke run).
     """
     from edgepack import data as data_mod

@@ -190,11 +190,6 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
 
 # --- exported files
 
-def batched_predict(clf, x: np.ndarray, batch: int) -> np.ndarray:
-    return np.concatenate([np.asarray(clf.predict(x[i:i + batch]), dtype=np.float32)
-                           for i in range(0, len(x), batch)])
-
-
 def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
     from edgepack import runtime
     from edgepack.report.weights import file_sparsity
@@ -216,7 +211,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         clf.predict(ds.x_test[:1])
         rss1 = rss_mb()
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
-        probs = batched_predict(clf, ds.x_test, opts.eval_batch)
+        probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
         pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
     except Exception as e:
         fail(row, "evaluate", e)
