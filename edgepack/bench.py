@@ -36,7 +36,8 @@ t1 = time.perf_counter()
 out = {"import_s": t1 - t0}
 if len(sys.argv) > 1:
     import numpy as np
-    edgepack.runtime.load(sys.argv[1]).predict(np.zeros((1, 32, 32, 3), np.uint8))
+    clf = edgepack.runtime.load(sys.argv[1])
+    clf.predict(np.zeros((1, *clf.input_shape), np.uint8))
     out["first_predict_s"] = time.perf_counter() - t0
 out["tensorflow_imported"] = any(m == "tensorflow" or m.startswith("tensorflow.") for m in sys.modules)
 print(json.dumps(out))
@@ -50,11 +51,11 @@ def raw_call(clf, x: np.ndarray) -> Callable[[], object]:
     if isinstance(clf, backends.OnnxClassifier):
         import onnxruntime as ort
 
-        session = ort.InferenceSession(str(clf.path), backends.session_options(clf.threads),
+        session = ort.InferenceSession(str(clf.path), backends.session_options(clf.threads, clf.kernels),
                                        providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x}
         return lambda: session.run(None, feed)
-    interpreter = backends.new_interpreter(clf.path, clf.threads)
+    interpreter = backends.new_interpreter(clf.path, clf.threads, clf.kernels)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     if list(inp["shape"]) != list(x.shape):
         interpreter.resize_tensor_input(inp["index"], list(x.shape), strict=True)
@@ -69,13 +70,15 @@ def raw_call(clf, x: np.ndarray) -> Callable[[], object]:
     return call
 
 
-def bench_file(path: str | os.PathLike, runs: int = 500, warmup: int = 50, threads: int = 1) -> dict:
+def bench_file(path: str | os.PathLike, runs: int = 500, warmup: int = 50, threads: int = 1,
+               kernels: str = "default") -> dict:
     """One row: edgepack vs raw batch-1 latency of `path` (ms), or the error that stopped it."""
     from edgepack import runtime
 
-    row = {"file": str(path), "format": None, "runtime": None, "threads": threads, "status": "ok"}
+    row = {"file": str(path), "format": None, "runtime": None, "threads": threads, "kernels": kernels,
+           "status": "ok"}
     try:
-        clf = runtime.load(path, threads=threads)
+        clf = runtime.load(path, threads=threads, kernels=kernels)
         row.update(format=clf.format, runtime=clf.runtime)
         image = np.random.default_rng(IMAGE_SEED).integers(0, 256, (1, *clf.input_shape), dtype=np.uint8)
         fns = {"edgepack": lambda: clf.predict(image), "raw": raw_call(clf, clf.prepare(image))}
@@ -123,34 +126,47 @@ def import_time(repeats: int = 5, model: str | os.PathLike | None = None) -> dic
     return out
 
 
-def bench(paths: list[str | os.PathLike], runs: int = 500, warmup: int = 50, threads: int = 1,
-          import_repeats: int = 5) -> dict:
-    """`edgepack bench`: a row per file plus the runtime's import time (JSON-ready)."""
-    rows = [bench_file(p, runs, warmup, threads) for p in paths]
+def bench(paths: list[str | os.PathLike], runs: int = 500, warmup: int = 50, threads: int | list[int] = 1,
+          import_repeats: int = 5, kernels: tuple[str, ...] = ("default",)) -> dict:
+    """`edgepack bench`: a row per file, kernel choice and thread count, plus the runtime's import time.
+
+    A kernel choice a file's engine does not offer (no-xnnpack for .onnx) is left out for that file.
+    """
+    from edgepack.runtime import RUNTIMES
+    from edgepack.runtime.cpu import describe
+
+    thread_counts = [threads] if isinstance(threads, int) else list(threads)
+    rows = [bench_file(p, runs, warmup, t, k) for p in paths for k in kernels for t in thread_counts
+            if k in getattr(RUNTIMES.get(Path(p).suffix.lower()), "kernel_choices", kernels)]
     first_ok = next((r["file"] for r in rows if r["status"] == "ok"), None)
     timed = max(1, runs // ROUNDS) * ROUNDS  # what bench_file really times per side
-    return {"batch": 1, "threads": threads, "runs": timed, "warmup": warmup, "rounds": ROUNDS,
-            "input": "synthetic uint8 image (seed 0)", "files": rows,
+    return {"batch": 1, "threads": thread_counts, "kernels": list(kernels), "runs": timed, "warmup": warmup,
+            "rounds": ROUNDS, "input": "synthetic uint8 image (seed 0)", "cpu": describe(), "files": rows,
             "import": import_time(import_repeats, first_ok)}
 
 
 def render(result: dict) -> str:
     """The bench result as a text table."""
-    head = (f"batch 1, {result['threads']} thread(s), {result['runs']} timed runs after {result['warmup']} "
-            f"warm-up in {result['rounds']} alternating rounds; milliseconds (median over rounds)")
+    cpu = result["cpu"]
+    paths = cpu["int8_paths"]
+    head = (f"batch 1, {result['runs']} timed runs after {result['warmup']} warm-up in {result['rounds']} "
+            "alternating rounds; milliseconds (median over rounds)\n"
+            f"CPU: {cpu['model']}; ISA: {', '.join(cpu['isa_flags']) or 'none detected'}\n"
+            f"int8 paths ({paths['isa']}): onnxruntime {paths['onnxruntime']['path']}; "
+            f"litert {paths['litert']['path']} (kernels: default = XNNPACK on)")
     names = [Path(r["file"]).name for r in result["files"]]
     w = max([len("file")] + [len(n) for n in names])
-    lines = [head, f"{'file':<{w}}  {'format':<15} {'runtime':<12} {'edgepack p50':>12} {'p90':>7} "
-                   f"{'raw p50':>8} {'p90':>7} {'ratio':>6}"]
+    lines = [head, f"{'file':<{w}}  {'format':<15} {'runtime':<12} {'kernels':<10} {'thr':>3} "
+                   f"{'edgepack p50':>12} {'p90':>7} {'raw p50':>8} {'p90':>7} {'ratio':>6}"]
     for name, r in zip(names, result["files"], strict=True):
+        lead = (f"{name:<{w}}  {r['format'] or '-':<15} {r['runtime'] or '-':<12} {r['kernels']:<10} "
+                f"{r['threads']:>3}")
         if r["status"] != "ok":
-            fmt, rt = r["format"] or "-", r["runtime"] or "-"
-            lines.append(f"{name:<{w}}  {fmt:<15} {rt:<12} error: {r['error']}")
+            lines.append(f"{lead} error: {r['error']}")
             continue
         e, raw = r["edgepack"], r["raw"]
-        lines.append(f"{name:<{w}}  {r['format']:<15} {r['runtime']:<12} {e['p50_ms']:>12.4f} "
-                     f"{e['p90_ms']:>7.4f} {raw['p50_ms']:>8.4f} {raw['p90_ms']:>7.4f} "
-                     f"{r['ratio_p50']:>6.3f}")
+        lines.append(f"{lead} {e['p50_ms']:>12.4f} {e['p90_ms']:>7.4f} {raw['p50_ms']:>8.4f} "
+                     f"{raw['p90_ms']:>7.4f} {r['ratio_p50']:>6.3f}")
     imp = result["import"]
     if imp["status"] != "ok":
         lines.append(f"import edgepack.runtime: error: {imp['error']}")

@@ -418,8 +418,12 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, pro
         if gate and not gate["passed"]:
             raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
                              f"than allowed (report in {path})", results)
+    from edgepack.report.render import failure_lines
+
     print(_variants_table(path / "report.md"))
     print(f"report: {path / 'report.md'} ({(time.time() - progress.started) / 60:.1f} min in all)")
+    for line in failure_lines(results):
+        print(line, flush=True)
     return results
 
 

@@ -14,6 +14,11 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REAL = ROOT.parent / "shared" / "data" / "cifar-10-python.tar.gz"
+# Export options that turn off the quantized formats' accuracy gate, for fixtures that test something
+# else (the runtime, the report) on the tiny 1-epoch model: its near-tied outputs flip under int8
+# rounding either way, so a gate on 20 images would test the fixture, not the code. The gate itself
+# is tested in test_export.py on a model with clear margins.
+NO_INT8_GATE = {"max_drop": 100.0, "min_agreement": 0.0}
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import NO_INT8_GATE
 
 from edgepack.report import CompareOptions, GateFailed, compare
 from edgepack.report.compare import recommend
@@ -38,7 +39,8 @@ def runs(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
     base = train(tiny_archive, root / "baseline", TrainConfig(epochs=5, batch_size=8))
     weak = relabel(tiny_run, root / "prune", variant="prune-0.5", technique="prune")
     ctrl = relabel(tiny_run, root / "finetune", variant="finetune", technique="finetune")
-    export(base, ["tflite-int8", "onnx-fp32"], root / "exports", data_path=tiny_archive, check_images=20)
+    export(base, ["tflite-int8", "onnx-fp32"], root / "exports", data_path=tiny_archive, check_images=20,
+           options=NO_INT8_GATE)
     broken = root / "broken" / "tflite-fp32.tflite"
     broken.parent.mkdir()
     broken.write_bytes(b"not a flatbuffer")
@@ -71,6 +73,8 @@ def test_results_schema_every_row(report):
                 "controls", "recommended", "gate", "settings", "rows"):
         assert key in on_disk
     assert on_disk["environment"]["cpu"]["logical_cores"] >= 1
+    assert set(on_disk["environment"]["cpu"]["int8_paths"]) == {"isa", "onnxruntime", "litert"}
+    assert "int8 kernels on this CPU" in (out / "report.md").read_text()
     assert on_disk["environment"]["versions"]["numpy"]
     rows = on_disk["rows"]
     assert [r["id"] for r in rows][:1] == ["baseline/keras"] and len(rows) == 6
@@ -94,6 +98,12 @@ def test_results_schema_every_row(report):
                 assert isinstance(timing[name], kind), (r["id"], key, name)
             assert timing["p50_ms"] > 0 and timing["throughput_ips"] > 0
         assert r["latency"]["threads_1"]["threads"] == 1
+        if r["format"] == "tflite-int8":  # int8 rows: the file's exact-reference figure beside this CPU's
+            assert 0.0 <= r["reference_accuracy"] <= 1.0 and r["kernel_path"]
+            assert r["kernel_gap_points"] == pytest.approx(100 * (r["reference_accuracy"] - r["accuracy"]))
+        else:
+            assert r["reference_accuracy"] is None and r["kernel_gap_points"] is None
+        assert isinstance(r["notes"], list)
         assert (r["latency"]["predict_threads_all"] is not None) == (r["id"] == "baseline/keras")
     lines = list(csv.DictReader((out / "results.csv").open()))
     assert [line["id"] for line in lines] == [r["id"] for r in rows]

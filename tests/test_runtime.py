@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASS_NAMES, ROOT
+from conftest import CLASS_NAMES, NO_INT8_GATE, ROOT
 from runtime_only_check import write_check_folder
 
 from edgepack import runtime
@@ -38,9 +38,10 @@ def exported(tiny_run, tiny_ds, tmp_path_factory) -> dict[str, Path]:
     from edgepack.export import export
 
     out = tmp_path_factory.mktemp("export")
-    s = export(tiny_run, ["all"], out / "all", check_images=CHECK, ds=tiny_ds)
+    s = export(tiny_run, ["all"], out / "all", options=NO_INT8_GATE, check_images=CHECK, ds=tiny_ds)
     files = {name: out / "all" / f["file"] for name, f in s["formats"].items()}
-    u = export(tiny_run, ["tflite-int8"], out / "u8", options={"io": "uint8"}, check_images=CHECK, ds=tiny_ds)
+    u = export(tiny_run, ["tflite-int8"], out / "u8", options={"io": "uint8", **NO_INT8_GATE},
+               check_images=CHECK, ds=tiny_ds)
     files["tflite-int8-uint8"] = out / "u8" / u["formats"]["tflite-int8"]["file"]
     if os.environ.get(MODELS_ENV):  # `make test`: leave them for `make runtime-check`
         write_check_folder(Path(os.environ[MODELS_ENV]), files, tiny_ds.x_test)
@@ -366,6 +367,45 @@ def test_bench_rows_and_failed_file(exported, tmp_path, capsys):
     assert code == 0 and json.loads(out)["files"][0]["raw"]["runs"] == 10
     code, out, _ = _cli(capsys, "bench", bad, "--runs", "5", "--import-repeats", "1")
     assert code == 1 and "error" in out
+
+
+def test_bench_kernel_choices_and_threads(exported, capsys):
+    """A row per file, kernel choice and thread count; .onnx files have no no-xnnpack choice; the
+    header names the CPU's int8 paths."""
+    code, out, _ = _cli(capsys, "bench", exported["tflite-int8"], exported["onnx-int8"], "--runs", "10",
+                        "--warmup", "1", "--import-repeats", "1", "--kernels", "default", "no-xnnpack",
+                        "--threads", "1", "2", "--json")
+    result = json.loads(out)
+    assert code == 0 and all(r["status"] == "ok" for r in result["files"])
+    assert [(r["format"], r["kernels"], r["threads"]) for r in result["files"]] == [
+        ("tflite-int8", "default", 1), ("tflite-int8", "default", 2), ("tflite-int8", "no-xnnpack", 1),
+        ("tflite-int8", "no-xnnpack", 2), ("onnx-int8", "default", 1), ("onnx-int8", "default", 2)]
+    assert set(result["cpu"]["int8_paths"]) == {"isa", "onnxruntime", "litert"}
+    from edgepack.bench import render
+
+    assert "int8 paths (" in render(result) and "no-xnnpack" in render(result)
+
+
+def test_reference_kernels_equal_independent_references(exported, tiny_ds, tmp_path):
+    """kernels="reference" is the file's own arithmetic: ONNX Runtime without graph optimizations gives
+    onnx.reference's outputs (the ONNX spec in numpy, opset 19 copy of the file), and LiteRT's
+    BUILTIN_REF kernels differ from XNNPACK by at most a few int8 steps (rounding of requantization)."""
+    import onnx
+    from onnx import version_converter
+    from onnx.reference import ReferenceEvaluator
+
+    x = tiny_ds.x_test[:4]
+    path19 = tmp_path / "o19.onnx"
+    onnx.save(version_converter.convert_version(onnx.load(str(exported["onnx-int8"])), 19), str(path19))
+    want = ReferenceEvaluator(str(path19)).run(None, {"image": (x / 255.0).astype(np.float32)})[0]
+    got = runtime.load(exported["onnx-int8"], kernels="reference").predict(x)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    clf = runtime.load(exported["tflite-int8"], kernels="reference")
+    step = clf.metadata["output_quantization"]["scale"]
+    xnnpack = runtime.load(exported["tflite-int8"]).predict(x)
+    assert np.max(np.abs(clf.predict(x) - xnnpack)) <= 3 * step + 1e-7
+    with pytest.raises(ValueError, match="kernels must be one of default, reference for .onnx"):
+        runtime.load(exported["onnx-int8"], kernels="no-xnnpack")
 
 
 def test_example_app_classifies_images(exported, tiny_ds, tmp_path):

@@ -9,12 +9,13 @@ with its error (exit code 1). Needs no TensorFlow.
 
 example:
   edgepack bench runs/export/baseline/*.onnx runs/export/baseline/*.tflite
-  edgepack bench model.tflite --runs 2000 --threads 2 --json
+  edgepack bench model.tflite --runs 2000 --threads 1 2 --kernels default no-xnnpack --json
 """
 
 import json
 
 from edgepack.cli import add_command, positive_int
+from edgepack.runtime.backends import KERNELS
 
 
 def register(sub) -> None:
@@ -24,8 +25,11 @@ def register(sub) -> None:
                    help="timed calls per file and per side (default 500)")
     p.add_argument("--warmup", type=positive_int, default=50, metavar="N",
                    help="untimed calls before timing (default 50)")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
-                   help="intra-op threads for both sides (default 1)")
+    p.add_argument("--threads", type=positive_int, nargs="+", default=[1], metavar="N",
+                   help="intra-op threads for both sides; several give a row each (default 1)")
+    p.add_argument("--kernels", nargs="+", default=["default"], choices=KERNELS, metavar="K",
+                   help="kernel choices, a row each: default (XNNPACK on for .tflite), no-xnnpack "
+                        "(.tflite only), reference (exact, slow) (default: default)")
     p.add_argument("--import-repeats", type=positive_int, default=5, metavar="N",
                    help="fresh processes for the import time (default 5)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -35,7 +39,7 @@ def run(args) -> int:
     from edgepack.bench import bench, render
 
     result = bench(args.models, runs=args.runs, warmup=args.warmup, threads=args.threads,
-                   import_repeats=args.import_repeats)
+                   import_repeats=args.import_repeats, kernels=tuple(args.kernels))
     print(json.dumps(result, indent=2) if args.json else render(result))
     failed = [r for r in result["files"] if r["status"] != "ok"]
     return 1 if failed or result["import"]["status"] != "ok" or result["import"]["tensorflow_imported"] else 0

@@ -61,8 +61,17 @@ def run(args) -> int:
     summary = export(args.model, args.formats, args.out, options=parse_options(args.options),
                      data_path=args.data, force=args.force, check_images=args.check_images)
     for name, r in summary["formats"].items():
-        print(f"{name:<15} {r['bytes']:>9,} bytes  {r['gzip_bytes']:>9,} gzip'ed  "
-              f"{r['checks']['metric']} {r['checks']['value']:.4g} (needs {FORMATS[name].check.describe()})  "
+        print(f"{name:<15} {r['bytes']:>9,} bytes  {r['gzip_bytes']:>9,} gzip'ed  {check_line(r['checks'])}  "
               f"{r['seconds']:.1f} s")
+        if r["checks"].get("kernel_note"):
+            print(f"{'':<15} note: {r['checks']['kernel_note']}")
     print(f"wrote {args.out}")
     return 0
+
+
+def check_line(c: dict) -> str:
+    """One export check in words: float files by max_abs_diff, quantized ones by accuracy on both kernels."""
+    if "local" not in c:
+        return f"max_abs_diff {c['max_abs_diff']:.2g} ({c['rule']})"
+    return (f"accuracy {c['accuracy']:.2%} exact reference / {c['local']['accuracy']:.2%} this CPU "
+            f"(source {c['source_accuracy']:.2%}), agreement {c['top1_agreement']:.3f} ({c['rule']})")

@@ -7,11 +7,16 @@ them all on the test set (report.md, report.html, results.json, results.csv, plo
 Settings: defaults < --config FILE (TOML; sections data, train, finetune, variants, export, compare)
 < options given here. A re-run skips the stages that are already complete; a run that was killed
 resumes where it stopped. --quick is a few-minute smoke run on a subset, labelled as such.
+A model that cannot be made or fails its checks is a row with its error; the run ends with a list of
+them and exits 1 (use --allow-failed to exit 0 anyway). A stage that fails for the machine's reason
+(disk full, permissions, memory) stops the run at once with exit 1.
 
 example:
   edgepack pipeline --data ../shared/data/cifar-10-python.tar.gz --out runs/pipeline
   edgepack pipeline --quick --out runs/quick --baseline runs/baseline --max-drop 1.0
 """
+
+import sys
 
 from edgepack.cli import add_command, add_data_options, positive_int
 
@@ -30,6 +35,8 @@ def register(sub) -> None:
                    help="recommend the smallest, fastest variant within X accuracy points (default 1.0)")
     p.add_argument("--fail-over", type=float, metavar="X",
                    help="exit non-zero when a variant drops more than X accuracy points")
+    p.add_argument("--allow-failed", action="store_true",
+                   help="exit 0 even when some rows failed (they stay rows in the report)")
 
 
 def run(args) -> int:
@@ -43,6 +50,11 @@ def run(args) -> int:
     for section, key, value in given:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
-    pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick, baseline=args.baseline,
-             overrides=overrides)
+    results = pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick,
+                       baseline=args.baseline, overrides=overrides)
+    failed = [r["id"] for r in results["rows"] if r["status"] == "error"]
+    if failed and not args.allow_failed:
+        print(f"edgepack: error: {len(failed)} rows failed (listed above; report written): exit 1, "
+              "or pass --allow-failed to accept them", file=sys.stderr)
+        return 1
     return 0

@@ -58,6 +58,11 @@ def tflite_io(path: Path) -> IO:
               np.dtype(o["dtype"]).name, _quant(o["dtype"], o["quantization"]))
 
 
+def tflite_describe(path: Path, options: dict, x: np.ndarray) -> dict:
+    """File facts for the metadata: where it was shown to run."""
+    return {"runs_in": ["ai_edge_litert"]}
+
+
 def tflite_attach(path: Path, meta: dict) -> Path:
     side = metadata.sidecar_path(path)
     side.write_text(metadata.dumps(meta) + "\n", encoding="utf-8")
@@ -99,6 +104,48 @@ def onnx_io(path: Path) -> IO:
     return IO(_ORT_TYPES.get(i.type, i.type), None, _ORT_TYPES.get(o.type, o.type), None)
 
 
+REFERENCE_IMAGES = 4  # images run through onnx.reference (pure numpy: ~1 s each for the CIFAR CNN)
+
+
+def onnx_describe(path: Path, options: dict, x: np.ndarray) -> dict:
+    """File facts for the metadata: opset, int8 scheme and weight range, and the consumers it ran in.
+
+    "runs_in" lists only engines the file was run in here: onnxruntime, and onnx.reference (the ONNX
+    spec's Python implementation) when it gives ONNX Runtime's reference outputs on a few images.
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from edgepack.export import to_onnx
+
+    model = onnx.load(str(path))
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    out: dict = {"opset": opset, "runs_in": ["onnxruntime"], "does_not_run_in": {}}
+    if "scheme" in options:
+        reduce_range, accurate_on = to_onnx.SCHEMES[options["scheme"]]
+        out["int8_scheme"] = {"name": options["scheme"], "weight_bits": 7 if reduce_range else 8,
+                              "activations": "int8", "accurate_on": accurate_on,
+                              **to_onnx.weight_range(path)}
+    sample = x[:REFERENCE_IMAGES]
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    want = session.run(None, {session.get_inputs()[0].name: sample})[0]
+    try:
+        from onnx.reference import ReferenceEvaluator
+
+        got = ReferenceEvaluator(model).run(None, {session.get_inputs()[0].name: sample})[0]
+        diff = float(np.max(np.abs(got - want)))
+        if diff <= 1e-4:
+            out["runs_in"].append("onnx.reference")
+        else:
+            out["does_not_run_in"]["onnx.reference"] = f"outputs differ from onnxruntime's by {diff:.3g}"
+    except Exception as e:  # onnx.reference lacks some operator versions (DequantizeLinear before 19)
+        hint = " (export with --option opset=19)" if opset < 19 else ""
+        out["does_not_run_in"]["onnx.reference"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}{hint}"
+    return out
+
+
 def onnx_attach(path: Path, meta: dict) -> Path:
     import onnx
 
@@ -115,12 +162,14 @@ def onnx_attach(path: Path, meta: dict) -> Path:
 class Family:
     """What export needs to do with one runtime family's files."""
 
+    engine: str  # its engine's key in edgepack.runtime.cpu.int8_paths
     check: object  # path -> dict of passed structural checks (raises EdgepackError)
     io: object  # path -> IO
+    describe: object  # (path, format options, float check images) -> facts for the metadata
     attach: object  # (path, meta) -> the file holding the metadata
 
 
 FAMILIES = {
-    "tflite": Family(tflite_check, tflite_io, tflite_attach),
-    "onnx": Family(onnx_check, onnx_io, onnx_attach),
+    "tflite": Family("litert", tflite_check, tflite_io, tflite_describe, tflite_attach),
+    "onnx": Family("onnxruntime", onnx_check, onnx_io, onnx_describe, onnx_attach),
 }

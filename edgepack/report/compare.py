@@ -10,7 +10,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
     wall_seconds        time the comparison took
     data                {source, sha256, num_test_images, limit_test (null = all 10,000, else subset size)}
     options             the CompareOptions used (runs, warmup, max_drop, fail_over, ...)
-    environment         {cpu: {model, machine, isa_flags, logical_cores, usable_cores, physical_cores},
+    environment         {cpu: {model, machine, isa_flags, int8_paths, logical_cores, usable_cores,
+                         physical_cores}, (int8_paths: edgepack.runtime.cpu.int8_paths)
                          versions: {package: version}, platform, git_commit}
     baseline            row id of the reference row: the Keras run whose technique is "baseline" (or
                         the one given with --baseline), or null
@@ -63,6 +64,13 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         indicative only: allocators keep freed memory, libraries load once per process)
       recommended       true for the recommended row
       eval_seconds      time spent on this row
+      reference_accuracy  int8 files (tflite-int8, onnx-int8): accuracy on the reference kernels (ONNX
+                        Runtime without graph optimizations, LiteRT BUILTIN_REF): the file's own figure on
+                        any CPU; else null
+      kernel_gap_points reference_accuracy minus accuracy (this CPU's kernels), in points; else null
+      kernel_path       the int8 kernel path this CPU runs the file with (edgepack.runtime.cpu), or null
+      notes             sentences from measured facts: kernels that lose accuracy here, int8 not faster
+                        than fp32 here and why, what to ship instead
 """
 
 from __future__ import annotations
@@ -75,6 +83,7 @@ from pathlib import Path
 
 from edgepack.errors import EdgepackError
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
+from edgepack.report.notes import add_speed_notes
 
 SCHEMA_VERSION = 1
 BASELINE, CONTROL = "baseline", "finetune"  # techniques of the reference runs
@@ -344,6 +353,8 @@ def derive(results: dict) -> None:
         ref = same if same is not None and same["status"] == "ok" else ctrl
         r["delta_pts_vs_control"] = 100 * (r["accuracy"] - ref["accuracy"])
         r["control_ref"] = ref["id"]
+    cpu = (results.get("environment") or {}).get("cpu") or {}
+    add_speed_notes(rows, cpu.get("int8_paths") or {}, FAST_ENOUGH)
     opts = results["options"]
     if opts.get("max_drop") is not None and base and base["status"] == "ok":
         pick = recommend(rows, opts["max_drop"])

@@ -28,13 +28,14 @@ ROW_KEYS = (
     "size_bytes", "size_gzip_bytes", "size_ratio_gzip", "size_ratio_raw", "parameters",
     "sparsity", "sparsity_source", "source_sha256", "model_sha256",
     "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
+    "reference_accuracy", "kernel_gap_points", "kernel_path", "notes",
 )
 
 
 def blank_row(entry: Entry) -> dict:
     row = dict.fromkeys(ROW_KEYS)
     row.update(id=entry.row_id, variant=entry.variant, technique=entry.technique, format=entry.format,
-               kind=entry.kind, path=str(entry.path), status="ok", recommended=False,
+               kind=entry.kind, path=str(entry.path), status="ok", recommended=False, notes=[],
                latency={"method": None, "threads_1": None, "threads_all": None, "predict_threads_all": None,
                         "error": None})
     if entry.error:
@@ -213,6 +214,8 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
         pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
+        if is_quantized(entry.format):
+            reference_figures(row, entry.path, ds, all_threads)
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
@@ -229,6 +232,45 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
             row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["eval_seconds"] = time.perf_counter() - t0
     return row, pred
+
+
+# Full-integer formats whose rows carry the exact-reference accuracy. (tflite-dynamic keeps float
+# activations; its export check has the reference figure, the report does not pay ~40 s a row for it.)
+INTEGER_FORMATS = ("tflite-int8", "onnx-int8")
+
+
+def is_quantized(fmt: str | None) -> bool:
+    return fmt in INTEGER_FORMATS
+
+
+def reference_predict(path: Path, x: np.ndarray, workers: int) -> np.ndarray:
+    """Probabilities on the engine's reference kernels, split over `workers` threads (LiteRT's reference
+    kernels are single-threaded and slow, ~4 ms an image here; the engines release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgepack import runtime
+
+    parts = np.array_split(np.arange(len(x)), max(1, workers))
+    clfs = [runtime.load(path, kernels="reference") for _ in parts]
+    with ThreadPoolExecutor(len(parts)) as pool:
+        outs = list(pool.map(lambda i: clfs[i].predict(x[parts[i]]), range(len(parts))))
+    return np.concatenate(outs)
+
+
+def reference_figures(row: dict, path: Path, ds, workers: int) -> None:
+    """An int8 file's accuracy on the engine's reference kernels (CPU-independent) beside this CPU's."""
+    from edgepack.export.core import kernel_note
+    from edgepack.export.files import FAMILIES
+    from edgepack.runtime.cpu import describe
+
+    probs = reference_predict(path, ds.x_test, workers)
+    row["reference_accuracy"] = float(np.mean(probs.argmax(axis=1) == ds.y_test))
+    row["kernel_gap_points"] = round(100 * (row["reference_accuracy"] - row["accuracy"]), 4)
+    family = FAMILIES["onnx" if path.suffix == ".onnx" else "tflite"]
+    row["kernel_path"] = describe()["int8_paths"][family.engine]["path"]
+    note = kernel_note(row["kernel_gap_points"], file_passed=True)
+    if note:
+        row["notes"].append(note.split(";")[0] + " on these test images")
 
 
 def evaluate_entry(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False

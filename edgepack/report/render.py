@@ -34,8 +34,8 @@ def _lat(row: dict, key: str) -> dict | None:
 
 def main_table(results: dict) -> Table:
     headers = ["variant", "format", "size KiB", "gzip KiB", "x smaller (gzip)", "accuracy %",
-               "change (pts)", "change vs control (pts)", "agreement %", "p50 ms 1 thread",
-               "p50 ms all cores", "x faster", "images/s b64", "status"]
+               "exact-reference accuracy %", "change (pts)", "change vs control (pts)", "agreement %",
+               "p50 ms 1 thread", "p50 ms all cores", "x faster", "images/s b64", "status"]
     out = []
     for r in results["rows"]:
         one, allc = _lat(r, "threads_1"), _lat(r, "threads_all")
@@ -47,7 +47,8 @@ def main_table(results: dict) -> Table:
         out.append([
             name, r["format"] + (" tf.function" if r["kind"] == "run" else ""),
             _kb(r["size_bytes"]), _kb(r["size_gzip_bytes"]), _num(r["size_ratio_gzip"], ".2f"),
-            _num(r["accuracy"], ".2f", 100), _signed(r["delta_pts_vs_baseline"]),
+            _num(r["accuracy"], ".2f", 100), _num(r.get("reference_accuracy"), ".2f", 100),
+            _signed(r["delta_pts_vs_baseline"]),
             _signed(r["delta_pts_vs_control"]), _num(r["agreement"], ".2f", 100),
             _num(one and one["p50_ms"], ".3f"), _num(allc and allc["p50_ms"], ".3f"),
             _num(r["speedup"], ".1f"), _num(allc and allc["throughput_ips"], ".0f"),
@@ -96,9 +97,24 @@ def error_table(results: dict) -> Table:
     return "Failures and skipped models", ["id", "path", "error"], out
 
 
+def notes_table(results: dict) -> Table:
+    out = [[r["id"], r.get("kernel_path") or "-", note]
+           for r in results["rows"] for note in r.get("notes") or []]
+    return "Notes (from the measurements above)", ["id", "int8 kernel path", "note"], out
+
+
+def failure_lines(results: dict) -> list[str]:
+    """What failed, one line a row (skipped rows are not failures): the end of a pipeline's output."""
+    failed = [r for r in results["rows"] if r["status"] == "error"]
+    if not failed:
+        return []
+    return [f"{len(failed)} of {len(results['rows'])} rows FAILED:"] + [
+        f"  {r['id']}: {r['error']}" for r in failed]
+
+
 def tables(results: dict) -> list[Table]:
-    return [t for t in (main_table(results), latency_table(results), detail_table(results),
-                        per_class_table(results), error_table(results)) if t[2]]
+    return [t for t in (main_table(results), notes_table(results), latency_table(results),
+                        detail_table(results), per_class_table(results), error_table(results)) if t[2]]
 
 
 def header_lines(results: dict) -> list[str]:
@@ -116,6 +132,7 @@ def header_lines(results: dict) -> list[str]:
         f"Created {results['created']} in {results['wall_seconds']:.0f} s; {subset} from `{data['source']}`.",
         f"CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable cores "
         f"({cpu['logical_cores']} logical); ISA: {', '.join(cpu['isa_flags']) or 'none detected'}.",
+        *int8_path_lines(cpu.get("int8_paths")),
         f"Software: {versions}.",
         f"Baseline: {results['baseline'] or 'none'}; controls (fine-tuned, not compressed; each "
         f"compressed variant is compared with the one of its recipe): {', '.join(controls) or 'none'}.",
@@ -132,6 +149,17 @@ def header_lines(results: dict) -> list[str]:
         lines.append(f"Gate --fail-over {gate['fail_over']:g}: "
                      + ("passed." if gate["passed"] else f"FAILED by {', '.join(gate['failed'])}."))
     return lines
+
+
+def int8_path_lines(paths: dict | None) -> list[str]:
+    """The int8 kernels this CPU ran: which CPUs the int8 accuracy and latency figures hold for."""
+    if not paths:
+        return []
+    ort, lite = paths["onnxruntime"], paths["litert"]
+    exact = "exact for every int8 file" if ort.get("exact") else f"exact only for {ort.get('exact_for')}"
+    return [f"int8 kernels on this CPU ({paths['isa']}): ONNX Runtime {ort['path']}, {exact}; LiteRT "
+            f"{lite['path']} (XNNPACK on). Exact-reference accuracies (engines' reference kernels) hold "
+            "for every CPU; this CPU's accuracies and all latencies hold for CPUs with the same flags."]
 
 
 def _md_table(t: Table) -> str:

@@ -10,7 +10,7 @@ Importing this package loads numpy only; ONNX Runtime or LiteRT is imported by t
 of a file of its kind. Nothing here may import TensorFlow (a test and `make runtime-check` enforce it).
 """
 
-from edgepack.runtime.backends import RUNTIMES, LiteRTClassifier, OnnxClassifier, load
+from edgepack.runtime.backends import KERNELS, RUNTIMES, LiteRTClassifier, OnnxClassifier, load
 from edgepack.runtime.classifier import (
     Classifier,
     InputError,
@@ -19,5 +19,5 @@ from edgepack.runtime.classifier import (
     Prediction,
 )
 
-__all__ = ["RUNTIMES", "Classifier", "InputError", "LiteRTClassifier", "ModelFileError", "ModelNotFoundError",
-           "OnnxClassifier", "Prediction", "load"]
+__all__ = ["KERNELS", "RUNTIMES", "Classifier", "InputError", "LiteRTClassifier", "ModelFileError",
+           "ModelNotFoundError", "OnnxClassifier", "Prediction", "load"]

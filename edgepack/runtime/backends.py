@@ -17,6 +17,15 @@ from edgepack.runtime.classifier import INPUT_DTYPES, Classifier, ModelFileError
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
+# Which kernels run a file. "default": what apps get (ONNX Runtime with every graph optimization,
+# so QDQ int8 models run fused integer kernels; LiteRT with its XNNPACK delegate). "reference": the
+# engines' exact paths that do not depend on the CPU's integer kernels (ONNX Runtime with graph
+# optimizations off: DequantizeLinear -> float op -> QuantizeLinear, the file's arithmetic simulated
+# in float32; LiteRT's reference kernels, BUILTIN_REF, no delegate). "no-xnnpack" (LiteRT only): its
+# optimized builtin kernels without the XNNPACK delegate. Export checks and reports use "reference"
+# to judge an int8 file on any machine.
+KERNELS = ("default", "reference", "no-xnnpack")
+
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
@@ -81,11 +90,13 @@ class OnnxClassifier(Classifier):
     """ONNX Runtime, CPU provider, all graph optimizations (int8 QDQ models are ~4x slower without)."""
 
     runtime = "onnxruntime"
+    kernel_choices = ("default", "reference")
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, kernels: str = "default"):
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), session_options(threads),
+        self.kernels = kernels
+        self.session = ort.InferenceSession(str(path), session_options(threads, kernels),
                                             providers=["CPUExecutionProvider"])
         text = self.session.get_modelmeta().custom_metadata_map.get(md.ONNX_KEY)
         if text is None:
@@ -107,12 +118,13 @@ class OnnxClassifier(Classifier):
         return self.session.run(self._out_names, {self._in_name: batch})[0]  # sessions are thread-safe
 
 
-def session_options(threads: int | None):
+def session_options(threads: int | None, kernels: str = "default"):
     """The ONNX Runtime options edgepack uses (also for the raw baseline in `edgepack bench`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_DISABLE_ALL if kernels == "reference"
+                                   else ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
     so.log_severity_level = 3  # errors only
     if threads:
         so.intra_op_num_threads = threads
@@ -125,14 +137,16 @@ class LiteRTClassifier(Classifier):
     TFLite inference in parallel)."""
 
     runtime = "litert"
+    kernel_choices = KERNELS
 
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path, threads: int | None = None, kernels: str = "default"):
         side = md.sidecar_path(path)
         if not side.is_file():
             raise ModelNotFoundError(f"{path} has no metadata sidecar {side.name} next to it: copy it along "
                                      "with the model or re-export it")
         meta = _parse_metadata(side.read_bytes(), str(side))
-        self.interpreter = new_interpreter(path, threads)
+        self.kernels = kernels
+        self.interpreter = new_interpreter(path, threads, kernels)
         inp = self.interpreter.get_input_details()
         out = self.interpreter.get_output_details()
         if len(inp) != 1 or len(out) != 1:
@@ -160,11 +174,14 @@ class LiteRTClassifier(Classifier):
             return self.interpreter.get_tensor(self._out_index)  # a copy, safe after the lock
 
 
-def new_interpreter(path: Path, threads: int | None):
+def new_interpreter(path: Path, threads: int | None, kernels: str = "default"):
     """A LiteRT interpreter with tensors allocated (also the raw baseline in `edgepack bench`)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-    interpreter = Interpreter(model_path=str(path), num_threads=threads)
+    resolver = {"default": OpResolverType.AUTO, "reference": OpResolverType.BUILTIN_REF,
+                "no-xnnpack": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES}[kernels]
+    interpreter = Interpreter(model_path=str(path), num_threads=threads,
+                              experimental_op_resolver_type=resolver)
     interpreter.allocate_tensors()
     return interpreter
 
@@ -173,11 +190,12 @@ def new_interpreter(path: Path, threads: int | None):
 RUNTIMES: dict[str, type[Classifier]] = {".onnx": OnnxClassifier, ".tflite": LiteRTClassifier}
 
 
-def load(path: str | os.PathLike, threads: int | None = None) -> Classifier:
+def load(path: str | os.PathLike, threads: int | None = None, kernels: str = "default") -> Classifier:
     """Load an exported model file (.onnx or .tflite) and its edgepack metadata.
 
     `threads`: intra-op threads (None = the engine's default: ONNX Runtime one per physical core,
-    LiteRT 1). Raises ModelNotFoundError / ModelFileError (both EdgepackError) naming the file.
+    LiteRT 1). `kernels`: one of KERNELS ("reference" gives the CPU-independent result of an int8
+    file, slower). Raises ModelNotFoundError / ModelFileError (both EdgepackError) naming the file.
     """
     path = Path(path)
     backend = RUNTIMES.get(path.suffix.lower())
@@ -186,12 +204,15 @@ def load(path: str | os.PathLike, threads: int | None = None) -> Classifier:
                              f"expected one of {', '.join(RUNTIMES)}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a whole number >= 1 or None, got {threads!r}")
+    if kernels not in backend.kernel_choices:
+        raise ValueError(f"kernels must be one of {', '.join(backend.kernel_choices)} for "
+                         f"{path.suffix} files, got {kernels!r}")
     if not path.exists():
         raise ModelNotFoundError(f"model file {path} not found")
     if not path.is_file():
         raise ModelFileError(f"{path} is not a file: pass an exported .onnx or .tflite file")
     try:
-        return backend(path, threads)
+        return backend(path, threads, kernels)
     except ModelFileError:
         raise
     except Exception as e:  # the engines raise assorted types for corrupt or truncated files
