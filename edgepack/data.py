@@ -6,8 +6,9 @@ against its published md5. A path may be a `cifar-10-python.tar.gz` or an extrac
 `cifar-10-batches-py` folder; a file the user points at is never required to match the official
 checksum (copies rebuilt losslessly have other bytes).
 
-The batches are pickles from users' disks: they are read with an unpickler that allows only the
-numpy array reconstruction the format needs, and tar members are read into memory, never extracted.
+The batches are pickles from users' disks (the official archive uses protocol 2; re-pickled copies may
+use 3 to 5): they are read with an unpickler that allows only the numpy array reconstruction the format
+needs, and tar members are read into memory, never extracted.
 """
 
 from __future__ import annotations
@@ -100,8 +101,24 @@ def download_official(target: Path) -> Path:
 
 # --- safe reading
 
+def _array_from_buffer(buf, dtype, shape, order, axis_order=None) -> np.ndarray:
+    """What numpy's pickle protocol 5 calls to rebuild an array from its raw bytes (numpy's own
+    `_frombuffer`), for plain numeric dtypes only: an object array would be pointers read from the file."""
+    if not isinstance(buf, bytes | bytearray) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"refused a protocol-5 array of {type(buf).__name__} with dtype {dtype}")
+    array = np.frombuffer(buf, dtype=dtype)
+    if order == "K" and axis_order is not None:  # a non-contiguous array: C order, then its axis order
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)
+
+
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler for CIFAR batches: numpy array reconstruction and plain containers only."""
+    """Unpickler for CIFAR batches: numpy array reconstruction and plain containers only.
+
+    Protocols 2-4 rebuild arrays with `_reconstruct` + `ndarray.__setstate__`; protocol 5 (numpy >= 1.16)
+    stores the raw bytes in-band as a bytearray and calls `_frombuffer`, here `_array_from_buffer`.
+    Out-of-band buffers are refused by pickle itself (no `buffers` are passed).
+    """
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
@@ -111,8 +128,11 @@ class _BatchUnpickler(pickle.Unpickler):
         # Python 3 writes bytes in protocol 2 as _codecs.encode(text, "latin1"): data, not code.
         ("_codecs", "encode"): ("_codecs", "encode"),
     }
+    _PROTOCOL_5 = {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module: str, name: str):
+        if (module, name) in self._PROTOCOL_5:
+            return _array_from_buffer
         target = self._ALLOWED.get((module, name))
         if target is None:
             raise pickle.UnpicklingError(f"refused global {module}.{name}")

@@ -66,14 +66,57 @@ class Evil:
         return (os.system, ("touch pwned",))
 
 
-def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, protocol):
     monkeypatch.chdir(tmp_path)
     members = tiny_members()
-    members["data_batch_2"] = pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=2)
+    members["data_batch_2"] = pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=protocol)
     path = write_archive(tmp_path / "evil.tar.gz", members)
     with pytest.raises(DataError, match=r"data_batch_2.*refused global (posix|os)\.system"):
         load_cifar10(path)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_every_pickle_protocol_loads_the_same(tmp_path, tiny_archive, protocol):
+    """Copies re-pickled with a newer protocol (5 stores arrays as raw buffers) read like the official 2."""
+    d = load_cifar10(write_archive(tmp_path / f"p{protocol}.tar.gz", tiny_members(protocol=protocol)))
+    ref = load_cifar10(tiny_archive)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(d, name), getattr(ref, name), err_msg=name)
+    assert d.class_names == ref.class_names
+
+
+def test_protocol_5_fortran_ordered_batch(tmp_path):
+    members = tiny_members()
+    img = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 32, 32, 3)
+    data = np.asfortranarray(img.transpose(0, 3, 1, 2).reshape(2, 3072))  # pickled with order "F"
+    members["test_batch"] = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=5)
+    d = load_cifar10(write_archive(tmp_path / "f.tar.gz", members))
+    np.testing.assert_array_equal(d.x_test, img)
+
+
+class ObjectBuffer:
+    """Protocol 5's array constructor asked for an object array (pointers from the file's bytes)."""
+
+    def __reduce__(self):
+        numeric = np._core.numeric if hasattr(np, "_core") else np.core.numeric  # numpy 2 | 1.x
+        return (numeric._frombuffer, (bytearray(16), np.dtype(object), (2,), "C"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: pickle.dumps({b"data": ObjectBuffer(), b"labels": [0]}, protocol=5), "object"),
+    # an array sent out-of-band: a file never comes with the buffers
+    (lambda: pickle.dumps({b"data": pickle.PickleBuffer(np.zeros((1, 3072), np.uint8)), b"labels": [0]},
+                          protocol=5, buffer_callback=lambda b: False), "out-of-band"),
+    (lambda: pickle.dumps({b"data": bytearray(3072), b"labels": [0]}, protocol=2), "global .*bytearray"),
+])
+def test_protocol_5_only_rebuilds_plain_arrays(tmp_path, bad, message):
+    members = tiny_members()
+    members["data_batch_1"] = bad()
+    with pytest.raises(DataError, match=f"data_batch_1.*{message}") as e:
+        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+    assert "\n" not in str(e.value)
 
 
 def test_path_traversal_members_are_never_written(tmp_path, monkeypatch):
