@@ -39,6 +39,9 @@ OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # published next to the official archive
 KERAS_CACHE = Path.home() / ".keras" / "datasets"
 MAX_MEMBER_BYTES = 64 << 20  # a real batch is ~31 MB; refuse anything far larger (decompression bombs)
+EXPECTED = "expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder"
+# Compression by the file's first bytes, so a bad file gets one reason, not one per method tarfile tries.
+TAR_MODES = {b"\x1f\x8b": "r:gz", b"BZh": "r:bz2", b"\xfd7zXZ\x00": "r:xz"}  # anything else: plain tar
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ def resolve_data_path(path: str | os.PathLike | None = None, download: bool = Tr
             if not p.exists():
                 raise DataError(f"CIFAR-10 data not found at {p} (from {origin}): point it at a "
                                 "cifar-10-python.tar.gz or an extracted cifar-10-batches-py folder")
+            if not p.is_file() and not p.is_dir():  # /dev/null, /dev/stdin, a pipe: nothing to read twice
+                raise DataError(f"{p} (from {origin}) is not a regular file or folder: {EXPECTED}")
             return p
     cached = KERAS_CACHE / FOLDER
     if (cached / META).is_file():
@@ -167,7 +172,10 @@ def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                 found[n] = f.read_bytes()
         return found
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        mode = next((m for magic, m in TAR_MODES.items() if head.startswith(magic)), "r:")
+        with tarfile.open(path, mode) as tar:
             for m in tar:
                 p = PurePosixPath(m.name)
                 # Only regular files named like a batch, inside the canonical folder or at the top.
@@ -182,8 +190,9 @@ def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                 if len(found[p.name]) != m.size:
                     raise DataError(f"{path}: member {m.name} is truncated")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{path}: cannot read as a tar archive ({e}); the file is truncated or corrupt, "
-                        "re-copy it") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: cannot read as a tar archive ({reason}): {EXPECTED}; if it is one, it is "
+                        "truncated or corrupt, re-copy it") from None
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import tarfile
@@ -12,6 +13,7 @@ from conftest import batch_bytes, meta_bytes, tiny_members, write_archive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgepack.cli import main
 from edgepack.data import balanced_subset, load_cifar10, resolve_data_path
 from edgepack.errors import DataError
 from edgepack.runtime.preprocess import scale_pixels
@@ -155,6 +157,30 @@ def test_not_an_archive(tmp_path):
     junk.write_bytes(b"not a tar file at all" * 100)
     with pytest.raises(DataError, match="junk.tar.gz"):
         load_cifar10(junk)
+
+
+BAD_ARCHIVES = {  # name -> (bytes of the file, or a path to use as is; the message's key phrase)
+    "0-byte file": (lambda tiny: b"", "cannot read as a tar archive (empty file)"),
+    "random bytes": (lambda tiny: os.urandom(5000), "cannot read as a tar archive"),
+    "/dev/null": (lambda tiny: "/dev/null", "is not a regular file or folder"),
+    "truncated archive": (lambda tiny: tiny.read_bytes()[: tiny.stat().st_size // 2], "truncated or corrupt"),
+    "gzip of no tar": (lambda tiny: gzip.compress(b"hello, not a tar file\n" * 50), "cannot read as a tar"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_ARCHIVES)
+def test_bad_data_archives_fail_the_cli_in_one_line(tmp_path, tiny_archive, capsys, kind):
+    make, message = BAD_ARCHIVES[kind]
+    made = make(tiny_archive)
+    path = made if isinstance(made, str) else tmp_path / "cifar-10-python.tar.gz"
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    code = main(["train", "--data", str(path), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    out, err = capsys.readouterr()
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"edgepack: error: {path}") and message in err, err
+    assert "expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bad, message", [
