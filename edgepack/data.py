@@ -6,8 +6,9 @@ against its published md5. A path may be a `cifar-10-python.tar.gz` or an extrac
 `cifar-10-batches-py` folder; a file the user points at is never required to match the official
 checksum (copies rebuilt losslessly have other bytes).
 
-The batches are pickles from users' disks: they are read with an unpickler that allows only the
-numpy array reconstruction the format needs, and tar members are read into memory, never extracted.
+The batches are pickles from users' disks (the official archive uses protocol 2; re-pickled copies may
+use 3 to 5): they are read with an unpickler that allows only the numpy array reconstruction the format
+needs, and tar members are read into memory, never extracted.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # published next to the official archive
 KERAS_CACHE = Path.home() / ".keras" / "datasets"
 MAX_MEMBER_BYTES = 64 << 20  # a real batch is ~31 MB; refuse anything far larger (decompression bombs)
+EXPECTED = "expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder"
+# Compression by the file's first bytes, so a bad file gets one reason, not one per method tarfile tries.
+TAR_MODES = {b"\x1f\x8b": "r:gz", b"BZh": "r:bz2", b"\xfd7zXZ\x00": "r:xz"}  # anything else: plain tar
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ def resolve_data_path(path: str | os.PathLike | None = None, download: bool = Tr
             if not p.exists():
                 raise DataError(f"CIFAR-10 data not found at {p} (from {origin}): point it at a "
                                 "cifar-10-python.tar.gz or an extracted cifar-10-batches-py folder")
+            if not p.is_file() and not p.is_dir():  # /dev/null, /dev/stdin, a pipe: nothing to read twice
+                raise DataError(f"{p} (from {origin}) is not a regular file or folder: {EXPECTED}")
             return p
     cached = KERAS_CACHE / FOLDER
     if (cached / META).is_file():
@@ -100,8 +106,24 @@ def download_official(target: Path) -> Path:
 
 # --- safe reading
 
+def _array_from_buffer(buf, dtype, shape, order, axis_order=None) -> np.ndarray:
+    """What numpy's pickle protocol 5 calls to rebuild an array from its raw bytes (numpy's own
+    `_frombuffer`), for plain numeric dtypes only: an object array would be pointers read from the file."""
+    if not isinstance(buf, bytes | bytearray) or not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise pickle.UnpicklingError(f"refused a protocol-5 array of {type(buf).__name__} with dtype {dtype}")
+    array = np.frombuffer(buf, dtype=dtype)
+    if order == "K" and axis_order is not None:  # a non-contiguous array: C order, then its axis order
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)
+
+
 class _BatchUnpickler(pickle.Unpickler):
-    """Unpickler for CIFAR batches: numpy array reconstruction and plain containers only."""
+    """Unpickler for CIFAR batches: numpy array reconstruction and plain containers only.
+
+    Protocols 2-4 rebuild arrays with `_reconstruct` + `ndarray.__setstate__`; protocol 5 (numpy >= 1.16)
+    stores the raw bytes in-band as a bytearray and calls `_frombuffer`, here `_array_from_buffer`.
+    Out-of-band buffers are refused by pickle itself (no `buffers` are passed).
+    """
 
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"): ("numpy._core.multiarray", "_reconstruct"),
@@ -111,8 +133,11 @@ class _BatchUnpickler(pickle.Unpickler):
         # Python 3 writes bytes in protocol 2 as _codecs.encode(text, "latin1"): data, not code.
         ("_codecs", "encode"): ("_codecs", "encode"),
     }
+    _PROTOCOL_5 = {("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module: str, name: str):
+        if (module, name) in self._PROTOCOL_5:
+            return _array_from_buffer
         target = self._ALLOWED.get((module, name))
         if target is None:
             raise pickle.UnpicklingError(f"refused global {module}.{name}")
@@ -147,7 +172,10 @@ def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                 found[n] = f.read_bytes()
         return found
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open(path, "rb") as f:
+            head = f.read(6)
+        mode = next((m for magic, m in TAR_MODES.items() if head.startswith(magic)), "r:")
+        with tarfile.open(path, mode) as tar:
             for m in tar:
                 p = PurePosixPath(m.name)
                 # Only regular files named like a batch, inside the canonical folder or at the top.
@@ -162,8 +190,9 @@ def _read_members(path: Path, names: tuple[str, ...]) -> dict[str, bytes]:
                 if len(found[p.name]) != m.size:
                     raise DataError(f"{path}: member {m.name} is truncated")
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
-        raise DataError(f"{path}: cannot read as a tar archive ({e}); the file is truncated or corrupt, "
-                        "re-copy it") from None
+        reason = (str(e).splitlines() or [type(e).__name__])[0]
+        raise DataError(f"{path}: cannot read as a tar archive ({reason}): {EXPECTED}; if it is one, it is "
+                        "truncated or corrupt, re-copy it") from None
     return found
 
 

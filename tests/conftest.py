@@ -45,13 +45,14 @@ def batch_bytes(images: np.ndarray, labels, protocol: int = 2) -> bytes:
                          b"filenames": [b"x.png"] * len(images)}, protocol=protocol)
 
 
-def meta_bytes(names=CLASS_NAMES, per_batch: int = 10) -> bytes:
+def meta_bytes(names=CLASS_NAMES, per_batch: int = 10, protocol: int = 2) -> bytes:
     return pickle.dumps({b"label_names": [n.encode() for n in names], b"num_cases_per_batch": per_batch,
-                         b"num_vis": 3072}, protocol=2)
+                         b"num_vis": 3072}, protocol=protocol)
 
 
-def tiny_members(per_batch: int = 20, n_test: int = 20, seed: int = 0) -> dict[str, bytes]:
-    """Batch files of a tiny, learnable CIFAR-like set: each class has its own mean colour."""
+def tiny_members(per_batch: int = 20, n_test: int = 20, seed: int = 0, protocol: int = 2) -> dict[str, bytes]:
+    """Batch files of a tiny, learnable CIFAR-like set: each class has its own mean colour.
+    `protocol`: the pickle protocol of every file (the official archive's is 2)."""
     rng = np.random.default_rng(seed)
 
     def make(n):
@@ -60,10 +61,10 @@ def tiny_members(per_batch: int = 20, n_test: int = 20, seed: int = 0) -> dict[s
         x = np.clip(base[:, None, None, :] + rng.integers(0, 30, (n, 32, 32, 3)), 0, 255).astype(np.uint8)
         return x, y
 
-    members = {"batches.meta": meta_bytes(per_batch=per_batch)}
+    members = {"batches.meta": meta_bytes(per_batch=per_batch, protocol=protocol)}
     for i in range(1, 6):
-        members[f"data_batch_{i}"] = batch_bytes(*make(per_batch))
-    members["test_batch"] = batch_bytes(*make(n_test))
+        members[f"data_batch_{i}"] = batch_bytes(*make(per_batch), protocol=protocol)
+    members["test_batch"] = batch_bytes(*make(n_test), protocol=protocol)
     return members
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import tarfile
@@ -12,6 +13,7 @@ from conftest import batch_bytes, meta_bytes, tiny_members, write_archive
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from edgepack.cli import main
 from edgepack.data import balanced_subset, load_cifar10, resolve_data_path
 from edgepack.errors import DataError
 from edgepack.runtime.preprocess import scale_pixels
@@ -66,14 +68,57 @@ class Evil:
         return (os.system, ("touch pwned",))
 
 
-def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch):
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, protocol):
     monkeypatch.chdir(tmp_path)
     members = tiny_members()
-    members["data_batch_2"] = pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=2)
+    members["data_batch_2"] = pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=protocol)
     path = write_archive(tmp_path / "evil.tar.gz", members)
     with pytest.raises(DataError, match=r"data_batch_2.*refused global (posix|os)\.system"):
         load_cifar10(path)
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("protocol", [3, 4, 5])
+def test_every_pickle_protocol_loads_the_same(tmp_path, tiny_archive, protocol):
+    """Copies re-pickled with a newer protocol (5 stores arrays as raw buffers) read like the official 2."""
+    d = load_cifar10(write_archive(tmp_path / f"p{protocol}.tar.gz", tiny_members(protocol=protocol)))
+    ref = load_cifar10(tiny_archive)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(d, name), getattr(ref, name), err_msg=name)
+    assert d.class_names == ref.class_names
+
+
+def test_protocol_5_fortran_ordered_batch(tmp_path):
+    members = tiny_members()
+    img = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 32, 32, 3)
+    data = np.asfortranarray(img.transpose(0, 3, 1, 2).reshape(2, 3072))  # pickled with order "F"
+    members["test_batch"] = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=5)
+    d = load_cifar10(write_archive(tmp_path / "f.tar.gz", members))
+    np.testing.assert_array_equal(d.x_test, img)
+
+
+class ObjectBuffer:
+    """Protocol 5's array constructor asked for an object array (pointers from the file's bytes)."""
+
+    def __reduce__(self):
+        numeric = np._core.numeric if hasattr(np, "_core") else np.core.numeric  # numpy 2 | 1.x
+        return (numeric._frombuffer, (bytearray(16), np.dtype(object), (2,), "C"))
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda: pickle.dumps({b"data": ObjectBuffer(), b"labels": [0]}, protocol=5), "object"),
+    # an array sent out-of-band: a file never comes with the buffers
+    (lambda: pickle.dumps({b"data": pickle.PickleBuffer(np.zeros((1, 3072), np.uint8)), b"labels": [0]},
+                          protocol=5, buffer_callback=lambda b: False), "out-of-band"),
+    (lambda: pickle.dumps({b"data": bytearray(3072), b"labels": [0]}, protocol=2), "global .*bytearray"),
+])
+def test_protocol_5_only_rebuilds_plain_arrays(tmp_path, bad, message):
+    members = tiny_members()
+    members["data_batch_1"] = bad()
+    with pytest.raises(DataError, match=f"data_batch_1.*{message}") as e:
+        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+    assert "\n" not in str(e.value)
 
 
 def test_path_traversal_members_are_never_written(tmp_path, monkeypatch):
@@ -112,6 +157,30 @@ def test_not_an_archive(tmp_path):
     junk.write_bytes(b"not a tar file at all" * 100)
     with pytest.raises(DataError, match="junk.tar.gz"):
         load_cifar10(junk)
+
+
+BAD_ARCHIVES = {  # name -> (bytes of the file, or a path to use as is; the message's key phrase)
+    "0-byte file": (lambda tiny: b"", "cannot read as a tar archive (empty file)"),
+    "random bytes": (lambda tiny: os.urandom(5000), "cannot read as a tar archive"),
+    "/dev/null": (lambda tiny: "/dev/null", "is not a regular file or folder"),
+    "truncated archive": (lambda tiny: tiny.read_bytes()[: tiny.stat().st_size // 2], "truncated or corrupt"),
+    "gzip of no tar": (lambda tiny: gzip.compress(b"hello, not a tar file\n" * 50), "cannot read as a tar"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_ARCHIVES)
+def test_bad_data_archives_fail_the_cli_in_one_line(tmp_path, tiny_archive, capsys, kind):
+    make, message = BAD_ARCHIVES[kind]
+    made = make(tiny_archive)
+    path = made if isinstance(made, str) else tmp_path / "cifar-10-python.tar.gz"
+    if isinstance(made, bytes):
+        path.write_bytes(made)
+    code = main(["train", "--data", str(path), "--out", str(tmp_path / "run"), "--epochs", "1"])
+    out, err = capsys.readouterr()
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"edgepack: error: {path}") and message in err, err
+    assert "expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -1,7 +1,7 @@
 """Classify PNG/JPEG images or .npy arrays with an exported model (.onnx or .tflite).
 
-Images of any size are converted to RGB, centre-cropped to a square and resized to 32x32 with
-Pillow's BILINEAR filter (antialiased; a 32x32 image is used as is). A .npy file holds uint8 pixels
+Images (up to 50 megapixels) are converted to 8-bit RGB, centre-cropped to a square and resized to
+32x32 with Pillow's BILINEAR filter (antialiased; a 32x32 image is used as is). A .npy file holds uint8 pixels
 (32, 32, 3) or (N, 32, 32, 3), or floats scaled to [0, 1]. Needs Pillow for images:
 pip install 'edgepack[images]'. Runs on the runtime alone (no TensorFlow).
 

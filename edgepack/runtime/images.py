@@ -1,8 +1,10 @@
 """Image files for `edgepack predict`: PNG/JPEG (Pillow, the `images` extra) and .npy arrays.
 
 How a PNG/JPEG becomes the model's 32x32 input (fixed, so results are reproducible):
-  1. EXIF orientation is applied (photos from phones), then the image is converted to RGB
-     (grayscale is replicated, palette images expanded, an alpha channel is dropped);
+  0. an image of more than MAX_PIXELS pixels is refused from its header, before it is decoded;
+  1. EXIF orientation is applied (photos from phones), then the image is converted to 8-bit RGB
+     (grayscale is replicated, palette images expanded, an alpha channel is dropped, 16-bit values
+     keep their high byte, as Pillow reads 16-bit RGB; modes with no fixed 8-bit form are refused);
   2. the largest centred square is cropped (the shorter side is kept whole);
   3. the square is resized to 32x32 with Pillow's BILINEAR filter, which antialiases when it
      shrinks. An image that is already 32x32 is used pixel for pixel.
@@ -14,6 +16,7 @@ The file kind is recognised by its first bytes, not by its name.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +26,15 @@ from edgepack.runtime.classifier import InputError
 
 IMAGE_SIZE = (32, 32)  # (height, width) images are read at before the model loads (CIFAR-10's size)
 MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"\x93NUMPY": "npy"}
+# 50 megapixels: a full-resolution photo of a 48/50 MP phone sensor (8160x6120) still reads. Decoding
+# costs ~9 bytes a pixel at peak (12000x12000 took 1.3 GB), so ~0.45 GB here; larger images, which a
+# 32x32 classifier gains nothing from, are refused from their header (below Pillow's own 89 MP warning).
+MAX_PIXELS = 50_000_000
+# Pillow modes whose convert("RGB") gives the right 8-bit RGB (alpha dropped, palettes expanded,
+# CMYK/YCbCr/LAB/HSV by Pillow's formulas). 16-bit grey (I;16*, and I from Pillow < 10.4) keeps the
+# high byte of each value, as Pillow reads 16-bit RGB and grey+alpha PNGs. Other modes are refused.
+RGB_CONVERTIBLE = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 class InputFileError(InputError):
@@ -46,6 +58,26 @@ def file_kind(path: Path) -> str:
     raise InputFileError(f"{path}: not a PNG, JPEG or .npy file")
 
 
+def to_rgb(img, where: str | os.PathLike):
+    """A Pillow image as an 8-bit RGB image (see RGB_CONVERTIBLE, SIXTEEN_BIT); one-line error otherwise."""
+    from PIL import Image
+
+    if img.mode in RGB_CONVERTIBLE:
+        return img.convert("RGB")
+    fix = "save it as an 8-bit (or 16-bit PNG) RGB or grayscale image"
+    if img.mode not in SIXTEEN_BIT:
+        raise InputFileError(f"{where}: image mode {img.mode} has no fixed 8-bit RGB form: {fix}")
+    values = np.asarray(img).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise InputFileError(f"{where}: 32-bit pixel values outside 0..65535 (mode {img.mode}): {fix}")
+    return Image.fromarray((values >> 8).astype(np.uint8), "L").convert("RGB")
+
+
+def _too_large(path: Path, size: tuple[int, int] | None) -> InputFileError:
+    what = f"{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels" if size else "too many pixels"
+    return InputFileError(f"{path}: {what}, more than the {MAX_PIXELS:,} edgepack reads: downscale it first")
+
+
 def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.ndarray:
     """A PNG/JPEG file as uint8 RGB pixels (height, width, 3), cropped and resized as documented above."""
     try:
@@ -54,8 +86,13 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.
         raise EdgepackError("reading PNG/JPEG files needs Pillow: pip install 'edgepack[images]'") from None
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+        with warnings.catch_warnings():  # Pillow warns from 89 MP; MAX_PIXELS refuses those anyway
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened as img:
+            if img.width * img.height > MAX_PIXELS:  # from the header: nothing is decoded yet
+                raise _too_large(path, img.size)
+            img = to_rgb(ImageOps.exif_transpose(img), path)
             w, h = img.size
             side = min(w, h)
             left, top = (w - side) // 2, (h - side) // 2
@@ -63,8 +100,10 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8).copy()
-    except Image.DecompressionBombError:
-        raise InputFileError(f"{path}: image too large (Pillow's decompression-bomb limit)") from None
+    except InputFileError:
+        raise
+    except Image.DecompressionBombError:  # over 2x Pillow's limit: refused inside Image.open
+        raise _too_large(path, None) from None
     except (OSError, ValueError, SyntaxError) as e:  # Pillow's errors for broken or truncated files
         raise InputFileError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
 
