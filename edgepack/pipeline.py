@@ -15,7 +15,6 @@ temporary folders, which the next run removes before it starts.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -25,149 +24,7 @@ from pathlib import Path
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
-
-# The defaults: the seed's training recipe, the issue's variants, every export format.
-DEFAULTS: dict = {
-    "data": {"path": None, "limit_train": None, "limit_test": None, "seed": 0},
-    "train": {"epochs": 10, "batch_size": 32, "learning_rate": 1e-3},
-    # Fine-tuning: each technique's own recipe (edgepack.compress.TECHNIQUES defaults) unless set here
-    # for every variant (e.g. epochs = 1); a variant's own `params` win over both.
-    "finetune": {},
-    "variants": [
-        {"name": "prune-0.5", "technique": "prune", "params": {"sparsity": 0.5}},
-        {"name": "prune-0.8", "technique": "prune", "params": {"sparsity": 0.8}},
-        {"name": "prune-2of4", "technique": "prune-2of4", "params": {}},
-        {"name": "cluster-16", "technique": "cluster", "params": {"clusters": 16}},
-        {"name": "qat", "technique": "qat", "params": {}},
-        {"name": "pqat", "technique": "pqat", "source": "prune-0.5", "params": {}},
-    ],
-    # Controls: the original fine-tuned with the same epochs and learning rate as the compressed
-    # variants, but not compressed, one per distinct recipe ("finetune-e2-lr0.001", ...). Extra
-    # low-learning-rate epochs alone move accuracy; the report credits compression only with the rest.
-    "controls": True,
-    "export": {"formats": ["tflite-fp32", "tflite-fp16", "tflite-dynamic", "tflite-int8", "onnx-fp32",
-                           "onnx-int8"], "options": {}},
-    "compare": {"runs": 200, "warmup": 20, "max_drop": 1.0, "fail_over": None},
-}
-
-# --quick: a few-minute smoke run on a subset; the report says so.
-QUICK: dict = {
-    "data": {"limit_train": 5000, "limit_test": 1000},
-    "train": {"epochs": 2},
-    "finetune": {"epochs": 1},
-    "compare": {"runs": 30, "warmup": 5},
-}
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Nested dict update (override wins; lists are replaced, not merged)."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        both = isinstance(v, dict) and isinstance(out.get(k), dict)
-        out[k] = merge(out[k], v) if both else copy.deepcopy(v)
-    return out
-
-
-def load_settings(config: str | Path | None = None, quick: bool = False,
-                  overrides: dict | None = None) -> dict:
-    """Defaults, then --quick, then the TOML file, then CLI overrides; checked."""
-    settings = merge(DEFAULTS, QUICK) if quick else copy.deepcopy(DEFAULTS)
-    if config is not None:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10: the toolchain extra installs tomli
-            import tomli as tomllib
-        try:
-            with open(config, "rb") as f:
-                user = tomllib.load(f)
-        except FileNotFoundError:
-            raise EdgepackError(f"config file {config} not found") from None
-        except tomllib.TOMLDecodeError as e:
-            raise EdgepackError(f"config file {config} is not valid TOML ({e})") from None
-        check_file(user, str(config))
-        settings = merge(settings, user)
-    settings = merge(settings, overrides or {})
-    settings["quick"] = quick
-    check_settings(settings)
-    if settings["controls"]:
-        settings["variants"] = controls(settings) + settings["variants"]
-        check_settings(settings)  # a user's variant may be named like a control
-    return settings
-
-
-VARIANT_KEYS = {"name": str, "technique": str, "source": str, "params": dict}
-FINETUNE_KEYS = {"epochs": int, "learning_rate": float, "batch_size": int}
-
-
-def check_file(user: dict, where: str) -> None:
-    """Every section, key and type of a settings file must be known: a typo is an error, not a default."""
-    def fail(what: str):
-        raise EdgepackError(f"config file {where}: {what}")
-
-    def check_type(name: str, value, want: type | None):
-        ok = want is None or isinstance(value, want) or (want is float and isinstance(value, int))
-        if not ok or isinstance(value, bool) and want in (int, float):
-            fail(f"{name} must be {want.__name__ if want else 'a value'}, got {value!r}")
-
-    for section, value in user.items():
-        if section not in DEFAULTS:
-            fail(f"unknown section {section!r} (known: {', '.join(DEFAULTS)})")
-        if section == "controls":
-            check_type("controls", value, bool)
-        elif section == "variants":
-            if not isinstance(value, list):
-                fail("variants must be an array of tables ([[variants]])")
-            for i, v in enumerate(value):
-                if not isinstance(v, dict) or set(v) - set(VARIANT_KEYS):
-                    fail(f"variants[{i}] may set only {', '.join(VARIANT_KEYS)}, got {v!r:.120}")
-                for key, want in VARIANT_KEYS.items():
-                    if key in v:
-                        check_type(f"variants[{i}].{key}", v[key], want)
-        else:
-            if not isinstance(value, dict):
-                fail(f"[{section}] must be a table")
-            known = FINETUNE_KEYS if section == "finetune" else {
-                k: (type(d) if d is not None and not isinstance(d, list) else None)
-                for k, d in DEFAULTS[section].items()}
-            for key, v in value.items():
-                if key not in known:
-                    fail(f"unknown key {key!r} in [{section}] (known: {', '.join(known)})")
-                check_type(f"{section}.{key}", v, dict if key == "options" else known[key])
-
-
-def recipe(variant: dict, settings: dict) -> tuple[int, float]:
-    """(epochs, learning rate) a variant is fine-tuned with."""
-    from edgepack.compress import TECHNIQUES
-
-    p = {**TECHNIQUES[variant["technique"]].defaults, **settings["finetune"], **variant.get("params", {})}
-    return int(p["epochs"]), float(p["learning_rate"])
-
-
-def controls(settings: dict) -> list[dict]:
-    """One uncompressed fine-tuning control per distinct recipe among the compressed variants."""
-    recipes = sorted({recipe(v, settings) for v in settings["variants"] if v["technique"] != "finetune"})
-    return [{"name": f"finetune-e{e}-lr{lr:g}", "technique": "finetune",
-             "params": {"epochs": e, "learning_rate": lr}} for e, lr in recipes]
-
-
-def check_settings(s: dict) -> None:
-    from edgepack.compress import TECHNIQUES
-    from edgepack.export import FORMATS
-
-    names = [v.get("name") for v in s["variants"]]
-    if len(set(names)) != len(names) or None in names or "baseline" in names:
-        raise EdgepackError(f"variant names must be unique, present and not 'baseline': {names}")
-    for v in s["variants"]:
-        if v.get("technique") not in TECHNIQUES:
-            raise EdgepackError(f"variant {v['name']}: unknown technique {v.get('technique')!r} "
-                                f"(known: {', '.join(TECHNIQUES)})")
-        src = v.get("source", "baseline")
-        if src != "baseline" and src not in names[: names.index(v["name"])]:
-            raise EdgepackError(f"variant {v['name']}: source {src!r} must be 'baseline' or an earlier "
-                                "variant")
-    bad = [f for f in s["export"]["formats"] if f not in FORMATS]
-    if bad:
-        raise EdgepackError(f"unknown export format(s) {', '.join(bad)} (known: {', '.join(FORMATS)})")
+from edgepack.settings import load_settings, recipe
 
 
 @dataclass
@@ -232,7 +89,8 @@ def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
     if not have_baseline:
         stages["train"] = settings["train"]["epochs"] * 1.0
     for v in settings["variants"]:
-        stages[f"compress-{v['name']}"] = recipe(v, settings)[0] * (2.0 if "qat" in v["technique"] else 1.3)
+        epochs = recipe(v, settings["finetune"])[0]
+        stages[f"compress-{v['name']}"] = epochs * (2.0 if "qat" in v["technique"] else 1.3)
     for name, fmt, skip in export_jobs(settings):
         if not skip:
             stages[f"export-{name}-{fmt}"] = 0.25
@@ -246,7 +104,7 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     from edgepack.errors import require_toolchain
 
     require_toolchain("edgepack pipeline")
-    settings = load_settings(config, quick, overrides)
+    settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
     if data_path is not None:
         settings["data"]["path"] = str(data_path)
     out = Path(out)

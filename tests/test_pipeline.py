@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from edgepack import rundir
+from edgepack import data, rundir
+from edgepack.cli import main
 from edgepack.errors import EdgepackError
-from edgepack.pipeline import DEFAULTS, load_settings
+from edgepack.pipeline import load_settings
 
 SMALL = """
 [train]
@@ -42,23 +43,25 @@ def test_settings_layering_and_errors(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(SMALL)
     s = load_settings(cfg, quick=True, overrides={"compare": {"runs": 7}})
-    assert s["train"]["epochs"] == 1 and s["data"]["limit_train"] == 5000  # file over --quick
-    assert s["compare"]["runs"] == 7 and s["quick"] is True  # CLI over file
+    assert s.train.epochs == 1 and s.data.limit_train == 5000  # file over --quick
+    assert s.compare.runs == 7 and s.quick is True  # CLI over file
     # One control per fine-tuning recipe, added before the variants: prune's lr with the file's epochs.
-    assert [v["name"] for v in s["variants"]] == ["finetune-e1-lr0.001", "prune-0.5"]
+    assert [v.name for v in s.variants] == ["finetune-e1-lr0.001", "prune-0.5"]
     defaults = load_settings()
-    assert [v["name"] for v in defaults["variants"][:3]] == [
+    assert [v.name for v in defaults.variants[:3]] == [
         "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001"]
-    assert len(defaults["variants"]) == len(DEFAULTS["variants"]) + 3
+    assert len(defaults.variants) == 6 + 3  # the six default variants and their three controls
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),
                           ('[export]\nformats = ["tflite-fp64"]', "unknown export format"),
                           ('[[variants]]\nname = "x"\ntechnique = "shrink"', "unknown technique"),
-                          ('[[variants]]\nname = "p"\ntechnique = "pqat"\nsource = "nope"', "source 'nope'"),
+                          ('[[variants]]\nname = "p"\ntechnique = "pqat"\nsource = "nope"',
+                           "source: 'nope'"),
                           ("[compare]\nmax-drop = 2", "unknown key 'max-drop' in \\[compare\\]"),
-                          ("[train]\nepochs = 'ten'", "train.epochs must be int"),
-                          ('[[variants]]\nname = "x"\ntechnique = "prune"\nparams = 3', "must be dict"),
-                          ('[[variants]]\nname = "finetune-e2-lr0.001"\ntechnique = "prune"', "unique"),
-                          ("controls = 1", "controls must be bool")):
+                          ("[train]\nepochs = 'ten'", "train.epochs: must be a whole number >= 1"),
+                          ('[[variants]]\nname = "x"\ntechnique = "prune"\nparams = 3',
+                           "variants\\[0\\].params: must be a table"),
+                          ('[[variants]]\nname = "finetune-e2-lr0.001"\ntechnique = "prune"', "used twice"),
+                          ("controls = 1", "controls: must be true or false")):
         cfg.write_text(text)
         with pytest.raises(EdgepackError, match=message):
             load_settings(cfg)
@@ -70,10 +73,75 @@ def test_example_settings_file_is_valid():
     from conftest import ROOT
 
     s = load_settings(ROOT / "examples" / "pipeline.toml")
-    assert [v["name"] for v in s["variants"]] == [
+    assert [v.name for v in s.variants] == [
         "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001",
         "prune-0.8", "cluster-16", "qat"]
-    assert s["export"]["options"] == {"calibration_images": 500}
+    assert s.export.options == {"calibration_images": 500}
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Loading data is the pipeline's first work: reaching it means a bad setting got through."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the pipeline started work")
+    monkeypatch.setattr(data, "load_cifar10", refuse)
+
+
+# Settings that used to pass the check and fail late (after training) or with a traceback.
+@pytest.mark.parametrize("text, message", [
+    ("[data]\npath = 5", "data.path: must be a string, got 5"),
+    ('[compare]\nfail_over = "high"', "compare.fail_over: must be a number from 0 to 100, got 'high'"),
+    ('[compare]\nfail_over = "3"', "compare.fail_over: must be a number from 0 to 100, got '3'"),
+    ("[compare]\nmax_drop = 150", "compare.max_drop: must be a number from 0 to 100, got 150"),
+    ("[compare]\nruns = 0", "compare.runs: must be a whole number >= 1, got 0"),
+    ("[train]\nlearning_rate = nan", "train.learning_rate: must be a finite number > 0, got nan"),
+    ('[export]\nformats = "onnx-fp32"', "export.formats: must be a list of tflite-fp32"),
+    ("[export]\noptions = {calibration_imgs = 500}", "option 'calibration_imgs' is not accepted"),
+    ('[export]\nformats = ["tflite-fp32"]\noptions = {opset = 13}',
+     "option 'opset' is not accepted by tflite-fp32 (accepted by onnx-fp32, onnx-int8)"),
+    ('[export]\noptions = {calibration_images = "500"}',
+     "export.options.calibration_images: must be a whole number, got '500'"),
+    ('[[variants]]\nname = "x"\ntechnique = "prune"\nparams = {sparsity = "0.5"}',
+     "variants[0].params.sparsity: must be a number, got '0.5'"),
+    ('[[variants]]\nname = "q"\ntechnique = "qat"\n[[variants]]\nname = "p"\ntechnique = "pqat"\n'
+     'source = "q"', "variants[1].source: pqat starts from a pruned variant"),
+])
+def test_bad_settings_are_refused_in_one_line_before_any_work(tmp_path, capsys, no_work, text, message):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    out = tmp_path / "out"
+    assert main(["pipeline", "--out", str(out), "--config", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"edgepack: error: config file {cfg}: ") and message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()  # no output folder, no runs/: nothing was trained
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--fail-over", "high"], "argument --fail-over: must be a number from 0 to 100, got 'high'"),
+    (["--fail-over", "-1"], "argument --fail-over: must be a number from 0 to 100, got '-1'"),
+    (["--runs", "0"], "argument --runs: must be a whole number >= 1, got '0'"),
+])
+def test_bad_options_are_refused_by_the_settings_fields(tmp_path, capsys, no_work, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["pipeline", "--out", str(tmp_path / "out"), *argv])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_config_folder_says_a_toml_file_was_expected(tmp_path, capsys, no_work):
+    assert main(["pipeline", "--out", str(tmp_path / "out"), "--config", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is a folder: expected a TOML settings file" in err and err.count("\n") == 1, err
+
+
+def test_export_formats_all_is_every_format(tmp_path):
+    from edgepack.export import FORMATS
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[export]\nformats = "all"\noptions = {opset = 13}')
+    s = load_settings(cfg)
+    assert s.export.formats == list(FORMATS) and s.export.options == {"opset": 13}
 
 
 def _pipeline_cmd(data: Path, out: Path, cfg: Path) -> list[str]:
@@ -120,8 +188,9 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
         own = json.loads((out / "runs" / name / "metrics.json").read_text())["accuracy"]
         row = next(r for r in results["rows"] if r["variant"] == name and r["format"] == "keras")
         assert row["accuracy"] == own
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings["export"]["formats"] == ["tflite-fp32", "onnx-fp32"]
+    settings = json.loads((out / "settings.json").read_text())  # the resolved model, dumped
+    assert settings == {**load_settings(cfg).model_dump(mode="json"),
+                        "data": {**load_settings(cfg).data.model_dump(), "path": str(tiny_archive)}}
 
     third = subprocess.run(_pipeline_cmd(tiny_archive, out, cfg), capture_output=True, text=True, env=env,
                            timeout=600)

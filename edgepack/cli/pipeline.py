@@ -5,8 +5,9 @@ Trains the seed's baseline (or reuses --baseline), makes the default compressed 
 exports every model to every format (tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8), and compares
 them all on the test set (report.md, report.html, results.json, results.csv, plots).
 Settings: defaults < --config FILE (TOML; sections data, train, finetune, variants, export, compare)
-< options given here. A re-run skips the stages that are already complete; a run that was killed
-resumes where it stopped. --quick is a few-minute smoke run on a subset, labelled as such.
+< options given here (all listed in docs/pipeline.md). A re-run skips the stages that are already
+complete; a run that was killed resumes where it stopped. --quick is a few-minute smoke run on a
+subset, labelled as such.
 A model that cannot be made or fails its checks is a row with its error; the run ends with a list of
 them and exits 1 (use --allow-failed to exit 0 anyway). A stage that fails for the machine's reason
 (disk full, permissions, memory) stops the run at once with exit 1.
@@ -16,38 +17,68 @@ example:
   edgepack pipeline --quick --out runs/quick --baseline runs/baseline --max-drop 1.0
 """
 
+import argparse
 import sys
 
-from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.cli import add_command, add_data_options
+from edgepack.errors import require_toolchain
+
+try:
+    from edgepack import settings  # pydantic comes with the toolchain extra
+except ModuleNotFoundError as e:  # base install: the command only says what to install
+    if e.name != "pydantic":
+        raise
+    settings = None
+
+# Options that set a pipeline setting: flag -> (section, key); help, type and default come from the model.
+SETTING_OPTIONS = {
+    "--limit-train": ("data", "limit_train"),
+    "--limit-test": ("data", "limit_test"),
+    "--epochs": ("train", "epochs"),
+    "--finetune-epochs": ("finetune", "epochs"),
+    "--runs": ("compare", "runs"),
+    "--max-drop": ("compare", "max_drop"),
+    "--fail-over": ("compare", "fail_over"),
+}
 
 
 def register(sub) -> None:
     p = add_command(sub, "pipeline", __doc__, run)
-    add_data_options(p)
+    add_data_options(p, limits=False)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (re-use it to resume)")
-    p.add_argument("--config", metavar="FILE", help="TOML settings file")
+    p.add_argument("--config", metavar="FILE", help="TOML settings file (see docs/pipeline.md)")
     p.add_argument("--quick", action="store_true", help="few-minute smoke run on a subset")
     p.add_argument("--baseline", metavar="RUN_DIR", help="reuse this trained baseline run folder")
-    p.add_argument("--epochs", type=positive_int, help="baseline training epochs (default 10)")
-    p.add_argument("--finetune-epochs", type=positive_int, help="fine-tuning epochs of every variant")
-    p.add_argument("--runs", type=positive_int, help="timed latency runs per model (default 200)")
-    p.add_argument("--max-drop", type=float, metavar="X",
-                   help="recommend the smallest, fastest variant within X accuracy points (default 1.0)")
-    p.add_argument("--fail-over", type=float, metavar="X",
-                   help="exit non-zero when a variant drops more than X accuracy points")
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
+    for flag, (section, key) in SETTING_OPTIONS.items():
+        metavar = "X" if key in ("max_drop", "fail_over") else "N"
+        if settings is None:
+            p.add_argument(flag, metavar=metavar, help=f"[{section}] {key}")
+        else:
+            field = settings.field(section, key)
+            p.add_argument(flag, metavar=metavar, type=_typed(section, key),
+                           help=f"{field.description} ({settings.default_text(section, key)})")
+
+
+def _typed(section: str, key: str):
+    """argparse type: the setting's own field parses and range-checks the value."""
+    def parse(text: str):
+        try:
+            return settings.parse_option(section, key, text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    parse.__name__ = key
+    return parse
 
 
 def run(args) -> int:
+    require_toolchain("edgepack pipeline")  # before importing the pipeline (pydantic, ...)
     from edgepack.pipeline import pipeline
 
     overrides: dict = {}
-    given = (("data", "limit_train", args.limit_train), ("data", "limit_test", args.limit_test),
-             ("train", "epochs", args.epochs), ("finetune", "epochs", args.finetune_epochs),
-             ("compare", "runs", args.runs), ("compare", "max_drop", args.max_drop),
-             ("compare", "fail_over", args.fail_over))
-    for section, key, value in given:
+    for flag, (section, key) in SETTING_OPTIONS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     results = pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick,

@@ -1,0 +1,434 @@
+"""The pipeline's settings: one typed definition from which the defaults, the checks, the CLI help and
+the settings table in docs/pipeline.md all come.
+
+Layering: the defaults below < `QUICK` (--quick) < a TOML file (--config) < command-line options.
+Every value is checked by type (strictly: `"3"` is not a number) and range, and cross-checked against
+the technique and format tables, before the pipeline does any work; a problem is one line naming the
+key. Loading and checking settings imports neither TensorFlow nor a converter.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+
+from edgepack.compress import TECHNIQUES
+from edgepack.compress.core import resolve_params
+from edgepack.compress.techniques import PRUNED_TECHNIQUES
+from edgepack.data import NUM_CLASSES
+from edgepack.errors import EdgepackError
+from edgepack.export.formats import ALL, FORMATS, options_for
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the toolchain extra installs tomli
+    import tomli as tomllib
+
+
+class _At(ValueError):
+    """A problem found by a cross-check, with the key path it belongs to."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
+class _Section(BaseModel):
+    # strict: a TOML string is not a number; forbid: a misspelt key is an error, not a silent default.
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+
+def _doc(text: str, unset: str | None = None, want: str | None = None) -> dict:
+    """Field extras: `unset` is what a null default means (for the docs), `want` overrides the
+    accepted-values text derived from the type."""
+    return {"json_schema_extra": {k: v for k, v in (("unset", unset), ("want", want)) if v},
+            "description": text}
+
+
+class Data(_Section):
+    path: str | None = Field(None, **_doc(
+        "cifar-10-python.tar.gz or cifar-10-batches-py folder (`--data` wins)",
+        unset="`--data`, `$EDGEPACK_DATA`, the Keras cache, download"))
+    limit_train: int | None = Field(None, ge=NUM_CLASSES, **_doc(
+        "seeded, class-balanced subset of N training images", unset="all 50,000"))
+    limit_test: int | None = Field(None, ge=NUM_CLASSES, **_doc(
+        "seeded, class-balanced subset of N test images", unset="all 10,000"))
+    seed: int = Field(0, ge=0, **_doc("seed of the subsets, training and fine-tuning"))
+
+
+class Train(_Section):
+    epochs: int = Field(10, ge=1, **_doc("baseline training epochs"))
+    batch_size: int = Field(32, ge=1, **_doc("baseline training batch size"))
+    learning_rate: float = Field(1e-3, gt=0, allow_inf_nan=False, **_doc("baseline Adam learning rate"))
+
+
+class Finetune(_Section):
+    """Forces one fine-tuning recipe on every variant; unset keys keep each technique's own."""
+
+    epochs: int | None = Field(None, ge=1, **_doc("fine-tuning epochs of every variant",
+                                                  unset="the technique's own"))
+    learning_rate: float | None = Field(None, gt=0, allow_inf_nan=False, **_doc(
+        "fine-tuning learning rate of every variant", unset="the technique's own"))
+    batch_size: int | None = Field(None, ge=1, **_doc("fine-tuning batch size of every variant",
+                                                      unset="the technique's own"))
+
+    @model_serializer(mode="wrap")
+    def _set_keys_only(self, handler) -> dict:
+        # Unset keys are left out, so {**technique defaults, **finetune} keeps the technique's own.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a variant name is also a folder name
+
+
+class Variant(_Section):
+    name: str = Field(**_doc("unique name, also its folder under runs/ and exports/"))
+    technique: str = Field(**_doc("compression technique", want=f"one of {', '.join(TECHNIQUES)}"))
+    source: str = Field("baseline", **_doc("the run it starts from: `baseline` or an earlier variant"))
+    params: dict[str, Any] = Field(default_factory=dict, **_doc(
+        "the technique's options (`edgepack compress --help`), over [finetune]", want="a table"))
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if v == "baseline" or not NAME.fullmatch(v):
+            raise ValueError(f"must be letters, digits, '.', '_' or '-' and not 'baseline', got {v!r}")
+        return v
+
+    @field_validator("technique")
+    @classmethod
+    def _technique(cls, v: str) -> str:
+        if v not in TECHNIQUES:
+            raise ValueError(f"unknown technique {v!r} (known: {', '.join(TECHNIQUES)})")
+        return v
+
+
+def _default_variants() -> list[Variant]:
+    """The issue's variants, each with its technique's own fine-tuning recipe."""
+    return [Variant(name="prune-0.5", technique="prune", params={"sparsity": 0.5}),
+            Variant(name="prune-0.8", technique="prune", params={"sparsity": 0.8}),
+            Variant(name="prune-2of4", technique="prune-2of4"),
+            Variant(name="cluster-16", technique="cluster", params={"clusters": 16}),
+            Variant(name="qat", technique="qat"),
+            Variant(name="pqat", technique="pqat", source="prune-0.5")]
+
+
+class Export(_Section):
+    formats: list[str] = Field(default_factory=lambda: list(FORMATS), **_doc(
+        "export formats of every model (QAT models: the integer ones only)",
+        want=f'a list of {", ".join(FORMATS)}; or "{ALL}"'))
+    options: dict[str, Any] = Field(default_factory=dict, **_doc(
+        "format options (`edgepack export --help`); each key must be taken by a chosen format",
+        want="a table"))
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _all(cls, v):
+        return list(FORMATS) if v in (ALL, [ALL]) else v
+
+    @field_validator("formats")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in FORMATS:
+                raise ValueError(f"unknown export format {name!r} (known: {', '.join(FORMATS)}, or "
+                                 f'formats = "{ALL}")')
+        if len(set(v)) != len(v):
+            raise ValueError(f"a format is listed twice: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _options(self) -> Export:
+        for key, value in self.options.items():
+            option = next((f.options[key] for f in FORMATS.values() if key in f.options), None)
+            kind = type(option.default) if option else None
+            if kind and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
+                raise _At(f"export.options.{key}", f"must be {_KINDS[kind]}, got {value!r:.80}")
+        try:
+            options_for(self.formats, self.options)  # keys taken by a chosen format; choices, minimums
+        except EdgepackError as e:
+            raise _At("export.options", str(e)) from None
+        return self
+
+
+class Compare(_Section):
+    runs: int = Field(200, ge=1, **_doc("timed batch-1 runs per model and thread setting"))
+    warmup: int = Field(20, ge=0, **_doc("untimed runs before timing"))
+    max_drop: float | None = Field(1.0, ge=0, le=100, allow_inf_nan=False, **_doc(
+        "recommend the smallest, fastest variant within this many accuracy points of the baseline",
+        unset="no recommendation"))
+    fail_over: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, **_doc(
+        "exit 1 when a variant drops more than this many accuracy points", unset="no gate"))
+
+
+class Settings(_Section):
+    """What a settings file may hold (every key optional)."""
+
+    data: Data = Field(default_factory=Data)
+    train: Train = Field(default_factory=Train)
+    finetune: Finetune = Field(default_factory=Finetune)
+    variants: list[Variant] = Field(default_factory=_default_variants, **_doc(
+        "the compressed variants ([[variants]] tables; a file's list replaces this one)",
+        want="an array of tables"))
+    # Controls: the original fine-tuned with the same epochs and learning rate as the compressed
+    # variants, not compressed, one per distinct recipe. Extra low-learning-rate epochs alone move
+    # accuracy; the report credits compression only with the rest.
+    controls: bool = Field(True, **_doc("add one uncompressed fine-tuning control per recipe"))
+    export: Export = Field(default_factory=Export)
+    compare: Compare = Field(default_factory=Compare)
+
+    @model_validator(mode="after")
+    def _variants(self) -> Settings:
+        seen: list[str] = []
+        for i, v in enumerate(self.variants):
+            where = f"variants[{i}]"
+            if v.name in seen:
+                raise _At(f"{where}.name", f"{v.name!r} is used twice (controls are named "
+                          "finetune-e<epochs>-lr<rate>: rename the variant or set controls = false)")
+            if v.source != "baseline" and v.source not in seen:
+                raise _At(f"{where}.source", f"{v.source!r} must be 'baseline' or an earlier variant")
+            tech = TECHNIQUES[v.technique]
+            if tech.needs_pruned_source and v.source != "baseline" and (
+                    self._by_name(v.source).technique not in PRUNED_TECHNIQUES):
+                raise _At(f"{where}.source", f"{v.technique} starts from a pruned variant "
+                          f"({', '.join(PRUNED_TECHNIQUES)}), not {v.source!r}")
+            _check_params(where, tech, v.params, self.finetune.model_dump())
+            seen.append(v.name)
+        return self
+
+    def _by_name(self, name: str) -> Variant:
+        return next(v for v in self.variants if v.name == name)
+
+
+class Resolved(Settings):
+    """The settings a pipeline runs with (controls added); `settings.json` is this, dumped."""
+
+    quick: bool = Field(False, **_doc("--quick: a smoke run on a subset (command line only)"))
+
+
+_KINDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _check_params(where: str, tech, params: dict, finetune: dict) -> None:
+    """A variant's params: options its technique takes, of their default's type, in range (compress's
+    own rules, run on the merged recipe)."""
+    for key, value in params.items():
+        if key not in tech.defaults:
+            raise _At(f"{where}.params", f"technique {tech.name} does not take {key!r}; it takes "
+                      f"{', '.join(tech.defaults)}")
+        default = tech.defaults[key]
+        if isinstance(default, tuple):
+            ok, want = isinstance(value, list) and all(isinstance(x, str) for x in value), "a list of strings"
+        else:
+            kinds = (int, float) if type(default) is float else (type(default),)
+            ok, want = isinstance(value, kinds) and not isinstance(value, bool), _KINDS[type(default)]
+        if not ok:
+            raise _At(f"{where}.params.{key}", f"must be {want}, got {value!r:.80}")
+    try:
+        resolve_params(tech, {**finetune, **params})
+    except EdgepackError as e:
+        raise _At(f"{where}.params", str(e)) from None
+
+
+# --quick: a few-minute smoke run on a subset; the report says so.
+QUICK: dict = {
+    "data": {"limit_train": 5000, "limit_test": 1000},
+    "train": {"epochs": 2},
+    "finetune": {"epochs": 1},
+    "compare": {"runs": 30, "warmup": 5},
+}
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Nested dict update (override wins; lists are replaced, not merged)."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        both = isinstance(v, dict) and isinstance(out.get(k), dict)
+        out[k] = merge(out[k], v) if both else copy.deepcopy(v)
+    return out
+
+
+def read_toml(config: str | Path) -> dict:
+    if Path(config).is_dir():
+        raise EdgepackError(f"--config {config} is a folder: expected a TOML settings file "
+                            "(e.g. examples/pipeline.toml)")
+    try:
+        with open(config, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise EdgepackError(f"config file {config} not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EdgepackError(f"config file {config} is not valid TOML ({e})") from None
+
+
+def load_settings(config: str | Path | None = None, quick: bool = False,
+                  overrides: dict | None = None) -> Resolved:
+    """Defaults, then --quick, then the TOML file, then CLI overrides; every value checked."""
+    user = read_toml(config) if config is not None else {}
+    where = f"config file {config}: " if config is not None else "settings: "
+    validate(Settings, user, where)  # the file alone first, so its problems are named as its own
+    merged = merge(merge(QUICK, user) if quick else user, overrides or {})
+    s = validate(Settings, merged, where)
+    variants = [v.model_dump() for v in s.variants]
+    if s.controls:
+        variants = controls(variants, s.finetune.model_dump()) + variants
+    return validate(Resolved, {**merged, "variants": variants, "quick": quick}, where)
+
+
+def recipe(variant: dict, finetune: dict) -> tuple[int, float]:
+    """(epochs, learning rate) a variant is fine-tuned with: technique < [finetune] < its params."""
+    p = {**TECHNIQUES[variant["technique"]].defaults, **finetune, **variant.get("params", {})}
+    return int(p["epochs"]), float(p["learning_rate"])
+
+
+def controls(variants: list[dict], finetune: dict) -> list[dict]:
+    """One uncompressed fine-tuning control per distinct recipe among the compressed variants."""
+    recipes = sorted({recipe(v, finetune) for v in variants if v["technique"] != "finetune"})
+    return [{"name": f"finetune-e{e}-lr{lr:g}", "technique": "finetune",
+             "params": {"epochs": e, "learning_rate": lr}} for e, lr in recipes]
+
+
+# --- one-line errors
+
+def validate(model: type[BaseModel], data: dict, where: str) -> Any:
+    """`model` from `data`, or an EdgepackError of one line naming the first problem's key."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = e.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise EdgepackError(f"{where}{_describe(errors[0], model)}{more}") from None
+
+
+def _path(loc: tuple) -> str:
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+
+
+def _walk(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+    """The model that holds the last key of `loc`, and that key's field (None if unknown)."""
+    holder: type[BaseModel] | None = model
+    fi = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if holder is None or part not in holder.model_fields:
+            return holder, None
+        fi = holder.model_fields[part]
+        holder = _inner_model(fi.annotation)
+    return holder, fi
+
+
+def _inner_model(annotation) -> type[BaseModel] | None:
+    for t in (annotation, *get_args(annotation)):
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
+
+
+def _describe(error: dict, model: type[BaseModel]) -> str:
+    loc, kind, value = error["loc"], error["type"], error.get("input")
+    path = _path(loc)
+    if kind in ("value_error", "assertion_error"):
+        cause = error["ctx"]["error"]
+        return f"{getattr(cause, 'path', path)}: {cause}" if getattr(cause, "path", path) else str(cause)
+    if kind == "extra_forbidden":
+        holder, _ = _walk(model, loc[:-1])
+        known = ", ".join(holder.model_fields) if holder else ""
+        if len(loc) == 1:
+            return f"unknown section {loc[0]!r} (known: {known})"
+        return f"unknown key {loc[-1]!r} in [{_path(loc[:-1])}] (known: {known})"
+    if kind == "missing":
+        return f"{path}: missing (required)"
+    if kind == "model_type":
+        return f"{path} must be a table, got {value!r:.80}"
+    _, fi = _walk(model, loc)
+    return f"{path}: must be {expected(fi) if fi else 'something else'}, got {value!r:.80}"
+
+
+def expected(fi: FieldInfo) -> str:
+    """What a field accepts, in words, from its type and bounds ("a whole number >= 1")."""
+    want = (fi.json_schema_extra or {}).get("want")
+    if want:
+        return want
+    kinds = [t for t in get_args(fi.annotation) if t is not type(None)] if get_origin(fi.annotation) in (
+        Union, type(int | None)) else [fi.annotation]
+    text = _KINDS.get(kinds[0], "a value")
+    bound = {k: getattr(m, k) for m in fi.metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
+    if "le" not in bound and any(getattr(m, "allow_inf_nan", True) is False for m in fi.metadata):
+        text = text.replace("a number", "a finite number")
+    if "ge" in bound and "le" in bound:
+        return f"{text} from {bound['ge']:g} to {bound['le']:g}"
+    if "ge" in bound or "gt" in bound:
+        return f"{text} >= {bound['ge']:g}" if "ge" in bound else f"{text} > {bound['gt']:g}"
+    return text
+
+
+def field(section: str, key: str) -> FieldInfo:
+    return Settings.model_fields[section].annotation.model_fields[key]
+
+
+def parse_option(section: str, key: str, text: str):
+    """A command-line value for [section] key, parsed and range-checked by the same field."""
+    fi = field(section, key)
+    try:
+        return TypeAdapter(Annotated[fi.annotation, fi]).validate_python(text, strict=False)
+    except ValidationError:
+        raise ValueError(f"must be {expected(fi)}, got {text!r}") from None
+
+
+def default_text(section: str, key: str) -> str:
+    """`default: 10; --quick: 2` for --help, from the model and QUICK."""
+    fi = field(section, key)
+    text = _show(fi.default, fi)
+    quick = QUICK.get(section, {}).get(key)
+    return f"default: {text}" + (f"; --quick: {_show(quick, fi)}" if quick is not None else "")
+
+
+def _show(value, fi: FieldInfo | None = None) -> str:
+    if value is None:
+        return ((fi.json_schema_extra or {}).get("unset") if fi else None) or "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and not math.isnan(value):
+        return f"{value:g}"
+    if isinstance(value, list):
+        return ", ".join(v.name if isinstance(v, Variant) else str(v) for v in value)
+    return str(value)
+
+
+def markdown_table() -> str:
+    """The settings reference (docs/pipeline.md), rendered from the models so it cannot drift."""
+    defaults = Settings()
+    rows = ["| setting | default | --quick | accepts | what |", "|---|---|---|---|---|"]
+
+    def row(key: str, fi: FieldInfo, default, quick) -> None:
+        q = "" if quick is None else _show(quick, fi)
+        rows.append(f"| `{key}` | {_show(default, fi)} | {q} | {expected(fi)} | {fi.description} |")
+
+    for name, fi in Settings.model_fields.items():
+        sub = _inner_model(fi.annotation)
+        if sub is None or name == "variants":
+            row(name, fi, getattr(defaults, name), None)
+        if name == "variants":
+            for key, vfi in Variant.model_fields.items():
+                default = "(required)" if vfi.is_required() else vfi.get_default(call_default_factory=True)
+                row(f"variants[].{key}", vfi, default, None)
+        elif sub is not None:
+            for key, sfi in sub.model_fields.items():
+                row(f"{name}.{key}", sfi, getattr(getattr(defaults, name), key), QUICK.get(name, {}).get(key))
+    return "\n".join(rows) + "\n"
