@@ -92,6 +92,30 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RunFolderError(f"{path} is not valid JSON ({e}); re-create the run folder") from None
 
 
+def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Path:
+    """Refuse, before any work, an output path whose writing would destroy something.
+
+    Refused: `.`, `/`, the current folder or one of its parents, and a path that is, contains or lies
+    inside an input. `inputs` maps an option name to a path, a list of paths or None, e.g.
+    {"--model": "runs/baseline"}. Returns `out` made absolute (with `..` folded, links kept).
+    """
+    resolved = Path(out).resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise RunFolderError(f"--out {out} is the current folder or one of its parents: "
+                             "choose a new folder, e.g. --out runs/NAME")
+    for option, given in (inputs or {}).items():
+        paths = [given] if isinstance(given, str | os.PathLike) else list(given or [])
+        for one in paths:
+            src = Path(one).resolve()
+            if resolved == src or src.is_relative_to(resolved) or resolved.is_relative_to(src):
+                how = ("is" if resolved == src else "contains" if src.is_relative_to(resolved)
+                       else "lies inside")
+                raise RunFolderError(f"--out {out} {how} the input {option} {one}: writing it would "
+                                     "destroy the input; choose an --out outside it")
+    return Path(os.path.abspath(out))
+
+
 def check_new_output(out: str | os.PathLike, force: bool) -> Path:
     """Refuse an existing output folder unless `force` (checked before any work starts)."""
     out = Path(out)
@@ -108,13 +132,28 @@ def check_new_output(out: str | os.PathLike, force: bool) -> Path:
 
 
 @contextlib.contextmanager
+def claim_output(out: str | os.PathLike, inputs: dict | None = None, force: bool = False,
+                 resume: bool = False) -> Iterator[Path]:
+    """Check the output path `out` before any work; yields it made absolute.
+
+    Every command that writes an output folder runs its work inside this block (see
+    check_output_path for `inputs`). Unless `resume` (the pipeline re-uses its folder), `out` must
+    be new or `force` given (check_new_output).
+    """
+    out = check_output_path(out, inputs)
+    if not resume:
+        check_new_output(out, force)
+    yield out
+
+
+@contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes `out` only if the block completes.
 
     On error the temporary folder is removed and an existing `out` is left untouched.
     With `force`, an existing `out` is replaced only after the new folder is complete.
     """
-    out = check_new_output(out, force)
+    out = Path(os.path.abspath(check_new_output(out, force)))  # `x/..` has no name for _tmp_sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out)
     tmp.mkdir()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import data as data_mod
+from edgepack import rundir
 from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 
@@ -77,11 +78,13 @@ def seed_everything(seed: int) -> None:
 def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
           force: bool = False, ds: data_mod.Cifar10 | None = None) -> Path:
     """Train the baseline on CIFAR-10 and write the run folder `out`; returns its path."""
-    from edgepack import rundir
-
     require_toolchain("edgepack train")
     config.check()
-    rundir.check_new_output(out, force)
+    with rundir.claim_output(out, {"--data": data_path}, force):
+        return _train(data_path, out, config, force, ds)
+
+
+def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Cifar10 | None) -> Path:
     from edgepack.model import baseline_cnn, compile_model, count_params, save_checked
 
     started = time.time()

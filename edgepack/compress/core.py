@@ -136,7 +136,13 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
     require_toolchain("edgepack compress")
     tech = get_technique(technique)
     params = resolve_params(tech, params)
-    rundir.check_new_output(out, force)
+    with rundir.claim_output(out, {"--model": source_run_dir, "--data": data_path}, force):
+        return _compress(source_run_dir, tech, out, params, data_path, force, limit_train, limit_test,
+                         seed, ds, variant)
+
+
+def _compress(source_run_dir, tech: Technique, out, params: dict, data_path, force: bool, limit_train,
+              limit_test, seed: int, ds: data_mod.Cifar10 | None, variant: str | None) -> Path:
     src = rundir.load_run(source_run_dir)
     _check_source(src, tech)
     started = time.time()
