@@ -244,7 +244,7 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Run every stage not already complete; returns the comparison results (see edgepack.report)."""
     given = {"--baseline": baseline, "--data": data_path, "--config": config}
-    with rundir.claim_output(out, given, resume=True):  # before remove_leftovers: a second run waits
+    with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
         return _pipeline(out, data_path, config, quick, baseline, overrides)
 
 

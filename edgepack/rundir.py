@@ -20,12 +20,15 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from edgepack.errors import RunFolderError
 
@@ -143,7 +146,47 @@ def claim_output(out: str | os.PathLike, inputs: dict | None = None, force: bool
     out = check_output_path(out, inputs)
     if not resume:
         check_new_output(out, force)
-    yield out
+    with output_lock(out):
+        yield out
+
+
+def lock_paths(out: Path) -> tuple[Path, Path]:
+    """The lock file of output folder `out` and the file naming its holder, both next to `out`."""
+    return out.with_name(f".{out.name}.lock"), out.with_name(f".{out.name}.lock.json")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of output folder `out` (absolute) while the block runs; refuse a second writer.
+
+    flock-based (filelock): the OS releases it when the holder dies, so a SIGKILLed run never blocks
+    the next one. The lock file stays (deleting it would race with a waiting process); the holder
+    file (pid, host, command) exists only while the lock is held.
+    """
+    lock_file, holder_file = lock_paths(out)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(lock_file, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(f"{out} is being written by another edgepack process ({_holder(holder_file)}): "
+                             "wait for it to finish or choose another --out") from None
+    try:
+        write_json(holder_file, {"pid": os.getpid(), "host": platform.node(), "command": " ".join(sys.argv),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        yield
+    finally:
+        holder_file.unlink(missing_ok=True)
+        lock.release()
+
+
+def _holder(holder_file: Path) -> str:
+    """Who holds a lock, from its holder file: pid, host, start time and command (or why unknown)."""
+    try:
+        h = json.loads(holder_file.read_text(encoding="utf-8"))
+        return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"holder unknown, {holder_file.name} unreadable"
 
 
 @contextlib.contextmanager

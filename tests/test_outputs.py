@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +71,62 @@ def test_cwd_its_parents_and_root_are_refused_before_training(tmp_path, monkeypa
     assert code == 1
     assert "current folder or one of its parents" in one_line_error(capsys)
     assert list(work.iterdir()) == [] and [p.name for p in tmp_path.iterdir()] == ["work"]
+
+
+# A process that holds the lock of an output folder until it is killed (prints "locked" when it has it).
+HOLDER = """
+import sys, time
+from edgepack import rundir
+with rundir.claim_output(sys.argv[1], resume=True):
+    print("locked", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.fixture
+def holder(tmp_path):
+    """Start a lock holder on tmp_path/out; yields (process, out)."""
+    from conftest import ROOT
+
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], stdout=subprocess.PIPE, text=True,
+                            env=env, cwd=tmp_path)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        yield proc, out
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def test_second_writer_is_refused_naming_the_holder(holder, capsys, tiny_archive):
+    proc, out = holder
+    assert main(["train", "--data", str(tiny_archive), "--epochs", "1", "--out", str(out)]) == 1
+    err = one_line_error(capsys)
+    assert "another edgepack process" in err and f"pid {proc.pid}" in err and "--out" in err
+    assert not out.exists()
+
+
+def test_pipeline_takes_the_lock_before_removing_leftovers(holder, tmp_path):
+    from edgepack.errors import RunFolderError
+    from edgepack.pipeline import pipeline
+
+    proc, out = holder
+    leftover = out / "runs" / ".baseline.tmp-1234abcd"  # rundir.TMP_MARK: what remove_leftovers deletes
+    leftover.mkdir(parents=True)
+    with pytest.raises(RunFolderError, match=f"pid {proc.pid}"):
+        pipeline(out, data_path=tmp_path / "no-data.tar.gz")
+    assert leftover.is_dir()  # the other run's unfinished folder survives
+
+
+def test_lock_of_a_sigkilled_holder_does_not_block_the_next_run(holder):
+    from edgepack import rundir
+
+    proc, out = holder
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    with rundir.claim_output(out, resume=True):
+        holder_file = rundir.lock_paths(out)[1]
+        assert json.loads(holder_file.read_text())["pid"] == os.getpid()
+    assert not holder_file.exists()
