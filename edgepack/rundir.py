@@ -160,14 +160,12 @@ def output_lock(out: Path) -> Iterator[None]:
     """Hold the lock of output folder `out` (absolute) while the block runs; refuse a second writer.
 
     flock-based (filelock): the OS releases it when the holder dies, so a SIGKILLed run never blocks
-    the next one. The lock file stays (deleting it would race with a waiting process); the holder
-    file (pid, host, command) exists only while the lock is held.
+    the next one. The lock file and the holder file (pid, host, command) are deleted on release.
     """
     lock_file, holder_file = lock_paths(out)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(lock_file, timeout=0)
     try:
-        lock.acquire()
+        lock = _acquire(lock_file)
     except Timeout:
         raise RunFolderError(f"{out} is being written by another edgepack process ({_holder(holder_file)}): "
                              "wait for it to finish or choose another --out") from None
@@ -177,7 +175,31 @@ def output_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         holder_file.unlink(missing_ok=True)
+        lock_file.unlink(missing_ok=True)  # while still held: the next process locks a new file
         lock.release()
+
+
+def _acquire(lock_file: Path, attempts: int = 5) -> FileLock:
+    """Lock `lock_file` without waiting (filelock.Timeout if another process holds it).
+
+    A holder deletes the file before releasing it, so a process that opened the old file may lock a
+    deleted one: the lock counts only if the path still names the file that was there before.
+    """
+    for _ in range(attempts):
+        before = _inode(lock_file)
+        lock = FileLock(lock_file, timeout=0)
+        lock.acquire()
+        if before is not None and _inode(lock_file) == before:
+            return lock
+        lock.release()  # we made the file or it was replaced meanwhile: lock the current one
+    raise Timeout(str(lock_file))
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
 
 
 def _holder(holder_file: Path) -> str:
