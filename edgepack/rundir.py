@@ -15,6 +15,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -61,12 +62,23 @@ def _tmp_sibling(path: Path) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temporary name, fsync, rename)."""
+    """Write strict JSON atomically (temporary name, fsync, rename).
+
+    NaN and inf are not JSON: each becomes null, and a dict `obj` gets a "non_finite" entry saying
+    which value was what (e.g. {"history.loss[3]": "nan"}). Other objects holding them are refused.
+    """
     path = Path(path)
+    notes: dict[str, str] = {}
+    obj = _finite(obj, "", notes)
+    if notes:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: cannot record non-finite values {notes} outside a JSON object")
+        why = {k: f"{v}: not a finite number, written as null" for k, v in notes.items()}
+        obj = {**obj, "non_finite": why}
     tmp = _tmp_sibling(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -76,10 +88,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         raise
 
 
+def _finite(obj: Any, where: str, notes: dict[str, str]) -> Any:
+    """`obj` with numpy values as Python ones and every NaN/inf float as None (noted in `notes`)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), notes) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v, f"{where}[{i}]", notes) for i, v in enumerate(obj)]
+    if hasattr(obj, "tolist") and not isinstance(obj, Path):  # numpy scalars and arrays
+        return _finite(obj.tolist(), where, notes)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        notes[where or "value"] = str(obj)
+        return None
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
-    # numpy scalars and arrays, Paths: everything else is a bug worth seeing.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+    # Paths (numpy values are converted by _finite): everything else is a bug worth seeing.
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

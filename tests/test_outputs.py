@@ -130,3 +130,53 @@ def test_lock_of_a_sigkilled_holder_does_not_block_the_next_run(holder):
         holder_file = rundir.lock_paths(out)[1]
         assert json.loads(holder_file.read_text())["pid"] == os.getpid()
     assert list(out.parent.iterdir()) == []  # lock and holder files go with the lock
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--data", "nope.tar.gz", "--out", "x", "--learning-rate", "inf"],
+    ["train", "--data", "nope.tar.gz", "--out", "x", "--learning-rate", "nan"],
+    ["train", "--data", "nope.tar.gz", "--out", "x", "--validation-split", "nan"],
+    ["compress", "--model", "m", "--technique", "prune", "--out", "x", "--learning-rate", "inf"],
+    ["compress", "--model", "m", "--technique", "prune", "--out", "x", "--sparsity", "nan"],
+    ["compare", "m", "--out", "x", "--max-drop", "inf"],
+    ["pipeline", "--data", "nope.tar.gz", "--out", "x", "--fail-over", "nan"],
+])
+def test_non_finite_options_are_refused_by_the_cli(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and "expected a finite number" in err[-1], err
+
+
+@pytest.mark.parametrize("rate", [float("inf"), float("nan")])
+def test_train_config_refuses_a_non_finite_learning_rate(rate):
+    from edgepack.errors import EdgepackError
+    from edgepack.train import TrainConfig
+
+    with pytest.raises(EdgepackError, match="--learning-rate must be a finite number"):
+        TrainConfig(learning_rate=rate).check()
+
+
+def test_diverging_training_stops_with_an_error_and_no_run_folder(tmp_path, tiny_archive):
+    from edgepack.errors import EdgepackError
+    from edgepack.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    with pytest.raises(EdgepackError, match="diverged.*lower --learning-rate"):
+        train(tiny_archive, out, TrainConfig(epochs=2, batch_size=16, learning_rate=1e30))
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_write_json_is_strict_and_says_which_values_were_not_finite(tmp_path):
+    import numpy as np
+
+    from edgepack import rundir
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+
+    rundir.write_json(tmp_path / "h.json", {"loss": [1.0, float("nan")], "p50": np.float32("inf"), "ok": 2})
+    data = strict((tmp_path / "h.json").read_text())
+    assert data["loss"] == [1.0, None] and data["p50"] is None and data["ok"] == 2
+    assert set(data["non_finite"]) == {"loss[1]", "p50"} and "nan" in data["non_finite"]["loss[1]"]

@@ -13,7 +13,7 @@ example:
   edgepack pipeline --quick --out runs/quick --baseline runs/baseline --max-drop 1.0
 """
 
-from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.cli import add_command, add_data_options, finite_float, positive_int
 
 
 def register(sub) -> None:
@@ -26,9 +26,9 @@ def register(sub) -> None:
     p.add_argument("--epochs", type=positive_int, help="baseline training epochs (default 10)")
     p.add_argument("--finetune-epochs", type=positive_int, help="fine-tuning epochs of every variant")
     p.add_argument("--runs", type=positive_int, help="timed latency runs per model (default 200)")
-    p.add_argument("--max-drop", type=float, metavar="X",
+    p.add_argument("--max-drop", type=finite_float, metavar="X",
                    help="recommend the smallest, fastest variant within X accuracy points (default 1.0)")
-    p.add_argument("--fail-over", type=float, metavar="X",
+    p.add_argument("--fail-over", type=finite_float, metavar="X",
                    help="exit non-zero when a variant drops more than X accuracy points")
 
 
