@@ -180,3 +180,27 @@ def test_write_json_is_strict_and_says_which_values_were_not_finite(tmp_path):
     data = strict((tmp_path / "h.json").read_text())
     assert data["loss"] == [1.0, None] and data["p50"] is None and data["ok"] == 2
     assert set(data["non_finite"]) == {"loss[1]", "p50"} and "nan" in data["non_finite"]["loss[1]"]
+
+
+def test_full_disk_while_saving_leaves_nothing_in_tmpdir(tmp_path, monkeypatch, capsys, tiny_archive):
+    import errno
+    import tempfile
+
+    from tf_keras.src.saving import saving_lib
+
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmpdir))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))  # gettempdir() caches $TMPDIR at first use
+
+    def disk_full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(saving_lib.H5IOStore, "close", disk_full)  # writing the weights into the .keras
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tiny_archive), "--epochs", "1", "--out", str(out)]) == 1
+    assert "No space left on device" in one_line_error(capsys)
+    # TensorFlow's autograph keeps the sources it generates until the process exits (atexit): not ours.
+    left = [p.name for p in tmpdir.iterdir() if not p.name.startswith("__autograph_generated_file")]
+    assert left == [] and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmpdir"]
