@@ -23,7 +23,7 @@ class MissingToolchain(EdgepackError):
 
 # What the `toolchain` extra brings that training, compression, export and reports import.
 TOOLCHAIN_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization", "onnx", "tf2onnx",
-                     "sklearn", "matplotlib", "pydantic")
+                     "sklearn", "matplotlib", "pydantic", "filelock")
 
 
 def require_toolchain(what: str) -> None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -117,15 +121,29 @@ def save_checked(model, path: str | os.PathLike, model_format: str, x_check: np.
     import warnings
 
     path = Path(path)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), scratch_tempdir(path.parent):
         warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": the only format QAT loads back from
         save_model(model, path)
-    reloaded = LOADERS[model_format](path)
+        reloaded = LOADERS[model_format](path)
     diff = float(np.max(np.abs(predict_proba(model, x_check) - predict_proba(reloaded, x_check))))
     if diff > tolerance:
         raise EdgepackError(f"the saved {model_format} model does not reproduce the trained one "
                             f"(max difference {diff:.2e}): report this as a bug")
     return path
+
+
+@contextlib.contextmanager
+def scratch_tempdir(folder: Path) -> Iterator[None]:
+    """Send tempfile's folders (Keras's .keras save/load scratch, tmpXXXX/assets) into `folder` for the
+    block and delete them after: a save that fails (disk full) otherwise leaves them in $TMPDIR.
+    `folder` is the run's temporary folder, which atomic_dir removes if anything fails."""
+    scratch = tempfile.mkdtemp(prefix=".keras-scratch-", dir=folder)
+    saved, tempfile.tempdir = tempfile.tempdir, scratch
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:

@@ -101,6 +101,12 @@ def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Run every stage not already complete; returns the comparison results (see edgepack.report)."""
+    given = {"--baseline": baseline, "--data": data_path, "--config": config}
+    with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
+        return _pipeline(out, data_path, config, quick, baseline, overrides)
+
+
+def _pipeline(out, data_path, config, quick: bool, baseline, overrides: dict | None) -> dict:
     from edgepack.errors import require_toolchain
 
     require_toolchain("edgepack pipeline")

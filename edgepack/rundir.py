@@ -15,17 +15,21 @@ import contextlib
 import gzip
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from edgepack.errors import RunFolderError
 
@@ -58,12 +62,23 @@ def _tmp_sibling(path: Path) -> Path:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temporary name, fsync, rename)."""
+    """Write strict JSON atomically (temporary name, fsync, rename).
+
+    NaN and inf are not JSON: each becomes null, and a dict `obj` gets a "non_finite" entry saying
+    which value was what (e.g. {"history.loss[3]": "nan"}). Other objects holding them are refused.
+    """
     path = Path(path)
+    notes: dict[str, str] = {}
+    obj = _finite(obj, "", notes)
+    if notes:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: cannot record non-finite values {notes} outside a JSON object")
+        why = {k: f"{v}: not a finite number, written as null" for k, v in notes.items()}
+        obj = {**obj, "non_finite": why}
     tmp = _tmp_sibling(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=_json_default)
+            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -73,10 +88,22 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         raise
 
 
+def _finite(obj: Any, where: str, notes: dict[str, str]) -> Any:
+    """`obj` with numpy values as Python ones and every NaN/inf float as None (noted in `notes`)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}.{k}" if where else str(k), notes) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v, f"{where}[{i}]", notes) for i, v in enumerate(obj)]
+    if hasattr(obj, "tolist") and not isinstance(obj, Path):  # numpy scalars and arrays
+        return _finite(obj.tolist(), where, notes)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        notes[where or "value"] = str(obj)
+        return None
+    return obj
+
+
 def _json_default(obj: Any) -> Any:
-    # numpy scalars and arrays, Paths: everything else is a bug worth seeing.
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
+    # Paths (numpy values are converted by _finite): everything else is a bug worth seeing.
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -90,6 +117,30 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RunFolderError(f"{path} is missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RunFolderError(f"{path} is not valid JSON ({e}); re-create the run folder") from None
+
+
+def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Path:
+    """Refuse, before any work, an output path whose writing would destroy something.
+
+    Refused: `.`, `/`, the current folder or one of its parents, and a path that is, contains or lies
+    inside an input. `inputs` maps an option name to a path, a list of paths or None, e.g.
+    {"--model": "runs/baseline"}. Returns `out` made absolute (with `..` folded, links kept).
+    """
+    resolved = Path(out).resolve()
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise RunFolderError(f"--out {out} is the current folder or one of its parents: "
+                             "choose a new folder, e.g. --out runs/NAME")
+    for option, given in (inputs or {}).items():
+        paths = [given] if isinstance(given, str | os.PathLike) else list(given or [])
+        for one in paths:
+            src = Path(one).resolve()
+            if resolved == src or src.is_relative_to(resolved) or resolved.is_relative_to(src):
+                how = ("is" if resolved == src else "contains" if src.is_relative_to(resolved)
+                       else "lies inside")
+                raise RunFolderError(f"--out {out} {how} the input {option} {one}: writing it would "
+                                     "destroy the input; choose an --out outside it")
+    return Path(os.path.abspath(out))
 
 
 def check_new_output(out: str | os.PathLike, force: bool) -> Path:
@@ -108,13 +159,90 @@ def check_new_output(out: str | os.PathLike, force: bool) -> Path:
 
 
 @contextlib.contextmanager
+def claim_output(out: str | os.PathLike, inputs: dict | None = None, force: bool = False,
+                 resume: bool = False) -> Iterator[Path]:
+    """Check the output path `out` before any work; yields it made absolute.
+
+    Every command that writes an output folder runs its work inside this block (see
+    check_output_path for `inputs`). Unless `resume` (the pipeline re-uses its folder), `out` must
+    be new or `force` given (check_new_output).
+    """
+    out = check_output_path(out, inputs)
+    if not resume:
+        check_new_output(out, force)
+    with output_lock(out):
+        yield out
+
+
+def lock_paths(out: Path) -> tuple[Path, Path]:
+    """The lock file of output folder `out` and the file naming its holder, both next to `out`."""
+    return out.with_name(f".{out.name}.lock"), out.with_name(f".{out.name}.lock.json")
+
+
+@contextlib.contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Hold the lock of output folder `out` (absolute) while the block runs; refuse a second writer.
+
+    flock-based (filelock): the OS releases it when the holder dies, so a SIGKILLed run never blocks
+    the next one. The lock file and the holder file (pid, host, command) are deleted on release.
+    """
+    lock_file, holder_file = lock_paths(out)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = _acquire(lock_file)
+    except Timeout:
+        raise RunFolderError(f"{out} is being written by another edgepack process ({_holder(holder_file)}): "
+                             "wait for it to finish or choose another --out") from None
+    try:
+        write_json(holder_file, {"pid": os.getpid(), "host": platform.node(), "command": " ".join(sys.argv),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        yield
+    finally:
+        holder_file.unlink(missing_ok=True)
+        lock_file.unlink(missing_ok=True)  # while still held: the next process locks a new file
+        lock.release()
+
+
+def _acquire(lock_file: Path, attempts: int = 5) -> FileLock:
+    """Lock `lock_file` without waiting (filelock.Timeout if another process holds it).
+
+    A holder deletes the file before releasing it, so a process that opened the old file may lock a
+    deleted one: the lock counts only if the path still names the file that was there before.
+    """
+    for _ in range(attempts):
+        before = _inode(lock_file)
+        lock = FileLock(lock_file, timeout=0)
+        lock.acquire()
+        if before is not None and _inode(lock_file) == before:
+            return lock
+        lock.release()  # we made the file or it was replaced meanwhile: lock the current one
+    raise Timeout(str(lock_file))
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _holder(holder_file: Path) -> str:
+    """Who holds a lock, from its holder file: pid, host, start time and command (or why unknown)."""
+    try:
+        h = json.loads(holder_file.read_text(encoding="utf-8"))
+        return f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"holder unknown, {holder_file.name} unreadable"
+
+
+@contextlib.contextmanager
 def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes `out` only if the block completes.
 
     On error the temporary folder is removed and an existing `out` is left untouched.
     With `force`, an existing `out` is replaced only after the new folder is complete.
     """
-    out = check_new_output(out, force)
+    out = Path(os.path.abspath(check_new_output(out, force)))  # `x/..` has no name for _tmp_sibling
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_sibling(out)
     tmp.mkdir()

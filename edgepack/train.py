@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import data as data_mod
+from edgepack import rundir
 from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 
@@ -32,10 +34,10 @@ class TrainConfig:
             raise EdgepackError(f"--epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise EdgepackError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not 0.0 <= self.validation_split < 1.0:
+        if not 0.0 <= self.validation_split < 1.0:  # False for NaN
             raise EdgepackError(f"--validation-split must be in [0, 1), got {self.validation_split}")
-        if not self.learning_rate > 0:
-            raise EdgepackError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise EdgepackError(f"--learning-rate must be a finite number > 0, got {self.learning_rate}")
         data_mod.check_limits(limit_train=self.limit_train, limit_test=self.limit_test)
 
 
@@ -68,6 +70,21 @@ def keras_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
+def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, callbacks=(), **kwargs):
+    """model.fit (shuffled, edgepack's verbosity) that stops at the first batch whose loss is NaN or inf
+    and raises EdgepackError: a diverged model is not a result, so no run folder is written."""
+    from edgepack.model import keras
+
+    hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=keras_verbosity(),
+                     callbacks=[*callbacks, keras().callbacks.TerminateOnNaN()], **kwargs)
+    bad = sorted(k for k, v in hist.history.items() if v and not math.isfinite(v[-1]))
+    if model.stop_training or bad:
+        epoch = len(hist.history.get("loss", [])) or 1
+        raise EdgepackError(f"training diverged: {' and '.join(bad) or 'the loss'} became NaN or inf in "
+                            f"epoch {epoch}: lower --learning-rate")
+    return hist
+
+
 def seed_everything(seed: int) -> None:
     from edgepack.model import keras
 
@@ -77,11 +94,13 @@ def seed_everything(seed: int) -> None:
 def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
           force: bool = False, ds: data_mod.Cifar10 | None = None) -> Path:
     """Train the baseline on CIFAR-10 and write the run folder `out`; returns its path."""
-    from edgepack import rundir
-
     require_toolchain("edgepack train")
     config.check()
-    rundir.check_new_output(out, force)
+    with rundir.claim_output(out, {"--data": data_path}, force):
+        return _train(data_path, out, config, force, ds)
+
+
+def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Cifar10 | None) -> Path:
     from edgepack.model import baseline_cnn, compile_model, count_params, save_checked
 
     started = time.time()
@@ -92,9 +111,8 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
     model = baseline_cnn(len(ds.class_names))
     compile_model(model, config.learning_rate)
     t0 = time.time()
-    hist = model.fit(scale_pixels(ds.x_train), ds.y_train, epochs=config.epochs,
-                     batch_size=config.batch_size, validation_split=config.validation_split,
-                     shuffle=True, verbose=keras_verbosity())
+    hist = fit_checked(model, scale_pixels(ds.x_train), ds.y_train, epochs=config.epochs,
+                       batch_size=config.batch_size, validation_split=config.validation_split)
     train_seconds = time.time() - t0
     metrics, _ = evaluate(model, ds)
     print(f"test accuracy {metrics['accuracy']:.4f} after {train_seconds:.0f} s of training", flush=True)

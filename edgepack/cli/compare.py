@@ -18,7 +18,7 @@ example:
       --fail-over 2 --out /tmp/r
 """
 
-from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.cli import add_command, add_data_options, finite_float, positive_int
 
 
 def register(sub) -> None:
@@ -36,9 +36,9 @@ def register(sub) -> None:
     p.add_argument("--runs", type=positive_int, default=200,
                    help="timed batch-1 calls per figure (default 200)")
     p.add_argument("--warmup", type=int, default=20, help="untimed calls before timing (default 20)")
-    p.add_argument("--max-drop", type=float, metavar="X",
+    p.add_argument("--max-drop", type=finite_float, metavar="X",
                    help="recommend the best variant within X points")
-    p.add_argument("--fail-over", type=float, metavar="X",
+    p.add_argument("--fail-over", type=finite_float, metavar="X",
                    help="exit 1 if a variant drops more than X points")
     p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")

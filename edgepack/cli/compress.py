@@ -22,7 +22,7 @@ example:
   edgepack compress --model runs/baseline --technique cluster --keep-dense conv1 --out runs/cluster-16
 """
 
-from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.cli import add_command, add_data_options, finite_float, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -32,12 +32,13 @@ def register(sub) -> None:
                    help="prune, prune-2of4, cluster, qat, pqat or finetune (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     add_data_options(p)
-    p.add_argument("--sparsity", type=float, help="prune: target share of zeros per kernel, in (0, 1)")
+    p.add_argument("--sparsity", type=finite_float, help="prune: target share of zeros per kernel, in (0, 1)")
     p.add_argument("--clusters", type=int, help="cluster: distinct values per kernel, >= 2")
     p.add_argument("--keep-dense", nargs="+", metavar="LAYER",
                    help="prune, prune-2of4, cluster: leave these Conv/Dense layers uncompressed")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default: the technique's)")
-    p.add_argument("--learning-rate", type=float, help="adam learning rate (default: the technique's)")
+    p.add_argument("--learning-rate", type=positive_float,
+                   help="adam learning rate (default: the technique's)")
     p.add_argument("--batch-size", type=positive_int, help="batch size (default 32)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")

@@ -9,7 +9,7 @@ example:
   edgepack train --epochs 1 --limit-train 10000 --out runs/smoke --force
 """
 
-from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.cli import add_command, add_data_options, finite_float, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -18,9 +18,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     p.add_argument("--epochs", type=positive_int, default=10, help="training epochs (default 10)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="batch size (default 32)")
-    p.add_argument("--learning-rate", type=float, default=1e-3, help="adam learning rate (default 1e-3)")
+    p.add_argument("--learning-rate", type=positive_float, default=1e-3,
+                   help="adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--validation-split", type=float, default=0.0,
+    p.add_argument("--validation-split", type=finite_float, default=0.0,
                    help="share of training images held out for validation history (default 0)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
 

@@ -136,12 +136,18 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
     require_toolchain("edgepack compress")
     tech = get_technique(technique)
     params = resolve_params(tech, params)
-    rundir.check_new_output(out, force)
+    with rundir.claim_output(out, {"--model": source_run_dir, "--data": data_path}, force):
+        return _compress(source_run_dir, tech, out, params, data_path, force, limit_train, limit_test,
+                         seed, ds, variant)
+
+
+def _compress(source_run_dir, tech: Technique, out, params: dict, data_path, force: bool, limit_train,
+              limit_test, seed: int, ds: data_mod.Cifar10 | None, variant: str | None) -> Path:
     src = rundir.load_run(source_run_dir)
     _check_source(src, tech)
     started = time.time()
     from edgepack.model import compile_model, count_params, save_checked
-    from edgepack.train import data_metadata, evaluate, keras_verbosity, seed_everything
+    from edgepack.train import data_metadata, evaluate, fit_checked, seed_everything
 
     model = _load_source_model(src)
     targets = _targets(model, params.get("keep_dense", ()))
@@ -163,8 +169,8 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
     compile_model(wrapped, params["learning_rate"])  # wrapped models must be (re)compiled
     x_train = scale_pixels(ds.x_train)
     t0 = time.time()
-    hist = wrapped.fit(x_train, ds.y_train, epochs=params["epochs"], batch_size=params["batch_size"],
-                       shuffle=True, callbacks=callbacks, verbose=keras_verbosity())
+    hist = fit_checked(wrapped, x_train, ds.y_train, epochs=params["epochs"], batch_size=params["batch_size"],
+                       callbacks=callbacks)
     finetune_seconds = time.time() - t0
     final = tech.finish(wrapped)
     invariants = tech.check(final, params, plan)

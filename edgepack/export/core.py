@@ -45,9 +45,14 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
     opts = options_for(names, options)
     if not isinstance(check_images, int) or check_images < 10:
         raise EdgepackError(f"check_images must be an integer >= 10, got {check_images!r}")
-    rundir.check_new_output(out, force)
-    run = rundir.load_run(source)
     require_toolchain("edgepack export")
+    with rundir.claim_output(out, {"--model": source, "--data": data_path}, force):
+        return _export(source, formats, names, opts, out, data_path, force, check_images, ds)
+
+
+def _export(source, formats, names: list[str], opts: dict, out, data_path, force: bool, check_images: int,
+            ds) -> dict:
+    run = rundir.load_run(source)
     from edgepack import data as data_mod
     from edgepack.model import load_run_model, predict_proba
 

@@ -164,15 +164,22 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
     status ("error" unless given). `settings`: recorded as results["settings"] (a
     `"quick": true` entry labels the report a smoke run).
     """
-    from edgepack import data as data_mod
     from edgepack import rundir
     from edgepack.errors import require_toolchain
-    from edgepack.report import env as env_mod
-    from edgepack.report.evaluate import evaluate_entry
 
     require_toolchain("edgepack compare")
     options.check()
-    rundir.check_new_output(out, force)
+    given = {"RUN_OR_FILE": inputs, "--baseline": baseline, "--control": control, "--data": data_path}
+    with rundir.claim_output(out, given, force):
+        return _compare(inputs, out, data_path, baseline, control, options, force, ds, failures, settings)
+
+
+def _compare(inputs, out, data_path, baseline, control, options: CompareOptions, force: bool, ds,
+             failures: list[dict] | None, settings: dict | None) -> dict:
+    from edgepack import data as data_mod
+    from edgepack.report import env as env_mod
+    from edgepack.report.evaluate import evaluate_entry
+
     for ref, flag in ((baseline, "--baseline"), (control, "--control")):
         if ref is not None and not Path(ref).exists():
             raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")

@@ -28,7 +28,7 @@ def time_single_thread(run_paths: list[str], images: np.ndarray, opts, timeout: 
         job = {"runs": run_paths, "x": str(tmp / "x.npy"), "opts": {
             "runs": opts.runs, "warmup": opts.warmup, "throughput_runs": opts.throughput_runs,
             "predict_runs": opts.predict_runs}}
-        (tmp / "job.json").write_text(json.dumps(job))
+        (tmp / "job.json").write_text(json.dumps(job, allow_nan=False))
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1",
                "TF_NUM_INTEROP_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
         proc = subprocess.run([sys.executable, "-m", "edgepack.report.keras_worker", str(tmp / "job.json"),
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> int:
             results[path] = keras_timing(model, x, opts, 1, with_predict=False)["tf_function"]
         except Exception as e:  # one bad model must not lose the others' timings
             results[path] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
-    Path(argv[1]).write_text(json.dumps(results))
+    Path(argv[1]).write_text(json.dumps(results, allow_nan=False))
     return 0
 
 

@@ -61,4 +61,4 @@ def parse(text: str | bytes, where: str) -> dict:
 
 
 def dumps(meta: dict) -> str:
-    return json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2, sort_keys=True)
+    return json.dumps({"schema_version": SCHEMA_VERSION, **meta}, indent=2, sort_keys=True, allow_nan=False)
