@@ -195,3 +195,70 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
     third = subprocess.run(_pipeline_cmd(tiny_archive, out, cfg), capture_output=True, text=True, env=env,
                            timeout=600)
     assert third.returncode == 0 and third.stdout.count("skip ") >= 1 + 2 + 6, third.stdout
+
+
+BROKEN_INT8 = """
+controls = false
+variants = []
+
+[train]
+epochs = 1
+batch_size = 16
+
+[export]
+formats = ["onnx-fp32", "onnx-int8"]
+
+[compare]
+runs = 2
+warmup = 1
+"""
+
+
+def test_failed_rows_and_machine_errors_set_the_exit_code(tmp_path, tiny_archive, monkeypatch, capsys):
+    """A file that fails its check is a row, listed at the end, and the run exits 1 unless
+    --allow-failed; a full disk during a stage stops the run with exit 1 (it used to be a row, exit 0)."""
+    import dataclasses
+    import errno
+
+    from edgepack.export import FORMATS
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(BROKEN_INT8)
+    fmt = FORMATS["onnx-int8"]
+
+    def always_class_0(ctx, path):  # a conversion that breaks the model: every image is class 0
+        import onnx
+        from onnx import helper
+
+        fmt.convert(ctx, path)
+        model = onnx.load(str(path))
+        out = model.graph.output[0].name
+        for node in model.graph.node:
+            node.output[:] = [o if o != out else "probs_in" for o in node.output]
+        const = helper.make_node("Constant", [], ["onehot"], value=helper.make_tensor(
+            "v", onnx.TensorProto.FLOAT, [1, 10], [1.0] + [0.0] * 9))
+        model.graph.node.extend([helper.make_node("Mul", ["probs_in", "zero"], ["zeroed"]),
+                                 const, helper.make_node("Add", ["zeroed", "onehot"], [out])])
+        model.graph.initializer.append(helper.make_tensor("zero", onnx.TensorProto.FLOAT, [], [0.0]))
+        onnx.save(model, str(path))
+
+    monkeypatch.setitem(FORMATS, "onnx-int8", dataclasses.replace(fmt, convert=always_class_0))
+    argv = ["pipeline", "--data", str(tiny_archive), "--out", str(tmp_path / "out"), "--config", str(cfg)]
+    assert main(argv) == 1
+    io = capsys.readouterr()
+    assert "1 of 3 rows FAILED:" in io.out and "baseline/onnx-int8: export: onnx-int8: check failed" in io.out
+    assert io.err.strip().splitlines() == ["edgepack: error: 1 rows failed (listed above; report written): "
+                                           "exit 1, or pass --allow-failed to accept them"]
+    results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
+    assert sorted((r["id"], r["status"]) for r in results["rows"]) == [
+        ("baseline/keras", "ok"), ("baseline/onnx-fp32", "ok"), ("baseline/onnx-int8", "error")]
+    assert main([*argv, "--allow-failed"]) == 0  # resumes; the failed export is tried again, still a row
+    capsys.readouterr()
+
+    def full_disk(ctx, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setitem(FORMATS, "onnx-int8", dataclasses.replace(fmt, convert=full_disk))
+    assert main([*argv, "--allow-failed"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0]
