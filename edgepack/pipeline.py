@@ -101,16 +101,16 @@ def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None) -> dict:
     """Run every stage not already complete; returns the comparison results (see edgepack.report)."""
-    given = {"--baseline": baseline, "--data": data_path, "--config": config}
-    with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
-        return _pipeline(out, data_path, config, quick, baseline, overrides)
-
-
-def _pipeline(out, data_path, config, quick: bool, baseline, overrides: dict | None) -> dict:
     from edgepack.errors import require_toolchain
 
     require_toolchain("edgepack pipeline")
     settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
+    given = {"--baseline": baseline, "--data": data_path, "--config": config}
+    with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
+        return _pipeline(out, data_path, settings, baseline)
+
+
+def _pipeline(out, data_path, settings: dict, baseline) -> dict:
     if data_path is not None:
         settings["data"]["path"] = str(data_path)
     out = Path(out)
@@ -125,7 +125,7 @@ def _pipeline(out, data_path, config, quick: bool, baseline, overrides: dict | N
     d = settings["data"]
     ds = data_mod.load_cifar10(d["path"], d["limit_train"], d["limit_test"], d["seed"])
     print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}"
-          f"{' (--quick subset)' if quick else ''}", flush=True)
+          f"{' (--quick subset)' if settings['quick'] else ''}", flush=True)
     data_key = _key(ds.sha256, d)
     failures: list[dict] = []
 
