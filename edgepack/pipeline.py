@@ -228,13 +228,15 @@ def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
     A QAT model's float formats are not its float model (they keep or drop the fake-quant in ways
     that do not match Keras), so formats that do not take QAT sources are skipped for them.
     """
-    from edgepack.export import FORMATS
     from edgepack.export.context import QAT_TECHNIQUES
+    from edgepack.export.formats import for_source
 
     techniques = {"baseline": "baseline", **{v["name"]: v["technique"] for v in settings["variants"]}}
-    return [(name, fmt, "QAT models export to int8 formats only"
-             if technique in QAT_TECHNIQUES and not FORMATS[fmt].qat else None)
-            for name, technique in techniques.items() for fmt in settings["export"]["formats"]]
+    jobs = []
+    for name, technique in techniques.items():  # export says which formats apply to a source
+        _, skipped = for_source(settings["export"]["formats"], technique in QAT_TECHNIQUES, explicit=False)
+        jobs += [(name, fmt, skipped.get(fmt)) for fmt in settings["export"]["formats"]]
+    return jobs
 
 
 def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, stages, progress):
@@ -282,18 +284,10 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, pro
         if gate and not gate["passed"]:
             raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
                              f"than allowed (report in {path})", results)
-    from edgepack.report.render import failure_lines
+    from edgepack.report.render import failure_lines, main_table, markdown_table
 
-    print(_variants_table(path / "report.md"))
+    print(markdown_table(main_table(results)))
     print(f"report: {path / 'report.md'} ({(time.time() - progress.started) / 60:.1f} min in all)")
     for line in failure_lines(results):
         print(line, flush=True)
     return results
-
-
-def _variants_table(report_md: Path) -> str:
-    """The report's main table (its first section), to show at the end of the run."""
-    text = report_md.read_text(encoding="utf-8")
-    start = text.find("| variant")
-    end = text.find("\n\n", start)
-    return text[start:end] if start >= 0 else ""

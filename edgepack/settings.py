@@ -291,9 +291,10 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
 
 
 def recipe(variant: dict, finetune: dict) -> tuple[int, float]:
-    """(epochs, learning rate) a variant is fine-tuned with: technique < [finetune] < its params."""
-    p = {**TECHNIQUES[variant["technique"]].defaults, **finetune, **variant.get("params", {})}
-    return int(p["epochs"]), float(p["learning_rate"])
+    """(epochs, learning rate) a variant is fine-tuned with: technique < [finetune] < its params, by
+    compress's own rule (resolve_params)."""
+    p = resolve_params(TECHNIQUES[variant["technique"]], {**finetune, **variant.get("params", {})})
+    return p["epochs"], p["learning_rate"]
 
 
 def controls(variants: list[dict], finetune: dict) -> list[dict]:

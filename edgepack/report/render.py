@@ -162,7 +162,7 @@ def int8_path_lines(paths: dict | None) -> list[str]:
             "for every CPU; this CPU's accuracies and all latencies hold for CPUs with the same flags."]
 
 
-def _md_table(t: Table) -> str:
+def markdown_table(t: Table) -> str:
     title, headers, rows = t
 
     def cell(s: str) -> str:
@@ -175,7 +175,7 @@ def _md_table(t: Table) -> str:
 
 def markdown(results: dict, images: dict[str, str]) -> str:
     parts = ["# edgepack comparison report", "", *[f"- {line}" for line in header_lines(results)], ""]
-    parts += [_md_table(t) for t in tables(results)]
+    parts += [markdown_table(t) for t in tables(results)]
     parts += [f"![{title}]({name})\n" for title, name in images.items()]
     return "\n".join(parts)
 
