@@ -297,3 +297,21 @@ def test_cli_trains_on_a_32x32_image_folder(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
     assert meta["class_names"] == ["ant", "cat", "dog"] and meta["data_sha256"] == load_data(root).sha256
+
+
+def test_make_image_folder_script(tiny_archive, tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "make_image_folder.py"
+    spec = importlib.util.spec_from_file_location("make_image_folder", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "made"
+    args = ["--data", str(tiny_archive), "--out", str(out), "--size", "40", "--train-per-class", "2",
+            "--test-per-class", "1", "--classes", "ship,airplane,cat"]
+    assert script.main(args) == 0
+    d = load_data(out)
+    assert d.class_names == ("airplane", "cat", "ship") and d.x_train.shape == (6, 40, 40, 3)
+    assert np.bincount(d.y_test).tolist() == [1, 1, 1]
+    assert script.main([*args[:3], str(tmp_path / "x"), "--classes", "cat,unicorn"]) == 2
+    assert "unknown: unicorn" in capsys.readouterr().err and not (tmp_path / "x").exists()
