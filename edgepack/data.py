@@ -46,7 +46,8 @@ OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # published next to the official archive
 KERAS_CACHE = Path.home() / ".keras" / "datasets"
 MAX_MEMBER_BYTES = 64 << 20  # a real batch is ~31 MB; refuse anything far larger (decompression bombs)
-EXPECTED = "expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder"
+EXPECTED = ("expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder (or an image folder: "
+            "train/CLASS/*.png, test/CLASS/...)")
 # Compression by the file's first bytes, so a bad file gets one reason, not one per method tarfile tries.
 TAR_MODES = {b"\x1f\x8b": "r:gz", b"BZh": "r:bz2", b"\xfd7zXZ\x00": "r:xz"}  # anything else: plain tar
 

@@ -61,13 +61,6 @@ def _visible(folder: Path) -> list[Path]:
         raise DataError(f"{folder}: cannot list the folder ({e.strerror}): check its permissions") from None
 
 
-def is_image_folder(path: Path) -> bool:
-    """A folder with train/ or test/ in it, or with at least one visible sub-folder (a class)."""
-    if not path.is_dir():
-        return False
-    return any(p.is_dir() for p in _visible(path))
-
-
 def _images(class_dir: Path) -> list[Path]:
     """The image files of one class folder, sorted; one-line errors for anything else in it."""
     files = []
@@ -186,7 +179,7 @@ def list_folder(path: str | os.PathLike, seed: int = 0, test_fraction: float = T
 
 def _read(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     try:
-        return read_image(path, size, keep_gray=True)
+        return read_image(path, size, channels=None)
     except EdgepackError as e:  # the runtime's one-line InputFileError, naming the file
         raise DataError(str(e)) from None
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from edgepack import imagefolder
 from edgepack.cli import main
-from edgepack.data import Cifar10, Dataset, balanced_subset, load_cifar10, load_data
+from edgepack.data import Cifar10, Dataset, balanced_subset, check_limits, load_cifar10, load_data
 from edgepack.errors import DataError
 from edgepack.runtime.images import crop_box, read_image
 
@@ -246,6 +246,15 @@ def test_limits_and_balanced_subset_with_three_classes(tmp_path):
     assert d.sha256 == load_data(root).sha256  # the hash names the folder, not the subset
     with pytest.raises(DataError, match=r"--limit-train must be >= 3 \(one image per class\), got 2"):
         load_data(root, limit_train=2)
+    check_limits(limit_train=3, limit_test=2)  # before the data is read only 2 classes are certain
+    with pytest.raises(DataError, match=r"--limit-test must be >= 3"):
+        check_limits(num_classes=3, limit_test=2)
+
+
+def test_an_image_file_as_data_points_to_folders(tmp_path):
+    png = _png(tmp_path / "photo.png", _colour(3))
+    with pytest.raises(DataError, match=r"photo\.png: cannot read as a tar archive.*or an image folder"):
+        load_data(png)
 
 
 def test_cifar_paths_still_load_and_refuse_other_sizes(tiny_archive, tmp_path):
@@ -276,8 +285,12 @@ def test_read_image_crops_to_the_inputs_aspect_ratio_and_keeps_grey(tmp_path):
     np.testing.assert_array_equal(read_image(path, (20, 40)), img[5:25])  # crop only, pixel for pixel
     np.testing.assert_array_equal(read_image(path, None), img)
     grey = _png(tmp_path / "g.png", img[..., 0], "L")
-    assert read_image(grey, (8, 8), keep_gray=True).shape == (8, 8, 1)
-    np.testing.assert_array_equal(read_image(grey, (8, 8)), np.repeat(read_image(grey, (8, 8), True), 3, 2))
+    assert read_image(grey, (8, 8), channels=None).shape == (8, 8, 1)
+    np.testing.assert_array_equal(read_image(grey, (8, 8)), np.repeat(read_image(grey, (8, 8), None), 3, 2))
+    np.testing.assert_array_equal(read_image(grey, (8, 8), 1), read_image(grey, (8, 8), None))
+    assert read_image(path, None, channels=None).shape == (30, 40, 3)  # colour stays colour
+    luma = np.asarray(Image.fromarray(img).convert("L"))[..., None]  # Pillow's ITU-R 601-2 formula
+    np.testing.assert_array_equal(read_image(path, None, channels=1), luma)
 
 
 def test_cli_train_names_a_bad_folder_in_one_line(tmp_path, capsys):

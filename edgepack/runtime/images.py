@@ -9,8 +9,9 @@ How a PNG/JPEG becomes the model's 32x32 input (fixed, so results are reproducib
      the shorter side is kept whole);
   3. the box is resized to the input's size (32x32 here) with Pillow's BILINEAR filter, which
      antialiases when it shrinks. An image that already has the input's size is used pixel for pixel.
-Training on an image folder (edgepack.imagefolder) reads its files with the same `read_image`, with
-`keep_gray=True`: a grayscale image (modes 1, L, LA, I;16*, I) then stays one channel, (H, W, 1).
+Channels: 3 (RGB) by default; `channels=1` gives 8-bit grey (H, W, 1) (colour by Pillow's ITU-R 601-2
+luma) for one-channel models; `channels=None` keeps each file's kind: grey modes (1, L, LA, I;16*, I)
+one channel, others three. Image folders for training (edgepack.imagefolder) are read with None.
 A .npy file holds uint8 pixels (32, 32, 3) or (N, 32, 32, 3), or floats already scaled to [0, 1];
 it is read with allow_pickle=False (a pickled object array is refused, never executed).
 The file kind is recognised by its first bytes, not by its name.
@@ -38,7 +39,7 @@ MAX_PIXELS = 50_000_000
 # high byte of each value, as Pillow reads 16-bit RGB and grey+alpha PNGs. Other modes are refused.
 RGB_CONVERTIBLE = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
-GRAY_MODES = ("1", "L", "LA", *SIXTEEN_BIT)  # one channel when read with keep_gray (alpha dropped)
+GRAY_MODES = ("1", "L", "LA", *SIXTEEN_BIT)  # grayscale files: one channel with channels=None
 
 
 class InputFileError(InputError):
@@ -62,23 +63,26 @@ def file_kind(path: Path) -> str:
     raise InputFileError(f"{path}: not a PNG, JPEG or .npy file")
 
 
-def to_rgb(img, where: str | os.PathLike, keep_gray: bool = False):
+def to_rgb(img, where: str | os.PathLike, channels: int | None = 3):
     """A Pillow image as an 8-bit RGB image (see RGB_CONVERTIBLE, SIXTEEN_BIT); one-line error otherwise.
 
-    keep_gray: a grayscale image (GRAY_MODES) becomes 8-bit grey (mode L) instead of replicated RGB.
+    channels: 1 gives 8-bit grey (mode L) instead; None gives grey for grayscale modes (GRAY_MODES).
     """
     from PIL import Image
 
-    target = "L" if keep_gray and img.mode in GRAY_MODES else "RGB"
+    grey = channels == 1 or (channels is None and img.mode in GRAY_MODES)
     if img.mode in RGB_CONVERTIBLE:
-        return img.convert(target)
+        if grey and img.mode not in GRAY_MODES:  # colour to luma through RGB: one formula for every mode
+            return img.convert("RGB").convert("L")
+        return img.convert("L" if grey else "RGB")
     fix = "save it as an 8-bit (or 16-bit PNG) RGB or grayscale image"
     if img.mode not in SIXTEEN_BIT:
         raise InputFileError(f"{where}: image mode {img.mode} has no fixed 8-bit RGB form: {fix}")
     values = np.asarray(img).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise InputFileError(f"{where}: 32-bit pixel values outside 0..65535 (mode {img.mode}): {fix}")
-    return Image.fromarray((values >> 8).astype(np.uint8), "L").convert(target)
+    high = Image.fromarray((values >> 8).astype(np.uint8), "L")
+    return high if grey else high.convert("RGB")
 
 
 def _too_large(path: Path, size: tuple[int, int] | None) -> InputFileError:
@@ -97,11 +101,11 @@ def crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, 
 
 
 def read_image(path: str | os.PathLike, size: tuple[int, int] | None = (32, 32),
-               keep_gray: bool = False) -> np.ndarray:
+               channels: int | None = 3) -> np.ndarray:
     """A PNG/JPEG file as uint8 RGB pixels (height, width, 3), cropped and resized as documented above.
 
     size: (height, width), or None for the image as stored (after its EXIF orientation), uncropped.
-    keep_gray: a grayscale file gives (height, width, 1) instead of 3 equal channels.
+    channels: 3 (RGB), 1 (grey: (height, width, 1)) or None (1 for a grayscale file, else 3).
     """
     try:
         from PIL import Image, ImageOps
@@ -115,7 +119,7 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] | None = (32, 32),
         with opened as img:
             if img.width * img.height > MAX_PIXELS:  # from the header: nothing is decoded yet
                 raise _too_large(path, img.size)
-            img = to_rgb(ImageOps.exif_transpose(img), path, keep_gray)
+            img = to_rgb(ImageOps.exif_transpose(img), path, channels)
             if size is not None:
                 img = img.crop(crop_box(*img.size, size))  # nothing outside it leaks in
                 if img.size != (size[1], size[0]):
