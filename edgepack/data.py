@@ -1,6 +1,10 @@
-"""CIFAR-10 in its canonical python format, loaded safely.
+"""Data sets for training and evaluation: CIFAR-10 (the default demo) or an image folder, loaded safely.
 
-Sources, in order: an explicit path (`--data`), `$EDGEPACK_DATA`, the Keras cache
+`load_data(path)` reads either. An image folder (train/CLASS/*.png|jpg and test/CLASS/..., or one folder
+of class folders split by a seeded, stratified rule) is read by edgepack.imagefolder, whose docstring
+gives its rules (class order, channels, sizes, memory, hash). Everything else here is CIFAR-10.
+
+CIFAR-10 sources, in order: an explicit path (`--data`), `$EDGEPACK_DATA`, the Keras cache
 (`~/.keras/datasets/cifar-10-batches-py`), else the official archive is downloaded and checked
 against its published md5. A path may be a `cifar-10-python.tar.gz` or an extracted
 `cifar-10-batches-py` folder; a file the user points at is never required to match the official
@@ -20,11 +24,12 @@ import pickle
 import tarfile
 import urllib.request
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from edgepack import imagefolder
 from edgepack.errors import DataError
 from edgepack.runtime.preprocess import scale_pixels
 
@@ -33,28 +38,40 @@ FOLDER = "cifar-10-batches-py"
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
 META = "batches.meta"
-IMAGE_SHAPE = (32, 32, 3)
-NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)  # CIFAR-10's (height, width, channels); other sets carry their own
+NUM_CLASSES = 10  # CIFAR-10's
+MIN_CLASSES = imagefolder.MIN_CLASSES  # what any data set has at least
+GIVEN = {"rule": "given"}  # the split of a set that comes as training and test files
 OFFICIAL_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # published next to the official archive
 KERAS_CACHE = Path.home() / ".keras" / "datasets"
 MAX_MEMBER_BYTES = 64 << 20  # a real batch is ~31 MB; refuse anything far larger (decompression bombs)
-EXPECTED = "expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder"
+EXPECTED = ("expected a cifar-10-python.tar.gz file or a cifar-10-batches-py folder (or an image folder: "
+            "train/CLASS/*.png, test/CLASS/...)")
 # Compression by the file's first bytes, so a bad file gets one reason, not one per method tarfile tries.
 TAR_MODES = {b"\x1f\x8b": "r:gz", b"BZh": "r:bz2", b"\xfd7zXZ\x00": "r:xz"}  # anything else: plain tar
 
 
 @dataclass(frozen=True)
-class Cifar10:
-    """The data set as uint8 NHWC images and int64 labels."""
+class Dataset:
+    """A data set as uint8 NHWC images and int64 labels."""
 
-    x_train: np.ndarray  # (N, 32, 32, 3) uint8
-    y_train: np.ndarray  # (N,) int64 in 0..9
-    x_test: np.ndarray  # (M, 32, 32, 3) uint8
-    y_test: np.ndarray  # (M,) int64 in 0..9
-    class_names: tuple[str, ...]  # 10 names from batches.meta
+    x_train: np.ndarray  # (N, H, W, C) uint8; C is 1 (all grayscale) or 3
+    y_train: np.ndarray  # (N,) int64 in 0..len(class_names) - 1
+    x_test: np.ndarray  # (M, H, W, C) uint8
+    y_test: np.ndarray  # (M,) int64
+    class_names: tuple[str, ...]  # CIFAR-10: batches.meta's 10 names; a folder: sorted class folder names
     source: str  # the path it was read from
-    sha256: str  # of the archive file, or of the batch files for a folder
+    sha256: str  # archive file; CIFAR batch files; or an image folder's sorted file list and file bytes
+    input_shape: tuple[int, int, int] | None = None  # (H, W, C) of one image; None: x_train's
+    split: dict = field(default_factory=lambda: dict(GIVEN))  # how train/test were formed
+
+    def __post_init__(self):
+        if self.input_shape is None:  # frozen: set once, here
+            object.__setattr__(self, "input_shape", tuple(int(d) for d in self.x_train.shape[1:]))
+
+
+Cifar10 = Dataset  # the name existing callers import
 
 
 # --- where the data comes from
@@ -65,8 +82,8 @@ def resolve_data_path(path: str | os.PathLike | None = None, download: bool = Tr
         if candidate:
             p = Path(candidate).expanduser()
             if not p.exists():
-                raise DataError(f"CIFAR-10 data not found at {p} (from {origin}): point it at a "
-                                "cifar-10-python.tar.gz or an extracted cifar-10-batches-py folder")
+                raise DataError(f"data not found at {p} (from {origin}): point it at a cifar-10-python."
+                                "tar.gz, an extracted cifar-10-batches-py folder or an image folder")
             if not p.is_file() and not p.is_dir():  # /dev/null, /dev/stdin, a pipe: nothing to read twice
                 raise DataError(f"{p} (from {origin}) is not a regular file or folder: {EXPECTED}")
             return p
@@ -232,17 +249,74 @@ def dataset_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def test_set_sha256(ds: Cifar10) -> str:
+def test_set_sha256(ds: Dataset) -> str:
     """sha256 of the exact test images and labels (identifies a test subset, whatever made it)."""
     h = hashlib.sha256(np.ascontiguousarray(ds.x_test).tobytes())
     h.update(np.ascontiguousarray(ds.y_test, dtype=np.int64).tobytes())
     return h.hexdigest()
 
 
-def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None = None,
-                 limit_test: int | None = None, seed: int = 0, download: bool = True) -> Cifar10:
-    """Load, validate and optionally subset CIFAR-10 (see the module docstring for sources)."""
+def load_data(path: str | os.PathLike | None = None, limit_train: int | None = None,
+              limit_test: int | None = None, seed: int = 0, image_size: tuple[int, int] | None = None,
+              download: bool = True) -> Dataset:
+    """Load, validate and optionally subset a data set: CIFAR-10 or an image folder.
+
+    path: a CIFAR-10 archive or folder, or an image folder (None: CIFAR-10 from the usual places).
+    limit_train / limit_test: seeded, class-balanced subsets (of an image folder, only those are decoded).
+    seed: the subsets' and the one-folder split's seed.
+    image_size: (height, width) image-folder images are resized to (None: their common size).
+    """
     src = resolve_data_path(path, download=download)
+    size = _check_image_size(image_size)
+    if src.is_dir() and not _is_cifar_folder(src):
+        return _load_folder(src, limit_train, limit_test, seed, size)
+    if size is not None and size != IMAGE_SHAPE[:2]:
+        raise DataError(f"{src}: CIFAR-10 images are 32x32, an image size of {size[0]}x{size[1]} applies "
+                        "to image folders only: leave it out")
+    check_limits(num_classes=NUM_CLASSES, limit_train=limit_train, limit_test=limit_test)
+    return _load_cifar(src, limit_train, limit_test, seed)
+
+
+def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None = None,
+                 limit_test: int | None = None, seed: int = 0, download: bool = True) -> Dataset:
+    """The same as load_data without an image size (kept for existing callers; reads image folders too)."""
+    return load_data(path, limit_train, limit_test, seed, download=download)
+
+
+def _check_image_size(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    ok = isinstance(size, tuple | list) and len(size) == 2
+    if not ok or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v > 0 for v in size):
+        raise DataError(f"image size must be two positive integers (height, width), got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _is_cifar_folder(path: Path) -> bool:
+    """A cifar-10-batches-py folder (or its parent), complete or not, so a missing batch is named."""
+    return (path / FOLDER).is_dir() or any((path / n).is_file() for n in (META, *TRAIN_BATCHES, TEST_BATCH))
+
+
+def _subset(pairs: tuple, limit: int | None, seed: int) -> list:
+    if limit is None:
+        return list(pairs)
+    return [pairs[i] for i in balanced_subset(np.array([label for _, label in pairs]), limit, seed)]
+
+
+def _load_folder(src: Path, limit_train, limit_test, seed: int, size) -> Dataset:
+    """An image folder: listed and hashed whole, then only the (subset) images used are decoded."""
+    listing = imagefolder.list_folder(src, seed)
+    check_limits(num_classes=len(listing.class_names), limit_train=limit_train, limit_test=limit_test)
+    train, test = _subset(listing.train, limit_train, seed), _subset(listing.test, limit_test, seed)
+    # Decoded together: one size and one channel count for both parts.
+    x = imagefolder.read_images([f for f, _ in train + test], size, src)
+    y = np.array([label for _, label in train + test], np.int64)
+    n = len(train)
+    return Dataset(x[:n], y[:n], x[n:], y[n:], listing.class_names, str(src), listing.sha256,
+                   tuple(int(d) for d in x.shape[1:]), listing.split)
+
+
+def _load_cifar(src: Path, limit_train, limit_test, seed: int) -> Dataset:
     names = (META, *TRAIN_BATCHES, TEST_BATCH)
     raw = _read_members(src, names)
     missing = [n for n in names if n not in raw]
@@ -263,21 +337,26 @@ def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None 
     if limit_test is not None:
         idx = balanced_subset(y_test, limit_test, seed)
         x_test, y_test = x_test[idx], y_test[idx]
-    return Cifar10(x_train, y_train, x_test, y_test, class_names, str(src), dataset_sha256(src))
+    return Dataset(x_train, y_train, x_test, y_test, class_names, str(src), dataset_sha256(src),
+                   IMAGE_SHAPE, dict(GIVEN))
 
 
-def check_limits(**limits: int | None) -> None:
-    """Subset sizes given as options (limit_train=..., limit_test=...) must hold one image per class."""
+def check_limits(num_classes: int = MIN_CLASSES, **limits: int | None) -> None:
+    """Subset sizes given as options (limit_train=..., limit_test=...) must hold one image per class.
+
+    Before the data is read only MIN_CLASSES is known; load_data checks again with the set's classes.
+    """
     for name, v in limits.items():
-        if v is not None and v < NUM_CLASSES:
-            raise DataError(f"--{name.replace('_', '-')} must be >= {NUM_CLASSES} (one image per class), "
+        if v is not None and v < num_classes:
+            raise DataError(f"--{name.replace('_', '-')} must be >= {num_classes} (one image per class), "
                             f"got {v}")
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     """Indices of a seeded, class-balanced subset of size `n` (in the data's original order).
 
-    Each class gets n // 10 images (the first n % 10 classes one more), drawn without replacement.
+    With K classes each gets n // K images (the first n % K classes one more, a class with fewer gives
+    all it has), drawn without replacement.
     """
     labels = np.asarray(labels)
     if not isinstance(n, int | np.integer) or n < 1:
@@ -295,5 +374,5 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
-__all__ = ["Cifar10", "load_cifar10", "balanced_subset", "resolve_data_path", "scale_pixels",
-           "dataset_sha256"]
+__all__ = ["Dataset", "Cifar10", "load_data", "load_cifar10", "balanced_subset", "check_limits",
+           "resolve_data_path", "scale_pixels", "dataset_sha256"]

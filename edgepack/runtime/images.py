@@ -5,9 +5,13 @@ How a PNG/JPEG becomes the model's 32x32 input (fixed, so results are reproducib
   1. EXIF orientation is applied (photos from phones), then the image is converted to 8-bit RGB
      (grayscale is replicated, palette images expanded, an alpha channel is dropped, 16-bit values
      keep their high byte, as Pillow reads 16-bit RGB; modes with no fixed 8-bit form are refused);
-  2. the largest centred square is cropped (the shorter side is kept whole);
-  3. the square is resized to 32x32 with Pillow's BILINEAR filter, which antialiases when it
-     shrinks. An image that is already 32x32 is used pixel for pixel.
+  2. the largest centred box of the input's aspect ratio is cropped (a square for a square input:
+     the shorter side is kept whole);
+  3. the box is resized to the input's size (32x32 here) with Pillow's BILINEAR filter, which
+     antialiases when it shrinks. An image that already has the input's size is used pixel for pixel.
+Channels: 3 (RGB) by default; `channels=1` gives 8-bit grey (H, W, 1) (colour by Pillow's ITU-R 601-2
+luma) for one-channel models; `channels=None` keeps each file's kind: grey modes (1, L, LA, I;16*, I)
+one channel, others three. Image folders for training (edgepack.imagefolder) are read with None.
 A .npy file holds uint8 pixels (32, 32, 3) or (N, 32, 32, 3), or floats already scaled to [0, 1];
 it is read with allow_pickle=False (a pickled object array is refused, never executed).
 The file kind is recognised by its first bytes, not by its name.
@@ -35,6 +39,7 @@ MAX_PIXELS = 50_000_000
 # high byte of each value, as Pillow reads 16-bit RGB and grey+alpha PNGs. Other modes are refused.
 RGB_CONVERTIBLE = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr", "LAB", "HSV")
 SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+GRAY_MODES = ("1", "L", "LA", *SIXTEEN_BIT)  # grayscale files: one channel with channels=None
 
 
 class InputFileError(InputError):
@@ -58,19 +63,26 @@ def file_kind(path: Path) -> str:
     raise InputFileError(f"{path}: not a PNG, JPEG or .npy file")
 
 
-def to_rgb(img, where: str | os.PathLike):
-    """A Pillow image as an 8-bit RGB image (see RGB_CONVERTIBLE, SIXTEEN_BIT); one-line error otherwise."""
+def to_rgb(img, where: str | os.PathLike, channels: int | None = 3):
+    """A Pillow image as an 8-bit RGB image (see RGB_CONVERTIBLE, SIXTEEN_BIT); one-line error otherwise.
+
+    channels: 1 gives 8-bit grey (mode L) instead; None gives grey for grayscale modes (GRAY_MODES).
+    """
     from PIL import Image
 
+    grey = channels == 1 or (channels is None and img.mode in GRAY_MODES)
     if img.mode in RGB_CONVERTIBLE:
-        return img.convert("RGB")
+        if grey and img.mode not in GRAY_MODES:  # colour to luma through RGB: one formula for every mode
+            return img.convert("RGB").convert("L")
+        return img.convert("L" if grey else "RGB")
     fix = "save it as an 8-bit (or 16-bit PNG) RGB or grayscale image"
     if img.mode not in SIXTEEN_BIT:
         raise InputFileError(f"{where}: image mode {img.mode} has no fixed 8-bit RGB form: {fix}")
     values = np.asarray(img).astype(np.int64)
     if values.size and (values.min() < 0 or values.max() > 65535):
         raise InputFileError(f"{where}: 32-bit pixel values outside 0..65535 (mode {img.mode}): {fix}")
-    return Image.fromarray((values >> 8).astype(np.uint8), "L").convert("RGB")
+    high = Image.fromarray((values >> 8).astype(np.uint8), "L")
+    return high if grey else high.convert("RGB")
 
 
 def _too_large(path: Path, size: tuple[int, int] | None) -> InputFileError:
@@ -78,8 +90,23 @@ def _too_large(path: Path, size: tuple[int, int] | None) -> InputFileError:
     return InputFileError(f"{path}: {what}, more than the {MAX_PIXELS:,} edgepack reads: downscale it first")
 
 
-def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.ndarray:
-    """A PNG/JPEG file as uint8 RGB pixels (height, width, 3), cropped and resized as documented above."""
+def crop_box(width: int, height: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred (left, top, right, bottom) box of `size`'s (height, width) aspect ratio."""
+    if width * size[0] > height * size[1]:  # wider than the target: keep the whole height
+        w, h = max(1, height * size[1] // size[0]), height
+    else:
+        w, h = width, max(1, width * size[0] // size[1])
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def read_image(path: str | os.PathLike, size: tuple[int, int] | None = (32, 32),
+               channels: int | None = 3) -> np.ndarray:
+    """A PNG/JPEG file as uint8 RGB pixels (height, width, 3), cropped and resized as documented above.
+
+    size: (height, width), or None for the image as stored (after its EXIF orientation), uncropped.
+    channels: 3 (RGB), 1 (grey: (height, width, 1)) or None (1 for a grayscale file, else 3).
+    """
     try:
         from PIL import Image, ImageOps
     except ImportError:
@@ -92,14 +119,13 @@ def read_image(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.
         with opened as img:
             if img.width * img.height > MAX_PIXELS:  # from the header: nothing is decoded yet
                 raise _too_large(path, img.size)
-            img = to_rgb(ImageOps.exif_transpose(img), path)
-            w, h = img.size
-            side = min(w, h)
-            left, top = (w - side) // 2, (h - side) // 2
-            img = img.crop((left, top, left + side, top + side))  # nothing outside it leaks in
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).copy()
+            img = to_rgb(ImageOps.exif_transpose(img), path, channels)
+            if size is not None:
+                img = img.crop(crop_box(*img.size, size))  # nothing outside it leaks in
+                if img.size != (size[1], size[0]):
+                    img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img, dtype=np.uint8)
+            return (pixels[..., None] if pixels.ndim == 2 else pixels).copy()
     except InputFileError:
         raise
     except Image.DecompressionBombError:  # over 2x Pillow's limit: refused inside Image.open
