@@ -29,7 +29,7 @@ run: venv
 	$(BIN)/edgepack pipeline --data $(DATA) --out $(OUT)
 
 lint: venv
-	$(BIN)/ruff check edgepack tests examples
+	$(BIN)/ruff check edgepack tests examples scripts
 
 test: lint
 	rm -rf $(RUNTIME_MODELS)
