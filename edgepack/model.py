@@ -17,6 +17,7 @@ INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 BASELINE_PARAMS = 122_570  # the seed's network, counted by Keras
 MODEL_FILE = "model.keras"  # plain (non-QAT) models; QAT models use the format compress records
+MODEL_FILES = {"keras": MODEL_FILE, "keras-qat-h5": "model.h5"}  # QAT does not round-trip .keras
 
 
 def keras():
@@ -63,27 +64,37 @@ def save_model(model, path: str | os.PathLike) -> None:
         model.save(str(path), include_optimizer=False)
 
 
-def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
-    """Load a Keras 2 model file made by edgepack, refusing anything else with one line.
+def load_model(path: str | os.PathLike, custom_objects: dict | None = None,
+               fix: str = "re-create the run folder"):
+    """Load a Keras model file as a tf_keras model, refusing anything else with one line.
 
-    Both `.keras` and `.h5` files load in safe mode (no arbitrary code from Lambda layers); `.h5`
-    files are checked for the HDF5 signature first. Loading is the caller's last step after load_run()
-    has checked the file's sha256 against the run folder's record.
+    Accepted: tf_keras `.keras` and `.h5` files, Keras 3 `.keras` files (rebuilt in tf_keras by
+    edgepack.keras3), and Keras-saved SavedModel folders. Every format loads in safe mode (a Lambda
+    layer's stored bytecode is refused, never run); `.h5` files are checked for the HDF5 signature
+    first. `fix` ends the error message (what the user should do). A run folder's model is loaded
+    after load_run() checked its sha256.
     """
     path = Path(path)
     k = keras()
     if not path.exists():
         raise EdgepackError(f"model file {path} not found")
+    if path.is_dir():
+        return _load_saved_model(path, fix)
     with open(path, "rb") as f:
         head = f.read(8)
     if path.suffix == ".keras" and not head.startswith(b"PK"):
-        raise EdgepackError(f"{path} is not a Keras .keras file (not a zip archive): re-create the run")
+        raise EdgepackError(f"{path} is not a Keras .keras file (not a zip archive): {fix}")
     if path.suffix == ".h5" and head != b"\x89HDF\r\n\x1a\n":
-        raise EdgepackError(f"{path} is not an HDF5 model file: re-create the run")
+        raise EdgepackError(f"{path} is not an HDF5 model file: {fix}")
+    if path.suffix not in (".keras", ".h5"):
+        raise EdgepackError(f"{path}: not a model file edgepack reads (.keras, .h5 or a SavedModel folder)")
     version = _keras_file_version(path) if path.suffix == ".keras" else None
     if version and not version.startswith("2."):
-        raise EdgepackError(f"{path} was saved by Keras {version}: edgepack needs a Keras 2 (tf_keras) "
-                            "model, build it with `import tf_keras` (edgepack train does)")
+        from edgepack import keras3
+
+        return checked_model(keras3.load(path), path)
+    if path.suffix == ".keras":
+        _refuse_custom_layers(path)
     from tf_keras.src.saving.serialization_lib import SafeModeScope
 
     try:
@@ -93,11 +104,74 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None):
             kwargs = {"safe_mode": True} if path.suffix == ".keras" else {}
             model = k.models.load_model(str(path), custom_objects=custom_objects, compile=False, **kwargs)
     except Exception as e:  # Keras raises many types for corrupt files
-        detail = " ".join(str(e).split())[:200]  # Keras messages span lines; errors are one line
-        raise EdgepackError(f"cannot load model {path} ({type(e).__name__}: {detail}): "
-                            "re-create the run folder") from None
+        raise EdgepackError(f"cannot load model {path} ({_reason(e)}): {fix}") from None
     if not isinstance(model, k.Model):
         raise EdgepackError(f"{path} is not a Keras 2 (tf_keras) model")
+    return model
+
+
+def _refuse_custom_layers(path: Path) -> None:
+    """Name a layer tf_keras does not define before loading (Keras's own error for it is cryptic)."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            layers = json.loads(z.read("config.json")).get("config", {}).get("layers", [])
+    except (zipfile.BadZipFile, KeyError, ValueError, OSError, AttributeError):
+        return  # unreadable: load_model says why
+    for layer in layers if isinstance(layers, list) else []:
+        cls = layer.get("class_name", "") if isinstance(layer, dict) else ""
+        if cls and not hasattr(keras().layers, cls) and cls not in ("Functional", "Sequential", "Model"):
+            name = (layer.get("config") or {}).get("name")
+            raise EdgepackError(f"{path}: layer {name!r} is a custom layer ({cls}): TF-MOT can only wrap "
+                                "tf_keras's own layers; rebuild the model from built-in layers")
+
+
+def _reason(e: Exception) -> str:
+    """An exception as one short line (Keras messages span lines; errors are one line)."""
+    detail = " ".join(str(e).split())
+    if "Unknown layer" in detail or "Could not locate class" in detail:
+        detail = detail[:120] + " (a custom layer: TF-MOT can only wrap tf_keras's own layers)"
+    return f"{type(e).__name__}: {detail[:240]}"
+
+
+def _load_saved_model(path: Path, fix: str):
+    """A SavedModel folder saved by tf_keras; a plain tf.Module SavedModel has no layers to compress."""
+    if not (path / "saved_model.pb").is_file():
+        raise EdgepackError(f"{path} is a folder without saved_model.pb: pass a model file, a SavedModel "
+                            "folder or a run folder")
+    if not (path / "keras_metadata.pb").is_file():
+        raise EdgepackError(f"{path} is a plain TensorFlow SavedModel (no Keras layers): edgepack compresses "
+                            "Keras models; save it from tf_keras with model.save(PATH)")
+    from tf_keras.src.saving.serialization_lib import SafeModeScope
+
+    try:
+        with SafeModeScope(True):
+            model = keras().models.load_model(str(path), compile=False)
+    except Exception as e:  # Keras raises many types for SavedModels it cannot revive
+        raise EdgepackError(f"cannot load SavedModel {path} ({_reason(e)}): {fix}") from None
+    return checked_model(model, path)
+
+
+def checked_model(model, path: Path):
+    """`model` if TF-MOT can work on it: Sequential or functional, built from tf_keras's own layers,
+    no nested models (refused rather than flattened: TF-MOT's wrappers cannot reach inside them)."""
+    k = keras()
+    if not (isinstance(model, k.Sequential) or getattr(model, "_is_graph_network", False)):
+        raise EdgepackError(f"{path} holds a subclassed model ({type(model).__name__}): TF-MOT needs a "
+                            "Sequential or functional tf_keras model; rebuild it as one")
+    for layer in model.layers:
+        if isinstance(layer, k.Model):
+            raise EdgepackError(f"{path}: layer {layer.name!r} is a nested model: TF-MOT cannot wrap inside "
+                                "it; build the network as one flat functional or Sequential model")
+        module = type(layer).__module__
+        if not module.startswith("tf_keras."):
+            raise EdgepackError(f"{path}: layer {layer.name!r} is a custom layer ({type(layer).__name__}): "
+                                "TF-MOT can only wrap tf_keras's own layers")
+        if isinstance(layer, k.layers.Lambda):
+            raise EdgepackError(f"{path}: layer {layer.name!r} is a Lambda layer: edgepack never runs stored "
+                                "code; replace it with a built-in layer")
     return model
 
 
@@ -152,7 +226,10 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 
 def count_params(model) -> int:
-    return int(model.count_params())
+    """Network parameters as edgepack.weights defines them (BatchNorm included, wrappers excluded)."""
+    from edgepack import weights
+
+    return weights.parameters(model) or int(model.count_params())
 
 
 def load_qat_model(path: str | os.PathLike):
@@ -173,8 +250,35 @@ def load_qat_model(path: str | os.PathLike):
 LOADERS = {"keras": load_model, "keras-qat-h5": load_qat_model}
 
 
+def describe(model, path: Path) -> dict:
+    """What edgepack reads from a user's model: input shape (H, W, C), class count, and whether it
+    rescales its own pixels (a Rescaling/Normalization layer before its first weighted layer)."""
+    k = keras()
+    shape = model.input_shape
+    if isinstance(shape, list) or len(shape) != 4 or None in shape[1:]:
+        raise EdgepackError(f"{path}: input shape {shape} is not one fixed image shape (batch, H, W, C): "
+                            "edgepack classifies single images of a fixed size")
+    out = model.output_shape
+    if isinstance(out, list) or len(out) != 2:
+        raise EdgepackError(f"{path}: output shape {out} is not (batch, classes): one output of class "
+                            "probabilities is needed")
+    last = model.layers[-1]
+    if not (isinstance(last, k.layers.Softmax) or getattr(last, "activation", None) is k.activations.softmax):
+        raise EdgepackError(f"{path}: the last layer {last.name!r} does not end in softmax: edgepack "
+                            "fine-tunes and reports class probabilities; add a Softmax layer")
+    rescales = False
+    for layer in model.layers:
+        if isinstance(layer, k.layers.Rescaling | k.layers.Normalization):
+            rescales = True
+        if layer.weights and not isinstance(layer, k.layers.Normalization):
+            break
+    return {"input_shape": [int(v) for v in shape[1:]], "num_classes": int(out[-1]), "rescales": rescales}
+
+
 def load_run_model(run):
-    """The Keras model of a checked run folder (edgepack.rundir.load_run)."""
+    """The Keras model of a checked run folder (edgepack.rundir.load_run) or model file (load_source)."""
+    if getattr(run, "model", None) is not None:
+        return run.model
     fmt = run.metadata.get("model_format", "keras")
     loader = LOADERS.get(fmt)
     if loader is None:

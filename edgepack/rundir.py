@@ -24,7 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ METADATA = "metadata.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
 TMP_MARK = ".tmp-"  # temporary folders/files are named `.<name>.tmp-<random>`
+MODEL_FILE_KIND = "model-file"  # metadata kind of a user's model file opened by load_source
 
 # Packages whose versions go into every metadata record.
 TRACKED_PACKAGES = ("edgepack", "numpy", "tensorflow", "tf-keras", "tensorflow-model-optimization",
@@ -291,12 +292,15 @@ def provenance() -> dict[str, Any]:
 class Run:
     """A complete run folder, checked."""
 
-    path: Path  # the folder
-    metadata: dict  # metadata.json
-    metrics: dict  # metrics.json
+    path: Path  # the folder (or, for a user's model file, the file: see load_source)
+    metadata: dict  # metadata.json (or what load_source read from the model and the options)
+    metrics: dict  # metrics.json ({} for a user's model file: nothing measured yet)
+    model: Any = field(default=None, compare=False, repr=False)  # the loaded model, if already loaded
 
     @property
     def model_path(self) -> Path:
+        if self.metadata.get("kind") == MODEL_FILE_KIND:
+            return self.path
         return self.path / self.metadata["model_file"]
 
     def data_path(self, given: str | os.PathLike | None = None) -> str | os.PathLike | None:
@@ -331,6 +335,65 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunFolderError(f"{model_path} does not match the sha256 in {METADATA} (changed or corrupt): "
                              "re-create the run folder")
     return Run(path=path, metadata=meta, metrics=metrics)
+
+
+def is_run_folder(path: str | os.PathLike) -> bool:
+    return (Path(path) / METADATA).is_file()
+
+
+def load_source(path: str | os.PathLike, class_names: str | list[str] | None = None,
+                preprocessing: str | None = None, data_class_names=None) -> Run:
+    """A run folder (load_run) or a user's model file / SavedModel folder as a Run with its model loaded.
+
+    For a model file, metadata comes from the model (input shape, output count) and the options:
+    class names from `class_names` (a list, "a,b,c" or a labels file, one name per line) else from
+    the data (`data_class_names`); pixel scaling from `preprocessing` (edgepack.runtime.preprocess.parse)
+    else "raw" when the model rescales itself (a Rescaling/Normalization layer before its first
+    weighted layer), else an error asking for --preprocess.
+    """
+    if is_run_folder(path):
+        return load_run(path)
+    from edgepack import model as model_mod  # pulls TensorFlow: only for a model file
+
+    path = Path(path)
+    model = model_mod.checked_model(model_mod.load_model(path, fix="check the file or re-save it"), path)
+    info = model_mod.describe(model, path)
+    names = _class_names(class_names, data_class_names, path)
+    if len(names) != info["num_classes"]:
+        raise RunFolderError(f"{path} outputs {info['num_classes']} classes but {len(names)} class names "
+                             "were given: pass --class-names with one name per output")
+    meta = {"kind": MODEL_FILE_KIND, "technique": "source", "variant": path.stem or path.name,
+            "model_file": path.name, "model_format": "keras", "class_names": names,
+            "input_shape": info["input_shape"], "input_dtype": "uint8",
+            "pixel_scaling": _scaling(preprocessing, info["rescales"], path),
+            "model_sha256": sha256_file(path) if path.is_file() else None}
+    return Run(path=path, metadata=meta, metrics={}, model=model)
+
+
+def _class_names(given, data_class_names, path: Path) -> list[str]:
+    if isinstance(given, str):
+        p = Path(given)
+        text = p.read_text(encoding="utf-8") if p.is_file() else given.replace(",", "\n")
+        given = [line.strip() for line in text.splitlines() if line.strip()]
+    if given:
+        return [str(n) for n in given]
+    if data_class_names:
+        return list(data_class_names)
+    raise RunFolderError(f"{path}: no class names: pass --class-names a,b,c or a labels file")
+
+
+def _scaling(preprocessing: str | None, rescales: bool, path: Path) -> dict:
+    from edgepack.runtime.preprocess import PreprocessError, parse
+
+    if preprocessing:
+        try:
+            return parse(preprocessing)
+        except PreprocessError as e:
+            raise RunFolderError(f"--preprocess: {e}") from None
+    if rescales:
+        return parse("raw")
+    raise RunFolderError(f"{path}: say how its pixels are scaled: --preprocess unit ([0, 1]), symmetric "
+                         "([-1, 1]), raw (the model rescales itself) or mean-std:M1,M2,M3/S1,S2,S3")
 
 
 def write_run_files(folder: Path, metadata: dict, metrics: dict, history: dict | None = None) -> None:

@@ -176,8 +176,15 @@ def test_qat_model_round_trips_with_the_same_outputs(runs, tmp_path):
 
     (compress() itself re-checks every saved model, PQAT included, on 64 images before writing.)
     """
-    from edgepack.compress.techniques import MODEL_FILES, Plan
-    from edgepack.model import LOADERS, compile_model, load_run_model, predict_proba, save_checked
+    from edgepack.compress.techniques import Plan
+    from edgepack.model import (
+        LOADERS,
+        MODEL_FILES,
+        compile_model,
+        load_run_model,
+        predict_proba,
+        save_checked,
+    )
 
     source = runs("prune-0.5", "prune", sparsity=0.5)
     model = load_run_model(load_run(source))
@@ -245,10 +252,10 @@ def _keras3_run(tmp_path, tiny_run):
     ("clusters-1", ["--technique", "cluster", "--clusters", "1"], "--clusters must be a whole number >= 2"),
     ("option", ["--technique", "prune", "--clusters", "8"], "technique prune does not take --clusters"),
     ("option-qat", ["--technique", "qat", "--sparsity", "0.5"], "technique qat does not take --sparsity"),
-    ("keep", ["--technique", "prune", "--keep-dense", "conv9"], "--keep-dense conv9: no such Conv/Dense"),
+    ("keep", ["--technique", "prune", "--keep-dense", "conv9"], "--keep-dense conv9: no such layer with"),
     ("pqat-source", ["--technique", "pqat"], "technique pqat needs a pruned run folder"),
     ("incomplete", ["--technique", "prune"], "not a complete run folder (metrics.json is missing)"),
-    ("not-a-run", ["--technique", "prune"], "is not a folder"),
+    ("not-a-run", ["--technique", "prune"], "not found"),
     ("keras3", ["--technique", "prune"], "was saved by Keras 3"),
     ("qat-source", ["--technique", "prune"], "holds a keras-qat-h5 model"),
     ("one-step", ["--technique", "prune", "--limit-train", "10", "--batch-size", "32", "--epochs", "1"],

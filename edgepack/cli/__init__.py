@@ -61,6 +61,23 @@ def add_data_options(p: argparse.ArgumentParser, limits: bool = True) -> None:
                        help="use a seeded, class-balanced subset of N test images")
 
 
+def add_source_options(p: argparse.ArgumentParser) -> None:
+    """--class-names and --preprocess: what edgepack needs to know about a user's model file
+    (edgepack.rundir.load_source); a run folder records both and ignores them."""
+    p.add_argument("--class-names", metavar="NAMES",
+                   help="a user's model file: class names as a,b,c or a labels file (one per line); "
+                        "default: the data's")
+    p.add_argument("--preprocess", metavar="SPEC",
+                   help="a user's model file: pixel scaling unit ([0,1]), symmetric ([-1,1]), raw (the "
+                        "model rescales itself) or mean-std:M1,M2,M3/S1,S2,S3; default: raw if the model "
+                        "starts with a Rescaling/Normalization layer, else required")
+
+
+def source_options(args) -> dict:
+    """The keyword arguments of edgepack.rundir.load_source from parsed options."""
+    return {"class_names": args.class_names, "preprocessing": args.preprocess}
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -1,4 +1,11 @@
-"""Compress a trained run folder (pruning, 2:4 sparsity, clustering, QAT, PQAT) into a new run folder.
+"""Compress a run folder or your own model file (pruning, 2:4, clustering, QAT, PQAT) into a run folder.
+
+--model takes a run folder (from train or compress) or a model file: a tf_keras .keras or .h5, a
+Keras 3 .keras (rebuilt in tf_keras), or a Keras SavedModel folder. For a model file, input size and
+class count are read from the model; class names come from --class-names or the data; pixel scaling
+from --preprocess (default raw when the model starts with a Rescaling/Normalization layer).
+Layers the technique cannot compress (TF-MOT's registries) are printed and listed in metadata.json
+(skipped_layers, with the reason).
 
 Techniques (defaults in brackets; fine-tuning uses training images only):
   prune       magnitude pruning to --sparsity [0.5], 2 epochs at 1e-3; every pruned kernel is checked
@@ -20,22 +27,34 @@ example:
   edgepack compress --model runs/baseline --technique prune --sparsity 0.8 --out runs/prune-0.8
   edgepack compress --model runs/prune-0.5 --technique pqat --out runs/pqat
   edgepack compress --model runs/baseline --technique cluster --keep-dense conv1 --out runs/cluster-16
+  edgepack compress --model my.keras --class-names labels.txt --preprocess unit --technique prune \\
+      --data DATA --out runs/my-prune
 """
 
-from edgepack.cli import add_command, add_data_options, finite_float, positive_float, positive_int
+from edgepack.cli import (
+    add_command,
+    add_data_options,
+    add_source_options,
+    finite_float,
+    positive_float,
+    positive_int,
+    source_options,
+)
 
 
 def register(sub) -> None:
     p = add_command(sub, "compress", __doc__, run)
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="run folder to compress (from train)")
+    p.add_argument("--model", required=True, metavar="RUN_DIR|FILE",
+                   help="run folder (from train or compress) or model file to compress (see above)")
     p.add_argument("--technique", required=True, metavar="NAME",
                    help="prune, prune-2of4, cluster, qat, pqat or finetune (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     add_data_options(p)
+    add_source_options(p)
     p.add_argument("--sparsity", type=finite_float, help="prune: target share of zeros per kernel, in (0, 1)")
     p.add_argument("--clusters", type=int, help="cluster: distinct values per kernel, >= 2")
     p.add_argument("--keep-dense", nargs="+", metavar="LAYER",
-                   help="prune, prune-2of4, cluster: leave these Conv/Dense layers uncompressed")
+                   help="prune, prune-2of4, cluster: leave these layers uncompressed")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default: the technique's)")
     p.add_argument("--learning-rate", type=positive_float,
                    help="adam learning rate (default: the technique's)")
@@ -51,6 +70,7 @@ def run(args) -> int:
     params = {"sparsity": args.sparsity, "clusters": args.clusters, "keep_dense": args.keep_dense,
               "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size}
     out = compress(args.model, args.technique, args.out, params=params, data_path=args.data, force=args.force,
-                   limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed)
+                   limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
+                   **source_options(args))
     print(f"wrote {out}")
     return 0

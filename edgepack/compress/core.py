@@ -19,11 +19,18 @@ from pathlib import Path
 from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.compress import invariants as inv
-from edgepack.compress.techniques import MODEL_FILES, PRUNED_TECHNIQUES, TECHNIQUES, Plan, Technique
+from edgepack.compress import targets
+from edgepack.compress.techniques import PRUNED_TECHNIQUES, TECHNIQUES, Plan, Technique
 from edgepack.errors import EdgepackError, require_toolchain
+from edgepack.fitting import (
+    ROUND_TRIP_IMAGES,
+    data_metadata,
+    evaluate,
+    fit_checked,
+    seed_everything,
+    write_run,
+)
 from edgepack.runtime.preprocess import scale_pixels
-
-ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
 
 
 def flag(option: str) -> str:
@@ -81,7 +88,7 @@ def _check_source(src: rundir.Run, tech: Technique) -> None:
     meta = src.metadata
     if meta.get("model_format", "keras") != "keras":
         raise EdgepackError(f"{src.path} holds a {meta.get('model_format')} model: compress a float run "
-                            "folder (from train, prune, prune-2of4, cluster or finetune)")
+                            "folder (from train, prune, prune-2of4, cluster or finetune) or model file")
     if tech.needs_pruned_source and meta.get("technique") not in PRUNED_TECHNIQUES:
         raise EdgepackError(f"technique {tech.name} needs a pruned run folder "
                             f"({' or '.join(PRUNED_TECHNIQUES)}), but {src.path} is a "
@@ -89,42 +96,31 @@ def _check_source(src: rundir.Run, tech: Technique) -> None:
                             "run `edgepack compress --technique prune` first")
 
 
-def _load_source_model(src: rundir.Run):
-    from edgepack.model import keras, load_run_model
-
-    model = load_run_model(src)
-    k = keras()
-    if not (isinstance(model, k.Sequential) or getattr(model, "_is_graph_network", False)):
-        raise EdgepackError(f"{src.model_path} is a subclassed Keras model: TF-MOT needs a Sequential or "
-                            "Functional tf_keras model")
-    return model
-
-
-def _targets(model, keep_dense) -> tuple[str, ...]:
-    """Conv/Dense layers to compress: all of them except those named in keep_dense."""
-    from edgepack.model import keras
-
-    layers = keras().layers
-    compressible = [layer.name for layer in model.layers if isinstance(layer, layers.Conv2D | layers.Dense)]
-    unknown = [n for n in keep_dense if n not in compressible]
-    if unknown:
-        raise EdgepackError(f"--keep-dense {' '.join(unknown)}: no such Conv/Dense layer "
-                            f"(the model has {', '.join(compressible)})")
-    targets = tuple(n for n in compressible if n not in keep_dense)
-    if not targets:
-        raise EdgepackError("--keep-dense names every Conv/Dense layer: nothing is left to compress")
-    return targets
-
-
-def _load_data(src: rundir.Run, data_path, limit_train, limit_test, seed) -> data_mod.Cifar10:
+def _source_and_data(source, data_path, limit_train, limit_test, seed, ds, source_options: dict):
+    """The source (run folder or a user's model file, edgepack.rundir.load_source) and the data set;
+    a model file takes its class names from the data unless --class-names is given."""
     data_mod.check_limits(limit_train=limit_train, limit_test=limit_test)
-    return data_mod.load_cifar10(src.data_path(data_path), limit_train, limit_test, seed)
+    src = rundir.load_run(source) if rundir.is_run_folder(source) else None
+    if ds is None:
+        given = src.data_path(data_path) if src else data_path
+        ds = data_mod.load_cifar10(given, limit_train, limit_test, seed)
+    if src is None:
+        src = rundir.load_source(source, data_class_names=ds.class_names, **source_options)
+    if list(ds.class_names) != list(src.metadata.get("class_names", ds.class_names)):
+        raise EdgepackError(f"the data's class names differ from the source's: pass the --data it was "
+                            f"trained on ({src.metadata.get('data_source') or 'its labels'})")
+    shape = list(src.metadata.get("input_shape") or ds.x_train.shape[1:])
+    if shape != list(ds.x_train.shape[1:]):
+        raise EdgepackError(f"{source} takes {shape} images but the data's are {list(ds.x_train.shape[1:])}: "
+                            "pass data of the model's input size")
+    return src, ds
 
 
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
              params: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
              limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
-             ds: data_mod.Cifar10 | None = None, variant: str | None = None) -> Path:
+             ds: data_mod.Cifar10 | None = None, variant: str | None = None,
+             class_names: str | list[str] | None = None, preprocessing: str | None = None) -> Path:
     """Compress the model of a run folder with `technique` and write the run folder `out`.
 
     params: the technique's options (see TECHNIQUES[technique].defaults), e.g. {"sparsity": 0.8}.
@@ -132,72 +128,75 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
     data the source was trained on if it still exists, then the usual search (edgepack.data).
     ds: an already loaded data set (overrides data_path and the limits).
     variant: the name to record (default: derived from the technique and params, e.g. "prune-0.8").
+    source_run_dir may also be a user's model file (.keras, .h5, SavedModel folder); then
+    class_names and preprocessing describe it (edgepack.rundir.load_source).
     """
     require_toolchain("edgepack compress")
     tech = get_technique(technique)
     params = resolve_params(tech, params)
     with rundir.claim_output(out, {"--model": source_run_dir, "--data": data_path}, force):
         return _compress(source_run_dir, tech, out, params, data_path, force, limit_train, limit_test,
-                         seed, ds, variant)
+                         seed, ds, variant, {"class_names": class_names, "preprocessing": preprocessing})
 
 
-def _compress(source_run_dir, tech: Technique, out, params: dict, data_path, force: bool, limit_train,
-              limit_test, seed: int, ds: data_mod.Cifar10 | None, variant: str | None) -> Path:
-    src = rundir.load_run(source_run_dir)
-    _check_source(src, tech)
+def _compress(source, tech: Technique, out, params: dict, data_path, force: bool, limit_train,
+              limit_test, seed: int, ds: data_mod.Cifar10 | None, variant: str | None,
+              source_options: dict) -> Path:
     started = time.time()
-    from edgepack.model import compile_model, count_params, save_checked
-    from edgepack.train import data_metadata, evaluate, fit_checked, seed_everything
+    src, ds = _source_and_data(source, data_path, limit_train, limit_test, seed, ds, source_options)
+    _check_source(src, tech)
+    from edgepack.model import checked_model, compile_model, load_run_model
 
-    model = _load_source_model(src)
-    targets = _targets(model, params.get("keep_dense", ()))
-    if ds is None:
-        ds = _load_data(src, data_path, limit_train, limit_test, seed)
-    if list(ds.class_names) != list(src.metadata.get("class_names", ds.class_names)):
-        raise EdgepackError(f"the data's class names differ from the source run's: pass the --data it was "
-                            f"trained on ({src.metadata.get('data_source')})")
+    model = checked_model(load_run_model(src), src.model_path)
+    selection = targets.select(model, tech.name, tuple(params.get("keep_dense", ())))
     source_kernels = inv.kernels(model)
     if tech.needs_pruned_source and not any((w == 0).any() for w in source_kernels.values()):
         raise EdgepackError(f"{src.path} is recorded as pruned but its kernels hold no zeros: re-create it")
     print(f"{tech.name}: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}",
           flush=True)
+    _print_selection(tech.name, selection)
 
+    scaling = src.metadata.get("pixel_scaling")
     seed_everything(seed)
     steps = params["epochs"] * math.ceil(len(ds.y_train) / params["batch_size"])
-    plan = Plan(steps=steps, targets=targets, source_kernels=source_kernels)
+    plan = Plan(steps=steps, targets=selection.layers, source_kernels=source_kernels,
+                compressed=selection.compressed)
     wrapped, callbacks = tech.wrap(model, params, plan)
     compile_model(wrapped, params["learning_rate"])  # wrapped models must be (re)compiled
-    x_train = scale_pixels(ds.x_train)
+    x_train = scale_pixels(ds.x_train, scaling)
     t0 = time.time()
     hist = fit_checked(wrapped, x_train, ds.y_train, epochs=params["epochs"], batch_size=params["batch_size"],
                        callbacks=callbacks)
     finetune_seconds = time.time() - t0
     final = tech.finish(wrapped)
     invariants = tech.check(final, params, plan)
-    metrics, _ = evaluate(final, ds)
+    metrics, _ = evaluate(final, ds, scaling)
     variant = variant or tech.variant(params)
-    print(f"{variant}: test accuracy {metrics['accuracy']:.4f} (source run: "
-          f"{src.metrics.get('accuracy', float('nan')):.4f}) after {finetune_seconds:.0f} s of fine-tuning",
-          flush=True)
+    source_accuracy = src.metrics.get("accuracy")
+    print(f"{variant}: test accuracy {metrics['accuracy']:.4f} (source: "
+          f"{'not measured' if source_accuracy is None else f'{source_accuracy:.4f}'}) after "
+          f"{finetune_seconds:.0f} s of fine-tuning", flush=True)
+    metadata = {
+        "kind": "compress", "technique": tech.name, "variant": variant, "params": params,
+        "source_run": str(src.path.resolve()), "source_kind": src.metadata.get("kind"),
+        "source_model_sha256": src.metadata.get("model_sha256"),
+        "source_variant": src.metadata.get("variant"), "source_technique": src.metadata.get("technique"),
+        "source_accuracy": source_accuracy, "source_data_sha256": src.metadata.get("data_sha256"),
+        "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
+                     "batch_size": params["batch_size"], "steps": steps, "seed": seed,
+                     "seconds": round(finetune_seconds, 2)},
+        "compressed_layers": list(selection.compressed), "skipped_layers": selection.skipped,
+        "invariants": invariants, **data_metadata(ds, scaling),
+        "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training
+        "wall_seconds": round(time.time() - started, 2),
+    }
+    return write_run(out, force, final, tech.model_format, x_train[:ROUND_TRIP_IMAGES], metadata, metrics,
+                     hist)
 
-    with rundir.atomic_dir(out, force) as tmp:
-        path = save_checked(final, tmp / MODEL_FILES[tech.model_format], tech.model_format,
-                            x_train[:ROUND_TRIP_IMAGES])
-        metadata = {
-            "kind": "compress", "technique": tech.name, "variant": variant,
-            "model_file": path.name, "model_format": tech.model_format, "params": params,
-            "source_run": str(src.path.resolve()), "source_model_sha256": src.metadata.get("model_sha256"),
-            "source_variant": src.metadata.get("variant"), "source_technique": src.metadata.get("technique"),
-            "source_accuracy": src.metrics.get("accuracy"),
-            "source_data_sha256": src.metadata.get("data_sha256"),
-            "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
-                         "batch_size": params["batch_size"], "steps": steps, "seed": seed,
-                         "seconds": round(finetune_seconds, 2)},
-            "invariants": invariants, "parameters": count_params(final), **data_metadata(ds),
-            "model_gzip_bytes": rundir.gzip_size(path),
-            "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training
-            "wall_seconds": round(time.time() - started, 2),
-        }
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-        rundir.write_run_files(tmp, metadata, metrics, history)
-    return Path(out)
+
+def _print_selection(name: str, selection: targets.Selection) -> None:
+    """What the technique compresses and what it leaves, with reasons (also in metadata.json)."""
+    if selection.compressed:
+        print(f"{name} compresses: {', '.join(selection.compressed)}", flush=True)
+    for key, why in selection.skipped.items():
+        print(f"{name} skips {key}: {why}", flush=True)

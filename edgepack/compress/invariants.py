@@ -1,6 +1,7 @@
 """What each compression technique promises, measured on the saved model's kernels (numpy only).
 
-Every check reads the Conv/Dense kernels (biases are never pruned or clustered) and returns a
+Every check reads the kernels as edgepack.weights defines them (Conv/Dense `kernel`, depthwise and
+pointwise kernels; biases are never pruned or clustered) and returns a
 JSON-ready record for metadata.json; `require()` turns a broken promise into a one-line error, so
 a run folder is only written when its invariants hold.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edgepack import weights
 from edgepack.errors import EdgepackError
 
 M_BY_N = (2, 4)  # 2 zeros in every 4 consecutive input-channel values
@@ -27,18 +29,8 @@ class InvariantError(EdgepackError):
 
 
 def kernels(model) -> dict[str, np.ndarray]:
-    """{layer name: kernel} for every Conv/Dense kernel, also inside QAT/prune/cluster wrappers.
-
-    Inside a QuantizeWrapper the weights are read from `layer.weights` (names end `kernel:0`;
-    the quantizer's `kernel_min`/`kernel_max` do not match).
-    """
-    out: dict[str, np.ndarray] = {}
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)  # a wrapper's wrapped layer carries the real name
-        for w in layer.weights:
-            if w.name.split("/")[-1] == "kernel:0":
-                out[inner.name] = np.array(w.numpy())
-    return out
+    """{kernel key: kernel} of `model` (edgepack.weights.kernels: one definition everywhere)."""
+    return weights.kernels(model)
 
 
 def sparsity(w: np.ndarray) -> float:
@@ -47,7 +39,8 @@ def sparsity(w: np.ndarray) -> float:
 
 
 def input_axis_rows(w: np.ndarray) -> np.ndarray:
-    """A Conv2D (H, W, C_in, C_out) or Dense (C_in, C_out) kernel as rows along C_in (see above)."""
+    """A Conv2D (H, W, C_in, C_out) or Dense (C_in, C_out) kernel as rows along C_in (see above).
+    A depthwise kernel (H, W, C, multiplier) is read the same way, along its channel axis."""
     w = np.asarray(w)
     if w.ndim == 2:
         return w.T
@@ -80,7 +73,7 @@ def require(ok: bool, message: str) -> None:
 def sparsity_record(ks: dict[str, np.ndarray], target: float | None, pruned: list[str]) -> dict:
     """Per-kernel sparsity; with a target, each pruned kernel must be within SPARSITY_TOLERANCE."""
     per = {name: sparsity(w) for name, w in ks.items()}
-    total = sum(int(np.sum(w == 0)) for w in ks.values()) / max(1, sum(w.size for w in ks.values()))
+    total = weights.share_of_zeros(ks.values()) or 0.0
     if target is not None:
         for name in pruned:
             require(abs(per[name] - target) <= SPARSITY_TOLERANCE,
@@ -110,12 +103,17 @@ def cluster_record(ks: dict[str, np.ndarray], clusters: int, clustered: list[str
 
 
 def zeros_kept_record(source: dict[str, np.ndarray], ks: dict[str, np.ndarray]) -> dict:
-    """Every weight that was zero in the (pruned) source must still be zero."""
+    """Every weight that was zero in the (pruned) source must still be zero.
+
+    A kernel renamed by TF-MOT's QAT layout transform (SeparableConv2D -> DepthwiseConv2D + Conv2D)
+    is matched to a new kernel of the same shape; the check must hold for one of them."""
     refilled = {}
+    new = [n for n in ks if n not in source]
     for name, w0 in source.items():
-        require(name in ks and ks[name].shape == w0.shape,
+        candidates = [name] if name in ks else [n for n in new if ks[n].shape == w0.shape]
+        require(bool(candidates) and ks[candidates[0]].shape == w0.shape,
                 f"kernel {name} of the source is missing or reshaped in the compressed model")
-        refilled[name] = int(np.sum((w0 == 0) & (ks[name] != 0)))
+        refilled[name] = min(int(np.sum((w0 == 0) & (ks[c] != 0))) for c in candidates)
         require(refilled[name] == 0, f"kernel {name}: {refilled[name]} of the source's zeros were refilled "
                                      "(pruning was not preserved)")
     return {"source_kernel_sparsity": {n: sparsity(w) for n, w in source.items()},

@@ -29,8 +29,9 @@ class Plan:
     """What a technique needs to know about the model and the fine-tuning run."""
 
     steps: int  # fine-tuning steps (batches) over all epochs
-    targets: tuple[str, ...]  # Conv/Dense layers to compress (all of them minus --keep-dense)
-    source_kernels: dict = field(repr=False)  # {layer: kernel} of the source before any change
+    targets: tuple[str, ...]  # layers to wrap (edgepack.compress.targets: TF-MOT's registries)
+    source_kernels: dict = field(repr=False)  # {kernel key: kernel} of the source before any change
+    compressed: tuple[str, ...] = ()  # kernel keys (edgepack.weights) the technique changes
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,6 @@ class Technique:
 
 
 PRUNED_TECHNIQUES = ("prune", "prune-2of4")
-MODEL_FILES = {"keras": "model.keras", "keras-qat-h5": "model.h5"}  # QAT does not round-trip .keras
 
 
 def _tfmot():
@@ -105,11 +105,11 @@ def _strip_pruning(model):
 
 
 def _check_prune(model, params, plan):
-    return inv.sparsity_record(inv.kernels(model), params["sparsity"], list(plan.targets))
+    return inv.sparsity_record(inv.kernels(model), params["sparsity"], list(plan.compressed))
 
 
 def _check_2of4(model, params, plan):
-    return inv.two_of_four_record(inv.kernels(model), list(plan.targets))
+    return inv.two_of_four_record(inv.kernels(model), list(plan.compressed))
 
 
 # --- clustering
@@ -126,28 +126,37 @@ def _strip_clustering(model):
 
 
 def _check_cluster(model, params, plan):
-    return inv.cluster_record(inv.kernels(model), params["clusters"], list(plan.targets))
+    return inv.cluster_record(inv.kernels(model), params["clusters"], list(plan.compressed))
 
 
 # --- quantization-aware training
 
+def _annotated(model, plan):
+    """`model` with the layers in plan.targets annotated for QAT; the rest (e.g. Rescaling, which
+    TF-MOT's 8-bit registry has no config for) stay float instead of failing quantize_model."""
+    q = _tfmot().quantization.keras
+    return _wrap_targets(model, plan.targets, q.quantize_annotate_layer)
+
+
 def _wrap_qat(model, params, plan):
-    return _tfmot().quantization.keras.quantize_model(model), []
+    return _tfmot().quantization.keras.quantize_apply(_annotated(model, plan)), []
 
 
 def _wrap_pqat(model, params, plan):
     tfmot = _tfmot()
-    q = tfmot.quantization.keras
     scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return q.quantize_apply(q.quantize_annotate_model(model), scheme), []
+    return tfmot.quantization.keras.quantize_apply(_annotated(model, plan), scheme), []
 
 
 def _quantized_layers(model, plan) -> dict:
+    """Every annotated layer must be wrapped; SeparableConv2D is split by TF-MOT into a
+    DepthwiseConv2D and a Conv2D under new names, so it is counted by the kernels it leaves."""
     wrapped = sorted(getattr(layer, "layer", layer).name for layer in model.layers
                      if type(layer).__name__.startswith("QuantizeWrapper"))
-    missing = sorted(set(plan.targets) - set(wrapped))
+    split = [n for n in plan.targets if any(k.startswith(n + "/") for k in plan.compressed)]
+    missing = sorted(set(plan.targets) - set(wrapped) - set(split))
     inv.require(not missing, f"layers {', '.join(missing)} were not wrapped for quantization-aware training")
-    return {"quantized_layers": wrapped}
+    return {"quantized_layers": wrapped, "split_layers": split}
 
 
 def _check_qat(model, params, plan):

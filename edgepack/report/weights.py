@@ -1,8 +1,10 @@
 """Measured sparsity: the share of exactly-zero weights in the Conv/Dense kernels of a model.
 
-Keras models: every variable named `.../kernel:0` (inside TF-MOT wrappers too). Exported files:
-the weight input of every Conv/Dense-like op, followed back through Dequantize/Cast ops to the
-stored constant; for integer weights "zero" means equal to the zero point. Biases are not counted.
+Keras models: the kernels edgepack.weights defines (kernel, depthwise_kernel, pointwise_kernel;
+inside TF-MOT wrappers too). Exported files: the same kernels, as the weight input of every
+Conv/DepthwiseConv/Dense-like op (a SeparableConv2D is a depthwise and a 1x1 conv there),
+followed back through Dequantize/Cast ops to the stored constant; for integer weights "zero" means
+equal to the zero point. Biases are not counted.
 A file whose weights cannot be read returns None (the caller falls back to the source run's figure).
 """
 
@@ -12,41 +14,25 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _share_of_zeros(arrays: list[np.ndarray]) -> float | None:
-    total = sum(int(a.size) for a in arrays)
-    if total == 0:
-        return None
-    return float(sum(int(np.count_nonzero(a == 0)) for a in arrays) / total)
-
-
-KERNELS = ("kernel", "depthwise_kernel")  # variable names (without ":0") of Conv/Dense weights
-
-
-def _name(w) -> str:
-    return w.name.split("/")[-1].split(":")[0]
+from edgepack import weights
 
 
 def keras_parameters(model) -> int:
-    """Conv/Dense kernel and bias values: the network's parameters, without TF-MOT's wrapper
-    variables (quantizer ranges, pruning masks), so a QAT model counts the same as its source."""
-    n = sum(int(np.prod(w.shape)) for w in model.weights
-            if _name(w) in (*KERNELS, "bias"))
-    return n or int(model.count_params())
+    """Network parameters (edgepack.weights: kernels, biases, BatchNorm; no TF-MOT wrapper variables)."""
+    return weights.parameters(model) or int(model.count_params())
 
 
 def keras_sparsity(model) -> float | None:
-    kernels = [np.asarray(w.numpy()) for w in model.weights if _name(w) in KERNELS]
-    return _share_of_zeros(kernels)
+    return weights.sparsity(model)
 
 
 def file_sparsity(path: Path) -> float | None:
     """Sparsity of an exported file's kernels, or None where it cannot be measured."""
     try:
         if path.suffix == ".onnx":
-            return _share_of_zeros(_onnx_kernels(path))
+            return weights.share_of_zeros(_onnx_kernels(path))
         if path.suffix == ".tflite":
-            return _share_of_zeros(_tflite_kernels(path))
+            return weights.share_of_zeros(_tflite_kernels(path))
     except Exception:  # unreadable weights are "not measurable", never a failed row
         return None
     return None

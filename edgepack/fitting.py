@@ -1,0 +1,88 @@
+"""The fit-and-write path shared by `train` and `compress` (below both: neither imports the other).
+
+fit_checked() fits with edgepack's verbosity and refuses a diverged model; evaluate() scores the
+test images fed through the run's pixel-scaling spec; write_run() saves the model (checked by a
+reload), the history, metrics and metadata into a run folder that appears only when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import data as data_mod
+from edgepack import rundir
+from edgepack.errors import EdgepackError
+from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
+
+ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
+
+
+def data_metadata(ds: data_mod.Cifar10, scaling: dict | None = None) -> dict:
+    """What a model's metadata says about its data and input (read by export and the runtime)."""
+    return {
+        "class_names": list(ds.class_names),
+        "input_shape": [int(v) for v in ds.x_train.shape[1:]],
+        "input_dtype": "uint8",
+        "pixel_scaling": scaling or PIXEL_SCALING,
+        "data_source": ds.source,
+        "data_sha256": ds.sha256,
+        "num_train_images": int(len(ds.y_train)),
+        "num_test_images": int(len(ds.y_test)),
+        "test_images_sha256": data_mod.test_set_sha256(ds),  # which test images metrics.json used
+    }
+
+
+def evaluate(model, ds: data_mod.Cifar10, scaling: dict | None = None) -> tuple[dict, np.ndarray]:
+    """Test-set metrics of a Keras model fed by `scaling` (default [0, 1]), and its probabilities."""
+    from edgepack.metrics import classification_metrics
+    from edgepack.model import predict_proba
+
+    probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
+    return classification_metrics(ds.y_test, probs.argmax(axis=1), ds.class_names), probs
+
+
+def keras_verbosity() -> int:
+    """Keras progress: a live bar on a terminal, one line per epoch in logs and CI."""
+    return 1 if sys.stdout.isatty() else 2
+
+
+def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, callbacks=(), **kwargs):
+    """model.fit (shuffled, edgepack's verbosity) that stops at the first batch whose loss is NaN or inf
+    and raises EdgepackError: a diverged model is not a result, so no run folder is written."""
+    from edgepack.model import keras
+
+    hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=keras_verbosity(),
+                     callbacks=[*callbacks, keras().callbacks.TerminateOnNaN()], **kwargs)
+    bad = sorted(k for k, v in hist.history.items() if v and not math.isfinite(v[-1]))
+    if model.stop_training or bad:
+        epoch = len(hist.history.get("loss", [])) or 1
+        raise EdgepackError(f"training diverged: {' and '.join(bad) or 'the loss'} became NaN or inf in "
+                            f"epoch {epoch}: lower --learning-rate")
+    return hist
+
+
+def seed_everything(seed: int) -> None:
+    from edgepack.model import keras
+
+    keras().utils.set_random_seed(seed)
+
+
+def write_run(out, force: bool, model, model_format: str, x_check: np.ndarray, metadata: dict,
+              metrics: dict, hist) -> Path:
+    """Save `model` (weights only, reload-checked on `x_check`) and the run's JSON files into `out`.
+
+    `metadata` gets model_file, model_format, parameters and model_gzip_bytes added here, so every
+    run folder counts them the same way (edgepack.weights)."""
+    from edgepack.model import MODEL_FILES, count_params, save_checked
+
+    with rundir.atomic_dir(out, force) as tmp:
+        path = save_checked(model, tmp / MODEL_FILES[model_format], model_format, x_check)
+        metadata = {**metadata, "model_file": path.name, "model_format": model_format,
+                    "parameters": count_params(model), "model_gzip_bytes": rundir.gzip_size(path)}
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        rundir.write_run_files(tmp, metadata, metrics, history)
+    return Path(out)
