@@ -231,20 +231,6 @@ def _incomplete(tmp_path, tiny_run):
     return bad
 
 
-def _keras3_run(tmp_path, tiny_run):
-    """A run folder whose model file is a Keras 3 model (not tf_keras)."""
-    import keras
-
-    bad = tmp_path / "keras3"
-    shutil.copytree(tiny_run, bad)
-    m = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(), keras.layers.Dense(10)])
-    m.save(bad / "model.keras")
-    meta = json.loads((bad / "metadata.json").read_text())
-    meta.pop("model_sha256")
-    (bad / "metadata.json").write_text(json.dumps(meta))
-    return bad
-
-
 @pytest.mark.parametrize("case, args, message", [
     ("unknown", ["--technique", "prune-9of10"], "unknown technique 'prune-9of10'"),
     ("sparsity-0", ["--technique", "prune", "--sparsity", "0"], "--sparsity must be between 0 and 1"),
@@ -256,14 +242,12 @@ def _keras3_run(tmp_path, tiny_run):
     ("pqat-source", ["--technique", "pqat"], "technique pqat needs a pruned run folder"),
     ("incomplete", ["--technique", "prune"], "not a complete run folder (metrics.json is missing)"),
     ("not-a-run", ["--technique", "prune"], "not found"),
-    ("keras3", ["--technique", "prune"], "was saved by Keras 3"),
     ("qat-source", ["--technique", "prune"], "holds a keras-qat-h5 model"),
     ("one-step", ["--technique", "prune", "--limit-train", "10", "--batch-size", "32", "--epochs", "1"],
      "pruning needs at least 2 fine-tuning steps"),
 ])
 def test_errors_via_cli(case, args, message, tmp_path, tiny_run, tiny_archive, runs, capsys):
     source = {"incomplete": lambda: _incomplete(tmp_path, tiny_run), "not-a-run": lambda: tmp_path / "nope",
-              "keras3": lambda: _keras3_run(tmp_path, tiny_run),
               "qat-source": lambda: runs("qat", "qat")}.get(case, lambda: tiny_run)()
     out = tmp_path / "out"
     capsys.readouterr()
