@@ -233,7 +233,7 @@ def test_bad_model_files_name_the_file(exported, tmp_path):
     md.sidecar_path(bad_json).write_text("{not json")
     cases["bad json"] = (bad_json, runtime.ModelFileError, "not valid JSON")
     partial = _write(tmp_path / "p.tflite", tfl.read_bytes())
-    md.sidecar_path(partial).write_text(json.dumps({"format": "tflite-fp32"}))
+    md.sidecar_path(partial).write_text(json.dumps({"format": "tflite-fp32", "schema_version": 2}))
     cases["missing keys"] = (partial, runtime.ModelFileError, "lacks class_names")
     meta = json.loads(md.sidecar_path(exported["tflite-int8"]).read_text())
     for i, (key, value, message) in enumerate([
@@ -403,7 +403,7 @@ def test_reference_kernels_equal_independent_references(exported, tiny_ds, tmp_p
     got = runtime.load(exported["onnx-int8"], kernels="reference").predict(x)
     np.testing.assert_allclose(got, want, atol=1e-5)
     clf = runtime.load(exported["tflite-int8"], kernels="reference")
-    step = clf.metadata["output_quantization"]["scale"]
+    step = clf.metadata.output_quantization["scale"]
     xnnpack = runtime.load(exported["tflite-int8"]).predict(x)
     assert np.max(np.abs(clf.predict(x) - xnnpack)) <= 3 * step + 1e-7
     with pytest.raises(ValueError, match="kernels must be one of default, reference for .onnx"):
