@@ -96,7 +96,8 @@ def run_file(path: Path, x: np.ndarray) -> np.ndarray:
         feed = image[None]
         if i["dtype"] != np.float32:
             s, z = i["quantization"]
-            feed = np.clip(np.round(feed / s) + z, -128, 127).astype(i["dtype"])
+            info = np.iinfo(i["dtype"])  # int8 or uint8 input
+            feed = np.clip(np.round(feed / s) + z, info.min, info.max).astype(i["dtype"])
         it.set_tensor(i["index"], feed)
         it.invoke()
         y = it.get_tensor(o["index"])[0]
@@ -350,7 +351,7 @@ def test_qat_source_exports_integer_formats_without_calibration(clear_run, tiny_
     assert list(s["formats"]) == ["tflite-dynamic", "tflite-int8", "onnx-int8"]
     assert sorted(s["skipped"]) == ["onnx-fp32", "tflite-fp16", "tflite-fp32"]
     meta = read_meta(tmp_path / "all" / "tflite-int8.tflite")
-    assert (meta["technique"], meta["input_dtype"]) == ("qat", "int8")
+    assert (meta["technique"], meta["input_dtype"]) == ("qat", "uint8")  # io=uint8, the default
     for name in s["formats"]:  # int8 kernels, not a ~500 KB float model
         assert s["formats"][name]["bytes"] < 150_000, name
 
