@@ -96,7 +96,8 @@ def run_file(path: Path, x: np.ndarray) -> np.ndarray:
         feed = image[None]
         if i["dtype"] != np.float32:
             s, z = i["quantization"]
-            feed = np.clip(np.round(feed / s) + z, -128, 127).astype(i["dtype"])
+            info = np.iinfo(i["dtype"])  # int8 or uint8 input
+            feed = np.clip(np.round(feed / s) + z, info.min, info.max).astype(i["dtype"])
         it.set_tensor(i["index"], feed)
         it.invoke()
         y = it.get_tensor(o["index"])[0]
@@ -108,12 +109,15 @@ def run_file(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def read_meta(path: Path) -> dict:
+    """The file's edgepack metadata as JSON, read without the runtime and checked by FileMetadata."""
     if path.suffix == ".onnx":
         import onnx
 
-        props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-        return metadata.parse(props[metadata.ONNX_KEY], str(path))
-    return metadata.parse(metadata.sidecar_path(path).read_text(), str(path))
+        text = {p.key: p.value for p in onnx.load(str(path)).metadata_props}[metadata.ONNX_KEY]
+    else:
+        text = metadata.sidecar_path(path).read_text()
+    assert metadata.FileMetadata.from_json(text, str(path)) == metadata.read(path)
+    return json.loads(text)
 
 
 def test_every_format_round_trips(exported, source_probs):
@@ -180,7 +184,11 @@ def test_metadata_is_present_and_right(exported, clear_run):
         assert meta["source_sha256"] == run_meta["model_sha256"] == summary["source_sha256"]
         assert (meta["technique"], meta["variant"]) == ("baseline", "baseline")
         assert meta["edgepack_version"] == __version__
-        assert meta["schema_version"] == metadata.SCHEMA_VERSION
+        assert meta["schema_version"] == metadata.SCHEMA_VERSION == 2
+        assert (meta["layout"], meta["channel_order"]) == ("NHWC", "RGB")
+        assert meta["resize"] == {"crop": "centre square", "filter": "bilinear", "antialias": True,
+                                  "library": "Pillow", "same_size": "used pixel for pixel"}
+        assert "source_model_sha256" not in meta
         if name != "tflite-int8":
             assert meta["input_dtype"] == "float32"
             assert meta["input_quantization"] is None and meta["output_quantization"] is None
@@ -188,7 +196,8 @@ def test_metadata_is_present_and_right(exported, clear_run):
     meta = read_meta(out / "tflite-int8.tflite")
     it = Interpreter(model_path=str(out / "tflite-int8.tflite"))
     i, o = it.get_input_details()[0], it.get_output_details()[0]
-    assert meta["input_dtype"] == "int8" and i["dtype"] == np.int8
+    assert meta["input_dtype"] == "uint8" and i["dtype"] == np.uint8  # the default: the Task Library's
+    assert meta["input_quantization"]["zero_point"] == 0
     assert (meta["input_quantization"]["scale"], meta["input_quantization"]["zero_point"]) == pytest.approx(
         i["quantization"])
     assert (meta["output_quantization"]["scale"], meta["output_quantization"]["zero_point"]) == pytest.approx(
@@ -342,7 +351,7 @@ def test_qat_source_exports_integer_formats_without_calibration(clear_run, tiny_
     assert list(s["formats"]) == ["tflite-dynamic", "tflite-int8", "onnx-int8"]
     assert sorted(s["skipped"]) == ["onnx-fp32", "tflite-fp16", "tflite-fp32"]
     meta = read_meta(tmp_path / "all" / "tflite-int8.tflite")
-    assert (meta["technique"], meta["input_dtype"]) == ("qat", "int8")
+    assert (meta["technique"], meta["input_dtype"]) == ("qat", "uint8")  # io=uint8, the default
     for name in s["formats"]:  # int8 kernels, not a ~500 KB float model
         assert s["formats"][name]["bytes"] < 150_000, name
 
@@ -391,7 +400,7 @@ def test_cli_errors(tiny_run, tmp_path, capsys):
     assert "unknown export format 'tflite-int4'" in _cli_error(capsys, *base, "--format", "tflite-int4")
     err = _cli_error(capsys, *base, "--format", "tflite-fp32", "--option", "io=float")
     assert "'io' is not accepted by tflite-fp32" in err and "tflite-int8" in err
-    assert "not one of int8, uint8, float" in _cli_error(capsys, *base, "--format", "tflite-int8",
+    assert "not one of uint8, int8, float" in _cli_error(capsys, *base, "--format", "tflite-int8",
                                                          "--option", "io=int4")
     assert "must look like KEY=VALUE" in _cli_error(capsys, *base, "--format", "all", "--option", "opset")
     incomplete = tmp_path / "incomplete"
@@ -454,3 +463,61 @@ def _subset(ds):
 
     idx = balanced_subset(ds.y_train, 5000, 0)
     return dataclasses.replace(ds, x_train=ds.x_train[idx], y_train=ds.y_train[idx])
+
+
+def test_tflite_files_carry_standard_metadata(exported):
+    """Labels, RGB and normalization as the TFLite Task Library reads them (its schema, M001)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgepack.export import tflite_metadata
+
+    out, _ = exported
+    for name, fmt in FORMATS.items():
+        if fmt.suffix != ".tflite":
+            continue
+        std = tflite_metadata.read((out / fmt.filename).read_bytes())
+        assert std["labels"] == CLASS_NAMES and std["label_file"] == "labels.txt", name
+        assert (std["mean"], std["std"]) == ([0.0] * 3, [255.0] * 3), name  # pixels / 255
+        assert std["color_space"] == 1 and std["content_type"] == 2, name  # RGB ImageProperties
+        Interpreter(model_path=str(out / fmt.filename)).allocate_tensors()  # the zip is ignored
+
+
+def test_tflite_normalization_follows_the_pixel_scaling():
+    from edgepack.export.tflite_metadata import normalization
+    from edgepack.runtime.preprocess import parse
+
+    def meta(spec):
+        return metadata.FileMetadata("tflite-fp32", tuple("abc"), (8, 8, 3), "float32", parse(spec), "0" * 64,
+                                     "baseline", "baseline", "0")
+
+    assert normalization(meta("symmetric")) == ([127.5] * 3, [127.5] * 3)
+    assert normalization(meta("raw")) == ([0.0] * 3, [1.0] * 3)
+    assert normalization(meta("mean-std:125,123,114/63,62,66")) == ([125.0, 123.0, 114.0], [63.0, 62.0, 66.0])
+
+
+def test_all_keeps_the_formats_that_passed(clear_run, tiny_ds, tiny_run, tiny_archive, tmp_path, monkeypatch,
+                                           capsys):
+    fmt = FORMATS["onnx-fp32"]
+    monkeypatch.setitem(FORMATS, "onnx-fp32", dataclasses.replace(fmt, convert=_perturb_onnx(fmt.convert)))
+    out = tmp_path / "some"
+    s = export(clear_run, ["tflite-fp32", "onnx-fp32"], out, check_images=CHECK, ds=tiny_ds)
+    assert s["failed"] == ["onnx-fp32"] and s["formats"]["tflite-fp32"]["status"] == "ok"
+    bad = s["formats"]["onnx-fp32"]
+    assert bad["status"] == "error" and "check failed" in bad["error"] and bad["file"] is None
+    assert json.loads((out / SUMMARY).read_text())["failed"] == ["onnx-fp32"]
+    assert sorted(p.name for p in out.iterdir()) == [SUMMARY, "tflite-fp32.tflite", "tflite-fp32.tflite.json"]
+    argv = ["export", "--model", str(tiny_run), "--format", "tflite-fp32", "onnx-fp32", "--data",
+            str(tiny_archive), "--check-images", "20", "--out", str(tmp_path / "cli")]
+    assert main(argv) == 1
+    assert "failed: onnx-fp32" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "tflite-fp32.tflite").is_file()
+
+
+def test_a_full_disk_still_stops_everything(clear_run, tiny_ds, tmp_path, monkeypatch):
+    def full(ctx, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(FORMATS, "onnx-fp32", dataclasses.replace(FORMATS["onnx-fp32"], convert=full))
+    with pytest.raises(OSError):
+        export(clear_run, ["tflite-fp32", "onnx-fp32"], tmp_path / "full", check_images=CHECK, ds=tiny_ds)
+    assert list(tmp_path.iterdir()) == []

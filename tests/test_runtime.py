@@ -34,15 +34,15 @@ def tiny_ds(tiny_archive):
 
 @pytest.fixture(scope="module")
 def exported(tiny_run, tiny_ds, tmp_path_factory) -> dict[str, Path]:
-    """Every export format of the tiny run, plus tflite-int8 with uint8 I/O: name -> file."""
+    """Every export format of the tiny run, plus tflite-int8 with int8 I/O: name -> file."""
     from edgepack.export import export
 
     out = tmp_path_factory.mktemp("export")
     s = export(tiny_run, ["all"], out / "all", options=NO_INT8_GATE, check_images=CHECK, ds=tiny_ds)
     files = {name: out / "all" / f["file"] for name, f in s["formats"].items()}
-    u = export(tiny_run, ["tflite-int8"], out / "u8", options={"io": "uint8", **NO_INT8_GATE},
-               check_images=CHECK, ds=tiny_ds)
-    files["tflite-int8-uint8"] = out / "u8" / u["formats"]["tflite-int8"]["file"]
+    i8 = export(tiny_run, ["tflite-int8"], out / "i8", options={"io": "int8", **NO_INT8_GATE},
+                check_images=CHECK, ds=tiny_ds)
+    files["tflite-int8-int8"] = out / "i8" / i8["formats"]["tflite-int8"]["file"]
     if os.environ.get(MODELS_ENV):  # `make test`: leave them for `make runtime-check`
         write_check_folder(Path(os.environ[MODELS_ENV]), files, tiny_ds.x_test)
     return files
@@ -148,12 +148,12 @@ def test_fixed_batch_model_handles_any_n(exported, tiny_ds, tmp_path, batch):
 
 def test_classify_and_properties(exported, tiny_ds):
     clf = runtime.load(exported["tflite-int8"])
-    assert clf.format == "tflite-int8" and clf.runtime == "litert" and clf.input_dtype == np.int8
+    assert clf.format == "tflite-int8" and clf.runtime == "litert" and clf.input_dtype == np.uint8
     assert clf.class_names == tuple(CLASS_NAMES) and clf.input_shape == (32, 32, 3)
-    assert clf.metadata["input_quantization"]["zero_point"] == -128
-    clf.metadata["format"] = "changed"  # a copy
-    clf.metadata["class_names"].append("extra")
-    assert clf.format == "tflite-int8" and len(clf.metadata["class_names"]) == 10
+    assert clf.metadata.input_quantization["zero_point"] == 0  # scale: 1/(calibration's pixel range)
+    assert (clf.metadata.layout, clf.metadata.channel_order) == ("NHWC", "RGB")
+    clf.metadata.pixel_scaling["divisor"] = 1.0  # a copy
+    assert clf.metadata.pixel_scaling["divisor"] == 255.0
     assert "tflite-int8.tflite" in repr(clf)
     probs = clf.predict(tiny_ds.x_test[:4])
     top = clf.classify(tiny_ds.x_test[:4], top_k=3)
@@ -226,14 +226,14 @@ def test_bad_model_files_name_the_file(exported, tmp_path):
         "onnx without metadata": (_onnx_without_metadata(exported["onnx-fp32"], tmp_path / "nm.onnx"), bad,
                                   "has no edgepack metadata"),
         "wrong sidecar": (_write(tmp_path / "w.tflite", tfl.read_bytes(), exported["tflite-int8"]), bad,
-                          "metadata says int8 input but the model takes float32"),
+                          "metadata says uint8 input but the model takes float32"),
     }
     (tmp_path / "dir.tflite").mkdir()
     bad_json = _write(tmp_path / "j.tflite", tfl.read_bytes())
     md.sidecar_path(bad_json).write_text("{not json")
     cases["bad json"] = (bad_json, runtime.ModelFileError, "not valid JSON")
     partial = _write(tmp_path / "p.tflite", tfl.read_bytes())
-    md.sidecar_path(partial).write_text(json.dumps({"format": "tflite-fp32"}))
+    md.sidecar_path(partial).write_text(json.dumps({"format": "tflite-fp32", "schema_version": 2}))
     cases["missing keys"] = (partial, runtime.ModelFileError, "lacks class_names")
     meta = json.loads(md.sidecar_path(exported["tflite-int8"]).read_text())
     for i, (key, value, message) in enumerate([
@@ -242,7 +242,9 @@ def test_bad_model_files_name_the_file(exported, tmp_path):
             ("pixel_scaling", {"divisor": 0}, "pixel_scaling must have a positive divisor"),
             ("pixel_scaling", {"divisor": 255.0, "range": [1, 0]}, "pixel_scaling range must be"),
             ("input_quantization", {"scale": "x", "zero_point": 0}, "input_quantization must be null or"),
-            ("input_quantization", None, "the model's input is int8 but its metadata gives no input_quant"),
+            ("input_quantization", None, "the model's input is uint8 but its metadata gives no input_quant"),
+            ("schema_version", 1, "schema 1 is older than 2: re-export the model with this edgepack"),
+            ("pixel_scaling", {"divisor": 1.0, "mean": [1, 2], "std": [1, 1]}, "mean/std must be 3 numbers"),
             ("class_names", CLASS_NAMES[:9], "gives 10 outputs but its metadata names 9 classes")]):
         broken = _write(tmp_path / f"meta{i}.tflite", exported["tflite-int8"].read_bytes())
         md.sidecar_path(broken).write_text(json.dumps({**meta, key: value}))
@@ -401,7 +403,7 @@ def test_reference_kernels_equal_independent_references(exported, tiny_ds, tmp_p
     got = runtime.load(exported["onnx-int8"], kernels="reference").predict(x)
     np.testing.assert_allclose(got, want, atol=1e-5)
     clf = runtime.load(exported["tflite-int8"], kernels="reference")
-    step = clf.metadata["output_quantization"]["scale"]
+    step = clf.metadata.output_quantization["scale"]
     xnnpack = runtime.load(exported["tflite-int8"]).predict(x)
     assert np.max(np.abs(clf.predict(x) - xnnpack)) <= 3 * step + 1e-7
     with pytest.raises(ValueError, match="kernels must be one of default, reference for .onnx"):
@@ -434,3 +436,37 @@ def test_runtime_equals_the_engines_on_real_test_images(exported, real_cifar):
         probs = runtime.load(path).predict(x)
         np.testing.assert_array_equal(probs, direct(path, x), err_msg=name)
         assert np.ptp(probs, axis=0).max() > 0.01, name  # outputs vary with the image
+
+
+@pytest.mark.parametrize("spec", ["symmetric", "raw", "mean-std:125,123,114/63,62,66"])
+def test_pixel_path_is_the_full_spec_formula(exported, tiny_ds, tmp_path, spec):
+    """Offset and per-channel mean/std are applied (float and int8 inputs), exactly as scale_pixels."""
+    from edgepack.runtime.preprocess import parse, scale_pixels
+
+    x = tiny_ds.x_test
+    for name in ("tflite-fp32", "tflite-int8-int8"):
+        path = _write(tmp_path / f"{name}.tflite", exported[name].read_bytes())
+        meta = json.loads(md.sidecar_path(exported[name]).read_text())
+        md.sidecar_path(path).write_text(json.dumps({**meta, "pixel_scaling": parse(spec)}))
+        clf = runtime.load(path)
+        want = scale_pixels(x, parse(spec))
+        q = meta["input_quantization"]
+        if q:
+            want = np.round(want / np.float32(q["scale"])) + q["zero_point"]
+            want = np.clip(want, -128, 127).astype(np.int8)
+        np.testing.assert_array_equal(clf.prepare(x), want, err_msg=f"{name} {spec}")
+
+
+def test_uint8_input_is_the_pixels_and_bgr_is_reordered(exported, tiny_ds, tmp_path):
+    x = tiny_ds.x_test
+    path = _write(tmp_path / "u8.tflite", exported["tflite-int8"].read_bytes())
+    meta = json.loads(md.sidecar_path(exported["tflite-int8"]).read_text())
+    q = {"scale": float(np.float32(1 / 255)), "zero_point": 0}  # what calibration on 0..255 pixels gives
+    md.sidecar_path(path).write_text(json.dumps({**meta, "input_quantization": q}))
+    np.testing.assert_array_equal(runtime.load(path).prepare(x), x)
+    for name in ("tflite-int8", "onnx-fp32"):
+        clf = runtime.load(exported[name])
+        np.testing.assert_array_equal(clf.predict(x[..., ::-1], channel_order="BGR"), clf.predict(x))
+        assert clf.classify(x[:1, ..., ::-1], channel_order="BGR") == clf.classify(x[:1])
+    with pytest.raises(runtime.InputError, match="channel_order must be one of RGB, BGR, got 'bgr'"):
+        clf.predict(x, channel_order="bgr")

@@ -3,12 +3,15 @@
 Formats (--format NAME ..., or all):
 {formats}
 
-Every file carries its metadata (class names, input shape and dtype, pixel scaling, int8 scale and
-zero point, source sha256, technique, format, edgepack version): ONNX in metadata_props
-"edgepack", TFLite in a sidecar <file>.json. Each file must load in its runtime and match the source
-on 1,000 class-balanced test images (fp32: max abs diff <= 1e-4, fp16: <= 1e-2, quantised: top-1
-agreement >= 97%) or the command fails and writes nothing. DIR/export.json summarises the checks,
-sizes (raw and gzip'ed) and times.
+Every file carries its metadata (class names, input shape, dtype, layout NHWC, channel order RGB,
+resize rule, pixel scaling, int8 scale and zero point, source sha256, technique, format, edgepack
+version): ONNX in metadata_props "edgepack", TFLite in a sidecar <file>.json plus the standard TFLite
+metadata (labels, normalization) inside the .tflite for the TFLite Task Library. Each file must load
+in its runtime and match the source on 1,000 class-balanced test images (fp32: max abs diff <= 1e-4,
+fp16: <= 1e-2, quantised: accuracy drop and top-1 agreement, see the options). Of several formats,
+one that fails is listed as failed in DIR/export.json, the others are written, and the command exits
+1; if all fail, nothing is written. DIR/export.json summarises the checks, sizes (raw and gzip'ed)
+and times.
 
 example:
   edgepack export --model runs/baseline --format tflite-int8 onnx-int8 --out runs/export/baseline
@@ -61,11 +64,17 @@ def run(args) -> int:
     summary = export(args.model, args.formats, args.out, options=parse_options(args.options),
                      data_path=args.data, force=args.force, check_images=args.check_images)
     for name, r in summary["formats"].items():
+        if r["status"] != "ok":
+            print(f"{name:<15} FAILED: {r['error']}")
+            continue
         print(f"{name:<15} {r['bytes']:>9,} bytes  {r['gzip_bytes']:>9,} gzip'ed  {check_line(r['checks'])}  "
               f"{r['seconds']:.1f} s")
         if r["checks"].get("kernel_note"):
             print(f"{'':<15} note: {r['checks']['kernel_note']}")
     print(f"wrote {args.out}")
+    if summary["failed"]:
+        print(f"failed: {', '.join(summary['failed'])} (not written; the others are)")
+        return 1
     return 0
 
 

@@ -1,9 +1,12 @@
 """`export()`: convert a run folder's Keras model into checked, self-describing deployable files.
 
-Output folder (written under a temporary name, renamed when every format has passed its checks):
-    <format><suffix>        e.g. tflite-int8.tflite, onnx-fp32.onnx (ONNX: metadata in metadata_props)
-    <file>.json             TFLite metadata sidecar (edgepack.runtime.metadata schema)
-    export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds
+Output folder (written under a temporary name, renamed when every format is done):
+    <format><suffix>        e.g. tflite-int8.tflite, onnx-fp32.onnx (ONNX: metadata in metadata_props;
+                            TFLite: the standard TFLite metadata with labels and normalization)
+    <file>.json             TFLite edgepack metadata sidecar (edgepack.runtime.metadata.FileMetadata)
+    export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds;
+                            a format that failed (of several asked) is {"status": "error", "error": why}
+                            and its file is not written
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from edgepack.errors import EdgepackError
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
 from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
+from edgepack.runtime import metadata as md
+from edgepack.runtime.metadata import FileMetadata
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 
 SCHEMA_VERSION = 1
@@ -36,7 +41,10 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
 
     `options` maps option names to values for every chosen format that accepts them (see FORMATS).
     Each file is checked (loads in its runtime; matches the source on `check_images` class-balanced
-    test images) before the folder is written; any failure raises EdgepackError and leaves no `out`.
+    test images) before the folder is written. Of several formats, one that fails its conversion or
+    check becomes an "error" entry (listed in the summary's "failed") and the others are kept; if
+    every format fails, or a conversion fails for the machine's reason (OSError, MemoryError),
+    EdgepackError (or that error) is raised and no `out` is left.
     `ds` (an edgepack.data.Cifar10) skips loading the data again.
     """
     from edgepack.errors import require_toolchain
@@ -58,14 +66,15 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
 
     model = load_run_model(run)
     ds = ds if ds is not None else data_mod.load_cifar10(run.data_path(data_path))
-    base_meta = source_metadata(run, ds)
+    base_meta = source_metadata(run, ds, model)
+    scaling = base_meta["pixel_scaling"]
     idx = data_mod.balanced_subset(ds.y_test, check_images, CHECK_SEED)
-    x_check, y_check = scale_pixels(ds.x_test[idx]), ds.y_test[idx]
+    x_check, y_check = scale_pixels(ds.x_test[idx], scaling), ds.y_test[idx]
     reference = predict_proba(model, x_check)
 
     @functools.lru_cache(maxsize=4)
     def calibration(n: int) -> np.ndarray:
-        return scale_pixels(ds.x_train[data_mod.balanced_subset(ds.y_train, n, CALIBRATION_SEED)])
+        return scale_pixels(ds.x_train[data_mod.balanced_subset(ds.y_train, n, CALIBRATION_SEED)], scaling)
 
     qat = is_qat_model(model, base_meta["technique"])
     asked = [formats] if isinstance(formats, str) else list(formats)
@@ -80,7 +89,7 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
         "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "test",
                   "source_accuracy": _accuracy(reference, y_check)},
         "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
-        "formats": {}, "skipped": skipped,
+        "formats": {}, "skipped": skipped, "failed": [],
     }
     with rundir.atomic_dir(out, force) as tmp:
         scratch = tmp / ".scratch"
@@ -88,27 +97,41 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
         ctx = Context(model=model, options={}, calibration=calibration, qat=qat, scratch=scratch)
         for name in names:
             ctx.options = opts[name]
-            summary["formats"][name] = export_one(FORMATS[name], ctx, tmp, base_meta, x_check, y_check,
-                                                  reference)
+            try:
+                entry = export_one(FORMATS[name], ctx, tmp, base_meta, x_check, y_check, reference)
+            except EdgepackError as e:  # the format's own failure; OSError/MemoryError stop everything
+                if len(names) == 1 or len(summary["failed"]) == len(names) - 1:
+                    raise  # nothing would be kept: fail as a whole, leaving no folder
+                entry = failed_entry(FORMATS[name], tmp, ctx.options, e)
+                summary["failed"].append(name)
+            summary["formats"][name] = entry
         shutil.rmtree(scratch)
         summary["versions"] = rundir.package_versions()
         rundir.write_json(tmp / SUMMARY, summary)
     return summary
 
 
-def source_metadata(run, ds) -> dict:
-    """The metadata every file of this source carries (format-specific fields are added per file)."""
-    from edgepack.data import IMAGE_SHAPE
+def failed_entry(fmt: Format, folder: Path, options: dict, error: EdgepackError) -> dict:
+    """export.json's entry for a format that failed; its unchecked file and sidecar are removed."""
+    for leftover in (folder / fmt.filename, md.sidecar_path(folder / fmt.filename)):
+        leftover.unlink(missing_ok=True)
+    return {"file": None, "runtime": fmt.runtime, "options": dict(options), "status": "error",
+            "error": str(error)}
 
+
+def source_metadata(run, ds, model) -> dict:
+    """The fields every file of this source carries (format-specific fields are added per file).
+
+    Class names and pixel scaling come from the run, the input shape from the model itself."""
     class_names = list(run.metadata.get("class_names") or ds.class_names)
     if class_names != list(ds.class_names):
         raise EdgepackError(f"the data's class names differ from the model's ({run.path}): pass the --data "
                             "the model was trained on")
     technique = run.metadata.get("technique", "baseline")
     return {
-        "class_names": class_names,
-        "input_shape": list(run.metadata.get("input_shape") or IMAGE_SHAPE),
-        "pixel_scaling": run.metadata.get("pixel_scaling") or PIXEL_SCALING,
+        "class_names": tuple(class_names),
+        "input_shape": tuple(int(d) for d in model.input_shape[1:]),  # (height, width, channels)
+        "pixel_scaling": dict(run.metadata.get("pixel_scaling") or PIXEL_SCALING),
         "source_sha256": _source_sha256(run),
         "technique": technique,
         "variant": run.metadata.get("variant", technique),
@@ -130,9 +153,9 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
     family = FAMILIES[fmt.runtime]
     structural = family.check(path)
     io = family.io(path)
-    meta = {**base_meta, "format": fmt.name, "input_dtype": io.input_dtype,
-            "input_quantization": io.input_quantization, "output_quantization": io.output_quantization,
-            "options": dict(ctx.options), **family.describe(path, ctx.options, x_check)}
+    meta = FileMetadata(**base_meta, format=fmt.name, input_dtype=io.input_dtype,
+                        input_quantization=io.input_quantization, output_quantization=io.output_quantization,
+                        options=dict(ctx.options), **family.describe(path, ctx.options, x_check))
     meta_file = family.attach(path, meta)
     checks = {**structural, **check_file(fmt, path, x_check, y_check, reference, ctx.options)}
     if not checks["passed"]:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
-from edgepack.runtime import metadata
+from edgepack.export import tflite_metadata
+from edgepack.runtime.metadata import ONNX_KEY, FileMetadata, sidecar_path
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,14 @@ def tflite_io(path: Path) -> IO:
 
 def tflite_describe(path: Path, options: dict, x: np.ndarray) -> dict:
     """File facts for the metadata: where it was shown to run."""
-    return {"runs_in": ["ai_edge_litert"]}
+    return {"runs_in": ("ai_edge_litert",)}
 
 
-def tflite_attach(path: Path, meta: dict) -> Path:
-    side = metadata.sidecar_path(path)
-    side.write_text(metadata.dumps(meta) + "\n", encoding="utf-8")
+def tflite_attach(path: Path, meta: FileMetadata) -> Path:
+    """The standard TFLite metadata into the file (Task Library), edgepack's into the sidecar."""
+    path.write_bytes(tflite_metadata.populate(path.read_bytes(), meta))
+    side = sidecar_path(path)
+    side.write_text(meta.to_json() + "\n", encoding="utf-8")
     return side
 
 
@@ -143,17 +146,18 @@ def onnx_describe(path: Path, options: dict, x: np.ndarray) -> dict:
     except Exception as e:  # onnx.reference lacks some operator versions (DequantizeLinear before 19)
         hint = " (export with --option opset=19)" if opset < 19 else ""
         out["does_not_run_in"]["onnx.reference"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}{hint}"
+    out["runs_in"] = tuple(out["runs_in"])
     return out
 
 
-def onnx_attach(path: Path, meta: dict) -> Path:
+def onnx_attach(path: Path, meta: FileMetadata) -> Path:
     import onnx
 
     model = onnx.load(str(path))
-    for prop in [p for p in model.metadata_props if p.key == metadata.ONNX_KEY]:
+    for prop in [p for p in model.metadata_props if p.key == ONNX_KEY]:
         model.metadata_props.remove(prop)
     entry = model.metadata_props.add()
-    entry.key, entry.value = metadata.ONNX_KEY, metadata.dumps(meta)
+    entry.key, entry.value = ONNX_KEY, meta.to_json()
     onnx.save(model, str(path))
     return path
 

@@ -128,7 +128,8 @@ def _table() -> dict[str, Format]:
                "TFLite, full integer: int8 weights and activations, calibrated (QAT models: learned ranges)",
                True, MappingProxyType({
                    "calibration_images": CALIBRATION,
-                   "io": Option("int8", "input/output tensor type", choices=("int8", "uint8", "float")),
+                   # uint8: what the TFLite Task Library takes, and uint8 pixels are the input as they are
+                   "io": Option("uint8", "input/output tensor type", choices=("uint8", "int8", "float")),
                    **QUANTIZED_RULES,
                })),
         Format("onnx-fp32", ".onnx", "onnx", to_onnx.fp32, FP32,

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.export.context import Context
-from edgepack.model import INPUT_SHAPE
 from edgepack.runtime.cpu import SATURATION_FREE_WEIGHT
 
 INPUT_NAME = "image"  # the ONNX graph input's name (dynamic batch: shape [N, 32, 32, 3])
@@ -53,7 +52,8 @@ def _fp32_model(ctx: Context):
 
         from edgepack.export.qat import float_twin
 
-        spec = [tf.TensorSpec((None, *INPUT_SHAPE), tf.float32, name=INPUT_NAME)]
+        shape = (None, *ctx.model.input_shape[1:])  # the model's own (height, width, channels)
+        spec = [tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)]
         model = float_twin(ctx.model) if ctx.qat else ctx.model
         proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
         for value in (*proto.graph.input, *proto.graph.output):

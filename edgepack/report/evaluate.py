@@ -200,7 +200,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
     if row["status"] != "ok":
         return row, None
     t0 = time.perf_counter()
-    row.update(source_sha256=entry.metadata.get("source_sha256"))
+    row.update(source_sha256=entry.file_metadata.source_sha256)
     try:
         row["model_sha256"] = sha256_file(entry.path)
         row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.path)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime import metadata as md
+from edgepack.runtime.metadata import FileMetadata
 
 FILE_SUFFIXES = (".tflite", ".onnx")
 EXPORT_MANIFEST = "export.json"
@@ -28,7 +30,8 @@ class Entry:
     format: str  # "keras" for run folders, else the export format ("tflite-int8", ...)
     variant: str  # the source run's variant name ("baseline", "prune-0.8", ...)
     technique: str  # "baseline", "finetune", "prune", ...
-    metadata: dict = field(default_factory=dict)  # run metadata.json or the file's edgepack metadata
+    metadata: dict = field(default_factory=dict)  # run folders: metadata.json
+    file_metadata: FileMetadata | None = None  # exported files: their edgepack metadata
     run: object = None  # edgepack.rundir.Run for run folders
     error: str | None = None  # why it could not be opened (the row reports it)
     id_suffix: str = ""  # set when two inputs share variant and format
@@ -88,27 +91,8 @@ def _run_entry(path: Path) -> Entry:
 def _file_entry(path: Path) -> Entry:
     fallback = Entry(path, "file", path.suffix.lstrip("."), path.stem, "unknown")
     try:
-        meta = read_file_metadata(path)
-    except Exception as e:  # a missing sidecar, a corrupt file: the row says so
+        meta = md.read(path)  # the runtime's reader: one parser for every edgepack file
+    except Exception as e:  # a missing sidecar, a corrupt file, an old schema: the row says so
         fallback.error = f"cannot read edgepack metadata: {type(e).__name__}: {str(e)[:200]}"
         return fallback
-    return Entry(path, "file", str(meta.get("format") or fallback.format),
-                 str(meta.get("variant") or path.stem), str(meta.get("technique") or "unknown"), meta)
-
-
-def read_file_metadata(path: Path) -> dict:
-    """The edgepack metadata of an exported file (schema: edgepack.runtime.metadata)."""
-    from edgepack.runtime import metadata as md
-
-    if path.suffix == ".tflite":
-        side = md.sidecar_path(path)
-        if not side.is_file():
-            raise md.MetadataError(f"{path}: sidecar {side.name} is missing")
-        return md.parse(side.read_bytes(), str(side))
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    for prop in model.metadata_props:
-        if prop.key == md.ONNX_KEY:
-            return md.parse(prop.value, str(path))
-    raise md.MetadataError(f"{path}: no '{md.ONNX_KEY}' entry in metadata_props")
+    return Entry(path, "file", meta.format, meta.variant, meta.technique, file_metadata=meta)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.runtime import metadata as md
-from edgepack.runtime.classifier import INPUT_DTYPES, Classifier, ModelFileError, ModelNotFoundError
+from edgepack.runtime.classifier import Classifier, ModelFileError, ModelNotFoundError
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
@@ -32,58 +32,31 @@ def _first_line(e: BaseException) -> str:
     return text[0][:200] if text else type(e).__name__
 
 
-def _parse_metadata(text: str | bytes, where: str) -> dict:
-    """The metadata, checked for what the runtime relies on (ModelFileError naming `where` if not)."""
+def _checked_metadata(read) -> md.FileMetadata:
+    """`read()`'s metadata, its MetadataError turned into the runtime's ModelFileError."""
     try:
-        meta = md.parse(text, where)
+        return read()
     except md.MetadataError as e:
         raise ModelFileError(str(e)) from None
-    problem = _metadata_problem(meta)
-    if problem:
-        raise ModelFileError(f"{where}: edgepack metadata {problem}: re-export the model")
-    return meta
+    except FileNotFoundError as e:
+        raise ModelNotFoundError(str(e)) from None
 
 
-def _metadata_problem(meta: dict) -> str | None:
-    def number(v) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and np.isfinite(v)
-
-    shape = meta["input_shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(d, int) and d > 0 for d in shape)):
-        return f"input_shape must be [height, width, channels], got {shape!r}"
-    if meta["input_dtype"] not in INPUT_DTYPES:
-        return f"input_dtype must be one of {', '.join(INPUT_DTYPES)}, got {meta['input_dtype']!r}"
-    if not all(isinstance(c, str) for c in meta["class_names"]):
-        return "class_names must be strings"
-    scaling = meta["pixel_scaling"]
-    if not isinstance(scaling, dict) or not number(scaling.get("divisor")) or scaling["divisor"] <= 0:
-        return f"pixel_scaling must have a positive divisor, got {scaling!r}"
-    span = scaling.get("range", [0.0, 1.0])
-    if not (isinstance(span, list) and len(span) == 2 and all(map(number, span)) and span[0] < span[1]):
-        return f"pixel_scaling range must be [low, high], got {span!r}"
-    for key in ("input_quantization", "output_quantization"):
-        q = meta.get(key)
-        if q is not None and not (isinstance(q, dict) and number(q.get("scale")) and q["scale"] > 0
-                                  and isinstance(q.get("zero_point"), int)):
-            return f"{key} must be null or {{scale > 0, integer zero_point}}, got {q!r}"
-    return None
-
-
-def _check_io(path: Path, meta: dict, in_dtype: str, in_shape, out_shape) -> None:
+def _check_io(path: Path, meta: md.FileMetadata, in_dtype: str, in_shape, out_shape) -> None:
     """The file's input/output tensors must be what its metadata describes."""
-    if in_dtype != meta["input_dtype"]:
-        raise ModelFileError(f"{path}: metadata says {meta['input_dtype']} input but the model takes "
+    if in_dtype != meta.input_dtype:
+        raise ModelFileError(f"{path}: metadata says {meta.input_dtype} input but the model takes "
                              f"{in_dtype}: the metadata belongs to another file, re-export it")
     known = [d if isinstance(d, int) and d > 0 else None for d in in_shape]
-    want = list(meta["input_shape"])
+    want = list(meta.input_shape)
     if len(known) != len(want) + 1 or any(
             k is not None and k != w for k, w in zip(known[1:], want, strict=True)):
         raise ModelFileError(f"{path}: the model takes input {list(in_shape)}, its metadata says "
                              f"[N, {', '.join(map(str, want))}]: re-export it")
     classes = out_shape[-1] if out_shape else None
-    if isinstance(classes, int) and classes != len(meta["class_names"]):
+    if isinstance(classes, int) and classes != len(meta.class_names):
         raise ModelFileError(f"{path}: the model gives {classes} outputs but its metadata names "
-                             f"{len(meta['class_names'])} classes: re-export it")
+                             f"{len(meta.class_names)} classes: re-export it")
 
 
 class OnnxClassifier(Classifier):
@@ -98,11 +71,7 @@ class OnnxClassifier(Classifier):
         self.kernels = kernels
         self.session = ort.InferenceSession(str(path), session_options(threads, kernels),
                                             providers=["CPUExecutionProvider"])
-        text = self.session.get_modelmeta().custom_metadata_map.get(md.ONNX_KEY)
-        if text is None:
-            raise ModelFileError(f"{path} has no edgepack metadata (metadata_props key {md.ONNX_KEY!r}): "
-                                 "export it with `edgepack export`")
-        meta = _parse_metadata(text, str(path))
+        meta = _checked_metadata(lambda: md.from_onnx_session(self.session, str(path)))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs, "
@@ -140,11 +109,7 @@ class LiteRTClassifier(Classifier):
     kernel_choices = KERNELS
 
     def __init__(self, path: Path, threads: int | None = None, kernels: str = "default"):
-        side = md.sidecar_path(path)
-        if not side.is_file():
-            raise ModelNotFoundError(f"{path} has no metadata sidecar {side.name} next to it: copy it along "
-                                     "with the model or re-export it")
-        meta = _parse_metadata(side.read_bytes(), str(side))
+        meta = _checked_metadata(lambda: md.read_sidecar(path))
         self.kernels = kernels
         self.interpreter = new_interpreter(path, threads, kernels)
         inp = self.interpreter.get_input_details()

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime.metadata import CHANNEL_ORDER, FileMetadata
 from edgepack.runtime.preprocess import scale_pixels
 
 CHUNK = 256  # images per engine call for models with a dynamic batch (bounds activation memory)
-INPUT_DTYPES = ("float32", "int8", "uint8")  # what a model file's input tensor may take
+CHANNEL_ORDERS = ("RGB", "BGR")  # predict(channel_order=...): BGR is what OpenCV's imread gives
 
 
 class ModelFileError(EdgepackError, ValueError):
@@ -46,25 +47,23 @@ class Classifier:
 
     runtime = ""  # engine name, set by each backend
 
-    def __init__(self, path: Path, metadata: dict, threads: int | None, fixed_batch: int | None,
+    def __init__(self, path: Path, metadata: FileMetadata, threads: int | None, fixed_batch: int | None,
                  output_dtype: str):
         self.path = path
         self.threads = threads  # None = the engine's default
         self._metadata = metadata
-        self.class_names = tuple(metadata["class_names"])
-        self.input_shape = tuple(int(d) for d in metadata["input_shape"])  # one image, NHWC
-        self.input_dtype = np.dtype(metadata["input_dtype"])  # what the file's input tensor takes
+        self.class_names = tuple(metadata.class_names)
+        self.input_shape = tuple(metadata.input_shape)  # one image, NHWC
+        self.input_dtype = np.dtype(metadata.input_dtype)  # what the file's input tensor takes
         self.fixed_batch = fixed_batch  # batch size baked into the file, or None if dynamic
-        self._in_q = metadata.get("input_quantization")
-        self._out_q = metadata.get("output_quantization")
+        self._in_q, self._out_q = metadata.input_quantization, metadata.output_quantization
         for what, dtype, q in (("input", self.input_dtype, self._in_q),
                                ("output", np.dtype(output_dtype), self._out_q)):
             if dtype.kind in "iu" and not q:
                 raise ModelFileError(f"{path}: the model's {what} is {dtype} but its metadata gives no "
                                      f"{what}_quantization: re-export it")
-        scaling = metadata["pixel_scaling"]
-        self._divisor = float(scaling["divisor"])  # float input = uint8 pixels / divisor
-        self._range = tuple(float(v) for v in scaling.get("range", (0.0, 1.0)))  # of float input
+        self._scaling = metadata.pixel_scaling  # edgepack.runtime.preprocess spec
+        self._range = tuple(float(v) for v in self._scaling.get("range", (0.0, 1.0)))  # of float input
         self._out_lut = None  # int8/uint8 outputs: code (viewed as uint8) -> probability
         if np.dtype(output_dtype).kind in "iu":
             codes = np.arange(256, dtype=np.uint8).view(np.dtype(output_dtype))
@@ -73,30 +72,39 @@ class Classifier:
 
     def _pixel_path(self):
         """The fastest function from uint8 pixels to model input that gives exactly the values of the
-        documented formula (scale, then quantize), checked on all 256 pixel values at load time."""
-        codes = np.arange(256, dtype=np.uint8)
-        table = self._from_float(scale_pixels(codes, self._divisor))
-        divisor = np.float32(self._divisor)
+        documented formula (scale_pixels, then quantize): a table of the formula on all 256 pixel
+        values per channel, and shortcuts used only where they equal that table."""
+        channels = self.input_shape[-1]
+        codes = np.repeat(np.arange(256, dtype=np.uint8)[:, None], channels, axis=1)  # (256, C)
+        table = self._from_float(scale_pixels(codes, self._scaling))
+        if not (table == table[:, :1]).all():  # per-channel mean/std: index (pixel, channel) flat
+            flat, offsets = table.reshape(-1), np.arange(channels)
+            return lambda x: flat[x.astype(np.intp) * channels + offsets]
+        table = table[:, 0]
         if self._in_q is None:
-            if np.array_equal(np.divide(codes, divisor, dtype=np.float32), table):
-                return lambda x: np.divide(x, divisor, dtype=np.float32)  # ~2x faster than float64
-            return lambda x: scale_pixels(x, self._divisor)
+            divisor = np.float32(self._scaling["divisor"])
+            if not self._scaling.get("offset") and np.array_equal(
+                    np.divide(codes[:, 0], divisor, dtype=np.float32), table):
+                return lambda x: np.divide(x, divisor, dtype=np.float32)  # ~2x faster than a lookup
+            return lambda x: np.take(table, x)
         shift = table.view(np.uint8)[0]
-        if np.array_equal(table.view(np.uint8), codes + shift):  # the usual int8 case: q = pixel - 128
+        if np.array_equal(table.view(np.uint8), codes[:, 0] + shift):  # int8: q = pixel - 128
+            if shift == 0:  # uint8 input, scale 1/255, zero point 0: the pixels are the input
+                return lambda x: np.ascontiguousarray(x).view(self.input_dtype)
             return lambda x: (x + shift).view(self.input_dtype)
         return lambda x: np.take(table, x)
 
     # --- what apps read
 
     @property
-    def metadata(self) -> dict:
+    def metadata(self) -> FileMetadata:
         """The file's edgepack metadata (a deep copy: changing it changes nothing here)."""
         return copy.deepcopy(self._metadata)
 
     @property
     def format(self) -> str:
         """Export format name, e.g. "onnx-fp32", "tflite-int8"."""
-        return self._metadata["format"]
+        return self._metadata.format
 
     @property
     def num_classes(self) -> int:
@@ -108,10 +116,11 @@ class Classifier:
 
     # --- inference
 
-    def predict(self, images) -> np.ndarray:
-        """Probabilities, float32 (N, num_classes), for uint8 NHWC pixels (N, 32, 32, 3) or one image
-        (32, 32, 3) (then N = 1), or float images already scaled to [0, 1] (uint8 pixels / 255)."""
-        x = self._checked(images)
+    def predict(self, images, channel_order: str = CHANNEL_ORDER) -> np.ndarray:
+        """Probabilities, float32 (N, num_classes), for uint8 NHWC pixels (N, H, W, C) or one image
+        (H, W, C) (then N = 1), or float images already scaled by the file's pixel_scaling.
+        `channel_order`: "RGB" (PIL, imageio) or "BGR" (OpenCV's imread), reordered to the model's."""
+        x = self._checked(images, channel_order)
         step = self.fixed_batch or CHUNK
         if len(x) == step or (self.fixed_batch is None and len(x) <= step):
             return self._dequantize(self._run(self._convert(x)))  # the common case: one engine call
@@ -124,20 +133,20 @@ class Classifier:
             out[start:start + n] = self._dequantize(self._run(chunk))[:n]
         return out
 
-    def classify(self, images, top_k: int = 1) -> list[list[Prediction]]:
+    def classify(self, images, top_k: int = 1, channel_order: str = CHANNEL_ORDER) -> list[list[Prediction]]:
         """The `top_k` most probable classes of each image, best first (one list per image)."""
         if not isinstance(top_k, int | np.integer) or not 1 <= top_k <= self.num_classes:
             raise InputError(f"top_k must be a whole number from 1 to {self.num_classes}, got {top_k!r}")
-        probs = self.predict(images)
+        probs = self.predict(images, channel_order)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]  # ties: lower class id first
         return [[Prediction(self.class_names[c], int(c), float(p[c])) for c in row]
                 for p, row in zip(probs, order, strict=True)]
 
-    def prepare(self, images) -> np.ndarray:
+    def prepare(self, images, channel_order: str = CHANNEL_ORDER) -> np.ndarray:
         """Check `images` and turn them into the batch the model file takes (dtype, scaling, int8)."""
-        return self._convert(self._checked(images))
+        return self._convert(self._checked(images, channel_order))
 
-    def _checked(self, images) -> np.ndarray:
+    def _checked(self, images, channel_order: str = CHANNEL_ORDER) -> np.ndarray:
         """`images` as a checked array with a batch dimension (InputError saying expected vs got)."""
         try:
             x = np.asarray(images)
@@ -146,16 +155,23 @@ class Classifier:
         if x.ndim == len(self.input_shape):
             x = x[None]
         self._check_shape(x)
+        if channel_order not in CHANNEL_ORDERS:
+            raise InputError(f"channel_order must be one of {', '.join(CHANNEL_ORDERS)}, "
+                             f"got {channel_order!r}")
+        if channel_order != self._metadata.channel_order:
+            x = x[..., ::-1]  # a view; _convert makes the engine's contiguous copy
         if x.dtype == np.uint8:
             return x
         if x.dtype.kind != "f":
-            raise InputError(f"expected uint8 pixels or float images scaled to [0, 1], got dtype {x.dtype}")
+            raise InputError(f"expected uint8 pixels or float images scaled by the model's pixel_scaling, "
+                             f"got dtype {x.dtype}")
         if not np.isfinite(x).all():
-            raise InputError("expected finite pixel values in [0, 1], got NaN or infinity")
+            raise InputError("expected finite pixel values, got NaN or infinity")
         lo, hi = float(x.min()), float(x.max())
         if lo < self._range[0] or hi > self._range[1]:
             raise InputError(f"expected float images scaled to [{self._range[0]:g}, {self._range[1]:g}] "
-                             f"(uint8 pixels / {self._divisor:g}), got values from {lo:g} to {hi:g}")
+                             f"({self._scaling.get('formula', 'pixel_scaling')}), "
+                             f"got values from {lo:g} to {hi:g}")
         return x
 
     def _convert(self, x: np.ndarray) -> np.ndarray:
