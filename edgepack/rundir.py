@@ -342,14 +342,15 @@ def is_run_folder(path: str | os.PathLike) -> bool:
 
 
 def load_source(path: str | os.PathLike, class_names: str | list[str] | None = None,
-                preprocessing: str | None = None, data_class_names=None) -> Run:
+                preprocessing: str | None = None, data_class_names=None, require_names: bool = True) -> Run:
     """A run folder (load_run) or a user's model file / SavedModel folder as a Run with its model loaded.
 
     For a model file, metadata comes from the model (input shape, output count) and the options:
     class names from `class_names` (a list, "a,b,c" or a labels file, one name per line) else from
     the data (`data_class_names`); pixel scaling from `preprocessing` (edgepack.runtime.preprocess.parse)
     else "raw" when the model rescales itself (a Rescaling/Normalization layer before its first
-    weighted layer), else an error asking for --preprocess.
+    weighted layer), else an error asking for --preprocess. Without `require_names`, a file with no
+    names given gets class_names None (edgepack.sources fills in the data's).
     """
     if is_run_folder(path):
         return load_run(path)
@@ -358,19 +359,20 @@ def load_source(path: str | os.PathLike, class_names: str | list[str] | None = N
     path = Path(path)
     model = model_mod.checked_model(model_mod.load_model(path, fix="check the file or re-save it"), path)
     info = model_mod.describe(model, path)
-    names = _class_names(class_names, data_class_names, path)
-    if len(names) != info["num_classes"]:
+    names = _class_names(class_names, data_class_names, path, require_names)
+    if names is not None and len(names) != info["num_classes"]:
         raise RunFolderError(f"{path} outputs {info['num_classes']} classes but {len(names)} class names "
                              "were given: pass --class-names with one name per output")
     meta = {"kind": MODEL_FILE_KIND, "technique": "source", "variant": path.stem or path.name,
             "model_file": path.name, "model_format": "keras", "class_names": names,
+            "num_outputs": info["num_classes"],
             "input_shape": info["input_shape"], "input_dtype": "uint8",
             "pixel_scaling": _scaling(preprocessing, info["rescales"], path),
             "model_sha256": sha256_file(path) if path.is_file() else None}
     return Run(path=path, metadata=meta, metrics={}, model=model)
 
 
-def _class_names(given, data_class_names, path: Path) -> list[str]:
+def _class_names(given, data_class_names, path: Path, required: bool = True) -> list[str] | None:
     if isinstance(given, str):
         p = Path(given)
         text = p.read_text(encoding="utf-8") if p.is_file() else given.replace(",", "\n")
@@ -379,6 +381,8 @@ def _class_names(given, data_class_names, path: Path) -> list[str]:
         return [str(n) for n in given]
     if data_class_names:
         return list(data_class_names)
+    if not required:
+        return None
     raise RunFolderError(f"{path}: no class names: pass --class-names a,b,c or a labels file")
 
 

@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 from edgepack.compress import TECHNIQUES
 from edgepack.compress.core import resolve_params
 from edgepack.compress.techniques import PRUNED_TECHNIQUES
-from edgepack.data import NUM_CLASSES
+from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import ALL, FORMATS, options_for
 
@@ -64,9 +64,9 @@ class Data(_Section):
     path: str | None = Field(None, **_doc(
         "cifar-10-python.tar.gz or cifar-10-batches-py folder (`--data` wins)",
         unset="`--data`, `$EDGEPACK_DATA`, the Keras cache, download"))
-    limit_train: int | None = Field(None, ge=NUM_CLASSES, **_doc(
+    limit_train: int | None = Field(None, ge=MIN_CLASSES, **_doc(
         "seeded, class-balanced subset of N training images", unset="all 50,000"))
-    limit_test: int | None = Field(None, ge=NUM_CLASSES, **_doc(
+    limit_test: int | None = Field(None, ge=MIN_CLASSES, **_doc(
         "seeded, class-balanced subset of N test images", unset="all 10,000"))
     seed: int = Field(0, ge=0, **_doc("seed of the subsets, training and fine-tuning"))
 

@@ -35,6 +35,7 @@ class TrainConfig:
     validation_split: float = 0.0  # share of training images held out for val_* history (seed: none)
     limit_train: int | None = None  # class-balanced training subset (None: all 50,000)
     limit_test: int | None = None  # class-balanced test subset (None: all 10,000)
+    image_size: tuple[int, int] | None = None  # image folders: (height, width) to resize to (None: as read)
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -50,7 +51,7 @@ class TrainConfig:
 
 def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
           force: bool = False, ds: data_mod.Cifar10 | None = None) -> Path:
-    """Train the baseline on CIFAR-10 and write the run folder `out`; returns its path."""
+    """Train the baseline CNN on the data (CIFAR-10 or an image folder) and write the run folder `out`."""
     require_toolchain("edgepack train")
     config.check()
     with rundir.claim_output(out, {"--data": data_path}, force):
@@ -62,10 +63,11 @@ def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Cifar1
 
     started = time.time()
     if ds is None:
-        ds = data_mod.load_cifar10(data_path, config.limit_train, config.limit_test, config.seed)
+        ds = data_mod.load_data(data_path, config.limit_train, config.limit_test, config.seed,
+                                image_size=config.image_size)
     print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}", flush=True)
     seed_everything(config.seed)
-    model = baseline_cnn(len(ds.class_names))
+    model = baseline_cnn(len(ds.class_names), tuple(ds.input_shape))  # the tutorial CNN at the data's shape
     compile_model(model, config.learning_rate)
     t0 = time.time()
     hist = fit_checked(model, scale_pixels(ds.x_train), ds.y_train, epochs=config.epochs,

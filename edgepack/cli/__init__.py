@@ -78,6 +78,18 @@ def source_options(args) -> dict:
     return {"class_names": args.class_names, "preprocessing": args.preprocess}
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """HxW (e.g. 64x64) -> (height, width)."""
+    h, sep, w = text.lower().partition("x")
+    try:
+        size = (int(h), int(w))
+    except ValueError:
+        size = None
+    if not sep or size is None or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 64x64, got {text!r}")
+    return size
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

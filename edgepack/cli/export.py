@@ -18,7 +18,7 @@ example:
   edgepack export --model runs/baseline --format all --option calibration_images=200 --out runs/exp --force
 """
 
-from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.cli import add_command, add_data_options, add_source_options, positive_int, source_options
 from edgepack.export.formats import ALL, FORMATS
 
 
@@ -34,12 +34,14 @@ def _help() -> str:
 
 def register(sub) -> None:
     p = add_command(sub, "export", __doc__.replace("{formats}", _help()), run)
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="run folder to export (train/compress)")
+    p.add_argument("--model", required=True, metavar="RUN_OR_FILE",
+                   help="run folder (train/compress) or a Keras model file / SavedModel folder to export")
     p.add_argument("--format", required=True, nargs="+", metavar="NAME", dest="formats",
                    help=f"one or more of: {', '.join(FORMATS)}, or {ALL}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a format option, for every chosen format that accepts it (repeatable)")
     add_data_options(p, limits=False)
+    add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to write")
     p.add_argument("--check-images", type=positive_int, default=1000, metavar="N",
                    help="held-out test images each file is checked on (default 1000)")
@@ -62,7 +64,8 @@ def run(args) -> int:
     from edgepack.export import export
 
     summary = export(args.model, args.formats, args.out, options=parse_options(args.options),
-                     data_path=args.data, force=args.force, check_images=args.check_images)
+                     data_path=args.data, force=args.force, check_images=args.check_images,
+                     source_options=source_options(args))
     for name, r in summary["formats"].items():
         if r["status"] != "ok":
             print(f"{name:<15} FAILED: {r['error']}")

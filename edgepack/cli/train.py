@@ -7,9 +7,10 @@ accuracy, macro and per-class precision/recall/F1, confusion matrix) and metadat
 example:
   edgepack train --data ../shared/data/cifar-10-python.tar.gz --out runs/baseline
   edgepack train --epochs 1 --limit-train 10000 --out runs/smoke --force
+  edgepack train --data my_images/ --image-size 64x64 --out runs/mine   (train/CLASS/*.png, test/CLASS/...)
 """
 
-from edgepack.cli import add_command, add_data_options, finite_float, positive_float, positive_int
+from edgepack.cli import add_command, add_data_options, finite_float, image_size, positive_float, positive_int
 
 
 def register(sub) -> None:
@@ -23,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--validation-split", type=finite_float, default=0.0,
                    help="share of training images held out for validation history (default 0)")
+    p.add_argument("--image-size", type=image_size, metavar="HxW",
+                   help="image folders: resize every image to H x W (default: their common size)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
 
 
@@ -31,7 +34,7 @@ def run(args) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          seed=args.seed, validation_split=args.validation_split,
-                         limit_train=args.limit_train, limit_test=args.limit_test)
+                         limit_train=args.limit_train, limit_test=args.limit_test, image_size=args.image_size)
     out = train(args.data, args.out, config, force=args.force)
     print(f"wrote {out}")
     return 0

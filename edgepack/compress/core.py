@@ -31,6 +31,7 @@ from edgepack.fitting import (
     write_run,
 )
 from edgepack.runtime.preprocess import scale_pixels
+from edgepack.sources import source_and_data
 
 
 def flag(option: str) -> str:
@@ -96,26 +97,6 @@ def _check_source(src: rundir.Run, tech: Technique) -> None:
                             "run `edgepack compress --technique prune` first")
 
 
-def _source_and_data(source, data_path, limit_train, limit_test, seed, ds, source_options: dict):
-    """The source (run folder or a user's model file, edgepack.rundir.load_source) and the data set;
-    a model file takes its class names from the data unless --class-names is given."""
-    data_mod.check_limits(limit_train=limit_train, limit_test=limit_test)
-    src = rundir.load_run(source) if rundir.is_run_folder(source) else None
-    if ds is None:
-        given = src.data_path(data_path) if src else data_path
-        ds = data_mod.load_cifar10(given, limit_train, limit_test, seed)
-    if src is None:
-        src = rundir.load_source(source, data_class_names=ds.class_names, **source_options)
-    if list(ds.class_names) != list(src.metadata.get("class_names", ds.class_names)):
-        raise EdgepackError(f"the data's class names differ from the source's: pass the --data it was "
-                            f"trained on ({src.metadata.get('data_source') or 'its labels'})")
-    shape = list(src.metadata.get("input_shape") or ds.x_train.shape[1:])
-    if shape != list(ds.x_train.shape[1:]):
-        raise EdgepackError(f"{source} takes {shape} images but the data's are {list(ds.x_train.shape[1:])}: "
-                            "pass data of the model's input size")
-    return src, ds
-
-
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
              params: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
              limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
@@ -143,7 +124,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
               limit_test, seed: int, ds: data_mod.Cifar10 | None, variant: str | None,
               source_options: dict) -> Path:
     started = time.time()
-    src, ds = _source_and_data(source, data_path, limit_train, limit_test, seed, ds, source_options)
+    src, ds = source_and_data(source, data_path, limit_train, limit_test, seed, ds, **source_options)
     _check_source(src, tech)
     from edgepack.model import checked_model, compile_model, load_run_model
 

@@ -36,7 +36,7 @@ CALIBRATION_SEED = 0  # calibration images: class-balanced subset of the trainin
 
 def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.PathLike,
            options: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
-           check_images: int = 1000, ds=None) -> dict:
+           check_images: int = 1000, ds=None, source_options: dict | None = None) -> dict:
     """Export the model of run folder `source` to each of `formats` in folder `out`; returns export.json.
 
     `options` maps option names to values for every chosen format that accepts them (see FORMATS).
@@ -45,7 +45,8 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
     check becomes an "error" entry (listed in the summary's "failed") and the others are kept; if
     every format fails, or a conversion fails for the machine's reason (OSError, MemoryError),
     EdgepackError (or that error) is raised and no `out` is left.
-    `ds` (an edgepack.data.Cifar10) skips loading the data again.
+    `ds` (an edgepack.data.Dataset) skips loading the data again. `source` may also be a user's model
+    file; `source_options` then gives its class_names / preprocessing (edgepack.sources).
     """
     from edgepack.errors import require_toolchain
 
@@ -55,17 +56,18 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
         raise EdgepackError(f"check_images must be an integer >= 10, got {check_images!r}")
     require_toolchain("edgepack export")
     with rundir.claim_output(out, {"--model": source, "--data": data_path}, force):
-        return _export(source, formats, names, opts, out, data_path, force, check_images, ds)
+        return _export(source, formats, names, opts, out, data_path, force, check_images, ds,
+                       source_options)
 
 
 def _export(source, formats, names: list[str], opts: dict, out, data_path, force: bool, check_images: int,
-            ds) -> dict:
-    run = rundir.load_run(source)
+            ds, source_options: dict | None) -> dict:
     from edgepack import data as data_mod
     from edgepack.model import load_run_model, predict_proba
+    from edgepack.sources import source_and_data
 
+    run, ds = source_and_data(source, data_path, ds=ds, **(source_options or {}))
     model = load_run_model(run)
-    ds = ds if ds is not None else data_mod.load_cifar10(run.data_path(data_path))
     base_meta = source_metadata(run, ds, model)
     scaling = base_meta["pixel_scaling"]
     idx = data_mod.balanced_subset(ds.y_test, check_images, CHECK_SEED)
