@@ -83,6 +83,22 @@ def write_run(out, force: bool, model, model_format: str, x_check: np.ndarray, m
         path = save_checked(model, tmp / MODEL_FILES[model_format], model_format, x_check)
         metadata = {**metadata, "model_file": path.name, "model_format": model_format,
                     "parameters": count_params(model), "model_gzip_bytes": rundir.gzip_size(path)}
-        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+        history = {k: [float(v) for v in vals] for k, vals in hist.history.items()} if hist else None
         rundir.write_run_files(tmp, metadata, metrics, history)
     return Path(out)
+
+
+def adopt(source, out, ds, force: bool = False, **source_options) -> Path:
+    """A user's model file as a baseline run folder: evaluated on `ds`'s test images and saved without
+    optimizer state, so every stage after it (compress, export, compare) reads one kind of source."""
+    from edgepack.model import load_run_model
+    from edgepack.sources import source_and_data
+
+    src, ds = source_and_data(source, ds=ds, **source_options)
+    model = load_run_model(src)
+    scaling = src.metadata["pixel_scaling"]
+    metrics, _ = evaluate(model, ds, scaling)
+    metadata = {"kind": "adopt", "technique": "baseline", "variant": "baseline", "adopted_from": str(source),
+                "source_sha256": src.metadata.get("model_sha256"), **data_metadata(ds, scaling)}
+    return write_run(out, force, model, "keras", scale_pixels(ds.x_train[:ROUND_TRIP_IMAGES], scaling),
+                     metadata, metrics, None)

@@ -83,11 +83,13 @@ def remove_leftovers(out: Path) -> list[Path]:
     return gone
 
 
-def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
+def plan(settings: dict, baseline=None) -> dict[str, float]:
     """Stage ids in order, each with a rough relative cost (for the time-left estimate)."""
     stages: dict[str, float] = {}
-    if not have_baseline:
+    if baseline is None:
         stages["train"] = settings["train"]["epochs"] * 1.0
+    elif not rundir.is_run_folder(baseline):
+        stages["adopt"] = 0.5
     for v in settings["variants"]:
         epochs = recipe(v, settings["finetune"])[0]
         stages[f"compress-{v['name']}"] = epochs * (2.0 if "qat" in v["technique"] else 1.3)
@@ -99,18 +101,23 @@ def plan(settings: dict, have_baseline: bool) -> dict[str, float]:
 
 
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
-             quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """Run every stage not already complete; returns the comparison results (see edgepack.report)."""
+             quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None,
+             source_options: dict | None = None) -> dict:
+    """Run every stage not already complete; returns the comparison results (see edgepack.report).
+
+    `baseline`: a trained run folder, or a user's Keras model file / SavedModel folder (adopted as the
+    baseline run folder, with `source_options` class_names / preprocessing: edgepack.rundir.load_source).
+    """
     from edgepack.errors import require_toolchain
 
     require_toolchain("edgepack pipeline")
     settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
     given = {"--baseline": baseline, "--data": data_path, "--config": config}
     with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
-        return _pipeline(out, data_path, settings, baseline)
+        return _pipeline(out, data_path, settings, baseline, source_options or {})
 
 
-def _pipeline(out, data_path, settings: dict, baseline) -> dict:
+def _pipeline(out, data_path, settings: dict, baseline, source_options: dict) -> dict:
     if data_path is not None:
         settings["data"]["path"] = str(data_path)
     out = Path(out)
@@ -119,11 +126,12 @@ def _pipeline(out, data_path, settings: dict, baseline) -> dict:
         print(f"removed {p} (left by an interrupted run)", flush=True)
     rundir.write_json(out / "settings.json", settings)
     stages = Stages(out)
-    progress = Progress(plan(settings, baseline is not None))
+    progress = Progress(plan(settings, baseline))
     from edgepack import data as data_mod
 
     d = settings["data"]
-    ds = data_mod.load_cifar10(d["path"], d["limit_train"], d["limit_test"], d["seed"])
+    ds = data_mod.load_data(d["path"], d["limit_train"], d["limit_test"], d["seed"],
+                            image_size=_input_size(baseline, source_options))
     print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}"
           f"{' (--quick subset)' if settings['quick'] else ''}", flush=True)
     data_key = _key(ds.sha256, d)
@@ -131,10 +139,20 @@ def _pipeline(out, data_path, settings: dict, baseline) -> dict:
 
     runs: dict[str, Path] = {}
     keys: dict[str, str] = {}
-    if baseline is not None:
+    if baseline is not None and rundir.is_run_folder(baseline):
         run = rundir.load_run(baseline)  # checked: complete, model intact
         model_hash = run.metadata.get("model_sha256") or rundir.sha256_file(run.model_path)
         runs["baseline"], keys["baseline"] = run.path, _key(model_hash, data_key)  # data: as if trained
+    elif baseline is not None:  # a user's model file becomes the baseline run folder
+        from edgepack.fitting import adopt
+
+        path = out / "runs" / "baseline"
+        key = _key(_model_hash(baseline), data_key, source_options)
+        error = _run_stage(stages, progress, "adopt", key, f"adopt {baseline} as the baseline", path,
+                           _valid_run, lambda: adopt(baseline, path, ds, force=True, **source_options))
+        if error:
+            raise EdgepackError(f"adopting {baseline} as the baseline failed: {error}")
+        runs["baseline"], keys["baseline"] = path, key
     else:
         runs["baseline"], keys["baseline"] = _train_stage(out, settings, ds, data_key, stages, progress)
 
@@ -161,6 +179,22 @@ def _pipeline(out, data_path, settings: dict, baseline) -> dict:
             (failures.append if isinstance(result, dict) else exports.append)(result)
 
     return _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, progress)
+
+
+def _input_size(baseline, source_options: dict) -> tuple[int, int] | None:
+    """The (height, width) a given baseline takes, which image folders are read at; None: as stored."""
+    if baseline is None:
+        return None
+    run = rundir.load_source(baseline, require_names=False, **source_options)
+    shape = run.metadata.get("input_shape") or []
+    return (int(shape[0]), int(shape[1])) if len(shape) == 3 else None
+
+
+def _model_hash(path) -> str:
+    """sha256 of a model file, or of a SavedModel folder's files (for the stage key)."""
+    p = Path(path)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    return _key(*[rundir.sha256_file(f) for f in files])
 
 
 def _run_stage(stages: Stages, progress: Progress, stage: str, key: str, what: str, output: Path,

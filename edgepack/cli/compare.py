@@ -18,7 +18,14 @@ example:
       --fail-over 2 --out /tmp/r
 """
 
-from edgepack.cli import add_command, add_data_options, finite_float, positive_int
+from edgepack.cli import (
+    add_command,
+    add_data_options,
+    add_source_options,
+    finite_float,
+    positive_int,
+    source_options,
+)
 
 
 def register(sub) -> None:
@@ -27,6 +34,7 @@ def register(sub) -> None:
                    help="run folders, exported files, export folders")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder to write")
     add_data_options(p, limits=False)
+    add_source_options(p)
     p.add_argument("--limit-test", type=positive_int, metavar="N",
                    help="evaluate on a seeded, class-balanced subset of N test images (default: all 10,000)")
     p.add_argument("--baseline", metavar="RUN", help="the original model (default: technique 'baseline')")
@@ -50,5 +58,5 @@ def run(args) -> int:
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
                              max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency)
     compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline, control=args.control,
-            options=options, force=args.force)
+            options=options, force=args.force, source_options=source_options(args))
     return 0

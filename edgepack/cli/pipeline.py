@@ -1,9 +1,10 @@
 """Run the whole job: train, compress, export and compare, resumably, into one report.
 
-Trains the seed's baseline (or reuses --baseline), makes the default compressed variants
-(prune 0.5, prune 0.8, prune-2of4, cluster 16, qat, pqat) and the uncompressed fine-tuning control,
-exports every model to every format (tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8), and compares
-them all on the test set (report.md, report.html, results.json, results.csv, plots).
+Trains the seed's baseline (or reuses --baseline: a run folder, or your own Keras model file),
+makes the default compressed variants (prune 0.5, prune 0.8, prune-2of4, cluster 16, qat, pqat)
+and the uncompressed fine-tuning controls, exports every model to every format
+(tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8), and compares them all on the test set
+(report.md, report.html, results.json, results.csv, plots).
 Settings: defaults < --config FILE (TOML; sections data, train, finetune, variants, export, compare)
 < options given here (all listed in docs/pipeline.md). A re-run skips the stages that are already
 complete; a run that was killed resumes where it stopped. --quick is a few-minute smoke run on a
@@ -15,12 +16,13 @@ them and exits 1 (use --allow-failed to exit 0 anyway). A stage that fails for t
 example:
   edgepack pipeline --data ../shared/data/cifar-10-python.tar.gz --out runs/pipeline
   edgepack pipeline --quick --out runs/quick --baseline runs/baseline --max-drop 1.0
+  edgepack pipeline --data my_images/ --baseline my_model.keras --preprocess unit --out runs/mine
 """
 
 import argparse
 import sys
 
-from edgepack.cli import add_command, add_data_options
+from edgepack.cli import add_command, add_data_options, add_source_options, source_options
 from edgepack.errors import require_toolchain
 
 try:
@@ -48,7 +50,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (re-use it to resume)")
     p.add_argument("--config", metavar="FILE", help="TOML settings file (see docs/pipeline.md)")
     p.add_argument("--quick", action="store_true", help="few-minute smoke run on a subset")
-    p.add_argument("--baseline", metavar="RUN_DIR", help="reuse this trained baseline run folder")
+    p.add_argument("--baseline", metavar="RUN_OR_FILE",
+                   help="reuse this baseline: a run folder, or a Keras model file / SavedModel folder")
+    add_source_options(p)
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():
@@ -82,7 +86,7 @@ def run(args) -> int:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     results = pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick,
-                       baseline=args.baseline, overrides=overrides)
+                       baseline=args.baseline, overrides=overrides, source_options=source_options(args))
     failed = [r["id"] for r in results["rows"] if r["status"] == "error"]
     if failed and not args.allow_failed:
         print(f"edgepack: error: {len(failed)} rows failed (listed above; report written): exit 1, "

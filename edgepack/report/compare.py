@@ -155,9 +155,13 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
             data_path: str | os.PathLike | None = None, baseline: str | os.PathLike | None = None,
             control: str | os.PathLike | None = None,
             options: CompareOptions = CompareOptions(), force: bool = False, ds=None,
-            failures: list[dict] | None = None, settings: dict | None = None) -> dict:
+            failures: list[dict] | None = None, settings: dict | None = None,
+            source_options: dict | None = None) -> dict:
     """Evaluate every input, write the report folder `out` (atomically) and return the results.
 
+    Inputs: run folders, exported files, export folders and users' Keras model files (`source_options`:
+    their class_names / preprocessing, edgepack.rundir.load_source). The test images are read at the
+    first model's input size.
     `ds`: an already loaded edgepack.data.Cifar10 (then `data_path` and `limit_test` are not used).
     `failures`: models that could not be made upstream ({variant, format, stage, error} and optionally
     technique, path, and status "skipped" for models not applicable): each becomes a row with its
@@ -171,11 +175,12 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
     options.check()
     given = {"RUN_OR_FILE": inputs, "--baseline": baseline, "--control": control, "--data": data_path}
     with rundir.claim_output(out, given, force):
-        return _compare(inputs, out, data_path, baseline, control, options, force, ds, failures, settings)
+        return _compare(inputs, out, data_path, baseline, control, options, force, ds, failures, settings,
+                        source_options)
 
 
 def _compare(inputs, out, data_path, baseline, control, options: CompareOptions, force: bool, ds,
-             failures: list[dict] | None, settings: dict | None) -> dict:
+             failures: list[dict] | None, settings: dict | None, source_options: dict | None) -> dict:
     from edgepack import data as data_mod
     from edgepack.report import env as env_mod
     from edgepack.report.evaluate import evaluate_entry
@@ -183,12 +188,14 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     for ref, flag in ((baseline, "--baseline"), (control, "--control")):
         if ref is not None and not Path(ref).exists():
             raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")
-    entries = expand(_with_references(inputs, baseline, control))
+    entries = expand(_with_references(inputs, baseline, control), source_options)
     base = _pick(entries, baseline, BASELINE)
     ctrl = _pick(entries, control, CONTROL) if control is not None else None
     started = time.time()
     if ds is None:
-        ds = data_mod.load_cifar10(data_path, limit_test=options.limit_test, seed=options.seed)
+        ds = data_mod.load_data(data_path, limit_test=options.limit_test, seed=options.seed,
+                                image_size=_image_size(entries))
+    _names_from_data(entries, ds)
     print(f"compare: {len(entries)} models on {len(ds.y_test)} test images from {ds.source}", flush=True)
     if base is None:
         print("compare: no baseline (technique 'baseline' or --baseline): no changes, no agreement",
@@ -248,6 +255,26 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         raise GateFailed(f"--fail-over {limit}: {', '.join(gate['failed'])} dropped more than {limit} points "
                          f"below the baseline or failed (report in {out})", results)
     return results
+
+
+def _image_size(entries: list[Entry]) -> tuple[int, int] | None:
+    """(height, width) of the first model that says its input shape: the size test images are read at."""
+    for e in entries:
+        shape = e.file_metadata.input_shape if e.file_metadata else e.metadata.get("input_shape")
+        if shape and len(shape) == 3:
+            return int(shape[0]), int(shape[1])
+    return None
+
+
+def _names_from_data(entries: list[Entry], ds) -> None:
+    """A user's model file given without --class-names takes the data's names (if it has that many)."""
+    for e in entries:
+        if e.run is not None and e.metadata.get("class_names") is None:
+            if e.metadata.get("num_outputs") == len(ds.class_names):
+                e.metadata["class_names"] = list(ds.class_names)
+            else:
+                e.error = (f"{e.path} outputs {e.metadata.get('num_outputs')} classes but the data has "
+                           f"{len(ds.class_names)}: pass the data it was trained on or --class-names")
 
 
 def _unique_ids(entries: list[Entry]) -> None:

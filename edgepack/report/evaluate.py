@@ -128,14 +128,15 @@ def finetune_recipe(meta: dict) -> dict | None:
     return {"epochs": int(ft["epochs"]), "learning_rate": float(ft["learning_rate"])}
 
 
-def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool) -> dict:
+def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool,
+                 scaling: dict | None = None) -> dict:
     """tf.function (and optionally model.predict) timings of a Keras model at the current TF threads."""
     import tensorflow as tf
 
     from edgepack.runtime.preprocess import scale_pixels
 
-    x1 = tf.constant(scale_pixels(x_uint8[:1]))
-    x64 = tf.constant(scale_pixels(x_uint8[:THROUGHPUT_BATCH]))
+    x1 = tf.constant(scale_pixels(x_uint8[:1], scaling))
+    x64 = tf.constant(scale_pixels(x_uint8[:THROUGHPUT_BATCH], scaling))
     fn = tf.function(lambda x: model(x, training=False))
     fn(x1)
     fn(x64)  # trace both shapes before timing
@@ -167,10 +168,11 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         model = load_run_model(entry.run)
         row["parameters"] = keras_parameters(model)
         row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
-        model(scale_pixels(ds.x_test[:1]), training=False)
+        scaling = meta.get("pixel_scaling")  # the run's own (a user's model may take [-1, 1], ...)
+        model(scale_pixels(ds.x_test[:1], scaling), training=False)
         rss1 = rss_mb()
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
-        probs = predict_proba(model, scale_pixels(ds.x_test))
+        probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
         pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
     except Exception as e:
         fail(row, "evaluate", e)
@@ -179,7 +181,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
     if opts.latency:
         row["latency"]["method"] = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
         try:
-            t = keras_timing(model, ds.x_test, opts, all_threads,
+            t = keras_timing(model, ds.x_test, opts, all_threads, scaling=scaling,
                              with_predict=is_baseline or opts.predict_all)
             row["latency"]["threads_all"] = t["tf_function"]
             row["latency"]["predict_threads_all"] = t.get("predict")

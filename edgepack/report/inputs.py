@@ -17,6 +17,7 @@ from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import FileMetadata
 
 FILE_SUFFIXES = (".tflite", ".onnx")
+MODEL_FILE_SUFFIXES = (".keras", ".h5")  # a user's Keras model file (or a SavedModel folder)
 EXPORT_MANIFEST = "export.json"
 KERAS = "keras"  # the `format` of a Keras run folder's row
 
@@ -41,8 +42,9 @@ class Entry:
         return f"{self.variant}/{self.format}{self.id_suffix}"
 
 
-def expand(inputs: list[str | os.PathLike]) -> list[Entry]:
-    """Entries for every input, in the order given (export folders expand in place)."""
+def expand(inputs: list[str | os.PathLike], source_options: dict | None = None) -> list[Entry]:
+    """Entries for every input, in the order given (export folders expand in place).
+    `source_options`: class_names / preprocessing for users' model files (edgepack.rundir.load_source)."""
     if not inputs:
         raise EdgepackError("nothing to compare: pass run folders, exported files or export folders")
     entries: list[Entry] = []
@@ -56,7 +58,7 @@ def expand(inputs: list[str | os.PathLike]) -> list[Entry]:
             key = target.resolve()
             if key not in seen:  # the same file given twice is one row
                 seen.add(key)
-                entries.append(open_entry(target))
+                entries.append(open_entry(target, source_options))
     return entries
 
 
@@ -67,13 +69,29 @@ def _export_files(folder: Path) -> list[Path]:
     return files
 
 
-def open_entry(path: Path) -> Entry:
-    """Open one run folder or model file; failures are recorded in `error`."""
+def open_entry(path: Path, source_options: dict | None = None) -> Entry:
+    """Open one run folder, exported file or user's model file; failures are recorded in `error`."""
+    if path.suffix in MODEL_FILE_SUFFIXES or (path / "saved_model.pb").is_file():
+        return _model_file_entry(path, source_options or {})
     if path.is_dir():
         return _run_entry(path)
     if path.suffix in FILE_SUFFIXES:
         return _file_entry(path)
-    raise EdgepackError(f"{path} is neither a run folder, an export folder nor a .tflite/.onnx file")
+    raise EdgepackError(f"{path} is neither a run folder, an export folder, a .tflite/.onnx file nor a "
+                        ".keras/.h5 model file")
+
+
+def _model_file_entry(path: Path, source_options: dict) -> Entry:
+    """A user's model file is the baseline of the comparison (its class names may come from the data:
+    compare fills them in once the data is read)."""
+    from edgepack.rundir import load_source
+
+    try:
+        run = load_source(path, require_names=False, **source_options)
+    except EdgepackError as e:
+        return Entry(path, "run", KERAS, path.stem, "baseline", error=str(e))
+    run.metadata.update(technique="baseline", variant=path.stem)
+    return Entry(path, "run", KERAS, path.stem, "baseline", run.metadata, run)
 
 
 def _run_entry(path: Path) -> Entry:

@@ -48,14 +48,15 @@ def main(argv: list[str]) -> int:
     tf.config.threading.set_inter_op_parallelism_threads(1)
     from edgepack.model import load_run_model
     from edgepack.report.evaluate import keras_timing
-    from edgepack.rundir import load_run
+    from edgepack.rundir import load_source
 
     opts = SimpleNamespace(**job["opts"])
     x = np.load(job["x"])
     results = {}
     for path in job["runs"]:
         try:
-            model = load_run_model(load_run(path))
+            # Timing only: "raw" pixels cost what scaled ones cost, and a model file needs no names here.
+            model = load_run_model(load_source(path, preprocessing="raw", require_names=False))
             results[path] = keras_timing(model, x, opts, 1, with_predict=False)["tf_function"]
         except Exception as e:  # one bad model must not lose the others' timings
             results[path] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
