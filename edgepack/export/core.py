@@ -3,6 +3,7 @@
 Output folder (written under a temporary name, renamed when every format has passed its checks):
     <format><suffix>        e.g. tflite-int8.tflite, onnx-fp32.onnx (ONNX: metadata in metadata_props)
     <file>.json             TFLite metadata sidecar (edgepack.runtime.metadata schema)
+    <file>.golden.npz       golden vectors for `edgepack verify` (edgepack.runtime.golden)
     export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds
 """
 
@@ -21,6 +22,7 @@ from edgepack.errors import EdgepackError
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
 from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
+from edgepack.runtime import golden
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 
 SCHEMA_VERSION = 1
@@ -140,6 +142,7 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
             ctx.qat and fmt.runtime == "onnx") else ""
         raise EdgepackError(f"{fmt.name}: check failed on {checks['images']} held-out images: "
                             f"{checks['refused_by']}; the export was not written{hint}")
+    golden.write_for(path, x_check, y_check)  # <file>.golden.npz: `edgepack verify` on a device
     return {
         "file": path.name, "metadata_file": meta_file.name, "bytes": path.stat().st_size,
         "gzip_bytes": rundir.gzip_size(path),
