@@ -61,7 +61,7 @@ def contact_sheet(images: np.ndarray, labels: np.ndarray, pred: np.ndarray, conf
 
     cols = 4
     rows = int(np.ceil(len(idx) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.1 + 0.4), dpi=72, squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.9, rows * 2.35 + 0.4), dpi=72, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, idx, strict=False):
