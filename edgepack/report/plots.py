@@ -76,6 +76,17 @@ def pareto_front(points: list[tuple[float, float, dict]]) -> list[tuple[float, f
 PARETO = "pareto.png"
 
 
+def _noise_bars(ax, points) -> None:
+    """Vertical bars: each row's 95% paired-bootstrap interval of its change against the baseline, so a
+    zoomed-in accuracy axis does not make noise look like a difference."""
+    for x, y, r in points:
+        c = (r.get("confidence") or {}).get("vs_baseline")
+        if c:
+            lo, hi = c["ci_pts"]
+            ax.errorbar([x], [y], yerr=[[max(0.0, c["delta_pts"] - lo)], [max(0.0, hi - c["delta_pts"])]],
+                        color="grey", linewidth=0.8, capsize=3, zorder=0)
+
+
 def write_pareto(results: dict, path: Path) -> None:
     """Accuracy vs gzip'ed size, colour = 1-thread p50 latency (all cores if missing), the front joined
     and labelled: the trade-off a user picks from."""
@@ -97,6 +108,7 @@ def write_pareto(results: dict, path: Path) -> None:
                         **colour)
         if known:
             fig.colorbar(sc, ax=ax, label="p50 latency ms, batch 1 (" + (_latency(ok[0])[1] or "-") + ")")
+        _noise_bars(ax, points)
         front = pareto_front(points)
         ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8,
                 label="Pareto front")
@@ -115,7 +127,7 @@ def write_pareto(results: dict, path: Path) -> None:
         ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("gzip'ed size KiB (log)")
     ax.set_ylabel("test accuracy %")
-    ax.set_title("Accuracy vs size: the Pareto front (colour: latency)")
+    ax.set_title("Accuracy vs size: the Pareto front (colour: latency; bars: 95% interval of the change)")
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, format="png")

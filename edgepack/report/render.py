@@ -205,17 +205,25 @@ def _html_table(t: Table, level: int = 3) -> str:
     title, headers, rows = t
     esc = html_mod.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td{_NUM if _is_num(c) else ''}>{esc(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
     return (f"<h{level}>{esc(title)}</h{level}>\n<div class='scroll'><table><thead><tr>{head}</tr></thead>"
             f"<tbody>{body}</tbody></table></div>\n")
 
 
+_NUM = " class='num'"
+
+
+def _is_num(cell: str) -> bool:
+    """Figures are right-aligned, words left-aligned."""
+    return cell.replace(",", "").replace(".", "", 1).lstrip("+-").isdigit() or cell == "-"
+
+
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
           "margin-bottom:1.5em;font-size:13px}.scroll{overflow-x:auto}"
-          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}"
+          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.num{text-align:right}"
           "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}img.wide{max-width:900px;width:100%}"
-          "section#recommendation{background:#eef6ee;border:1px solid #9c9;padding:0.2em 1em}"
-          "section#failures td{text-align:left}")
+          "section#recommendation{background:#eef6ee;border:1px solid #9c9;padding:0.2em 1em}")
 
 
 def _img(folder: Path, name: str, alt: str, cls: str = "") -> str:
@@ -242,6 +250,7 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
         "details": "<h2>Details</h2>" + _items(header_lines(results))
                    + "".join(_html_table(t) for t in tables(results)) + "<h3>Plots</h3>"
                    + "".join(_img(folder, name, title) for title, name in images.items())
+                   + "<h3>Most confident flips against the baseline</h3>"
                    + "".join(_img(folder, r["flip_sheet"], f"{r['id']}: most confident flips")
                              for r in results["rows"] if r.get("flip_sheet")),
     }
