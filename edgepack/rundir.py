@@ -29,8 +29,6 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock, Timeout
-
 from edgepack.errors import RunFolderError
 
 METADATA = "metadata.json"
@@ -187,6 +185,9 @@ def output_lock(out: Path) -> Iterator[None]:
     flock-based (filelock): the OS releases it when the holder dies, so a SIGKILLed run never blocks
     the next one. The lock file and the holder file (pid, host, command) are deleted on release.
     """
+    from filelock import Timeout  # toolchain extra: imported here, so the runtime-only CLI (which
+    #                                 imports this module through its export command) still starts
+
     lock_file, holder_file = lock_paths(out)
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -204,12 +205,14 @@ def output_lock(out: Path) -> Iterator[None]:
         lock.release()
 
 
-def _acquire(lock_file: Path, attempts: int = 5) -> FileLock:
+def _acquire(lock_file: Path, attempts: int = 5):
     """Lock `lock_file` without waiting (filelock.Timeout if another process holds it).
 
     A holder deletes the file before releasing it, so a process that opened the old file may lock a
     deleted one: the lock counts only if the path still names the file that was there before.
     """
+    from filelock import FileLock, Timeout
+
     for _ in range(attempts):
         before = _inode(lock_file)
         lock = FileLock(lock_file, timeout=0)

@@ -4,7 +4,9 @@
     .venv/bin/python tests/runtime_only_check.py --make FOLDER    # main environment: make FOLDER
 
 FOLDER holds small exported files (every format), images.npy and, per file, the probabilities the
-main environment's runtime gave (<file>.probs.npy). tests/test_runtime.py writes it when
+main environment's runtime gave (<file>.probs.npy), its golden vectors (<file>.golden.npz) and a
+deliberately altered copy of each float file (altered-<file>: one weight tensor changed) that
+`edgepack verify` must fail. tests/test_runtime.py writes it when
 $EDGEPACK_RUNTIME_MODELS is set (as `make test` does); --make trains and exports a tiny model instead.
 The check: TensorFlow is not installed and never imported, the installed edgepack (not the source
 tree) loads every file and reproduces the probabilities, and `edgepack predict` / `edgepack bench`
@@ -23,12 +25,55 @@ from pathlib import Path
 import numpy as np
 
 MODEL_SUFFIXES = (".onnx", ".tflite")
+ALTERED = "altered-"
+
+
+def _altered(w: np.ndarray) -> np.ndarray:
+    """Weights pushed to large values of flipped sign (int8: -127 or 127): a clear change even for a
+    barely trained test model whose outputs are all near 1/10."""
+    if w.dtype.kind == "f":
+        return -100 * w
+    return np.where(w > 0, -127, 127).astype(w.dtype)
+
+
+def altered_copy(src: Path, dst: Path) -> Path:
+    """A copy of an exported file (and its sidecar) with its largest weight tensor altered (_altered):
+    the same metadata and size, different arithmetic. ONNX: through onnx; TFLite: the tensor's bytes
+    in place."""
+    from edgepack.runtime import metadata
+
+    if src.suffix == ".onnx":
+        import onnx
+        from onnx import numpy_helper
+
+        model = onnx.load(str(src))
+        init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+        init.CopyFrom(numpy_helper.from_array(_altered(numpy_helper.to_array(init)), init.name))
+        onnx.save(model, str(dst))
+        return dst
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_path=str(src), experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    raw = bytearray(src.read_bytes())
+    for d in sorted(it.get_tensor_details(), key=lambda d: -int(np.prod(d["shape"]))):
+        try:
+            w = it.get_tensor(d["index"])
+        except ValueError:  # activations have no data before a call
+            continue
+        at = raw.find(w.tobytes())
+        if at >= 0 and raw.find(w.tobytes(), at + 1) < 0:  # found once: those bytes are this tensor
+            raw[at:at + w.nbytes] = _altered(w).tobytes()
+            dst.write_bytes(bytes(raw))
+            shutil.copy(metadata.sidecar_path(src), metadata.sidecar_path(dst))
+            return dst
+    raise AssertionError(f"{src}: no weight tensor found to alter")
 
 
 def write_check_folder(folder: Path, files: dict[str, Path], images: np.ndarray) -> None:
     """Copy exported files (with TFLite sidecars), the images and this environment's predictions."""
     from edgepack import runtime
-    from edgepack.runtime import metadata
+    from edgepack.runtime import golden, metadata
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
@@ -39,6 +84,12 @@ def write_check_folder(folder: Path, files: dict[str, Path], images: np.ndarray)
         if metadata.sidecar_path(path).exists():
             shutil.copy(metadata.sidecar_path(path), metadata.sidecar_path(dest))
         np.save(folder / f"{dest.name}.probs.npy", runtime.load(dest).predict(images))
+        shutil.copy(golden.golden_path(path), golden.golden_path(dest))
+        # Float files only: the tiny test model's int8 outputs are clipped to its calibrated range (all
+        # near 1/10), so no weight change moves them far past the int8 tolerance on every CPU;
+        # tests/test_golden.py checks altered int8 files on a model with clear margins.
+        if golden.read_golden(golden.golden_path(dest))["meta"]["atol"] < golden.INTEGER_ATOL:
+            altered_copy(dest, folder / (ALTERED + dest.name))
 
 
 def make(folder: Path) -> None:
@@ -75,7 +126,8 @@ def check(folder: Path) -> None:
 
     src = Path(__file__).resolve().parent.parent / "edgepack"
     assert Path(edgepack.__file__).resolve().parent != src, f"testing the source tree {src}, not the install"
-    files = sorted(p for p in folder.iterdir() if p.suffix in MODEL_SUFFIXES)
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix in MODEL_SUFFIXES and not p.name.startswith(ALTERED))
     assert {p.suffix for p in files} == set(MODEL_SUFFIXES), f"{folder}: needs .onnx and .tflite files"
     images = np.load(folder / "images.npy", allow_pickle=False)
     for path in files:
@@ -88,6 +140,15 @@ def check(folder: Path) -> None:
     assert not tf_modules(), f"imported {tf_modules()}"
 
     cli = Path(sys.executable).parent / "edgepack"
+    altered = {p.suffix for p in folder.iterdir() if p.name.startswith(ALTERED)} & set(MODEL_SUFFIXES)
+    assert altered == set(MODEL_SUFFIXES), f"{folder}: needs altered .onnx and .tflite files"
+    for path in files:  # golden vectors: the file passes, its altered copy (float files) fails
+        bad = folder / (ALTERED + path.name)
+        for model, code in ((path, 0), (bad, 1)) if bad.exists() else ((path, 0),):
+            done = subprocess.run([str(cli), "verify", str(model), f"{folder / path.name}.golden.npz"],
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == code, (model, done.stdout, done.stderr)
+            print(f"ok  verify exit {code}: {done.stdout.strip()}")
     onnx = next(p for p in files if p.suffix == ".onnx")
     done = subprocess.run([str(cli), "predict", str(onnx), str(folder / "images.npy"), "--json"],
                           capture_output=True, text=True, timeout=120)

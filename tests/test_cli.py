@@ -76,3 +76,16 @@ def test_unwritable_output_is_refused_before_any_work(tmp_path, capsys, tiny_arc
     code = main(["train", "--data", str(tiny_archive), "--out", str(blocker / "run")])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "not a writable folder" in err and "\n" not in err
+
+
+def test_cli_starts_without_the_toolchain():
+    """The runtime-only install (no toolchain extra) runs `edgepack predict` and `edgepack verify`: building
+    the parser must not import filelock, TensorFlow or the other toolchain modules."""
+    from edgepack.errors import TOOLCHAIN_MODULES
+
+    code = ("import sys\n"
+            f"for m in {TOOLCHAIN_MODULES!r}: sys.modules[m] = None  # import m raises ImportError\n"
+            "from edgepack.cli import main\n"
+            "sys.exit(main(['verify', '--help']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "GOLDEN" in r.stdout, r.stderr[-500:]

@@ -158,7 +158,8 @@ def test_export_json_describes_each_file(exported):
     assert summary["formats"]["onnx-fp32"]["checks"]["onnx_checker"] == "passed"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [SUMMARY] + [f.filename for f in FORMATS.values()]
-        + [f.filename + ".json" for f in FORMATS.values() if f.suffix == ".tflite"])
+        + [f.filename + ".json" for f in FORMATS.values() if f.suffix == ".tflite"]
+        + [f.filename + ".golden.npz" for f in FORMATS.values()])  # edgepack.runtime.golden
 
 
 def test_int8_files_are_under_30_percent_of_fp32(exported):

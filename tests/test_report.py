@@ -149,7 +149,10 @@ def test_report_files_not_empty(report):
         raw = (out / name).read_bytes()
         assert raw.startswith(b"\x89PNG\r\n\x1a\n") and len(raw) > 5000
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 and page.count("<table") >= 3
+    sheets = [r["flip_sheet"] for r in results["rows"] if r["flip_sheet"]]
+    assert page.count("data:image/png;base64,") == 3 + len(sheets) and page.count("<table") >= 3
+    for name in ("pareto.png", *sheets):
+        assert (out / name).read_bytes().startswith(b"\x89PNG")
     md = (out / "report.md").read_text()
     for r in results["rows"]:
         assert r["id"].split("/")[0] in md and r["id"].split("/")[0] in page
@@ -297,3 +300,60 @@ def test_keras_parameters_and_sparsity_ignore_tfmot_variables():
     assert qat.count_params() > BASELINE_PARAMS  # quantizer ranges are variables too
     assert keras_parameters(qat) == BASELINE_PARAMS
     assert keras_sparsity(qat) == pytest.approx(expected)
+
+
+def test_rows_carry_confidence_and_flips(report):
+    results, _ = report
+    rows = by_id(results)
+    for r in results["rows"]:
+        if r["status"] != "ok":
+            assert r["confidence"] is None and r["flips"] is None
+            continue
+        c = r["confidence"]
+        assert "McNemar" in c["rule"] and c["latency"]["low_ms"] <= c["latency"]["high_ms"]
+        if r["id"] == "baseline/keras":
+            assert c["vs_baseline"] is None and r["flips"] is None
+            continue
+        vs = c["vs_baseline"]
+        assert vs["delta_pts"] == pytest.approx(r["delta_pts_vs_baseline"])
+        assert 0 <= vs["p_value"] <= 1 and vs["ci_pts"][0] <= vs["delta_pts"] <= vs["ci_pts"][1]
+        assert vs["within_noise"] == (vs["p_value"] >= 0.05)
+        assert r["flips"]["changed"] == round(20 * (1 - r["agreement"]))
+        assert sum(p["count"] for p in r["flips"]["pairs"]) == r["flips"]["changed"]
+    weak = rows["prune-0.5/keras"]
+    assert weak["confidence"]["vs_control"]["delta_pts"] == pytest.approx(weak["delta_pts_vs_control"])
+    assert rows["baseline/onnx-fp32"]["flips"]["changed"] == 0
+    assert rows["baseline/onnx-fp32"]["confidence"]["vs_baseline"]["within_noise"]
+
+
+def test_html_reads_summary_first(report):
+    """Recommendation, then the Pareto plot, then failures, then the details (checked without a browser;
+    scripts/screenshot_report.py renders the page in Chromium)."""
+    from html.parser import HTMLParser
+
+    _, out = report
+
+    class Sections(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.ids, self.headings, self._in_h2 = [], [], False
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "section":
+                self.ids.append(dict(attrs)["id"])
+            self._in_h2 = tag == "h2"
+
+        def handle_data(self, data):
+            if self._in_h2:
+                self.headings.append(data)
+                self._in_h2 = False
+
+    page = Sections()
+    page.feed((out / "report.html").read_text())
+    assert page.ids == ["recommendation", "pareto", "failures", "noise", "details"]
+    assert page.headings[:4] == ["Recommendation", "Pareto front", "Failures and their reasons",
+                                 "Changes within noise"]
+    md = (out / "report.md").read_text()
+    order = [md.index(h) for h in ("## Recommendation", "## Pareto front", "## Failures and their reasons",
+                                   "## Changes within noise", "## Details", "### Variants")]
+    assert order == sorted(order) and "broken/tflite-fp32" in md[order[2]:order[3]]

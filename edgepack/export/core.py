@@ -4,6 +4,7 @@ Output folder (written under a temporary name, renamed when every format is done
     <format><suffix>        e.g. tflite-int8.tflite, onnx-fp32.onnx (ONNX: metadata in metadata_props;
                             TFLite: the standard TFLite metadata with labels and normalization)
     <file>.json             TFLite edgepack metadata sidecar (edgepack.runtime.metadata.FileMetadata)
+    <file>.golden.npz       golden vectors for `edgepack verify` (edgepack.runtime.golden)
     export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds;
                             a format that failed (of several asked) is {"status": "error", "error": why}
                             and its file is not written
@@ -24,6 +25,7 @@ from edgepack.errors import EdgepackError
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
 from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
+from edgepack.runtime import golden
 from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import FileMetadata
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
@@ -165,6 +167,7 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
             ctx.qat and fmt.runtime == "onnx") else ""
         raise EdgepackError(f"{fmt.name}: check failed on {checks['images']} held-out images: "
                             f"{checks['refused_by']}; the export was not written{hint}")
+    golden.write_for(path, x_check, y_check)  # <file>.golden.npz: `edgepack verify` on a device
     return {
         "file": path.name, "metadata_file": meta_file.name, "bytes": path.stat().st_size,
         "gzip_bytes": rundir.gzip_size(path),

@@ -71,6 +71,19 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
       kernel_path       the int8 kernel path this CPU runs the file with (edgepack.runtime.cpu), or null
       notes             sentences from measured facts: kernels that lose accuracy here, int8 not faster
                         than fp32 here and why, what to ship instead
+      confidence        (edgepack.report.stats) {rule, vs_baseline, vs_control, latency,
+                        latency_vs_baseline_within_noise}; vs_* = {delta_pts, p_value (exact McNemar),
+                        ci_pts [low, high] (95% paired bootstrap, 2000 seeded resamples), only_this_right,
+                        only_ref_right (discordant images), within_noise (p >= 0.05)} or null (no
+                        baseline / no control); latency = {p50_ms, low_ms, high_ms, rounds, threads}:
+                        median and min-max of the medians of 5 consecutive slices of the timed runs
+                        (threads_1, else threads_all); within noise = the two intervals overlap
+      flips             (edgepack.report.flips; not for the baseline) {changed: images whose top-1 differs
+                        from the baseline's, per_class_delta_pts {class: accuracy change in points},
+                        pairs [{from, to, count}]: baseline class -> this row's class, most frequent first}
+      flip_sheet        report-relative PNG of the 16 most confident flips (int8 rows and the recommended
+                        row), or null
+    Latency timings also carry round_p50_ms: the medians of those 5 slices.
 """
 
 from __future__ import annotations
@@ -82,6 +95,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
 from edgepack.report.notes import add_speed_notes
 
@@ -207,14 +221,16 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
 
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = env_mod.usable_cores()
-    rows, base_pred = [], None
+    rows, base_pred, kept = [], None, {}
     t_rows = time.time()
     for i, entry in enumerate(order, 1):
         done = time.time() - t_rows
         eta = f", about {done / (i - 1) * (len(order) - i + 1):.0f} s left" if i > 1 else ""
         print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}): elapsed {time.time() - started:.0f} s{eta}",
               flush=True)
-        row, pred = evaluate_entry(entry, ds, options, all_threads, is_baseline=entry is base)
+        row, probs = evaluate_entry(entry, ds, options, all_threads, is_baseline=entry is base)
+        kept[row["id"]] = Kept.of(probs)
+        pred = None if probs is None else kept[row["id"]].pred
         if entry is base:
             base_pred = pred
         if pred is not None and base_pred is not None:
@@ -246,8 +262,9 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         "recommended": None, "gate": None, "settings": settings, "rows": rows,
     }
     derive(results)
+    sheets = explain(results, kept, ds)
     results["wall_seconds"] = round(time.time() - started, 2)
-    write_report(results, out, force)
+    write_report(results, out, force, sheets)
     print(f"compare: wrote {out} in {results['wall_seconds']:.0f} s", flush=True)
     gate = results["gate"]
     if gate and not gate["passed"]:
@@ -428,11 +445,16 @@ def recommend(rows: list[dict], max_drop: float) -> dict | None:
     return min(fast, key=lambda r: (r["size_gzip_bytes"], latency(r), -r["accuracy"]))
 
 
-def write_report(results: dict, out: str | os.PathLike, force: bool) -> None:
+def write_report(results: dict, out: str | os.PathLike, force: bool, files: dict[str, bytes] | None = None
+                 ) -> None:
+    """The report folder; `files`: more files to write in it (report-relative path -> bytes)."""
     from edgepack import rundir
     from edgepack.report import plots, render
 
     with rundir.atomic_dir(out, force) as tmp:
+        for name, data in (files or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
         rundir.write_json(tmp / "results.json", results)
         render.write_csv(results, tmp / "results.csv")
         images = plots.write_plots(results, tmp)

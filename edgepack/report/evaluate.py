@@ -15,6 +15,7 @@ import numpy as np
 
 from edgepack import rundir
 from edgepack.report.inputs import Entry
+from edgepack.report.stats import LATENCY_ROUNDS
 from edgepack.timing import measure
 
 THROUGHPUT_BATCH = 64  # images per call when measuring throughput
@@ -29,6 +30,7 @@ ROW_KEYS = (
     "sparsity", "sparsity_source", "source_sha256", "model_sha256",
     "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
     "reference_accuracy", "kernel_gap_points", "kernel_path", "notes",
+    "confidence", "flips", "flip_sheet",  # edgepack.report.explain
 )
 
 
@@ -82,7 +84,9 @@ def fill_metrics(row: dict, y_true: np.ndarray, probs: np.ndarray, class_names) 
 
 def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None, warmup: int | None = None) -> dict:
     """Batch-1 latency distribution and batch-64 throughput (images/s, from the median call)."""
-    lat = measure(fn1, runs=runs or opts.runs, warmup=opts.warmup if warmup is None else warmup).as_dict()
+    n = runs or opts.runs
+    lat = measure(fn1, runs=n, warmup=opts.warmup if warmup is None else warmup,
+                  rounds=min(LATENCY_ROUNDS, n)).as_dict()
     lat["threads"] = threads
     lat["throughput_ips"] = None
     if fn64 is not None:
@@ -173,7 +177,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         rss1 = rss_mb()
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
-        pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
+        fill_metrics(row, ds.y_test, probs, ds.class_names)
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
@@ -188,7 +192,7 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         except Exception as e:
             row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["eval_seconds"] = time.perf_counter() - t0
-    return row, pred
+    return row, probs
 
 
 # --- exported files
@@ -215,7 +219,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         rss1 = rss_mb()
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
-        pred = fill_metrics(row, ds.y_test, probs, ds.class_names)
+        fill_metrics(row, ds.y_test, probs, ds.class_names)
         if is_quantized(entry.format):
             reference_figures(row, entry.path, ds, all_threads)
     except Exception as e:
@@ -233,7 +237,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         except Exception as e:
             row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["eval_seconds"] = time.perf_counter() - t0
-    return row, pred
+    return row, probs
 
 
 # Full-integer formats whose rows carry the exact-reference accuracy. (tflite-dynamic keeps float
@@ -277,6 +281,7 @@ def reference_figures(row: dict, path: Path, ds, workers: int) -> None:
 
 def evaluate_entry(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
                    ) -> tuple[dict, np.ndarray | None]:
+    """The row and its probabilities on ds.x_test (None when it failed)."""
     if entry.kind == "run":
         return evaluate_run(entry, ds, opts, all_threads, is_baseline)
     return evaluate_file(entry, ds, opts, all_threads)

@@ -63,8 +63,81 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
     plt.close(fig)
 
 
+def pareto_front(points: list[tuple[float, float, dict]]) -> list[tuple[float, float, dict]]:
+    """The points no other point beats on both size (smaller) and accuracy (higher), smallest first."""
+    front, best = [], float("-inf")
+    for x, y, r in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y, r))
+            best = y
+    return front
+
+
+PARETO = "pareto.png"
+
+
+def _noise_bars(ax, points) -> None:
+    """Vertical bars: each row's 95% paired-bootstrap interval of its change against the baseline, so a
+    zoomed-in accuracy axis does not make noise look like a difference."""
+    for x, y, r in points:
+        c = (r.get("confidence") or {}).get("vs_baseline")
+        if c:
+            lo, hi = c["ci_pts"]
+            ax.errorbar([x], [y], yerr=[[max(0.0, c["delta_pts"] - lo)], [max(0.0, hi - c["delta_pts"])]],
+                        color="grey", linewidth=0.8, capsize=3, zorder=0)
+
+
+def write_pareto(results: dict, path: Path) -> None:
+    """Accuracy vs gzip'ed size, colour = 1-thread p50 latency (all cores if missing), the front joined
+    and labelled: the trade-off a user picks from."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results["rows"]
+          if r["status"] == "ok" and r["accuracy"] is not None and r["size_gzip_bytes"]]
+    points = [(r["size_gzip_bytes"] / 1024, 100 * r["accuracy"], r) for r in ok]
+    fig, ax = plt.subplots(figsize=(9, 5), dpi=90)
+    lat = [_latency(r)[0] for _, _, r in points]
+    known = [v for v in lat if v is not None]
+    if points:
+        colour = ({"c": [v if v is not None else float("nan") for v in lat], "cmap": "viridis",
+                   "plotnonfinite": True} if known else {"color": "tab:blue"})  # no latency: one colour
+        sc = ax.scatter([p[0] for p in points], [p[1] for p in points], s=40, edgecolors="none", alpha=0.9,
+                        **colour)
+        if known:
+            fig.colorbar(sc, ax=ax, label="p50 latency ms, batch 1 (" + (_latency(ok[0])[1] or "-") + ")")
+        _noise_bars(ax, points)
+        front = pareto_front(points)
+        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8,
+                label="Pareto front")
+        for x, y, r in front:
+            ax.annotate(r["id"] + (" (recommended)" if r["recommended"] else ""), (x, y), fontsize=7,
+                        xytext=(4, -10 if r["recommended"] else 4), textcoords="offset points",
+                        fontweight="bold" if r["recommended"] else "normal")
+        rec = [p for p in points if p[2]["recommended"]]
+        if rec:
+            ax.scatter([rec[0][0]], [rec[0][1]], s=160, facecolors="none", edgecolors="red", linewidths=1.5,
+                       label="recommended")
+        if all(p[0] > 0 for p in points):
+            ax.set_xscale("log")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("gzip'ed size KiB (log)")
+    ax.set_ylabel("test accuracy %")
+    ax.set_title("Accuracy vs size: the Pareto front (colour: latency; bars: 95% interval of the change)")
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    plt.close(fig)
+
+
 def write_plots(results: dict, folder: Path) -> dict[str, str]:
-    """Write the plots into `folder`; returns {title: file name}."""
+    """Write the detail plots into `folder` (and PARETO, used by the summary); returns {title: file name}
+    of the detail plots."""
+    write_pareto(results, folder / PARETO)
     ok = [r for r in results["rows"] if r["status"] == "ok" and r["accuracy"] is not None]
     base = next((r for r in ok if r["id"] == results.get("baseline")), None)
     base_acc = 100 * base["accuracy"] if base else None

@@ -11,6 +11,9 @@ import csv
 import html as html_mod
 from pathlib import Path
 
+from edgepack.report import summary
+from edgepack.report.plots import PARETO
+
 Table = tuple[str, list[str], list[list[str]]]
 
 
@@ -113,8 +116,10 @@ def failure_lines(results: dict) -> list[str]:
 
 
 def tables(results: dict) -> list[Table]:
-    return [t for t in (main_table(results), notes_table(results), latency_table(results),
-                        detail_table(results), per_class_table(results), error_table(results)) if t[2]]
+    """The detail tables (the failures table is in the summary)."""
+    return [t for t in (main_table(results), summary.confidence_table(results), summary.flips_table(results),
+                        notes_table(results), latency_table(results), detail_table(results),
+                        per_class_table(results)) if t[2]]
 
 
 def header_lines(results: dict) -> list[str]:
@@ -173,38 +178,86 @@ def markdown_table(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+SECTIONS = ("recommendation", "pareto", "failures", "noise", "details")  # the page's order, summary first
+
+
+def _failures(results: dict) -> Table:
+    title, headers, rows = error_table(results)
+    return "Failures and their reasons", headers, rows
+
+
 def markdown(results: dict, images: dict[str, str]) -> str:
-    parts = ["# edgepack comparison report", "", *[f"- {line}" for line in header_lines(results)], ""]
-    parts += [markdown_table(t) for t in tables(results)]
+    fails = _failures(results)
+    parts = ["# edgepack comparison report", "", "## Recommendation", "",
+             *[f"- {line}" for line in summary.recommendation_lines(results)], "",
+             "## Pareto front", "", f"![Accuracy vs size: the Pareto front]({PARETO})", ""]
+    parts += [markdown_table(fails) if fails[2] else "## Failures and their reasons\n\nNone.\n"]
+    parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], "",
+              "## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
+    parts += [markdown_table(t).replace("## ", "### ", 1) for t in tables(results)]
     parts += [f"![{title}]({name})\n" for title, name in images.items()]
+    parts += [f"![{r['id']}: most confident flips]({r['flip_sheet']})\n" for r in results["rows"]
+              if r.get("flip_sheet")]
     return "\n".join(parts)
 
 
-def _html_table(t: Table) -> str:
+def _html_table(t: Table, level: int = 3) -> str:
     title, headers, rows = t
     esc = html_mod.escape
     head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<h2>{esc(title)}</h2>\n<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>\n"
+    body = "".join("<tr>" + "".join(f"<td{_NUM if _is_num(c) else ''}>{esc(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return (f"<h{level}>{esc(title)}</h{level}>\n<div class='scroll'><table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>\n")
 
 
-_STYLE = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
-          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td:first-child{text-align:left}"
-          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}")
+_NUM = " class='num'"
+
+
+def _is_num(cell: str) -> bool:
+    """Figures are right-aligned, words left-aligned."""
+    return cell.replace(",", "").replace(".", "", 1).lstrip("+-").isdigit() or cell == "-"
+
+
+_STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+          "margin-bottom:1.5em;font-size:13px}.scroll{overflow-x:auto}"
+          "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.num{text-align:right}"
+          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}img.wide{max-width:900px;width:100%}"
+          "section#recommendation{background:#eef6ee;border:1px solid #9c9;padding:0.2em 1em}")
+
+
+def _img(folder: Path, name: str, alt: str, cls: str = "") -> str:
+    data = base64.b64encode((folder / name).read_bytes()).decode()
+    attr = f" class='{cls}'" if cls else ""
+    return f'<img{attr} alt="{html_mod.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _items(lines) -> str:
+    return "<ul>" + "".join(f"<li>{html_mod.escape(s.replace('**', '').replace('`', ''))}</li>"
+                            for s in lines) + "</ul>"
 
 
 def html(results: dict, folder: Path, images: dict[str, str]) -> str:
-    """A self-contained page: the same tables as report.md, plots embedded as base64 PNGs."""
-    esc = html_mod.escape
-    plain = (line.replace("**", "").replace("`", "") for line in header_lines(results))
-    items = "".join(f"<li>{esc(line)}</li>" for line in plain)
-    imgs = "".join(
-        f'<img alt="{esc(title)}" src="data:image/png;base64,'
-        f'{base64.b64encode((folder / name).read_bytes()).decode()}">' for title, name in images.items())
-    body = "".join(_html_table(t) for t in tables(results))
+    """A self-contained page, summary first (SECTIONS): recommendation, Pareto plot, failures, changes
+    within noise, then the same detail tables as report.md; images embedded as base64 PNGs."""
+    fails = _failures(results)
+    sections = {
+        "recommendation": "<h2>Recommendation</h2>" + _items(summary.recommendation_lines(results)),
+        "pareto": "<h2>Pareto front</h2>"
+                  + _img(folder, PARETO, "Accuracy vs size: the Pareto front", "wide"),
+        "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and their reasons</h2><p>None.</p>",
+        "noise": "<h2>Changes within noise</h2>" + _items(summary.noise_text(results)),
+        "details": "<h2>Details</h2>" + _items(header_lines(results))
+                   + "".join(_html_table(t) for t in tables(results)) + "<h3>Plots</h3>"
+                   + "".join(_img(folder, name, title) for title, name in images.items())
+                   + "<h3>Most confident flips against the baseline</h3>"
+                   + "".join(_img(folder, r["flip_sheet"], f"{r['id']}: most confident flips")
+                             for r in results["rows"] if r.get("flip_sheet")),
+    }
+    body = "".join(f"<section id='{k}'>{sections[k]}</section>\n" for k in SECTIONS)
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>edgepack comparison</title>"
-            f"<style>{_STYLE}</style></head><body><h1>edgepack comparison report</h1><ul>{items}</ul>"
-            f"{body}<h2>Plots</h2>{imgs}</body></html>\n")
+            f"<style>{_STYLE}</style></head><body><h1>edgepack comparison report</h1>\n{body}"
+            "</body></html>\n")
 
 
 def flat_row(row: dict) -> dict:
@@ -220,6 +273,12 @@ def flat_row(row: dict) -> dict:
     flat["finetune_learning_rate"] = recipe.get("learning_rate")
     for name, acc in (row.get("per_class_accuracy") or {}).items():
         flat[f"accuracy_{name}"] = acc
+    conf = row.get("confidence") or {}
+    for ref in ("vs_baseline", "vs_control"):
+        c = conf.get(ref) or {}
+        flat[f"p_value_{ref}"], flat[f"within_noise_{ref}"] = c.get("p_value"), c.get("within_noise")
+        flat[f"ci_low_pts_{ref}"], flat[f"ci_high_pts_{ref}"] = (c.get("ci_pts") or [None, None])
+    flat["images_changed"] = (row.get("flips") or {}).get("changed")
     return flat
 
 

@@ -1,0 +1,94 @@
+"""The report's summary (recommendation, failures, changes within noise) and the confidence and flips
+tables: rendered by edgepack.report.render before the detail tables. Plain strings; render escapes."""
+
+from __future__ import annotations
+
+from edgepack.report.explain import noise_lines
+
+Table = tuple[str, list[str], list[list[str]]]
+
+
+def _lat_text(lat: dict | None) -> str:
+    if not lat:
+        return "-"
+    return f"{lat['p50_ms']:.3f} ({lat['low_ms']:.3f}-{lat['high_ms']:.3f})"
+
+
+def _change_text(c: dict | None) -> str:
+    if not c:
+        return "-"
+    lo, hi = c["ci_pts"]
+    verdict = "within noise" if c["within_noise"] else "significant"
+    return f"{c['delta_pts']:+.2f} [{lo:+.2f}, {hi:+.2f}] p={c['p_value']:.2g} {verdict}"
+
+
+def recommendation_lines(results: dict) -> list[str]:
+    """The recommended row's key figures and why it was picked, or why nothing was."""
+    max_drop = results["options"].get("max_drop")
+    rec = next((r for r in results["rows"] if r["id"] == results.get("recommended")), None)
+    if rec is None:
+        if max_drop is None:
+            return ["No recommendation: pass --max-drop POINTS to pick the smallest, fastest row within "
+                    "that many points of the baseline."]
+        return [f"No recommendation: no row is within {max_drop:g} points of the baseline "
+                f"({results.get('baseline') or 'none found'})."]
+    conf = rec.get("confidence") or {}
+    vs = conf.get("vs_baseline")
+    lines = [
+        f"Recommended: {rec['id']}.",
+        f"Accuracy {100 * rec['accuracy']:.2f}%, change vs the baseline {_change_text(vs)}"
+        + (f"; vs its control {_change_text(conf['vs_control'])}" if conf.get("vs_control") else "")
+        + ".",
+        f"Size {rec['size_gzip_bytes'] / 1024:.1f} KiB gzip'ed"
+        + (f" ({rec['size_ratio_gzip']:.1f}x smaller)" if rec.get("size_ratio_gzip") else "")
+        + f"; p50 latency ms (min-max of 5 rounds) {_lat_text(conf.get('latency'))}"
+        + (f" ({rec['speedup']:.1f}x faster)" if rec.get("speedup") else "") + ".",
+    ]
+    if rec.get("flips"):
+        lines.append(f"{rec['flips']['changed']} of {rec['num_test_images']} test images changed prediction "
+                     "against the baseline.")
+    lines.append(f"Why: the smallest gzip'ed file among the rows within {max_drop:g} accuracy points of the "
+                 "baseline whose latency is within 1.25x of the fastest of them.")
+    return lines
+
+
+def failure_rows(results: dict) -> list[list[str]]:
+    out = [[r["id"], r["status"], r["error"] or ""] for r in results["rows"] if r["status"] != "ok"]
+    out += [[r["id"], "latency", r["latency"]["error"]] for r in results["rows"]
+            if (r.get("latency") or {}).get("error")]
+    return out
+
+
+def noise_text(results: dict) -> list[str]:
+    lines = noise_lines(results)
+    return lines or ["Every accuracy change against the baseline is beyond noise (McNemar p < 0.05)."]
+
+
+def confidence_table(results: dict) -> Table:
+    headers = ["id", "vs baseline: pts [95% CI] McNemar p", "vs control: pts [95% CI] p",
+               "p50 ms (round min-max)", "latency vs baseline"]
+    out = []
+    for r in results["rows"]:
+        c = r.get("confidence")
+        if not c:
+            continue
+        same = c.get("latency_vs_baseline_within_noise")
+        verdict = "-" if same is None else ("within noise" if same else "differs")
+        out.append([r["id"], _change_text(c["vs_baseline"]), _change_text(c["vs_control"]),
+                    _lat_text(c["latency"]), verdict])
+    return "Confidence (same test images; within noise = McNemar p >= 0.05)", headers, out
+
+
+def flips_table(results: dict, pairs: int = 3, classes: int = 2) -> Table:
+    headers = ["id", "images changed", "most frequent flips (baseline -> this)",
+               "classes that lost most (pts)", "contact sheet"]
+    out = []
+    for r in results["rows"]:
+        f = r.get("flips")
+        if not f:
+            continue
+        top = ", ".join(f"{p['from']}->{p['to']} {p['count']}" for p in f["pairs"][:pairs]) or "-"
+        worst = sorted(f["per_class_delta_pts"].items(), key=lambda kv: kv[1])[:classes]
+        out.append([r["id"], str(f["changed"]), top, ", ".join(f"{k} {v:+.1f}" for k, v in worst),
+                    r.get("flip_sheet") or "-"])
+    return "Flips against the baseline", headers, out
