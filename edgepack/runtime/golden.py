@@ -109,12 +109,12 @@ def write_for(model_path: str | os.PathLike, x_check: np.ndarray, y_check: np.nd
     ref = runtime.load(model_path, kernels="reference")
     meta = ref.metadata
     idx = balanced(y_check)
-    images = pixels_from_input(x_check[idx], meta["pixel_scaling"])
+    images = pixels_from_input(x_check[idx], meta.pixel_scaling)
     return write_golden(golden_path(model_path), images, y_check[idx], ref.predict(images), {
-        "format": meta["format"], "variant": meta.get("variant"), "source_sha256": meta.get("source_sha256"),
-        "model_sha256": sha256_file(model_path), "class_names": list(meta["class_names"]),
-        "atol": tolerance_for(meta["format"]), "kernels": "reference",
-        "edgepack_version": meta.get("edgepack_version")})
+        "format": meta.format, "variant": meta.variant, "source_sha256": meta.source_sha256,
+        "model_sha256": sha256_file(model_path), "class_names": list(meta.class_names),
+        "atol": tolerance_for(meta.format), "kernels": "reference",
+        "edgepack_version": meta.edgepack_version})
 
 
 def read_golden(path: str | os.PathLike) -> dict:
@@ -145,11 +145,13 @@ class VerifyResult:
     max_abs_diff: float | None
 
 
-def _identity_problem(meta: dict, model: dict) -> str | None:
+def _identity_problem(meta: dict, model) -> str | None:
+    """Why the golden file (meta) belongs to another model than `model` (its FileMetadata), or None."""
     for key in ("format", "source_sha256", "variant"):
-        if meta.get(key) is not None and model.get(key) is not None and meta[key] != model[key]:
-            return f"{key} {model[key]!r}, golden file's {meta[key]!r}"
-    if list(meta.get("class_names") or []) != list(model["class_names"]):
+        mine = getattr(model, key)
+        if meta.get(key) is not None and mine is not None and meta[key] != mine:
+            return f"{key} {mine!r}, golden file's {meta[key]!r}"
+    if list(meta.get("class_names") or []) != list(model.class_names):
         return "class names differ"
     return None
 
