@@ -47,7 +47,8 @@ def float_twin(model):
             continue
         if entry["class_name"] in WRAPPERS:
             entry = _unwrapped(entry)
-            renamed[entry["wrapper"]] = [entry["name"], None, None]
+            if entry["wrapper"] != entry["name"]:  # a self-reference would make _rewired loop forever
+                renamed[entry["wrapper"]] = [entry["name"], None, None]
         _refuse_tfmot(entry)
         _deserializes(k, entry)
         layers.append(entry)
