@@ -138,11 +138,31 @@ def _annotated(model, plan):
     return _wrap_targets(model, plan.targets, q.quantize_annotate_layer)
 
 
+def reserve_layer_names(model) -> None:
+    """Advance Keras's automatic layer names past `model`'s own ("conv2d_3" -> conv2d up to _3).
+
+    TF-MOT's QAT splits a SeparableConv2D into a DepthwiseConv2D and a new Conv2D named by Keras's
+    counter. For a model loaded from a file that counter starts at 0, so the new layer can be named
+    "conv2d" like one of the model's own, and the rebuilt graph wires the wrong input into it
+    ("Depth of input (32) is not a multiple of input depth of filter (3)")."""
+    import re
+
+    from edgepack.model import keras
+
+    backend = keras().backend
+    for layer in model.layers:
+        base, number = re.fullmatch(r"(.*?)(?:_(\d+))?", layer.name).groups()
+        for _ in range(int(number or 0) + 1):  # get_uid(base) counts up: "base", "base_1", ...
+            backend.get_uid(base)
+
+
 def _wrap_qat(model, params, plan):
+    reserve_layer_names(model)
     return _tfmot().quantization.keras.quantize_apply(_annotated(model, plan)), []
 
 
 def _wrap_pqat(model, params, plan):
+    reserve_layer_names(model)
     tfmot = _tfmot()
     scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
     return tfmot.quantization.keras.quantize_apply(_annotated(model, plan), scheme), []
