@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from edgepack.compress import invariants as inv
+from edgepack.errors import EdgepackError
 
 
 @dataclass(frozen=True)
@@ -138,34 +139,33 @@ def _annotated(model, plan):
     return _wrap_targets(model, plan.targets, q.quantize_annotate_layer)
 
 
-def reserve_layer_names(model) -> None:
-    """Advance Keras's automatic layer names past `model`'s own ("conv2d_3" -> conv2d up to _3).
+def _quantize_apply(model, plan, scheme=None):
+    """TF-MOT's quantize_apply on the annotated model; its failures become one line naming the cause.
 
-    TF-MOT's QAT splits a SeparableConv2D into a DepthwiseConv2D and a new Conv2D named by Keras's
-    counter. For a model loaded from a file that counter starts at 0, so the new layer can be named
-    "conv2d" like one of the model's own, and the rebuilt graph wires the wrong input into it
-    ("Depth of input (32) is not a multiple of input depth of filter (3)")."""
-    import re
-
-    from edgepack.model import keras
-
-    backend = keras().backend
-    for layer in model.layers:
-        base, number = re.fullmatch(r"(.*?)(?:_(\d+))?", layer.name).groups()
-        for _ in range(int(number or 0) + 1):  # get_uid(base) counts up: "base", "base_1", ...
-            backend.get_uid(base)
+    Known here (TF-MOT 0.8.1): QAT splits a SeparableConv2D into a DepthwiseConv2D and a new Conv2D
+    named by Keras's counter, which starts at 0 for a model loaded from a file; when the model has its
+    own layer named "conv2d" the two collide and the rebuilt graph feeds the wrong tensor."""
+    q = _tfmot().quantization.keras
+    try:
+        return q.quantize_apply(_annotated(model, plan), *([scheme] if scheme else []))
+    except (ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        names = {layer.name for layer in model.layers}
+        hint = ("; it splits SeparableConv2D into a new Conv2D that collides with your layer named 'conv2d': "
+                "give your Conv2D layers their own names (name=...) and re-save the model"
+                if "conv2d" in names and any(type(la).__name__ == "SeparableConv2D" for la in model.layers)
+                else "")
+        raise EdgepackError(f"TF-MOT could not quantize-wrap this model ({type(e).__name__}: {first}){hint}"
+                            ) from None
 
 
 def _wrap_qat(model, params, plan):
-    reserve_layer_names(model)
-    return _tfmot().quantization.keras.quantize_apply(_annotated(model, plan)), []
+    return _quantize_apply(model, plan), []
 
 
 def _wrap_pqat(model, params, plan):
-    reserve_layer_names(model)
-    tfmot = _tfmot()
-    scheme = tfmot.experimental.combine.Default8BitPrunePreserveQuantizeScheme()
-    return tfmot.quantization.keras.quantize_apply(_annotated(model, plan), scheme), []
+    scheme = _tfmot().experimental.combine.Default8BitPrunePreserveQuantizeScheme()
+    return _quantize_apply(model, plan, scheme), []
 
 
 def _quantized_layers(model, plan) -> dict:
