@@ -36,6 +36,9 @@ def register(sub) -> None:
                    help=f"one or more of: {', '.join(FORMATS)}, or {ALL}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a format option, for every chosen format that accepts it (repeatable)")
+    p.add_argument("--keep-float", nargs="+", default=[], metavar="LAYER",
+                   help="int8 formats: layers kept in float (as `edgepack explain` lists them); "
+                        "same as --option keep_float=A,B")
     add_data_options(p, limits=False)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to write")
     p.add_argument("--check-images", type=positive_int, default=1000, metavar="N",
@@ -58,7 +61,10 @@ def parse_options(pairs: list[str]) -> dict:
 def run(args) -> int:
     from edgepack.export import export
 
-    summary = export(args.model, args.formats, args.out, options=parse_options(args.options),
+    options = parse_options(args.options)
+    if args.keep_float:
+        options["keep_float"] = ",".join(args.keep_float)
+    summary = export(args.model, args.formats, args.out, options=options,
                      data_path=args.data, force=args.force, check_images=args.check_images)
     for name, r in summary["formats"].items():
         print(f"{name:<15} {r['bytes']:>9,} bytes  {r['gzip_bytes']:>9,} gzip'ed  {check_line(r['checks'])}  "
