@@ -220,3 +220,15 @@ def test_cli_errors(files, tmp_path, capsys):
     assert "not found" in err("explain", str(tmp_path / "nope.onnx"))
     assert "is a onnx-fp32 file" in err("explain", str(files / "onnx-fp32.onnx"))
     assert "--auto needs --max-drop" in err("explain", str(files / "onnx-int8.onnx"), "--auto")
+
+
+def test_report_worst_layers_and_table(files, tiny_ds):  # noqa: F811
+    from edgepack.report.render import memory_table
+
+    worst = core.worst_layers(files / "tflite-int8.tflite", tiny_ds, images=IMAGES)
+    assert len(worst) == 3 and worst[0]["layer_snr_db"] <= worst[2]["layer_snr_db"]
+    assert core.worst_layers(files / "tflite-int8.tflite", tiny_ds, images=10_000) is None  # too few images
+    row = {"id": "v/tflite-int8", "memory": memory.describe(files / "tflite-int8.tflite", rss=False),
+           "worst_layers": worst}
+    title, _, rows = memory_table({"rows": [row, {"id": "v/keras", "memory": None}]})
+    assert len(rows) == 1 and worst[0]["layer"] in rows[0][-1]

@@ -145,3 +145,24 @@ def copy_file(src: Path, folder: Path) -> Path:
     if sidecar_path(src).is_file():
         shutil.copy2(sidecar_path(src), sidecar_path(folder / src.name))
     return folder / src.name
+
+
+def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | None:
+    """The n worst rows of an int8 file against the float file of its export folder (the report's
+    figure), or None when that folder has no float file (the report does not export one)."""
+    from edgepack import runtime
+    from edgepack.export.formats import FORMATS
+    from edgepack.runtime.preprocess import scale_pixels
+
+    clf = runtime.load(path)
+    twin = path.parent / FORMATS[FLOAT_TWIN[clf.format]].filename if clf.format in FLOAT_TWIN else None
+    if twin is None or not twin.is_file():
+        return None
+    if runtime.load(twin).metadata.get("source_sha256") != clf.metadata.get("source_sha256"):
+        return None  # a float file of another model
+    calibration = int(clf.metadata.get("options", {}).get("calibration_images", 500))
+    if len(ds.y_train) - calibration < images:
+        return None  # too few training images outside calibration (tiny data sets)
+    x, _ = validation_images(ds, images, calibration)
+    rows = layers.file_layers(path, twin, scale_pixels(x, clf.metadata["pixel_scaling"]))
+    return [r.as_dict() for r in rows[:n]]
