@@ -232,3 +232,16 @@ def test_report_worst_layers_and_table(files, tiny_ds):  # noqa: F811
            "worst_layers": worst}
     title, _, rows = memory_table({"rows": [row, {"id": "v/keras", "memory": None}]})
     assert len(rows) == 1 and worst[0]["layer"] in rows[0][-1]
+
+
+def test_explaining_an_onnx_file_needs_no_tensorflow(files, tiny_ds):  # noqa: F811
+    import subprocess
+    import sys
+
+    code = ("import sys; from edgepack.explain import core; from edgepack.data import load_cifar10; "
+            f"r = core.explain_file({str(files / 'onnx-int8.onnx')!r}, images={IMAGES}, rss=False, "
+            f"ds=load_cifar10({tiny_ds.source!r})); "
+            "print(len(r['layers']), 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    n, tf_loaded = out.stdout.split()
+    assert int(n) > 0 and tf_loaded == "False"
