@@ -210,7 +210,7 @@ def test_cli_explain_prints_the_table_and_auto_writes_its_folder(files, clear_ru
     assert written == ["onnx-int8.onnx", "steps.json", "steps.md"]
 
 
-def test_cli_errors(files, tmp_path, capsys):
+def test_cli_errors(files, clear_run, tiny_ds, tmp_path, capsys):  # noqa: F811
     def err(*argv) -> str:
         assert main(list(argv)) != 0
         lines = capsys.readouterr().err.strip().splitlines()
@@ -218,8 +218,12 @@ def test_cli_errors(files, tmp_path, capsys):
         return lines[0]
 
     assert "not found" in err("explain", str(tmp_path / "nope.onnx"))
-    assert "is a onnx-fp32 file" in err("explain", str(files / "onnx-fp32.onnx"))
+    assert "is not int8 (format onnx-fp32)" in err("explain", str(files / "onnx-fp32.onnx"))
     assert "--auto needs --max-drop" in err("explain", str(files / "onnx-int8.onnx"), "--auto")
+    line = err("export", "--model", str(clear_run), "--format", "onnx-int8", "--keep-float", "conv9",
+               "--data", tiny_ds.source, "--out", str(tmp_path / "x"))
+    assert "unknown layer 'conv9' in keep_float: choose from" in line and "conv2" in line
+    assert not (tmp_path / "x").exists()
 
 
 def test_report_worst_layers_and_table(files, tiny_ds):  # noqa: F811

@@ -45,7 +45,7 @@ def open_int8(path: str | os.PathLike):
 
     clf = runtime.load(path)
     if clf.format not in FLOAT_TWIN:
-        raise EdgepackError(f"{path} is a {clf.format} file: explain compares an int8 file "
+        raise EdgepackError(f"{path} is not int8 (format {clf.format}): explain compares an int8 file "
                             f"({', '.join(FLOAT_TWIN)}) with its float source; pass the int8 export")
     return clf
 

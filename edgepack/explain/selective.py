@@ -124,8 +124,9 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
             summary = {"file": str(path), "format": clf.format, "source": str(run), "max_drop": max_drop,
                        "images": result["images"], "float": goal, "steps": steps,
                        "chosen": final.name, "met": steps[-1]["met"], "ranking": result["layers"]}
-            for folder in Path(tmp).glob(".*"):
-                shutil.rmtree(folder)
+            for folder in Path(tmp).glob(".*"):  # the steps' exports (.float, .k1, ...)
+                if folder.is_dir():
+                    shutil.rmtree(folder)
             rundir.write_json(Path(tmp) / core.STEPS, summary)
             (Path(tmp) / "steps.md").write_text(render_steps(summary) + "\n")
     return summary
