@@ -16,6 +16,7 @@ nodes computed from constants alone (a weight's DequantizeLinear) are folded at 
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -157,17 +158,24 @@ print(json.dumps(hwm / 1024))  # KiB -> MiB
 """
 
 
-def measured_rss(path: str | Path, timeout: float = 120.0) -> dict:
-    """Peak RSS (MiB) of a fresh runtime process that loads `path` and predicts, and of one that does not."""
-    def child(arg: str) -> float:
-        out = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True,
-                             timeout=timeout, check=False)
-        if out.returncode != 0:
-            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
-            raise EdgepackError(f"measuring the runtime's memory failed: {last[:300]}")
-        return float(json.loads(out.stdout.strip().splitlines()[-1]))
+def _child_rss(arg: str, timeout: float = 120.0) -> float:
+    out = subprocess.run([sys.executable, "-c", _CHILD, arg], capture_output=True, text=True,
+                         timeout=timeout, check=False)
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgepackError(f"measuring the runtime's memory failed: {last[:300]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1]))
 
-    base, loaded = child("-"), child(str(Path(path).resolve()))
+
+@functools.lru_cache(maxsize=1)
+def _base_rss() -> float:
+    """The runtime process without a model: measured once per process (a report has many rows)."""
+    return _child_rss("-")
+
+
+def measured_rss(path: str | Path) -> dict:
+    """Peak RSS (MiB) of a fresh runtime process that loads `path` and predicts, and of one that does not."""
+    base, loaded = _base_rss(), _child_rss(str(Path(path).resolve()))
     return {"peak_rss_mb": round(loaded, 1), "rss_base_mb": round(base, 1),
             "rss_model_mb": round(max(0.0, loaded - base), 1)}
 
