@@ -263,7 +263,8 @@ def test_single_format_with_options(clear_run, tiny_ds, tmp_path):
                check_images=CHECK, ds=tiny_ds)
     assert list(s["formats"]) == ["tflite-int8"]
     assert s["formats"]["tflite-int8"]["options"] == {"calibration_images": 50, "io": "float",
-                                                      "max_drop": 1.0, "min_agreement": 0.95}
+                                                      "keep_float": "", "max_drop": 1.0,
+                                                      "min_agreement": 0.95}
     assert read_meta(out / "tflite-int8.tflite")["input_dtype"] == "float32"
 
 

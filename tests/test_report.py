@@ -75,6 +75,7 @@ def test_results_schema_every_row(report):
     assert on_disk["environment"]["cpu"]["logical_cores"] >= 1
     assert set(on_disk["environment"]["cpu"]["int8_paths"]) == {"isa", "onnxruntime", "litert"}
     assert "int8 kernels on this CPU" in (out / "report.md").read_text()
+    assert "## Memory and worst int8 layers" in (out / "report.md").read_text()
     assert on_disk["environment"]["versions"]["numpy"]
     rows = on_disk["rows"]
     assert [r["id"] for r in rows][:1] == ["baseline/keras"] and len(rows) == 6
@@ -104,6 +105,12 @@ def test_results_schema_every_row(report):
         else:
             assert r["reference_accuracy"] is None and r["kernel_gap_points"] is None
         assert isinstance(r["notes"], list)
+        if r["kind"] == "file":  # memory on every file row (edgepack.explain.memory)
+            m = r["memory"]
+            assert m["weight_bytes"] > 0 and 0 < m["largest_activation_bytes"] <= m["activation_bytes"]
+            assert m["peak_rss_mb"] >= m["rss_base_mb"] > 0
+        else:
+            assert r["memory"] is None
         assert (r["latency"]["predict_threads_all"] is not None) == (r["id"] == "baseline/keras")
     lines = list(csv.DictReader((out / "results.csv").open()))
     assert [line["id"] for line in lines] == [r["id"] for r in rows]

@@ -15,7 +15,7 @@ from edgepack import __version__
 from edgepack.errors import EdgepackError
 
 # Subcommands in the order `edgepack --help` lists them (module edgepack.cli.<name>).
-COMMANDS = ("train", "compress", "export", "predict", "verify", "compare", "pipeline", "bench")
+COMMANDS = ("train", "compress", "export", "predict", "verify", "compare", "pipeline", "bench", "explain")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help=f"one or more of: {', '.join(FORMATS)}, or {ALL}")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a format option, for every chosen format that accepts it (repeatable)")
+    p.add_argument("--keep-float", nargs="+", default=[], metavar="LAYER",
+                   help="int8 formats: layers kept in float (as `edgepack explain` lists them); "
+                        "same as --option keep_float=A,B")
     add_data_options(p, limits=False)
     add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to write")
@@ -63,7 +66,10 @@ def parse_options(pairs: list[str]) -> dict:
 def run(args) -> int:
     from edgepack.export import export
 
-    summary = export(args.model, args.formats, args.out, options=parse_options(args.options),
+    options = parse_options(args.options)
+    if args.keep_float:
+        options["keep_float"] = ",".join(args.keep_float)
+    summary = export(args.model, args.formats, args.out, options=options,
                      data_path=args.data, force=args.force, check_images=args.check_images,
                      source_options=source_options(args))
     for name, r in summary["formats"].items():

@@ -112,6 +112,9 @@ INT8_OPSET = Option(17, "ONNX opset (19, 21: also runs in onnx.reference)",
 SCHEME = Option("portable", "int8 scheme: portable (7-bit weights, exact on every CPU) or full-range "
                 "(8-bit weights, only for CPUs with VNNI/AMX/ARM)", choices=("portable", "full-range"))
 
+# Layers left in float (edgepack.explain.selective); TFLite files made so have float32 input/output.
+KEEP_FLOAT = Option("", "comma-separated layer names kept in float, as `edgepack explain` lists them")
+
 
 def _table() -> dict[str, Format]:
     from edgepack.export import to_onnx, to_tflite
@@ -130,7 +133,7 @@ def _table() -> dict[str, Format]:
                    "calibration_images": CALIBRATION,
                    # uint8: what the TFLite Task Library takes, and uint8 pixels are the input as they are
                    "io": Option("uint8", "input/output tensor type", choices=("uint8", "int8", "float")),
-                   **QUANTIZED_RULES,
+                   "keep_float": KEEP_FLOAT, **QUANTIZED_RULES,
                })),
         Format("onnx-fp32", ".onnx", "onnx", to_onnx.fp32, FP32,
                "ONNX via tf2onnx, float32, dynamic batch, input named 'image'", False,
@@ -139,7 +142,7 @@ def _table() -> dict[str, Format]:
                "ONNX Runtime static quantization (QDQ, per-channel int8) of the fp32 ONNX, calibrated; "
                "7-bit weights by default, exact on every CPU",
                True, MappingProxyType({"opset": INT8_OPSET, "calibration_images": CALIBRATION,
-                                       "scheme": SCHEME, **QUANTIZED_RULES})),
+                                       "scheme": SCHEME, "keep_float": KEEP_FLOAT, **QUANTIZED_RULES})),
     ]
     return {f.name: f for f in formats}
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack.explain.selective import onnx_nodes_to_exclude
 from edgepack.export.context import Context
 from edgepack.runtime.cpu import SATURATION_FREE_WEIGHT
 
@@ -98,8 +99,10 @@ def int8(ctx: Context, path: Path) -> None:
     quant_pre_process(str(fp32_path), str(pre_path))
     reader = _reader(ctx.calibration(ctx.options["calibration_images"]))
     reduce_range, _ = SCHEMES[ctx.options["scheme"]]
+    keep_float = onnx_nodes_to_exclude(pre_path, ctx.options.get("keep_float"))  # layers left in float
     quantize_static(str(pre_path), str(path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+                    reduce_range=reduce_range, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=keep_float)
     convert_opset(path, ctx.options["opset"])
 
 

@@ -29,7 +29,7 @@ ROW_KEYS = (
     "size_bytes", "size_gzip_bytes", "size_ratio_gzip", "size_ratio_raw", "parameters",
     "sparsity", "sparsity_source", "source_sha256", "model_sha256",
     "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
-    "reference_accuracy", "kernel_gap_points", "kernel_path", "notes",
+    "reference_accuracy", "kernel_gap_points", "kernel_path", "notes", "memory", "worst_layers",
     "confidence", "flips", "flip_sheet",  # edgepack.report.explain
 )
 
@@ -222,6 +222,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         fill_metrics(row, ds.y_test, probs, ds.class_names)
         if is_quantized(entry.format):
             reference_figures(row, entry.path, ds, all_threads)
+        explain_figures(row, entry, ds)
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
@@ -247,6 +248,15 @@ INTEGER_FORMATS = ("tflite-int8", "onnx-int8")
 
 def is_quantized(fmt: str | None) -> bool:
     return fmt in INTEGER_FORMATS
+
+
+def explain_figures(row: dict, entry: Entry, ds=None) -> None:
+    """Memory (edgepack.explain.memory) and, for int8 files, the 3 worst layers (validation images)."""
+    from edgepack.explain import core, memory
+
+    row["memory"] = memory.describe(entry.path)
+    if is_quantized(entry.format) and ds is not None:
+        row["worst_layers"] = core.worst_layers(Path(entry.path), ds)
 
 
 def reference_predict(path: Path, x: np.ndarray, workers: int) -> np.ndarray:

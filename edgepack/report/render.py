@@ -106,6 +106,17 @@ def notes_table(results: dict) -> Table:
     return "Notes (from the measurements above)", ["id", "int8 kernel path", "note"], out
 
 
+def memory_table(results: dict) -> Table:
+    headers = ["id", "weights KiB", "peak activations KiB", "runtime peak RSS MiB (without model)",
+               "worst int8 layers (layer_snr_db)"]
+    out = [[r["id"], _kb(m["weight_bytes"]), _kb(m["activation_bytes"]),
+            f"{_num(m['peak_rss_mb'], '.1f')} ({_num(m['rss_base_mb'], '.1f')})",
+            ", ".join(f"{w['layer']} {w['op']} {w['layer_snr_db']:.1f} dB"
+                      for w in r.get("worst_layers") or []) or "-"]
+           for r in results["rows"] if (m := r.get("memory"))]
+    return "Memory and worst int8 layers", headers, out
+
+
 def failure_lines(results: dict) -> list[str]:
     """What failed, one line a row (skipped rows are not failures): the end of a pipeline's output."""
     failed = [r for r in results["rows"] if r["status"] == "error"]
@@ -118,8 +129,8 @@ def failure_lines(results: dict) -> list[str]:
 def tables(results: dict) -> list[Table]:
     """The detail tables (the failures table is in the summary)."""
     return [t for t in (main_table(results), summary.confidence_table(results), summary.flips_table(results),
-                        notes_table(results), latency_table(results), detail_table(results),
-                        per_class_table(results)) if t[2]]
+                        notes_table(results), latency_table(results), memory_table(results),
+                        detail_table(results), per_class_table(results)) if t[2]]
 
 
 def header_lines(results: dict) -> list[str]:
