@@ -98,11 +98,11 @@ def explain_file(path: str | os.PathLike, source=None, data=None, images: int = 
     path = Path(path)
     clf = open_int8(path)
     ds = ds if ds is not None else load_cifar10(data)
-    calibration = int(clf.metadata.get("options", {}).get("calibration_images", 500))
+    calibration = int((clf.metadata.options or {}).get("calibration_images", 500))
     x, _ = validation_images(ds, images, calibration)
     with tempfile.TemporaryDirectory(prefix="edgepack-explain-") as tmp:
         reference = float_source(path, clf.format, source, data, Path(tmp))
-        rows = layers.file_layers(path, reference, scale_pixels(x, clf.metadata["pixel_scaling"]))
+        rows = layers.file_layers(path, reference, scale_pixels(x, clf.metadata.pixel_scaling))
         made = Path(reference).is_relative_to(tmp)
         source_name = f"{reference.name} exported from its run folder" if made else str(reference)
     return {"file": str(path), "format": clf.format, "float_source": source_name,
@@ -158,11 +158,11 @@ def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | 
     twin = path.parent / FORMATS[FLOAT_TWIN[clf.format]].filename if clf.format in FLOAT_TWIN else None
     if twin is None or not twin.is_file():
         return None
-    if runtime.load(twin).metadata.get("source_sha256") != clf.metadata.get("source_sha256"):
+    if runtime.load(twin).metadata.source_sha256 != clf.metadata.source_sha256:
         return None  # a float file of another model
-    calibration = int(clf.metadata.get("options", {}).get("calibration_images", 500))
+    calibration = int((clf.metadata.options or {}).get("calibration_images", 500))
     if len(ds.y_train) - calibration < images:
         return None  # too few training images outside calibration (tiny data sets)
     x, _ = validation_images(ds, images, calibration)
-    rows = layers.file_layers(path, twin, scale_pixels(x, clf.metadata["pixel_scaling"]))
+    rows = layers.file_layers(path, twin, scale_pixels(x, clf.metadata.pixel_scaling))
     return [r.as_dict() for r in rows[:n]]

@@ -114,7 +114,7 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
         ds = load_cifar10(rundir.load_run(run).data_path(data))
         with rundir.atomic_dir(out, force) as tmp:
             result = core.explain_file(path, source, data, images, rss=False, ds=ds)
-            x, y = core.validation_images(ds, images, int(clf.metadata["options"]["calibration_images"]))
+            x, y = core.validation_images(ds, images, int(clf.metadata.options["calibration_images"]))
             twin = Path(tmp) / ".float"
             export(run, core.FLOAT_TWIN[clf.format], twin, data_path=data, check_images=100, ds=ds)
             goal = step_figures(twin / f"{core.FLOAT_TWIN[clf.format]}{path.suffix}", x, y)
@@ -135,7 +135,7 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
 def _steps(path, clf, run, ranking, x, y, goal, max_drop, tmp: Path, data, ds) -> tuple[list[dict], Path]:
     from edgepack.export import export
 
-    options = {**clf.metadata["options"], "max_drop": 100.0, "min_agreement": 0.0}  # chosen here, on x
+    options = {**clf.metadata.options, "max_drop": 100.0, "min_agreement": 0.0}  # chosen here, on x
     steps, current = [], path
     for k in range(len(ranking) + 1):
         if k:
