@@ -91,7 +91,7 @@ def _model_file_entry(path: Path, source_options: dict) -> Entry:
     except EdgepackError as e:
         return Entry(path, "run", KERAS, path.stem, "baseline", error=str(e))
     run.metadata.update(technique="baseline", variant=path.stem)
-    return Entry(path, "run", KERAS, path.stem, "baseline", run.metadata, run)
+    return Entry(path, "run", KERAS, path.stem, "baseline", run.metadata, run=run)
 
 
 def _run_entry(path: Path) -> Entry:
@@ -103,7 +103,7 @@ def _run_entry(path: Path) -> Entry:
         return Entry(path, "run", KERAS, path.name, "unknown", error=str(e))
     meta = run.metadata
     return Entry(path, "run", KERAS, str(meta.get("variant") or path.name),
-                 str(meta.get("technique") or "unknown"), meta, run)
+                 str(meta.get("technique") or "unknown"), meta, run=run)
 
 
 def _file_entry(path: Path) -> Entry:
