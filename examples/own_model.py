@@ -25,17 +25,21 @@ def build(input_shape: tuple[int, int, int], num_classes: int):
     k = keras()
     layers = k.layers
 
-    def conv_bn(x, filters):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    def conv_bn(x, filters, name):
+        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=name)(x)
         return layers.ReLU()(layers.BatchNormalization()(x))
 
+    # Layers with weights get their own names: TF-MOT's QAT adds a Conv2D named by Keras's counter when
+    # it splits the SeparableConv2D, which must not collide with a default name such as "conv2d".
     inp = k.Input(shape=input_shape, name="image")
-    x = layers.MaxPooling2D()(conv_bn(inp, 32))
+    x = layers.MaxPooling2D()(conv_bn(inp, 32, "stem"))
     shortcut = x
-    x = layers.BatchNormalization()(layers.Conv2D(32, 3, padding="same", use_bias=False)(conv_bn(x, 32)))
+    x = conv_bn(x, 32, "res_a")
+    x = layers.BatchNormalization()(layers.Conv2D(32, 3, padding="same", use_bias=False, name="res_b")(x))
     x = layers.ReLU()(layers.Add()([x, shortcut]))  # the residual block
     x = layers.MaxPooling2D()(x)
-    x = layers.ReLU()(layers.BatchNormalization()(layers.SeparableConv2D(64, 3, padding="same")(x)))
+    x = layers.SeparableConv2D(64, 3, padding="same", name="sep")(x)
+    x = layers.ReLU()(layers.BatchNormalization()(x))
     x = layers.Dropout(0.3)(layers.GlobalAveragePooling2D()(x))
     out = layers.Dense(num_classes, activation="softmax", name="probs")(x)
     return k.Model(inp, out, name="own_model")
