@@ -355,8 +355,8 @@ def load_source(path: str | os.PathLike, class_names: str | list[str] | None = N
     weighted layer), else an error asking for --preprocess. Without `require_names`, a file with no
     names given gets class_names None (edgepack.sources fills in the data's).
     """
-    if is_run_folder(path):
-        return load_run(path)
+    if is_run_folder(path) or (Path(path).is_dir() and not (Path(path) / "saved_model.pb").is_file()):
+        return load_run(path)  # a folder that is no SavedModel: a run folder, or says what it lacks
     from edgepack import model as model_mod  # pulls TensorFlow: only for a model file
 
     path = Path(path)

@@ -507,7 +507,8 @@ def test_all_keeps_the_formats_that_passed(clear_run, tiny_ds, tiny_run, tiny_ar
     bad = s["formats"]["onnx-fp32"]
     assert bad["status"] == "error" and "check failed" in bad["error"] and bad["file"] is None
     assert json.loads((out / SUMMARY).read_text())["failed"] == ["onnx-fp32"]
-    assert sorted(p.name for p in out.iterdir()) == [SUMMARY, "tflite-fp32.tflite", "tflite-fp32.tflite.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        SUMMARY, "tflite-fp32.tflite", "tflite-fp32.tflite.golden.npz", "tflite-fp32.tflite.json"]
     argv = ["export", "--model", str(tiny_run), "--format", "tflite-fp32", "onnx-fp32", "--data",
             str(tiny_archive), "--check-images", "20", "--out", str(tmp_path / "cli")]
     assert main(argv) == 1

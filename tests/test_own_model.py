@@ -115,11 +115,11 @@ def test_pqat_from_an_own_pruned_model(own_file, tmp_path):
 
 
 def test_sequential_model_file_via_cli_needs_preprocess(tmp_path, capsys, monkeypatch):
-    import edgepack.compress.core as core
+    import edgepack.sources as sources
 
     path = tmp_path / "seq.h5"
     sequential_model().save(path)
-    monkeypatch.setattr(core.data_mod, "load_cifar10", lambda *a, **k: tiny_data())
+    monkeypatch.setattr(sources.data_mod, "load_data", lambda *a, **k: tiny_data())
     args = ["compress", "--model", str(path), "--technique", "prune", "--out", str(tmp_path / "o"),
             "--epochs", "2", "--batch-size", "8"]
     assert main(args) == 1

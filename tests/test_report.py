@@ -44,10 +44,13 @@ def runs(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
     broken = root / "broken" / "tflite-fp32.tflite"
     broken.parent.mkdir()
     broken.write_bytes(b"not a flatbuffer")
-    (broken.parent / "tflite-fp32.tflite.json").write_text(json.dumps({
-        "format": "tflite-fp32", "class_names": ["a"] * 10, "input_shape": [32, 32, 3],
-        "input_dtype": "float32", "pixel_scaling": {"divisor": 255.0}, "variant": "broken",
-        "technique": "prune"}))
+    from edgepack.runtime.metadata import FileMetadata
+    from edgepack.runtime.preprocess import PIXEL_SCALING
+
+    (broken.parent / "tflite-fp32.tflite.json").write_text(FileMetadata(  # good metadata, broken model
+        format="tflite-fp32", class_names=("a",) * 10, input_shape=(32, 32, 3), input_dtype="float32",
+        pixel_scaling=PIXEL_SCALING, source_sha256="0" * 64, technique="prune", variant="broken",
+        edgepack_version="0").to_json())
     return {"baseline": base, "weak": weak, "control": ctrl, "exports": root / "exports", "broken": broken,
             "root": root}
 
