@@ -361,9 +361,9 @@ def test_html_reads_summary_first(report):
     page = Sections()
     page.feed((out / "report.html").read_text())
     assert page.ids == ["recommendation", "pareto", "failures", "noise", "details"]
-    assert page.headings[:4] == ["Recommendation", "Pareto front", "Failures and their reasons",
+    assert page.headings[:4] == ["Recommendation", "Pareto front", "Failures and skipped models",
                                  "Changes within noise"]
     md = (out / "report.md").read_text()
-    order = [md.index(h) for h in ("## Recommendation", "## Pareto front", "## Failures and their reasons",
+    order = [md.index(h) for h in ("## Recommendation", "## Pareto front", "## Failures and skipped models",
                                    "## Changes within noise", "## Details", "### Variants")]
     assert order == sorted(order) and "broken/tflite-fp32" in md[order[2]:order[3]]

@@ -30,10 +30,9 @@ def speed_note(row: dict, twin: dict, family_rows: list[dict], int8_paths: dict,
     if path.get("fast") is False or "VPMADDUBSW" in str(path.get("path")):
         why = (f"this CPU ({int8_paths.get('isa')}) has no 8-bit dot-product instructions (VNNI/AMX): "
                f"{path.get('path')} are not faster than the fp32 kernels")
-    elif row["format"] == "tflite-dynamic":
-        why = "dynamic-range files quantize activations at run time, which costs what int8 math saves"
-    else:
-        why = "at this model size the int8 path's (re)quantization costs what the integer math saves"
+    else:  # a CPU with VNNI/AMX: nothing measured explains it; say so rather than guess
+        why = (f"this CPU has 8-bit dot products ({int8_paths.get('isa')}), so a busy machine's noise is "
+               "the likely cause: re-measure side by side with `edgepack bench`")
     fastest = min((r for r in family_rows if _p50(r)), key=_p50, default=twin)
     verdict = "no faster than" if ratio > 1 / noise else "slower than"
     return (f"{head}: {verdict} fp32 on this CPU; {why}. For speed here ship {fastest['format']} "

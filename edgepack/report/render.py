@@ -194,7 +194,7 @@ SECTIONS = ("recommendation", "pareto", "failures", "noise", "details")  # the p
 
 def _failures(results: dict) -> Table:
     title, headers, rows = error_table(results)
-    return "Failures and their reasons", headers, rows
+    return "Failures and skipped models", headers, rows
 
 
 def markdown(results: dict, images: dict[str, str]) -> str:
@@ -202,7 +202,7 @@ def markdown(results: dict, images: dict[str, str]) -> str:
     parts = ["# edgepack comparison report", "", "## Recommendation", "",
              *[f"- {line}" for line in summary.recommendation_lines(results)], "",
              "## Pareto front", "", f"![Accuracy vs size: the Pareto front]({PARETO})", ""]
-    parts += [markdown_table(fails) if fails[2] else "## Failures and their reasons\n\nNone.\n"]
+    parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
     parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], "",
               "## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
     parts += [markdown_table(t).replace("## ", "### ", 1) for t in tables(results)]
@@ -256,7 +256,7 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
         "recommendation": "<h2>Recommendation</h2>" + _items(summary.recommendation_lines(results)),
         "pareto": "<h2>Pareto front</h2>"
                   + _img(folder, PARETO, "Accuracy vs size: the Pareto front", "wide"),
-        "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and their reasons</h2><p>None.</p>",
+        "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and skipped models</h2><p>None.</p>",
         "noise": "<h2>Changes within noise</h2>" + _items(summary.noise_text(results)),
         "details": "<h2>Details</h2>" + _items(header_lines(results))
                    + "".join(_html_table(t) for t in tables(results)) + "<h3>Plots</h3>"
