@@ -179,3 +179,20 @@ def test_keras3_file_is_rebuilt_in_tf_keras(tmp_path):
     src = rundir.load_source(path, class_names="a,b,c")
     assert src.metadata["input_shape"] == list(SHAPE) and src.metadata["pixel_scaling"]["divisor"] == 1.0
     assert type(src.model).__module__.startswith("tf_keras.")
+
+
+def test_a_model_file_saved_with_its_optimizer_is_sized_by_its_weights(tmp_path):
+    """compare sizes a user's file as edgepack saves models (no optimizer state): otherwise the
+    uncompressed runs made from it look ~3x smaller than it (issue 11)."""
+    from edgepack.report.evaluate import sizes, weights_only_sizes
+    from edgepack.report.inputs import open_entry
+
+    data = tiny_data()
+    model = sequential_model()
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(data.x_train / 255.0, data.y_train, epochs=1, verbose=0)  # adam's slots now exist
+    path = tmp_path / "with_optimizer.keras"
+    model.save(path)
+    entry = open_entry(path, {"preprocessing": "unit", "class_names": ",".join(CLASSES)})
+    weights, weights_gz = weights_only_sizes(entry, entry.run.model)
+    assert weights < 0.6 * sizes(path)[0] and weights_gz < sizes(path)[1]

@@ -58,6 +58,22 @@ def sizes(path: Path) -> tuple[int, int]:
     return raw, gz
 
 
+def weights_only_sizes(entry: Entry, model) -> tuple[int, int]:
+    """The model file's sizes as edgepack saves models (weights only, no optimizer state): a user's
+    file saved with its optimizer would otherwise look ~3x bigger than the runs made from it."""
+    from edgepack.rundir import MODEL_FILE_KIND
+
+    if entry.metadata.get("kind") != MODEL_FILE_KIND:
+        return sizes(entry.run.model_path)  # run folders are saved that way already
+    import tempfile
+
+    from edgepack.model import MODEL_FILE, save_model
+
+    with tempfile.TemporaryDirectory(prefix="edgepack-size-") as tmp:
+        save_model(model, Path(tmp) / MODEL_FILE)
+        return sizes(Path(tmp) / MODEL_FILE)
+
+
 def rss_mb() -> float | None:
     try:
         import psutil
@@ -167,9 +183,9 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
     row.update(model_sha256=meta.get("model_sha256"),
                source_sha256=meta.get("source_sha256") or meta.get("source_model_sha256"))
     try:
-        row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.run.model_path)
         rss0 = rss_mb()
         model = load_run_model(entry.run)
+        row["size_bytes"], row["size_gzip_bytes"] = weights_only_sizes(entry, model)
         row["parameters"] = keras_parameters(model)
         row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
         scaling = meta.get("pixel_scaling")  # the run's own (a user's model may take [-1, 1], ...)
