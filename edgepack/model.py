@@ -28,8 +28,16 @@ def keras():
     return tf_keras
 
 
+MIN_CNN_SIDE = 18  # three unpadded 3x3 convs and two 2x2 pools: 18 -> 16 -> 8 -> 6 -> 3 -> 1
+
+
 def baseline_cnn(num_classes: int = NUM_CLASSES, input_shape: tuple[int, ...] = INPUT_SHAPE):
-    """The TensorFlow CNN tutorial network, exactly as the seed builds it (122,570 parameters)."""
+    """The TensorFlow CNN tutorial network, exactly as the seed builds it (122,570 parameters at 32x32x3)."""
+    if min(input_shape[:2]) < MIN_CNN_SIDE:
+        from edgepack.errors import EdgepackError
+
+        raise EdgepackError(f"the tutorial CNN needs images of at least {MIN_CNN_SIDE}x{MIN_CNN_SIDE}, got "
+                            f"{input_shape[0]}x{input_shape[1]}: pass --image-size (e.g. 32x32)")
     k = keras()
     layers = k.layers
     return k.Sequential([

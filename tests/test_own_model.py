@@ -196,3 +196,33 @@ def test_a_model_file_saved_with_its_optimizer_is_sized_by_its_weights(tmp_path)
     entry = open_entry(path, {"preprocessing": "unit", "class_names": ",".join(CLASSES)})
     weights, weights_gz = weights_only_sizes(entry, entry.run.model)
     assert weights < 0.6 * sizes(path)[0] and weights_gz < sizes(path)[1]
+
+
+def test_grayscale_data_trains_exports_and_predicts_png_files(tmp_path):
+    """A one-channel data set: the tutorial CNN is built at (24, 24, 1), exported, and `predict` reads
+    PNG files (grey or colour) as one channel at the model's size; 16x16 is too small for it."""
+    import dataclasses
+
+    from PIL import Image
+
+    from edgepack.export import export
+    from edgepack.runtime.images import predict_files
+    from edgepack.train import TrainConfig, train
+
+    rgb = tiny_data()
+    small = dataclasses.replace(rgb, x_train=rgb.x_train[..., :1], x_test=rgb.x_test[..., :1],
+                                input_shape=(16, 16, 1))
+    with pytest.raises(EdgepackError, match="needs images of at least 18x18, got 16x16"):
+        train(None, tmp_path / "small", TrainConfig(epochs=1), ds=small)
+    big = np.kron(rgb.x_train, np.ones((1, 2, 2, 1), np.uint8))[:, 4:28, 4:28]  # 24x24
+    big_test = np.kron(rgb.x_test, np.ones((1, 2, 2, 1), np.uint8))[:, 4:28, 4:28]
+    grey = dataclasses.replace(rgb, x_train=big.max(axis=3, keepdims=True),
+                               x_test=big_test.max(axis=3, keepdims=True), input_shape=(24, 24, 1))
+    run = train(None, tmp_path / "run", TrainConfig(epochs=1, batch_size=8), ds=grey)
+    assert rundir.load_run(run).metadata["input_shape"] == [24, 24, 1]
+    export(run, "tflite-fp32", tmp_path / "exp", ds=grey, check_images=12)
+    Image.fromarray(rgb.x_test[0]).resize((40, 40)).save(tmp_path / "colour.png")
+    Image.fromarray(grey.x_test[1, :, :, 0]).save(tmp_path / "grey.png")
+    files = [tmp_path / "colour.png", tmp_path / "grey.png"]
+    out = predict_files(tmp_path / "exp" / "tflite-fp32.tflite", files)
+    assert [len(p["top"]) for p in out["predictions"]] == [1, 1]

@@ -142,10 +142,10 @@ def read_npy(path: str | os.PathLike) -> np.ndarray:
         raise InputFileError(f"{path}: not a readable .npy image array ({str(e).splitlines()[0]})") from None
 
 
-def read_input(path: str | os.PathLike, size: tuple[int, int] = (32, 32)) -> np.ndarray:
-    """One input file: an image (H, W, 3) or an array of images (N, H, W, 3) / (H, W, 3)."""
+def read_input(path: str | os.PathLike, size: tuple[int, int] = (32, 32), channels: int = 3) -> np.ndarray:
+    """One input file: an image (H, W, channels) or an array of images (N, H, W, C) / (H, W, C)."""
     path = Path(path)
-    return read_npy(path) if file_kind(path) == "npy" else read_image(path, size)
+    return read_npy(path) if file_kind(path) == "npy" else read_image(path, size, channels=channels)
 
 
 def predict_files(model: str | os.PathLike, inputs: list[str | os.PathLike], top_k: int = 1,
@@ -162,8 +162,8 @@ def predict_files(model: str | os.PathLike, inputs: list[str | os.PathLike], top
     paths = [Path(p) for p in inputs]
     arrays = [read_input(p, IMAGE_SIZE) for p in paths]  # bad files fail before the model loads
     clf = load(model, threads=threads)
-    if clf.input_shape[:2] != IMAGE_SIZE:
-        arrays = [read_input(p, clf.input_shape[:2]) for p in paths]
+    if clf.input_shape != (*IMAGE_SIZE, 3):  # read again at the model's size and channels (1: grey)
+        arrays = [read_input(p, clf.input_shape[:2], clf.input_shape[2]) for p in paths]
     if not 1 <= top_k <= clf.num_classes:
         raise InputError(f"--top-k must be from 1 to {clf.num_classes}, got {top_k}")
     predictions = []
