@@ -251,3 +251,16 @@ def test_explaining_an_onnx_file_needs_no_tensorflow(files, tiny_ds):  # noqa: F
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     n, tf_loaded = out.stdout.split()
     assert int(n) > 0 and tf_loaded == "False"
+
+
+def test_keras_memory_equals_its_fp32_tflite_file(files, clear_run):  # noqa: F811
+    """A Keras row's memory, counted from its layers, against an independent count: the same network
+    converted to fp32 TFLite and read from the flatbuffer (same weights, same activation arena)."""
+    from edgepack import rundir
+    from edgepack.model import load_run_model
+
+    k = memory.keras_memory(load_run_model(rundir.load_run(clear_run)))
+    f = memory.file_memory(files / "tflite-fp32.tflite")
+    assert k.activation_bytes == f.activation_bytes
+    assert k.largest_activation_bytes == f.largest_activation_bytes
+    assert abs(k.weight_bytes - f.weight_bytes) <= 64  # the converter adds a shape constant or two

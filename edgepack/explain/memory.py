@@ -132,6 +132,25 @@ def _constant_bytes(node) -> int:
     return sum(numpy_helper.to_array(a.t).nbytes for a in node.attribute if a.name == "value")
 
 
+def keras_memory(model) -> Memory:
+    """A Keras model's float32 figures, the same way (layers in model order, each output alive from the
+    layer that makes it to its last consumer; batch 1). Weights: every weight variable, float32 bytes."""
+    layers = list(model.layers)
+    index = {id(layer): step for step, layer in enumerate(layers)}
+    sizes, produced, last_use = {}, {}, {}
+    for step, layer in enumerate(layers):
+        shape = layer.output_shape[0] if isinstance(layer.output_shape, list) else layer.output_shape
+        sizes[step] = int(np.prod([d for d in shape[1:] if d])) * 4
+        produced[step] = step
+        consumers = [index[id(n.outbound_layer)] for n in layer._outbound_nodes
+                     if id(n.outbound_layer) in index]
+        last_use[step] = max(consumers, default=len(layers) - 1)  # the model's output lives to the end
+    if not any(type(layer).__name__ == "InputLayer" for layer in layers):  # Sequential: the input image
+        sizes["input"], produced["input"], last_use["input"] = int(np.prod(model.input_shape[1:])) * 4, 0, 0
+    weights = sum(int(np.prod(w.shape)) * w.dtype.size for w in model.weights)
+    return _memory(sizes, produced, last_use, len(layers), weights, "keras layers in model order, batch 1")
+
+
 def file_memory(path: str | Path) -> Memory:
     path = Path(path)
     readers = {".tflite": tflite_memory, ".onnx": onnx_memory}

@@ -69,11 +69,12 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         any CPU; else null
       kernel_gap_points reference_accuracy minus accuracy (this CPU's kernels), in points; else null
       kernel_path       the int8 kernel path this CPU runs the file with (edgepack.runtime.cpu), or null
-      memory            exported files: {weight_bytes, activation_bytes (peak of live activation tensors,
+      memory            every row: {weight_bytes, activation_bytes (peak of live activation tensors,
                         batch 1, from execution order and tensor lifetimes: the least an arena needs),
                         largest_activation_bytes, total_activation_bytes, peak_step, method,
                         peak_rss_mb, rss_base_mb, rss_model_mb (measured: a fresh runtime process with
-                        and without the model)} (edgepack.explain.memory); Keras rows: null
+                        and without the model; null for Keras rows, counted from their layers in
+                        float32)} (edgepack.explain.memory)
       worst_layers      int8 files whose export folder has the float file: the 3 worst rows of
                         `edgepack explain` ({layer, tensor, op, scale, zero_point, rmse_over_range,
                         snr_db, cosine, layer_snr_db}) on training images calibration did not use; else null

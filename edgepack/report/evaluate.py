@@ -194,6 +194,10 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
         fill_metrics(row, ds.y_test, probs, ds.class_names)
+        from edgepack.explain.memory import keras_memory
+
+        row["memory"] = {**keras_memory(model).as_dict(),  # the runtime-process RSS is for exported files
+                         "peak_rss_mb": None, "rss_base_mb": None, "rss_model_mb": None}
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
