@@ -48,7 +48,7 @@ def _row(fmt, p50):
 def test_speed_note_faster_tie_and_slower_with_why():
     fp32 = _row("tflite-fp32", 0.149)
     fast = speed_note(_row("tflite-int8", 0.040), fp32, [], int8_paths(VNNI, "x86_64"), 1.25)
-    assert fast.endswith("3.7x faster than fp32 on this CPU")
+    assert fast.endswith("3.7x faster than fp32 on this CPU (XNNPACK VNNI int8 kernels)")
     rows = [fp32, _row("tflite-int8", 0.210), _row("tflite-dynamic", 0.166)]
     slow = speed_note(rows[1], fp32, rows, int8_paths(AVX2, "x86_64"), 1.25)
     assert "slower than fp32" in slow and "no 8-bit dot-product instructions" in slow

@@ -24,9 +24,10 @@ def speed_note(row: dict, twin: dict, family_rows: list[dict], int8_paths: dict,
         return None
     ratio = theirs / mine
     head = f"{row['format']} {mine:.3f} ms vs {twin['format']} {theirs:.3f} ms (1-thread p50)"
-    if ratio >= noise:
-        return f"{head}: {ratio:.1f}x faster than fp32 on this CPU"
     path = int8_paths.get(ENGINE[row["format"].split("-")[0]]) or {}
+    if ratio >= noise:
+        how = f" ({path['path']})" if path.get("path") else ""
+        return f"{head}: {ratio:.1f}x faster than fp32 on this CPU{how}"
     if path.get("fast") is False or "VPMADDUBSW" in str(path.get("path")):
         why = (f"this CPU ({int8_paths.get('isa')}) has no 8-bit dot-product instructions (VNNI/AMX): "
                f"{path.get('path')} are not faster than the fp32 kernels")
