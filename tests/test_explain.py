@@ -240,6 +240,15 @@ def test_report_worst_layers_and_table(files, tiny_ds):  # noqa: F811
     assert len(rows) == 1 and worst[0]["layer"] in rows[0][-1]
 
 
+def test_worst_layers_find_the_float_file_in_the_pipelines_layout(files, tiny_ds, tmp_path):  # noqa: F811
+    """The pipeline exports each format to exports/<variant>/<format>/: the float twin is a sibling folder."""
+    for name in ("tflite-int8", "tflite-fp32"):
+        (tmp_path / name).mkdir()
+        core.copy_file(files / f"{name}.tflite", tmp_path / name)
+    worst = core.worst_layers(tmp_path / "tflite-int8" / "tflite-int8.tflite", tiny_ds, images=IMAGES)
+    assert worst == core.worst_layers(files / "tflite-int8.tflite", tiny_ds, images=IMAGES)
+
+
 def test_explaining_an_onnx_file_needs_no_tensorflow(files, tiny_ds):  # noqa: F811
     import subprocess
     import sys

@@ -148,15 +148,20 @@ def copy_file(src: Path, folder: Path) -> Path:
 
 
 def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | None:
-    """The n worst rows of an int8 file against the float file of its export folder (the report's
-    figure), or None when that folder has no float file (the report does not export one)."""
+    """The n worst rows of an int8 file against the float file of the same source (the report's
+    figure): in its export folder, or in the sibling folder named after the float format (the
+    pipeline exports each format to exports/<variant>/<format>/); None when there is none."""
     from edgepack import runtime
     from edgepack.export.formats import FORMATS
     from edgepack.runtime.preprocess import scale_pixels
 
     clf = runtime.load(path)
-    twin = path.parent / FORMATS[FLOAT_TWIN[clf.format]].filename if clf.format in FLOAT_TWIN else None
-    if twin is None or not twin.is_file():
+    if clf.format not in FLOAT_TWIN:
+        return None
+    fmt = FORMATS[FLOAT_TWIN[clf.format]]
+    places = (path.parent / fmt.filename, path.parent.parent / fmt.name / fmt.filename)
+    twin = next((p for p in places if p.is_file()), None)
+    if twin is None:
         return None
     if runtime.load(twin).metadata.source_sha256 != clf.metadata.source_sha256:
         return None  # a float file of another model
