@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
-from edgepack.runtime.cpu import ISA_FLAGS, int8_paths, read_cpuinfo
+from edgepack.runtime.cpu import describe, read_cpuinfo
 
 
 def cpu_info() -> dict:
@@ -28,10 +28,7 @@ def cpu_info() -> dict:
     except Exception:
         pass
     return {
-        "model": model or platform.processor() or None,
-        "machine": platform.machine(),
-        "isa_flags": [label for flag, label in ISA_FLAGS.items() if flag in flags],
-        "int8_paths": int8_paths(flags),
+        **describe(model, flags),  # model, machine, ISA labels, int8 paths: one builder with bench's
         "logical_cores": os.cpu_count(),
         "usable_cores": usable_cores(),
         "physical_cores": physical,

@@ -89,9 +89,12 @@ def int8_paths(flags: set[str], machine: str | None = None) -> dict:
     return {"isa": isa, "onnxruntime": ort, "litert": lite}
 
 
-def describe() -> dict:
-    """This machine: CPU model, ISA labels and the int8 paths (the report's and bench's header)."""
-    model, flags = read_cpuinfo()
+def describe(model: str | None = None, flags: set[str] | None = None) -> dict:
+    """This machine: CPU model, ISA labels and the int8 paths (the report's and bench's header);
+    `model` and `flags` default to /proc/cpuinfo's."""
+    if model is None and flags is None:
+        model, flags = read_cpuinfo()
+    flags = flags or set()
     return {"model": model or platform.processor() or None, "machine": platform.machine(),
             "isa_flags": [label for flag, label in ISA_FLAGS.items() if flag in flags],
             "int8_paths": int8_paths(flags)}
