@@ -56,3 +56,17 @@ def test_speed_note_faster_tie_and_slower_with_why():
     tie = speed_note(_row("onnx-int8", 0.130), _row("onnx-fp32", 0.141), [], int8_paths(AVX2, "x86_64"), 1.25)
     assert "no faster than fp32" in tie
     assert speed_note(_row("onnx-int8", 0.1), {"format": "onnx-fp32", "latency": {}}, [], {}, 1.25) is None
+
+
+def test_speed_note_names_the_files_own_reason_first():
+    """A property of the file (here unfused Q/DQ) explains a slow int8 row on any CPU, VNNI or not."""
+    from edgepack.explain.kernels import KernelFacts
+
+    facts = KernelFacts("onnxruntime 1.32.0", {"Conv": 3}, unfused=["conv1", "conv2", "conv3"]).as_dict()
+    row = {**_row("onnx-int8", 0.300), "kernel_facts": facts}
+    for flags in (VNNI, AVX2):
+        note = speed_note(row, _row("onnx-fp32", 0.100), [], int8_paths(flags, "x86_64"), 1.25)
+        assert "slower than fp32" in note and "noise" not in note
+        assert ("the file runs 3 Conv/MatMul nodes left in float32 between unfused Q/DQ pairs "
+                "(on every CPU)") in note
+    assert "no 8-bit dot-product" in note  # AVX2: the CPU's reason follows the file's

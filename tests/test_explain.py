@@ -256,10 +256,12 @@ def test_explaining_an_onnx_file_needs_no_tensorflow(files, tiny_ds):  # noqa: F
     code = ("import sys; from edgepack.explain import core; from edgepack.data import load_cifar10; "
             f"r = core.explain_file({str(files / 'onnx-int8.onnx')!r}, images={IMAGES}, rss=False, "
             f"ds=load_cifar10({tiny_ds.source!r})); "
-            "print(len(r['layers']), 'tensorflow' in sys.modules)")
+            "print(len(r['layers']), 'tensorflow' in sys.modules); print(core.render(r))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    n, tf_loaded = out.stdout.split()
+    n, tf_loaded = out.stdout.splitlines()[0].split()
     assert int(n) > 0 and tf_loaded == "False"
+    # the kernel facts read from the file (edgepack.explain.kernels): export's QDQ file is fused
+    assert "kernels (from the file): Q/DQ pairs fused: every Conv/MatMul runs as an integer" in out.stdout
 
 
 def test_keras_memory_equals_its_fp32_tflite_file(files, clear_run):  # noqa: F811

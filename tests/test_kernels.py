@@ -103,7 +103,7 @@ def test_tflite_xnnpack_off(tflite_files):
     assert f.integer == ["conv1", "dense1"] and f.hybrid == []
     assert len(f.outside_xnnpack) == f.ops > 0  # XNNPACK takes no int16x8 op
     assert any(s.startswith("XNNPACK off: ") for s in kernels.sentences(f))
-    assert kernels.slow_reasons(f) == [f"{f.ops} of {f.ops} ops outside XNNPACK"]
+    assert kernels.slow_reasons(f) == ["2 of 2 conv/dense ops outside XNNPACK (on LiteRT's builtin kernels)"]
 
 
 def test_float_files_have_no_quantized_facts(tflite_files):

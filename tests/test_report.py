@@ -105,9 +105,14 @@ def test_results_schema_every_row(report):
         if r["format"] == "tflite-int8":  # int8 rows: the file's exact-reference figure beside this CPU's
             assert 0.0 <= r["reference_accuracy"] <= 1.0 and r["kernel_path"]
             assert r["kernel_gap_points"] == pytest.approx(100 * (r["reference_accuracy"] - r["accuracy"]))
+            # the file's kernel facts (edgepack.explain.kernels) and their sentence in the notes
+            assert r["kernel_facts"]["integer"] and r["kernel_facts"]["hybrid"] == []
+            assert any(n.startswith("full-integer path: ") for n in r["notes"])
         else:
             assert r["reference_accuracy"] is None and r["kernel_gap_points"] is None
         assert isinstance(r["notes"], list)
+        quantized = r["format"] in ("tflite-int8", "tflite-dynamic", "onnx-int8")
+        assert (r["kernel_facts"] is not None) == quantized, r["id"]
         m = r["memory"]  # memory on every row (edgepack.explain.memory)
         assert m["weight_bytes"] > 0 and 0 < m["largest_activation_bytes"] <= m["activation_bytes"]
         if r["kind"] == "file":  # measured in a fresh runtime process

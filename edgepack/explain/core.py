@@ -17,7 +17,7 @@ import numpy as np
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
-from edgepack.explain import layers, memory
+from edgepack.explain import kernels, layers, memory
 
 VALIDATION_SEED = 1  # calibration uses seed 0 (edgepack.export.core.CALIBRATION_SEED)
 DEFAULT_IMAGES = 300
@@ -107,7 +107,14 @@ def explain_file(path: str | os.PathLike, source=None, data=None, images: int = 
         source_name = f"{reference.name} exported from its run folder" if made else str(reference)
     return {"file": str(path), "format": clf.format, "float_source": source_name,
             "images": {"n": int(len(x)), "split": "train, not used for calibration", "seed": VALIDATION_SEED},
-            "layers": [r.as_dict() for r in rows], "memory": memory.describe(path, rss=rss)}
+            "layers": [r.as_dict() for r in rows], "memory": memory.describe(path, rss=rss),
+            **kernel_figures(path)}
+
+
+def kernel_figures(path) -> dict:
+    """{"kernels": the file's kernel facts, "why": them in words} (edgepack.explain.kernels)."""
+    facts = kernels.file_facts(path)
+    return {"kernels": facts.as_dict(), "why": kernels.sentences(facts)}
 
 
 def render(result: dict, top: int = 10) -> str:
@@ -134,6 +141,7 @@ def render(result: dict, top: int = 10) -> str:
     if m.get("peak_rss_mb") is not None:
         lines.append(f"measured: runtime process peak RSS {m['peak_rss_mb']:.1f} MiB "
                      f"({m['rss_base_mb']:.1f} MiB without the model, +{m['rss_model_mb']:.1f} MiB)")
+    lines += [f"kernels (from the file): {line}" for line in result.get("why") or []]
     return "\n".join(lines)
 
 

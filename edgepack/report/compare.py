@@ -78,8 +78,13 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
       worst_layers      int8 files whose export folder has the float file: the 3 worst rows of
                         `edgepack explain` ({layer, tensor, op, scale, zero_point, rmse_over_range,
                         snr_db, cosine, layer_snr_db}) on training images calibration did not use; else null
-      notes             sentences from measured facts: kernels that lose accuracy here, int8 not faster
-                        than fp32 here and why, what to ship instead
+      kernel_facts      quantized files (tflite-int8, tflite-dynamic, onnx-int8): what the file runs, read
+                        from the file (edgepack.explain.kernels.KernelFacts: ORT's optimized graph's fused
+                        and unfused Q/DQ nodes; TFLite's dynamic-range (hybrid) and full-integer ops and
+                        ops outside XNNPACK): the same on every CPU; else null
+      notes             sentences from measured facts: the kernel facts in words, kernels that lose
+                        accuracy here, int8 not faster than fp32 here and why (the file's reasons first,
+                        then the CPU's), what to ship instead
       confidence        (edgepack.report.stats) {rule, vs_baseline, vs_control, latency,
                         latency_vs_baseline_within_noise}; vs_* = {delta_pts, p_value (exact McNemar),
                         ci_pts [low, high] (95% paired bootstrap, 2000 seeded resamples), only_this_right,

@@ -15,6 +15,7 @@ import numpy as np
 
 from edgepack import rundir
 from edgepack.report.inputs import Entry
+from edgepack.report.notes import FP32_TWIN
 from edgepack.report.stats import LATENCY_ROUNDS
 from edgepack.timing import measure
 
@@ -30,6 +31,7 @@ ROW_KEYS = (
     "sparsity", "sparsity_source", "source_sha256", "model_sha256",
     "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
     "reference_accuracy", "kernel_gap_points", "kernel_path", "notes", "memory", "worst_layers",
+    "kernel_facts",
     "confidence", "flips", "flip_sheet",  # edgepack.report.explain
 )
 
@@ -271,10 +273,15 @@ def is_quantized(fmt: str | None) -> bool:
 
 
 def explain_figures(row: dict, entry: Entry, ds=None) -> None:
-    """Memory (edgepack.explain.memory) and, for int8 files, the 3 worst layers (validation images)."""
+    """Memory (edgepack.explain.memory); for quantized files the kernel facts read from the file (their
+    sentences go to the notes) and, for int8 files, the 3 worst layers (validation images)."""
     from edgepack.explain import core, memory
 
     row["memory"] = memory.describe(entry.path)
+    if entry.format in FP32_TWIN:
+        got = core.kernel_figures(entry.path)
+        row["kernel_facts"] = got["kernels"]
+        row["notes"] += got["why"]
     if is_quantized(entry.format) and ds is not None:
         row["worst_layers"] = core.worst_layers(Path(entry.path), ds)
 

@@ -1,11 +1,15 @@
 """Words for quantized rows, from measured facts: is int8 faster than fp32 here, and if not, why.
 
 The figures come from the rows (1-thread batch-1 p50, same variant, same runtime family); the "why"
-comes from the CPU's int8 paths (edgepack.runtime.cpu), recorded in the report's environment. A
-difference within the noise band (compare.FAST_ENOUGH) is a tie, never a verdict.
+comes first from the file (the row's kernel_facts, edgepack.explain.kernels: unfused Q/DQ pairs, the
+dynamic-range path, ops outside XNNPACK: true on every CPU), then from the CPU's int8 paths
+(edgepack.runtime.cpu), recorded in the report's environment. A difference within the noise band
+(compare.FAST_ENOUGH) is a tie, never a verdict.
 """
 
 from __future__ import annotations
+
+from edgepack.explain.kernels import KernelFacts, slow_reasons
 
 FP32_TWIN = {"tflite-int8": "tflite-fp32", "tflite-dynamic": "tflite-fp32", "onnx-int8": "onnx-fp32"}
 ENGINE = {"tflite": "litert", "onnx": "onnxruntime"}
@@ -28,15 +32,19 @@ def speed_note(row: dict, twin: dict, family_rows: list[dict], int8_paths: dict,
     if ratio >= noise:
         how = f" ({path['path']})" if path.get("path") else ""
         return f"{head}: {ratio:.1f}x faster than fp32 on this CPU{how}"
+    why = []
+    in_file = slow_reasons(KernelFacts(**row["kernel_facts"])) if row.get("kernel_facts") else []
+    if in_file:  # properties of the file: they hold on every CPU, so they come first
+        why.append(f"the file runs {' and '.join(in_file)} (on every CPU)")
     if path.get("fast") is False or "VPMADDUBSW" in str(path.get("path")):
-        why = (f"this CPU ({int8_paths.get('isa')}) has no 8-bit dot-product instructions (VNNI/AMX): "
-               f"{path.get('path')} are not faster than the fp32 kernels")
-    else:  # a CPU with VNNI/AMX: nothing measured explains it; say so rather than guess
-        why = (f"this CPU has 8-bit dot products ({int8_paths.get('isa')}), so a busy machine's noise is "
-               "the likely cause: re-measure side by side with `edgepack bench`")
+        why.append(f"this CPU ({int8_paths.get('isa')}) has no 8-bit dot-product instructions (VNNI/AMX): "
+                   f"{path.get('path')} are not faster than the fp32 kernels")
+    if not why:  # a CPU with VNNI/AMX and nothing in the file: nothing measured explains it; say so
+        why.append(f"this CPU has 8-bit dot products ({int8_paths.get('isa')}), so a busy machine's noise is "
+                   "the likely cause: re-measure side by side with `edgepack bench`")
     fastest = min((r for r in family_rows if _p50(r)), key=_p50, default=twin)
     verdict = "no faster than" if ratio > 1 / noise else "slower than"
-    return (f"{head}: {verdict} fp32 on this CPU; {why}. For speed here ship {fastest['format']} "
+    return (f"{head}: {verdict} fp32 on this CPU; {'; '.join(why)}. For speed here ship {fastest['format']} "
             f"({_p50(fastest):.3f} ms); int8 stays the smallest file and the right one for CPUs with VNNI, "
             "AMX or ARM dot-product")
 
