@@ -24,6 +24,7 @@ from pathlib import Path
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
+from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, recipe
 
 
@@ -281,11 +282,21 @@ def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, s
     options = {k: v for k, v in settings["export"]["options"].items() if k in FORMATS[fmt].options}
     key = _key(source_key, fmt, options)
     error = _run_stage(stages, progress, f"export-{name}-{fmt}", key, f"export {name} -> {fmt}", path,
-                       lambda p: (p / "export.json").is_file(),
+                       _export_complete,
                        lambda: export(source, [fmt], path, options=options, force=True, ds=ds))
     if error:
         return {"variant": name, "format": fmt, "stage": "export", "error": error}
     return path
+
+
+def _export_complete(path: Path) -> bool:
+    """An export folder with its summary and every file's golden vectors: a folder exported before
+    golden files existed is exported again on resume, so every pipeline export can be verified."""
+    try:
+        formats = rundir.read_json(path / "export.json").get("formats") or {}
+    except EdgepackError:
+        return False
+    return bool(formats) and all(golden_path(path / f["file"]).is_file() for f in formats.values())
 
 
 def _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, progress) -> dict:

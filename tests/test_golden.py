@@ -88,3 +88,37 @@ def test_pixels_round_trip_every_preset():
         assert np.array_equal(golden.pixels_from_input(scale_pixels(pixels, spec), spec), pixels)
     with pytest.raises(golden.GoldenError):
         golden.pixels_from_input(np.full((1, 2, 2, 3), 0.5001, np.float32), PRESETS["unit"])
+
+
+def test_old_export_without_golden_file_says_reexport(exported, tmp_path, capsys):
+    """Files exported before golden vectors existed (e.g. an old pipeline's exports) have none: verify
+    says so in one line, GOLDEN defaulting to the file beside the model, and compare notes it."""
+    import shutil
+
+    from edgepack.cli import main
+    from edgepack.report.evaluate import NO_GOLDEN
+    from edgepack.runtime.metadata import sidecar_path
+
+    path = exported["tflite-fp32"]
+    assert main(["verify", str(path)]) == 0 and capsys.readouterr().out.startswith("PASS ")
+    old = tmp_path / path.name  # copied as an old export: model and sidecar, no golden file
+    shutil.copy(path, old)
+    shutil.copy(sidecar_path(path), sidecar_path(old))
+    assert main(["verify", str(old)]) == 1
+    (err,) = capsys.readouterr().err.strip().splitlines()
+    assert "no golden file" in err and "re-export the model with this edgepack" in err
+    assert "re-export" in NO_GOLDEN and "edgepack verify" in NO_GOLDEN
+
+
+def test_pipeline_exports_again_a_folder_without_golden_files(exported, tmp_path):
+    """The pipeline's resume check: an export folder is complete only with every file's golden file."""
+    import shutil
+
+    from edgepack.pipeline import _export_complete
+
+    folder = shutil.copytree(exported["onnx-fp32"].parent, tmp_path / "export")
+    assert _export_complete(folder)
+    golden.golden_path(folder / "onnx-fp32.onnx").unlink()
+    assert not _export_complete(folder)
+    (folder / "export.json").write_text("{")
+    assert not _export_complete(folder) and not _export_complete(tmp_path / "missing")

@@ -188,6 +188,10 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
         own = json.loads((out / "runs" / name / "metrics.json").read_text())["accuracy"]
         row = next(r for r in results["rows"] if r["variant"] == name and r["format"] == "keras")
         assert row["accuracy"] == own
+    from edgepack.runtime import golden  # every pipeline export carries golden vectors that pass
+
+    exported = sorted(p for p in (out / "exports").rglob("*") if p.suffix in (".onnx", ".tflite"))
+    assert len(exported) == 6 and all(golden.verify(p).passed for p in exported)
     settings = json.loads((out / "settings.json").read_text())  # the resolved model, dumped
     assert settings == {**load_settings(cfg).model_dump(mode="json"),
                         "data": {**load_settings(cfg).data.model_dump(), "path": str(tiny_archive)}}

@@ -3,10 +3,12 @@
 Export writes <file>.golden.npz next to each file: 16 held-out test images and the file's expected
 probabilities. This runs FILE on them with this machine's kernels and compares within the format's
 tolerance (float32 1e-4, float16 1e-2, int8 16/256, same top-1 where the expected one leads clearly).
-Exit 0 on pass, 1 on fail (the line names the first bad image).
+Exit 0 on pass, 1 on fail (the line names the first bad image). GOLDEN defaults to FILE.golden.npz;
+files exported before edgepack wrote golden vectors have none: re-export them.
 
 example:
   edgepack verify runs/export/baseline/tflite-int8.tflite runs/export/baseline/tflite-int8.tflite.golden.npz
+  edgepack verify runs/export/baseline/tflite-int8.tflite
 """
 
 from edgepack.cli import add_command, positive_int
@@ -15,7 +17,8 @@ from edgepack.cli import add_command, positive_int
 def register(sub) -> None:
     p = add_command(sub, "verify", __doc__, run)
     p.add_argument("model", metavar="FILE", help="exported .onnx or .tflite file (with its metadata)")
-    p.add_argument("golden", metavar="GOLDEN", help="its .golden.npz file")
+    p.add_argument("golden", metavar="GOLDEN", nargs="?",
+                   help="its .golden.npz file (default: FILE.golden.npz)")
     p.add_argument("--threads", type=positive_int, metavar="N",
                    help="inference threads (default: the runtime's own default)")
 

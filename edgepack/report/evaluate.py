@@ -17,6 +17,7 @@ from edgepack import rundir
 from edgepack.report.inputs import Entry
 from edgepack.report.notes import FP32_TWIN
 from edgepack.report.stats import LATENCY_ROUNDS
+from edgepack.runtime.golden import golden_path
 from edgepack.timing import measure
 
 THROUGHPUT_BATCH = 64  # images per call when measuring throughput
@@ -245,6 +246,8 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         if is_quantized(entry.format):
             reference_figures(row, entry.path, ds, all_threads)
         explain_figures(row, entry, ds)
+        if not golden_path(entry.path).is_file():
+            row["notes"].append(NO_GOLDEN)
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
@@ -261,6 +264,10 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
             row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
     row["eval_seconds"] = time.perf_counter() - t0
     return row, probs
+
+
+NO_GOLDEN = ("no golden file beside it (exported before edgepack wrote golden vectors): re-export it with "
+             "this edgepack so that `edgepack verify` can check a deployment")
 
 
 # Full-integer formats whose rows carry the exact-reference accuracy. (tflite-dynamic keeps float

@@ -121,7 +121,9 @@ def read_golden(path: str | os.PathLike) -> dict:
     """The golden file's arrays and meta, checked (never unpickles)."""
     path = Path(path)
     if not path.is_file():
-        raise GoldenError(f"golden file {path} not found: export writes <model file>{SUFFIX} next to it")
+        raise GoldenError(f"no golden file: {path} not found; files exported before edgepack wrote golden "
+                          f"vectors have none: re-export the model with this edgepack (`edgepack export` "
+                          f"writes <file>{SUFFIX} beside it)")
     try:
         with np.load(path, allow_pickle=False) as z:
             got = {k: z[k] for k in ("images", "labels", "expected", "meta")}
@@ -156,12 +158,14 @@ def _identity_problem(meta: dict, model) -> str | None:
     return None
 
 
-def verify(model_path: str | os.PathLike, golden: str | os.PathLike, threads: int | None = None
+def verify(model_path: str | os.PathLike, golden: str | os.PathLike | None = None, threads: int | None = None
            ) -> VerifyResult:
-    """Run `model_path` on the golden images (default kernels: what an app runs) and judge by RULE.
-    Raises GoldenError / ModelFileError for files that cannot be used."""
+    """Run `model_path` on the golden images (default kernels: what an app runs) and judge by RULE;
+    `golden` defaults to the file beside it (golden_path). Raises GoldenError / ModelFileError for
+    files that cannot be used."""
     from edgepack import runtime
 
+    golden = golden_path(model_path) if golden is None else golden
     g = read_golden(golden)
     meta, name = g["meta"], Path(model_path).name
     clf = runtime.load(model_path, threads=threads)
