@@ -247,6 +247,9 @@ def test_worst_layers_find_the_float_file_in_the_pipelines_layout(files, tiny_ds
         core.copy_file(files / f"{name}.tflite", tmp_path / name)
     worst = core.worst_layers(tmp_path / "tflite-int8" / "tflite-int8.tflite", tiny_ds, images=IMAGES)
     assert worst == core.worst_layers(files / "tflite-int8.tflite", tiny_ds, images=IMAGES)
+    int8 = tmp_path / "tflite-int8" / "tflite-int8.tflite"
+    found = core.float_source(int8, "tflite-int8", None, None, tmp_path)
+    assert found == tmp_path / "tflite-fp32" / "tflite-fp32.tflite"  # `edgepack explain` finds it too
 
 
 def test_explaining_an_onnx_file_needs_no_tensorflow(files, tiny_ds):  # noqa: F811

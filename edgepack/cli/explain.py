@@ -3,11 +3,14 @@
 Prints one row per quantized activation, worst first (layer, op, scale, zero point, RMSE over the
 float range, SNR, cosine, and layer_snr_db: the SNR of the noise that layer adds on its own), then
 weight bytes, the peak activation bytes from the execution order and tensor lifetimes, and the
-measured peak resident memory of a fresh runtime process. Images: validation images (training images
-that calibration did not use), never the test set.
+measured peak resident memory of a fresh runtime process, and last the kernels the file runs, read
+from the file (Q/DQ pairs ONNX Runtime fuses or not, TFLite's full-integer or dynamic-range path, ops
+outside XNNPACK: the same on every CPU). Images: validation images (training images that
+calibration did not use), never the test set.
 
-The float source: --source FILE (tflite-fp32 / onnx-fp32), --source RUN_DIR, else the fp32 file
-next to FILE, else the run folder named by the folder's export.json.
+The float source: --source FILE (tflite-fp32 / onnx-fp32), --source RUN_DIR, else the fp32 file of
+the same source next to FILE or in the sibling format folder (the pipeline's exports/<variant>/
+tflite-fp32/), else the run folder named by the folder's export.json.
 
 --auto keeps the worst layers in float, one more at a time, until the file is within --max-drop
 accuracy points of its float source on the validation images; --out DIR gets the chosen file,

@@ -76,8 +76,8 @@ def float_source(path: Path, fmt: str, source, data, scratch: Path) -> Path:
             raise EdgepackError(f"--source {source} is not a {twin.name} file: pass the float file of the "
                                 f"same engine or the run folder")
         return Path(source)
-    sibling = path.parent / twin.filename
-    if source is None and sibling.is_file():
+    sibling = float_twin(path) if source is None else None
+    if sibling is not None:
         return sibling
     run = source_run(path, source)
     if run is None:
@@ -155,13 +155,11 @@ def copy_file(src: Path, folder: Path) -> Path:
     return folder / src.name
 
 
-def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | None:
-    """The n worst rows of an int8 file against the float file of the same source (the report's
-    figure): in its export folder, or in the sibling folder named after the float format (the
-    pipeline exports each format to exports/<variant>/<format>/); None when there is none."""
+def float_twin(path: Path) -> Path | None:
+    """The float file of the same source beside an int8 file: in its export folder, or in the sibling
+    folder named after the float format (the pipeline exports each format to exports/<variant>/<format>/)."""
     from edgepack import runtime
     from edgepack.export.formats import FORMATS
-    from edgepack.runtime.preprocess import scale_pixels
 
     clf = runtime.load(path)
     if clf.format not in FLOAT_TWIN:
@@ -169,10 +167,21 @@ def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | 
     fmt = FORMATS[FLOAT_TWIN[clf.format]]
     places = (path.parent / fmt.filename, path.parent.parent / fmt.name / fmt.filename)
     twin = next((p for p in places if p.is_file()), None)
+    if twin is None or runtime.load(twin).metadata.source_sha256 != clf.metadata.source_sha256:
+        return None  # none, or a float file of another model
+    return twin
+
+
+def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | None:
+    """The n worst rows of an int8 file against its float_twin (the report's figure); None when there
+    is none."""
+    from edgepack import runtime
+    from edgepack.runtime.preprocess import scale_pixels
+
+    clf = runtime.load(path)
+    twin = float_twin(path)
     if twin is None:
         return None
-    if runtime.load(twin).metadata.source_sha256 != clf.metadata.source_sha256:
-        return None  # a float file of another model
     calibration = int((clf.metadata.options or {}).get("calibration_images", 500))
     if len(ds.y_train) - calibration < images:
         return None  # too few training images outside calibration (tiny data sets)
