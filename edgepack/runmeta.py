@@ -135,7 +135,7 @@ class RunMetadata:
             return f"model_file must be a file name inside the run folder, got {self.model_file!r}"
         if len(self.input_shape) != 3 or min(self.input_shape) <= 0:
             return f"input_shape must be [height, width, channels], got {list(self.input_shape)!r}"
-        if self.class_names is None and self.kind != MODEL_FILE_KIND or self.class_names == ():
+        if (self.class_names is None and self.kind != MODEL_FILE_KIND) or self.class_names == ():
             return "class_names must be a non-empty list of strings"
         return scaling_problem(self.pixel_scaling, self.input_shape[-1])
 
@@ -171,8 +171,7 @@ def _name(hint: Any) -> str:
 
 def build(**values) -> RunMetadata:
     """A record from a writer's keyword arguments, checked (an unknown key is a TypeError: a bug)."""
-    meta = RunMetadata(**{k: _tuple(list(v)) if k in _TUPLES and v is not None else v
-                          for k, v in values.items()})
+    meta = RunMetadata(**{k: _tuple(v) if k in _TUPLES else v for k, v in values.items()})
     problem = meta.problem()
     if problem:
         raise ValueError(f"run metadata: {problem}")

@@ -102,3 +102,10 @@ def test_load_run_refuses_an_old_run_folder_in_one_line(tiny_run, tmp_path, caps
     assert main(["export", "--model", str(old), "--out", str(tmp_path / "e"), "--format", "onnx-fp32"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no schema_version" in err[0] and not (tmp_path / "e").exists()
+
+
+def test_writer_values_are_checked_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="class_names must be"):
+        runmeta.build(**record(class_names="cat"))  # a string is not a list of names
+    with pytest.raises(ValueError, match="parameters must be"):
+        runmeta.build(**record(parameters=1.5))
