@@ -10,7 +10,7 @@ that fails at once (TypeError). Readers refuse a file without the required keys,
 with wrongly typed values (RunMetadataError: one line naming the file and the fix), and keep keys this
 version does not know in `extra` (written back unchanged), so a newer minor writer's additions are
 neither lost nor trusted. The exported-file metadata is edgepack.runtime.metadata.FileMetadata.
-Numpy-free and TensorFlow-free: the runtime-only CLI imports this through edgepack.rundir.
+No TensorFlow or toolchain extra: the runtime-only CLI imports this through edgepack.rundir.
 """
 
 from __future__ import annotations
