@@ -10,8 +10,11 @@ PYTEST_ARGS ?=
 # files the test run leaves for it to check.
 RUNTIME_VENV := .venv-runtime
 RUNTIME_MODELS := runs/runtime-check
+# MediaPipe (reads the standard TFLite metadata back) in its own environment: it needs absl-py >= 2,
+# which TF-MOT refuses in .venv.
+MEDIAPIPE_VENV := .venv-mediapipe
 
-.PHONY: run test lint venv clean runtime-check
+.PHONY: run test lint venv clean runtime-check mediapipe-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +38,7 @@ test: lint
 	rm -rf $(RUNTIME_MODELS)
 	EDGEPACK_DATA=$(DATA) EDGEPACK_RUNTIME_MODELS=$(CURDIR)/$(RUNTIME_MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory runtime-check
+	$(MAKE) --no-print-directory mediapipe-check
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -49,5 +53,17 @@ runtime-check: $(RUNTIME_VENV)/.installed | $(BIN)/python
 	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
 	cd $(RUNTIME_VENV) && bin/python $(CURDIR)/tests/runtime_only_check.py $(CURDIR)/$(RUNTIME_MODELS)
 
+$(MEDIAPIPE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(MEDIAPIPE_VENV)
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MEDIAPIPE_VENV)/bin/python -m pip install --quiet ".[mediapipe-check]"
+	touch $@
+
+# MediaPipe's ImageClassifier and metadata schema read labels and normalization back from the exported
+# .tflite files runtime-check uses (made here if missing); ~10 s after the one-time install.
+mediapipe-check: $(MEDIAPIPE_VENV)/.installed | $(BIN)/python
+	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
+	$(MEDIAPIPE_VENV)/bin/python tests/mediapipe_check.py $(RUNTIME_MODELS)
+
 clean:
-	rm -rf $(VENV) .venv-runtime .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-runtime $(MEDIAPIPE_VENV) .pytest_cache .ruff_cache

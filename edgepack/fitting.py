@@ -96,9 +96,9 @@ def adopt(source, out, ds, force: bool = False, **source_options) -> Path:
 
     src, ds = source_and_data(source, ds=ds, **source_options)
     model = load_run_model(src)
-    scaling = src.metadata["pixel_scaling"]
+    scaling = src.metadata.pixel_scaling
     metrics, _ = evaluate(model, ds, scaling)
     metadata = {"kind": "adopt", "technique": "baseline", "variant": "baseline", "adopted_from": str(source),
-                "source_sha256": src.metadata.get("model_sha256"), **data_metadata(ds, scaling)}
+                "source_sha256": src.metadata.model_sha256, **data_metadata(ds, scaling)}
     return write_run(out, force, model, "keras", scale_pixels(ds.x_train[:ROUND_TRIP_IMAGES], scaling),
                      metadata, metrics, None)

@@ -287,7 +287,7 @@ def load_run_model(run):
     """The Keras model of a checked run folder (edgepack.rundir.load_run) or model file (load_source)."""
     if getattr(run, "model", None) is not None:
         return run.model
-    fmt = run.metadata.get("model_format", "keras")
+    fmt = run.metadata.model_format
     loader = LOADERS.get(fmt)
     if loader is None:
         raise EdgepackError(f"{run.path}: unknown model_format {fmt!r} (known: {', '.join(LOADERS)})")

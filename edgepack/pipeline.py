@@ -142,7 +142,7 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict) ->
     keys: dict[str, str] = {}
     if baseline is not None and rundir.is_run_folder(baseline):
         run = rundir.load_run(baseline)  # checked: complete, model intact
-        model_hash = run.metadata.get("model_sha256") or rundir.sha256_file(run.model_path)
+        model_hash = run.metadata.model_sha256 or rundir.sha256_file(run.model_path)
         runs["baseline"], keys["baseline"] = run.path, _key(model_hash, data_key)  # data: as if trained
     elif baseline is not None:  # a user's model file becomes the baseline run folder
         from edgepack.fitting import adopt
@@ -187,7 +187,7 @@ def _input_size(baseline, source_options: dict) -> tuple[int, int] | None:
     if baseline is None:
         return None
     run = rundir.load_source(baseline, require_names=False, **source_options)
-    shape = run.metadata.get("input_shape") or []
+    shape = run.metadata.input_shape
     return (int(shape[0]), int(shape[1])) if len(shape) == 3 else None
 
 

@@ -29,13 +29,14 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from edgepack import runmeta
 from edgepack.errors import RunFolderError
+from edgepack.runmeta import MODEL_FILE_KIND, RunMetadata
 
 METADATA = "metadata.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
 TMP_MARK = ".tmp-"  # temporary folders/files are named `.<name>.tmp-<random>`
-MODEL_FILE_KIND = "model-file"  # metadata kind of a user's model file opened by load_source
 
 # Packages whose versions go into every metadata record.
 TRACKED_PACKAGES = ("edgepack", "numpy", "tensorflow", "tf-keras", "tensorflow-model-optimization",
@@ -296,22 +297,22 @@ class Run:
     """A complete run folder, checked."""
 
     path: Path  # the folder (or, for a user's model file, the file: see load_source)
-    metadata: dict  # metadata.json (or what load_source read from the model and the options)
+    metadata: RunMetadata  # metadata.json (or what load_source read from the model and the options)
     metrics: dict  # metrics.json ({} for a user's model file: nothing measured yet)
     model: Any = field(default=None, compare=False, repr=False)  # the loaded model, if already loaded
 
     @property
     def model_path(self) -> Path:
-        if self.metadata.get("kind") == MODEL_FILE_KIND:
+        if self.metadata.kind == MODEL_FILE_KIND:
             return self.path
-        return self.path / self.metadata["model_file"]
+        return self.path / self.metadata.model_file
 
     def data_path(self, given: str | os.PathLike | None = None) -> str | os.PathLike | None:
         """`given` (--data) if set, else the data this run was made from if it is still there, else
         None (then edgepack.data searches its usual places)."""
         if given:
             return given
-        recorded = self.metadata.get("data_source")
+        recorded = self.metadata.data_source
         return recorded if recorded and Path(recorded).exists() else None
 
 
@@ -325,15 +326,12 @@ def load_run(path: str | os.PathLike) -> Run:
         if not (path / name).is_file():
             raise RunFolderError(f"{path} is not a complete run folder ({name} is missing): "
                                  "re-run the command that made it")
-    meta = read_json(path / METADATA)
+    meta = runmeta.read(path / METADATA)
     metrics = read_json(path / METRICS)
-    model_file = meta.get("model_file") if isinstance(meta, dict) else None
-    if not model_file or Path(model_file).name != model_file:
-        raise RunFolderError(f"{path / METADATA} has no valid model_file entry: re-create the run folder")
-    model_path = path / model_file
+    model_path = path / meta.model_file
     if not model_path.exists():
-        raise RunFolderError(f"{path} is not a complete run folder ({model_file} is missing)")
-    expected = meta.get("model_sha256")
+        raise RunFolderError(f"{path} is not a complete run folder ({meta.model_file} is missing)")
+    expected = meta.model_sha256
     if expected and model_path.is_file() and sha256_file(model_path) != expected:
         raise RunFolderError(f"{model_path} does not match the sha256 in {METADATA} (changed or corrupt): "
                              "re-create the run folder")
@@ -366,12 +364,11 @@ def load_source(path: str | os.PathLike, class_names: str | list[str] | None = N
     if names is not None and len(names) != info["num_classes"]:
         raise RunFolderError(f"{path} outputs {info['num_classes']} classes but {len(names)} class names "
                              "were given: pass --class-names with one name per output")
-    meta = {"kind": MODEL_FILE_KIND, "technique": "source", "variant": path.stem or path.name,
-            "model_file": path.name, "model_format": "keras", "class_names": names,
-            "num_outputs": info["num_classes"],
-            "input_shape": info["input_shape"], "input_dtype": "uint8",
-            "pixel_scaling": _scaling(preprocessing, info["rescales"], path),
-            "model_sha256": sha256_file(path) if path.is_file() else None}
+    meta = runmeta.build(kind=MODEL_FILE_KIND, technique="source", variant=path.stem or path.name,
+                         model_file=path.name, model_format="keras", class_names=names,
+                         num_outputs=info["num_classes"], input_shape=info["input_shape"],
+                         pixel_scaling=_scaling(preprocessing, info["rescales"], path),
+                         model_sha256=sha256_file(path) if path.is_file() else None)
     return Run(path=path, metadata=meta, metrics={}, model=model)
 
 
@@ -406,13 +403,15 @@ def _scaling(preprocessing: str | None, rescales: bool, path: Path) -> dict:
 def write_run_files(folder: Path, metadata: dict, metrics: dict, history: dict | None = None) -> None:
     """Finish a run folder whose model file is already saved: record its sha256, write the JSONs.
 
-    `metadata["model_file"]` names the model file (or SavedModel folder) inside `folder`.
+    `metadata` holds RunMetadata's fields (edgepack.runmeta); its `model_file` names the model file (or
+    SavedModel folder) inside `folder`. The sha256, size and provenance are added here.
     """
     model_path = folder / metadata["model_file"]
     if model_path.is_file():
         metadata = {**metadata, "model_sha256": sha256_file(model_path),
                     "model_bytes": model_path.stat().st_size}
+    meta = runmeta.build(**metadata, **provenance())  # checked before anything is written
     if history is not None:
         write_json(folder / HISTORY, history)
     write_json(folder / METRICS, metrics)
-    write_json(folder / METADATA, {**metadata, **provenance()})  # written last: marks completion
+    runmeta.write(folder / METADATA, meta)  # written last: marks completion

@@ -93,6 +93,20 @@ def tiny_run(tmp_path_factory, tiny_archive) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_compressed(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
+    """Real compressed run folders made from `tiny_run` on the tiny archive (1 epoch each, ~5 s each):
+    "prune" (variant prune-0.5) and its fine-tune-only control "finetune" (same recipe)."""
+    from edgepack.compress import compress
+
+    root = tmp_path_factory.mktemp("compressed")
+    recipe = {"epochs": 1, "batch_size": 16, "learning_rate": 1e-4}
+    return {"prune": compress(tiny_run, "prune", root / "prune", params={"sparsity": 0.5, **recipe},
+                              data_path=tiny_archive, variant="prune-0.5"),
+            "finetune": compress(tiny_run, "finetune", root / "finetune", params=recipe,
+                                 data_path=tiny_archive, variant="finetune")}
+
+
+@pytest.fixture(scope="session")
 def real_cifar(real_data):
     """The real data set, loaded once per test session (about 3 s)."""
     from edgepack.data import load_cifar10

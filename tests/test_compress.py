@@ -111,22 +111,22 @@ def test_prune_metadata_and_exact_sparsity(runs, tiny_run):
     out = runs("prune-0.5", "prune", sparsity=0.5)
     run = load_run(out)
     meta, source = run.metadata, load_run(tiny_run)
-    assert meta["kind"] == "compress" and meta["technique"] == "prune" and meta["variant"] == "prune-0.5-b16"
-    assert meta["source_model_sha256"] == source.metadata["model_sha256"]
-    assert meta["source_run"] == str(Path(tiny_run).resolve())
+    assert meta.kind == "compress" and meta.technique == "prune" and meta.variant == "prune-0.5-b16"
+    assert meta.source_sha256 == source.metadata.model_sha256  # one key name, as exported files say it
+    assert meta.source_run == str(Path(tiny_run).resolve())
     for key in ("class_names", "input_shape", "input_dtype", "pixel_scaling", "data_sha256"):
-        assert meta[key] == source.metadata[key]
-    assert meta["model_format"] == "keras" and meta["model_file"] == "model.keras"
+        assert getattr(meta, key) == getattr(source.metadata, key)
+    assert meta.model_format == "keras" and meta.model_file == "model.keras"
     raw = run.model_path.read_bytes()
-    assert meta["model_gzip_bytes"] == len(gzip.compress(raw, compresslevel=9, mtime=0)) < len(raw)
-    assert meta["finetune"]["epochs"] == 2 and meta["finetune"]["steps"] == 14
+    assert meta.model_gzip_bytes == len(gzip.compress(raw, compresslevel=9, mtime=0)) < len(raw)
+    assert meta.finetune["epochs"] == 2 and meta.finetune["steps"] == 14
     assert set(run.metrics) == set(source.metrics)  # same metrics schema as training's
     assert json.loads((out / "history.json").read_text())["loss"]
     ks = _kernels(out)
     assert set(ks) == {"conv1", "conv2", "conv3", "dense1", "probs"}
     for name, w in ks.items():
         assert abs(inv.sparsity(w) - 0.5) <= 0.01, name
-        assert meta["invariants"]["kernel_sparsity"][name] == inv.sparsity(w)
+        assert meta.invariants["kernel_sparsity"][name] == inv.sparsity(w)
 
 
 def test_prune_keep_dense_via_cli(tiny_run, tiny_archive, tmp_path):
@@ -140,7 +140,7 @@ def test_prune_keep_dense_via_cli(tiny_run, tiny_archive, tmp_path):
     for name in ("conv2", "conv3", "dense1", "probs"):
         assert abs(inv.sparsity(ks[name]) - 0.8) <= 0.01, name
     meta = load_run(out).metadata
-    assert meta["params"]["keep_dense"] == ["conv1"] and meta["variant"] == "prune-0.8-keep-conv1-e1-b16"
+    assert meta.params["keep_dense"] == ["conv1"] and meta.variant == "prune-0.8-keep-conv1-e1-b16"
 
 
 def test_prune_2of4_pattern(runs):
@@ -155,7 +155,7 @@ def test_cluster_distinct_values(runs):
     ks = _kernels(out)
     for name, w in ks.items():
         assert 1 < inv.distinct_values(w) <= 4, name
-    assert load_run(out).metadata["invariants"]["distinct_values"] == {
+    assert load_run(out).metadata.invariants["distinct_values"] == {
         n: inv.distinct_values(w) for n, w in ks.items()}
 
 
@@ -164,7 +164,7 @@ def test_qat_run_folder_loads_back_as_qat(runs):
 
     out = runs("qat", "qat")
     run = load_run(out)
-    assert run.metadata["model_format"] == "keras-qat-h5" and run.model_path.name == "model.h5"
+    assert run.metadata.model_format == "keras-qat-h5" and run.model_path.name == "model.h5"
     model = load_run_model(run)
     wrapped = {layer.layer.name for layer in model.layers
                if type(layer).__name__.startswith("QuantizeWrapper")}
@@ -209,15 +209,15 @@ def test_pqat_keeps_the_source_zeros(runs):
         assert np.all(after[name][w0 == 0] == 0), name
         assert inv.sparsity(after[name]) >= inv.sparsity(w0) >= 0.49
     meta = load_run(out).metadata
-    assert meta["source_technique"] == "prune" and meta["model_format"] == "keras-qat-h5"
-    assert meta["variant"] == "pqat-from-prune-0.5"  # the name a caller (the pipeline) chose
-    assert set(meta["invariants"]["refilled_zeros"].values()) == {0}
+    assert meta.source_technique == "prune" and meta.model_format == "keras-qat-h5"
+    assert meta.variant == "pqat-from-prune-0.5"  # the name a caller (the pipeline) chose
+    assert set(meta.invariants["refilled_zeros"].values()) == {0}
 
 
 def test_finetune_control_is_not_compressed(runs, tiny_run):
     out = runs("finetune", "finetune", epochs=1)
     meta = load_run(out).metadata
-    assert meta["variant"] == "finetune-e1-b16" and meta["finetune"]["learning_rate"] == 1e-4
+    assert meta.variant == "finetune-e1-b16" and meta.finetune["learning_rate"] == 1e-4
     assert all(inv.sparsity(w) < 0.01 for w in _kernels(out).values())
     assert all(inv.distinct_values(w) > 16 for w in _kernels(out).values())
 

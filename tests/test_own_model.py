@@ -74,21 +74,21 @@ def test_every_technique_takes_a_functional_model_file(technique, own_file, tmp_
     out = compress(own_file, technique, tmp_path / technique, params=params, ds=tiny_data())
     run = rundir.load_run(out)
     meta = run.metadata
-    assert meta["source_kind"] == "model-file" and meta["class_names"] == list(CLASSES)
-    assert meta["input_shape"] == list(SHAPE) and meta["pixel_scaling"]["divisor"] == 1.0  # raw: rescales
+    assert meta.source_kind == "model-file" and meta.class_names == tuple(CLASSES)
+    assert meta.input_shape == tuple(SHAPE) and meta.pixel_scaling["divisor"] == 1.0  # raw: rescales
     if technique in ("prune", "prune-2of4", "cluster"):
         # TF-MOT 0.8 compresses the pointwise kernel of SeparableConv2D, not depthwise kernels: said so
-        assert set(meta["compressed_layers"]) == {"conv1", "sep/pointwise_kernel", "probs"}
-        assert set(meta["skipped_layers"]) == {"dw", "sep/depthwise_kernel"}
+        assert set(meta.compressed_layers) == {"conv1", "sep/pointwise_kernel", "probs"}
+        assert set(meta.skipped_layers) == {"dw", "sep/depthwise_kernel"}
     if technique == "prune":
-        sp = meta["invariants"]["kernel_sparsity"]
-        assert all(abs(sp[k] - 0.5) <= 0.01 for k in meta["compressed_layers"])
+        sp = meta.invariants["kernel_sparsity"]
+        assert all(abs(sp[k] - 0.5) <= 0.01 for k in meta.compressed_layers)
         assert sp["dw"] == 0.0
     if technique == "qat":
-        assert "rescale" in meta["skipped_layers"]  # no 8-bit config in TF-MOT: stays float
-        assert meta["invariants"]["split_layers"] == ["sep"]
+        assert "rescale" in meta.skipped_layers  # no 8-bit config in TF-MOT: stays float
+        assert meta.invariants["split_layers"] == ["sep"]
     # parameters: kernels, biases and BatchNorm's 4 vectors, without wrapper variables
-    assert meta["parameters"] == functional_model().count_params()
+    assert meta.parameters == functional_model().count_params()
 
 
 def test_pqat_from_an_own_pruned_model(own_file, tmp_path):
@@ -111,7 +111,7 @@ def test_pqat_from_an_own_pruned_model(own_file, tmp_path):
     plain.save(path)
     pruned = compress(path, "prune", tmp_path / "p2", params=fit, ds=tiny_data(), preprocessing="unit")
     out = compress(pruned, "pqat", tmp_path / "pq2", params={"batch_size": 8}, ds=tiny_data())
-    assert all(v == 0 for v in rundir.load_run(out).metadata["invariants"]["refilled_zeros"].values())
+    assert all(v == 0 for v in rundir.load_run(out).metadata.invariants["refilled_zeros"].values())
 
 
 def test_sequential_model_file_via_cli_needs_preprocess(tmp_path, capsys, monkeypatch):
@@ -127,7 +127,7 @@ def test_sequential_model_file_via_cli_needs_preprocess(tmp_path, capsys, monkey
     assert "--preprocess" in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--preprocess", "unit", "--class-names", "red,green,blue"]) == 0
     meta = rundir.load_run(tmp_path / "o").metadata
-    assert meta["class_names"] == list(CLASSES) and meta["pixel_scaling"]["divisor"] == 255.0
+    assert meta.class_names == tuple(CLASSES) and meta.pixel_scaling["divisor"] == 255.0
 
 
 def test_wrong_class_count_is_one_line(own_file, tmp_path):
@@ -177,7 +177,7 @@ def test_keras3_file_is_rebuilt_in_tf_keras(tmp_path):
             f"keras.Model(i, L.Dense(3, activation='softmax')(x)).save(r'{path}')")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     src = rundir.load_source(path, class_names="a,b,c")
-    assert src.metadata["input_shape"] == list(SHAPE) and src.metadata["pixel_scaling"]["divisor"] == 1.0
+    assert src.metadata.input_shape == tuple(SHAPE) and src.metadata.pixel_scaling["divisor"] == 1.0
     assert type(src.model).__module__.startswith("tf_keras.")
 
 
@@ -219,7 +219,7 @@ def test_grayscale_data_trains_exports_and_predicts_png_files(tmp_path):
     grey = dataclasses.replace(rgb, x_train=big.max(axis=3, keepdims=True),
                                x_test=big_test.max(axis=3, keepdims=True), input_shape=(24, 24, 1))
     run = train(None, tmp_path / "run", TrainConfig(epochs=1, batch_size=8), ds=grey)
-    assert rundir.load_run(run).metadata["input_shape"] == [24, 24, 1]
+    assert rundir.load_run(run).metadata.input_shape == (24, 24, 1)
     export(run, "tflite-fp32", tmp_path / "exp", ds=grey, check_images=12)
     Image.fromarray(rgb.x_test[0]).resize((40, 40)).save(tmp_path / "colour.png")
     Image.fromarray(grey.x_test[1, :, :, 0]).save(tmp_path / "grey.png")

@@ -19,26 +19,17 @@ TIMING_KEYS = {"p50_ms": float, "p90_ms": float, "p99_ms": float, "mean_ms": flo
                "warmup": int, "threads": int}
 
 
-def relabel(src: Path, dst: Path, **meta) -> Path:
-    """A copy of a run folder whose metadata says another variant/technique (same model file)."""
-    shutil.copytree(src, dst)
-    m = json.loads((dst / "metadata.json").read_text())
-    m.update(meta)
-    (dst / "metadata.json").write_text(json.dumps(m))
-    return dst
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
-    """A baseline that learned (5 epochs: ~40% on the tiny test set), the 1-epoch tiny run as a
-    weaker compressed variant and as the control, a 2-format export, and a broken file."""
+def runs(tmp_path_factory, tiny_archive, tiny_compressed) -> dict[str, Path]:
+    """A baseline that learned (5 epochs: ~40% on the tiny test set), a real prune-0.5 run and its
+    fine-tune-only control (both compressed from the 1-epoch tiny run: weaker than the baseline),
+    a 2-format export, and a broken file."""
     from edgepack.export import export
     from edgepack.train import TrainConfig, train
 
     root = tmp_path_factory.mktemp("report-runs")
     base = train(tiny_archive, root / "baseline", TrainConfig(epochs=5, batch_size=8))
-    weak = relabel(tiny_run, root / "prune", variant="prune-0.5", technique="prune")
-    ctrl = relabel(tiny_run, root / "finetune", variant="finetune", technique="finetune")
+    weak, ctrl = tiny_compressed["prune"], tiny_compressed["finetune"]
     export(base, ["tflite-int8", "onnx-fp32"], root / "exports", data_path=tiny_archive, check_images=20,
            options=NO_INT8_GATE)
     broken = root / "broken" / "tflite-fp32.tflite"
@@ -246,7 +237,7 @@ def test_fail_over_exit_codes(runs, tiny_archive, tmp_path, capsys):
 
 
 def test_metrics_mismatch_is_a_row_error(runs, tiny_archive, tmp_path):
-    changed = relabel(runs["weak"], tmp_path / "changed")
+    changed = shutil.copytree(runs["weak"], tmp_path / "changed")
     metrics = json.loads((changed / "metrics.json").read_text())
     metrics["accuracy"] = 0.99
     (changed / "metrics.json").write_text(json.dumps(metrics))

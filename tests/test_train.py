@@ -72,10 +72,10 @@ def test_atomic_dir_refuses_existing_and_replaces_only_when_complete(tmp_path):
 def test_train_run_folder_is_complete_and_checked(tiny_run):
     run = rundir.load_run(tiny_run)
     meta, metrics = run.metadata, run.metrics
-    for key in ("class_names", "input_shape", "pixel_scaling", "data_sha256", "versions", "git_commit",
-                "wall_seconds", "model_sha256", "config"):
-        assert key in meta, key
-    assert meta["config"]["seed"] == 0 and meta["input_shape"] == [32, 32, 3]
+    for key in ("class_names", "input_shape", "pixel_scaling", "data_sha256", "versions", "wall_seconds",
+                "model_sha256", "config"):
+        assert getattr(meta, key), key
+    assert meta.config["seed"] == 0 and meta.input_shape == (32, 32, 3)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_test_images"] == 20
     history = json.loads((tiny_run / "history.json").read_text())
     assert len(history["loss"]) == 1

@@ -87,13 +87,13 @@ def _number(key: str, value, kind: type) -> int | float:
 
 def _check_source(src: rundir.Run, tech: Technique) -> None:
     meta = src.metadata
-    if meta.get("model_format", "keras") != "keras":
-        raise EdgepackError(f"{src.path} holds a {meta.get('model_format')} model: compress a float run "
+    if meta.model_format != "keras":
+        raise EdgepackError(f"{src.path} holds a {meta.model_format} model: compress a float run "
                             "folder (from train, prune, prune-2of4, cluster or finetune) or model file")
-    if tech.needs_pruned_source and meta.get("technique") not in PRUNED_TECHNIQUES:
+    if tech.needs_pruned_source and meta.technique not in PRUNED_TECHNIQUES:
         raise EdgepackError(f"technique {tech.name} needs a pruned run folder "
                             f"({' or '.join(PRUNED_TECHNIQUES)}), but {src.path} is a "
-                            f"{meta.get('technique', 'unknown')!r} run: "
+                            f"{meta.technique!r} run: "
                             "run `edgepack compress --technique prune` first")
 
 
@@ -137,7 +137,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
           flush=True)
     _print_selection(tech.name, selection)
 
-    scaling = src.metadata.get("pixel_scaling")
+    scaling = src.metadata.pixel_scaling
     seed_everything(seed)
     steps = params["epochs"] * math.ceil(len(ds.y_train) / params["batch_size"])
     plan = Plan(steps=steps, targets=selection.layers, source_kernels=source_kernels,
@@ -159,10 +159,10 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
           f"{finetune_seconds:.0f} s of fine-tuning", flush=True)
     metadata = {
         "kind": "compress", "technique": tech.name, "variant": variant, "params": params,
-        "source_run": str(src.path.resolve()), "source_kind": src.metadata.get("kind"),
-        "source_model_sha256": src.metadata.get("model_sha256"),
-        "source_variant": src.metadata.get("variant"), "source_technique": src.metadata.get("technique"),
-        "source_accuracy": source_accuracy, "source_data_sha256": src.metadata.get("data_sha256"),
+        "source_run": str(src.path.resolve()), "source_kind": src.metadata.kind,
+        "source_sha256": src.metadata.model_sha256,  # the key exported files use too
+        "source_variant": src.metadata.variant, "source_technique": src.metadata.technique,
+        "source_accuracy": source_accuracy, "source_data_sha256": src.metadata.data_sha256,
         "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
                      "batch_size": params["batch_size"], "steps": steps, "seed": seed,
                      "seconds": round(finetune_seconds, 2)},

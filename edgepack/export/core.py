@@ -28,7 +28,7 @@ from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_fo
 from edgepack.runtime import golden
 from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import FileMetadata
-from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
+from edgepack.runtime.preprocess import scale_pixels
 
 SCHEMA_VERSION = 1
 SUMMARY = "export.json"
@@ -89,7 +89,7 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
         "source_accuracy": run.metrics.get("accuracy"), "qat_source": qat,
         "data_source": ds.source, "data_sha256": ds.sha256,
         # False: the check images may not be held out from the model's training (other data given)
-        "data_matches_source": ds.sha256 == run.metadata.get("data_sha256"),
+        "data_matches_source": ds.sha256 == run.metadata.data_sha256,
         "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "test",
                   "source_accuracy": _accuracy(reference, y_check)},
         "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
@@ -127,18 +127,17 @@ def source_metadata(run, ds, model) -> dict:
     """The fields every file of this source carries (format-specific fields are added per file).
 
     Class names and pixel scaling come from the run, the input shape from the model itself."""
-    class_names = list(run.metadata.get("class_names") or ds.class_names)
+    class_names = list(run.metadata.class_names or ds.class_names)
     if class_names != list(ds.class_names):
         raise EdgepackError(f"the data's class names differ from the model's ({run.path}): pass the --data "
                             "the model was trained on")
-    technique = run.metadata.get("technique", "baseline")
     return {
         "class_names": tuple(class_names),
         "input_shape": tuple(int(d) for d in model.input_shape[1:]),  # (height, width, channels)
-        "pixel_scaling": dict(run.metadata.get("pixel_scaling") or PIXEL_SCALING),
+        "pixel_scaling": dict(run.metadata.pixel_scaling),
         "source_sha256": _source_sha256(run),
-        "technique": technique,
-        "variant": run.metadata.get("variant", technique),
+        "technique": run.metadata.technique,
+        "variant": run.metadata.variant,
         "edgepack_version": __version__,
     }
 
@@ -246,4 +245,4 @@ def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
 def _source_sha256(run) -> str:
     """sha256 of the model file (recorded by the run folder, which load_run checked)."""
 
-    return run.metadata.get("model_sha256") or rundir.sha256_file(run.model_path)
+    return run.metadata.model_sha256 or rundir.sha256_file(run.model_path)

@@ -102,6 +102,7 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -291,7 +292,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
 def _image_size(entries: list[Entry]) -> tuple[int, int] | None:
     """(height, width) of the first model that says its input shape: the size test images are read at."""
     for e in entries:
-        shape = e.file_metadata.input_shape if e.file_metadata else e.metadata.get("input_shape")
+        shape = e.file_metadata.input_shape if e.file_metadata else e.metadata and e.metadata.input_shape
         if shape and len(shape) == 3:
             return int(shape[0]), int(shape[1])
     return None
@@ -300,11 +301,12 @@ def _image_size(entries: list[Entry]) -> tuple[int, int] | None:
 def _names_from_data(entries: list[Entry], ds) -> None:
     """A user's model file given without --class-names takes the data's names (if it has that many)."""
     for e in entries:
-        if e.run is not None and e.metadata.get("class_names") is None:
-            if e.metadata.get("num_outputs") == len(ds.class_names):
-                e.metadata["class_names"] = list(ds.class_names)
+        if e.run is not None and e.metadata.class_names is None:
+            if e.metadata.num_outputs == len(ds.class_names):
+                e.metadata = e.metadata.with_names(ds.class_names)
+                e.run = dataclasses.replace(e.run, metadata=e.metadata)
             else:
-                e.error = (f"{e.path} outputs {e.metadata.get('num_outputs')} classes but the data has "
+                e.error = (f"{e.path} outputs {e.metadata.num_outputs} classes but the data has "
                            f"{len(ds.class_names)}: pass the data it was trained on or --class-names")
 
 

@@ -17,6 +17,7 @@ from edgepack import rundir
 from edgepack.report.inputs import Entry
 from edgepack.report.notes import FP32_TWIN
 from edgepack.report.stats import LATENCY_ROUNDS
+from edgepack.runmeta import MODEL_FILE_KIND, RunMetadata
 from edgepack.runtime.golden import golden_path
 from edgepack.timing import measure
 
@@ -64,9 +65,7 @@ def sizes(path: Path) -> tuple[int, int]:
 def weights_only_sizes(entry: Entry, model) -> tuple[int, int]:
     """The model file's sizes as edgepack saves models (weights only, no optimizer state): a user's
     file saved with its optimizer would otherwise look ~3x bigger than the runs made from it."""
-    from edgepack.rundir import MODEL_FILE_KIND
-
-    if entry.metadata.get("kind") != MODEL_FILE_KIND:
+    if entry.metadata.kind != MODEL_FILE_KIND:
         return sizes(entry.run.model_path)  # run folders are saved that way already
     import tempfile
 
@@ -120,16 +119,16 @@ def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
     """The accuracy must equal the run's own metrics.json when both used the same test images."""
     rec = entry.run.metrics.get("accuracy")
     row["accuracy_recorded"] = rec
-    recorded_set = entry.metadata.get("test_images_sha256")
+    recorded_set = entry.metadata.test_images_sha256
     if recorded_set is not None:  # the exact test images the run's metrics.json was computed on
         from edgepack.data import test_set_sha256
 
         same = recorded_set == test_set_sha256(ds)
     else:
-        config = entry.metadata.get("config") or {}
+        config = entry.metadata.config or {}
         other_subset = config.get("limit_test") is not None and config.get("seed", seed) != seed
         same = (entry.run.metrics.get("num_test_images") == len(ds.y_test) and not other_subset
-                and entry.metadata.get("data_sha256") in (None, ds.sha256))
+                and entry.metadata.data_sha256 in (None, ds.sha256))
     if rec is None or not same:
         row["accuracy_check"] = "skipped: the run was evaluated on other test images"
         return
@@ -143,9 +142,9 @@ def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
                         "the model file changed or loads differently")
 
 
-def finetune_recipe(meta: dict) -> dict | None:
+def finetune_recipe(meta: RunMetadata) -> dict | None:
     """(epochs, learning rate) of a compress run's fine-tuning, from its metadata; None if not fine-tuned."""
-    ft = meta.get("finetune") if meta.get("kind") == "compress" else None
+    ft = meta.finetune if meta.kind == "compress" else None
     if not isinstance(ft, dict) or "epochs" not in ft or "learning_rate" not in ft:
         return None
     return {"epochs": int(ft["epochs"]), "learning_rate": float(ft["learning_rate"])}
@@ -183,15 +182,14 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
     t0 = time.perf_counter()
     meta = entry.metadata
     row["finetune_recipe"] = finetune_recipe(meta)
-    row.update(model_sha256=meta.get("model_sha256"),
-               source_sha256=meta.get("source_sha256") or meta.get("source_model_sha256"))
+    row.update(model_sha256=meta.model_sha256, source_sha256=meta.source_sha256)
     try:
         rss0 = rss_mb()
         model = load_run_model(entry.run)
         row["size_bytes"], row["size_gzip_bytes"] = weights_only_sizes(entry, model)
         row["parameters"] = keras_parameters(model)
         row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
-        scaling = meta.get("pixel_scaling")  # the run's own (a user's model may take [-1, 1], ...)
+        scaling = meta.pixel_scaling  # the run's own (a user's model may take [-1, 1], ...)
         model(scale_pixels(ds.x_test[:1], scaling), training=False)
         rss1 = rss_mb()
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)

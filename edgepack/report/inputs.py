@@ -8,11 +8,13 @@ cannot be opened still becomes an entry, with its error, so it ends up a row and
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.runmeta import RunMetadata
 from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import FileMetadata
 
@@ -31,7 +33,7 @@ class Entry:
     format: str  # "keras" for run folders, else the export format ("tflite-int8", ...)
     variant: str  # the source run's variant name ("baseline", "prune-0.8", ...)
     technique: str  # "baseline", "finetune", "prune", ...
-    metadata: dict = field(default_factory=dict)  # run folders: metadata.json
+    metadata: RunMetadata | None = None  # run folders: metadata.json (edgepack.runmeta)
     file_metadata: FileMetadata | None = None  # exported files: their edgepack metadata
     run: object = None  # edgepack.rundir.Run for run folders
     error: str | None = None  # why it could not be opened (the row reports it)
@@ -90,7 +92,8 @@ def _model_file_entry(path: Path, source_options: dict) -> Entry:
         run = load_source(path, require_names=False, **source_options)
     except EdgepackError as e:
         return Entry(path, "run", KERAS, path.stem, "baseline", error=str(e))
-    run.metadata.update(technique="baseline", variant=path.stem)
+    run = dataclasses.replace(run, metadata=dataclasses.replace(run.metadata, technique="baseline",
+                                                                variant=path.stem))
     return Entry(path, "run", KERAS, path.stem, "baseline", run.metadata, run=run)
 
 
@@ -101,9 +104,7 @@ def _run_entry(path: Path) -> Entry:
         run = load_run(path)
     except EdgepackError as e:
         return Entry(path, "run", KERAS, path.name, "unknown", error=str(e))
-    meta = run.metadata
-    return Entry(path, "run", KERAS, str(meta.get("variant") or path.name),
-                 str(meta.get("technique") or "unknown"), meta, run=run)
+    return Entry(path, "run", KERAS, run.metadata.variant, run.metadata.technique, run.metadata, run=run)
 
 
 def _file_entry(path: Path) -> Entry:

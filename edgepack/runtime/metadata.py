@@ -107,7 +107,7 @@ class FileMetadata:
             return "class_names must be a non-empty list of strings"
         if self.layout != LAYOUT or self.channel_order not in ("RGB", "BGR"):
             return f"layout {self.layout!r} / channel_order {self.channel_order!r} is not NHWC / RGB or BGR"
-        return _scaling_problem(self.pixel_scaling, shape[-1]) or _quant_problem(self)
+        return scaling_problem(self.pixel_scaling, shape[-1]) or _quant_problem(self)
 
 
 
@@ -115,7 +115,8 @@ def _number(v) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _scaling_problem(s: object, channels: int) -> str | None:
+def scaling_problem(s: object, channels: int) -> str | None:
+    """What makes a pixel_scaling spec unusable for `channels`-channel images, in words, or None."""
     if not isinstance(s, dict) or not _number(s.get("divisor")) or s["divisor"] <= 0:
         return f"pixel_scaling must have a positive divisor, got {s!r}"
     if not _number(s.get("offset", 0.0)):
