@@ -91,6 +91,7 @@ def optimize(opts: SearchOptions, executor=run_trials) -> dict:
     from edgepack.errors import require_toolchain
 
     require_toolchain("edgepack optimize")
+    _require_optuna()
     out = rundir.check_output_path(opts.out, {"--model": opts.model, "--data": opts.data})
     with rundir.output_lock(out):
         out.mkdir(parents=True, exist_ok=True)
@@ -103,6 +104,14 @@ def optimize(opts: SearchOptions, executor=run_trials) -> dict:
 
         return write_report(out, opts, study, source, spec, split,
                             {"stopped_by": stop, "spent_seconds": round(spent, 1), "recovered": recovered})
+
+
+def _require_optuna() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise EdgepackError("edgepack optimize needs optuna (toolchain extra): run pip install "
+                            "'edgepack[toolchain]'")
 
 
 def _check_settings(out: Path, opts: SearchOptions) -> None:
