@@ -85,6 +85,26 @@ def test_space_switches_on_with_compress_techniques():
     assert space.schedule(steps, fake)[:len(expected)] == expected
 
 
+def test_hopeless_trial_is_pruned_and_a_complete_trial_is_reused(tmp_path, tiny_run, tiny_archive):
+    """~10 s: the explicit pruning rule stops a chain after the step that misses the goal by > 3 points;
+    run_trial is a pure function of its job whose complete result is reused, never re-run."""
+    from edgepack.optimize.search import QUICK_TIMING
+    from edgepack.optimize.trial import run_trials
+
+    spec = {"path": str(tiny_archive), "seed": 0, "limit_train": None, "limit_test": None,
+            "val_fraction": 0.1, "image_size": [32, 32]}
+    job = {"number": 0, "chain": "prune-pqat", "steps": [{"technique": "prune", "params": {"epochs": 1}},
+                                                         {"technique": "pqat", "params": {"epochs": 1}}],
+           "source": str(tiny_run), "data": spec, "formats": ["tflite-int8"], "out": str(tmp_path / "t0"),
+           "seed": 0, "timing": QUICK_TIMING, "reference_accuracy": 1.0, "max_drop": 0.0}
+    [result] = run_trials([job])
+    assert result["status"] == "pruned" and result["pruned_at"] == 0 and len(result["steps"]) == 1
+    assert "max_drop + 3" in result["pruned_rule"] and not (tmp_path / "t0" / "export").exists()
+    stamp = (tmp_path / "t0" / "result.json").stat().st_mtime_ns
+    assert run_trials([job]) == [result]
+    assert (tmp_path / "t0" / "result.json").stat().st_mtime_ns == stamp
+
+
 def _cmd(run, archive, out, trials):
     return [sys.executable, "-m", "edgepack", "optimize", "--model", str(run), "--data", str(archive),
             "--out", str(out), "--max-drop", "100", "--objective", "size", "--quick", "--trials", str(trials)]

@@ -86,6 +86,9 @@ def markdown(r: dict) -> str:
         f"indices sha256 {split['indices_sha256'][:12]}); "
         f"trials train on the other {split['train_images']}. The test images are read only for the "
         "picks below.",
+        *(["- The source was trained on these training images, validation ones included: validation "
+            "figures are optimistic for every model; the goal compares each file with the source on them."]
+          if src.get("saw_validation_images") else []),
         f"- Search: {len(r['trials'])} trials, {r['search']['spent_seconds'] / 60:.1f} min spent "
         f"(budget {r['budget_minutes']:g} min), stopped by {r['search']['stopped_by']}.", "",
         "## Pareto front (validation)", "",

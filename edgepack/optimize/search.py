@@ -77,7 +77,7 @@ class SearchOptions:
     def record(self) -> dict:
         """The settings a resumed search must share (budget and trials may change between runs)."""
         d = dataclasses.asdict(self)
-        for key in ("budget_minutes", "trials"):
+        for key in ("budget_minutes", "trials", "out"):
             d.pop(key)
         d["formats"] = list(self.formats)
         return d
@@ -146,8 +146,12 @@ def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
 
     run = rundir.load_run(folder)
     raw, gz = sizes(run.model_path)  # weights only: edgepack saves models without optimizer state
+    # A source trained on the whole training set has seen the validation images: its validation
+    # figures (and its descendants') are optimistic. Said in the report; a source trained without the
+    # split would avoid it.
+    saw = src.metadata.get("data_sha256") == ds.sha256
     source = {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
-              "bytes": raw, "gzip_bytes": gz}
+              "bytes": raw, "gzip_bytes": gz, "saw_validation_images": bool(saw)}
     return source, spec, split
 
 
