@@ -85,7 +85,7 @@ def test_space_switches_on_with_compress_techniques():
     assert space.schedule(steps, fake)[:len(expected)] == expected
 
 
-def test_hopeless_trial_is_pruned_and_a_complete_trial_is_reused(tmp_path, tiny_run, tiny_archive):
+def test_hopeless_trial_is_pruned_and_complete_work_is_reused(tmp_path, capsys, tiny_run, tiny_archive):
     """~10 s: the explicit pruning rule stops a chain after the step that misses the goal by > 3 points;
     run_trial is a pure function of its job whose complete result is reused, never re-run."""
     from edgepack.optimize.search import QUICK_TIMING
@@ -103,6 +103,14 @@ def test_hopeless_trial_is_pruned_and_a_complete_trial_is_reused(tmp_path, tiny_
     stamp = (tmp_path / "t0" / "result.json").stat().st_mtime_ns
     assert run_trials([job]) == [result]
     assert (tmp_path / "t0" / "result.json").stat().st_mtime_ns == stamp
+    # A retry of a trial cut off by a kill copies that trial's complete steps instead of re-training.
+    (tmp_path / "0").mkdir()
+    (tmp_path / "t0" / "steps").rename(tmp_path / "0" / "steps")
+    capsys.readouterr()
+    [again] = run_trials([{**job, "number": 1, "out": str(tmp_path / "1"), "retry_of": 0}])
+    assert "trial 1: reused steps/0-prune of trial 0" in capsys.readouterr().out
+    assert again["status"] == "pruned"
+    assert again["steps"][0]["val_accuracy"] == result["steps"][0]["val_accuracy"]
 
 
 def _cmd(run, archive, out, trials):

@@ -222,7 +222,8 @@ def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, execu
                "source": source["run"], "data": spec, "formats": list(opts.formats),
                "out": str(out / "trials" / str(trial.number)), "seed": opts.seed,
                "timing": QUICK_TIMING if opts.quick else TIMING,
-               "reference_accuracy": source["val_accuracy"], "max_drop": opts.max_drop}
+               "reference_accuracy": source["val_accuracy"], "max_drop": opts.max_drop,
+               "retry_of": trial.user_attrs.get("retry_of")}  # its complete folders are reused
         [result] = executor([job])
         _tell(study, trial, result, opts, source)
         study.set_user_attr("spent_seconds", spent())

@@ -95,7 +95,7 @@ def _run(job: dict, out: Path, steps: list, points: list) -> dict:
     for i, step in enumerate(job["steps"]):
         folder = out / "steps" / f"{i}-{step['technique']}"
         s0 = time.time()
-        if not rundir.is_run_folder(folder):
+        if not rundir.is_run_folder(folder) and not _reuse(job, f"steps/{folder.name}", rundir.is_run_folder):
             compress(prev, step["technique"], folder, params=step["params"], ds=ds, seed=job["seed"])
         acc = rundir.load_run(folder).metrics["accuracy"]
         steps.append({**step, "run": str(folder), "val_accuracy": acc, "seconds": round(time.time() - s0, 2)})
@@ -105,7 +105,8 @@ def _run(job: dict, out: Path, steps: list, points: list) -> dict:
                     " points"}
         prev = folder
     e0 = time.time()
-    if not (out / "export" / "export.json").is_file():
+    done = _exported(out / "export") or _reuse(job, "export", _exported)
+    if not done:
         export(prev, job["formats"], out / "export", options=EXPORT_OPTIONS, ds=ds)
     summary = rundir.read_json(out / "export" / "export.json")
     for fmt, entry in summary["formats"].items():
@@ -114,6 +115,27 @@ def _run(job: dict, out: Path, steps: list, points: list) -> dict:
         point, _ = measure_file(out / "export" / entry["file"], ds.x_test, ds.y_test, job["timing"])
         points.append({"format": fmt, **point})
     return {"status": "ok", "export_seconds": round(time.time() - e0, 2)}
+
+
+def _reuse(job: dict, relative: str, complete) -> bool:
+    """Copy the folder `relative` of the trial this one retries (job["retry_of"]: cut off by a kill,
+    same parameters, data and seed) when `complete(old_folder)`, instead of redoing its work. The copy
+    lands atomically; its metadata keeps naming the old trial's folders it was made from."""
+    import shutil
+
+    if job.get("retry_of") is None:
+        return False
+    old = Path(job["out"]).parent / str(job["retry_of"]) / relative
+    if not complete(old):
+        return False
+    with rundir.atomic_dir(Path(job["out"]) / relative) as tmp:
+        shutil.copytree(old, tmp, dirs_exist_ok=True)
+    print(f"trial {job['number']}: reused {relative} of trial {job['retry_of']} (complete there)", flush=True)
+    return True
+
+
+def _exported(folder: Path) -> bool:
+    return (folder / "export.json").is_file()
 
 
 def run_trials(jobs: list[dict]) -> list[dict]:
