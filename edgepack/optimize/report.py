@@ -41,7 +41,7 @@ def write_report(out: Path, opts, study, source: dict, spec: dict, split: dict, 
     rundir.write_json(out / "report.json", report)
     write_atomic(out / "pareto.csv", _csv(points).encode())
     write_atomic(out / "report.md", markdown(report).encode())
-    _plot(out / "pareto.png", points, chosen["pick"], source)
+    _plot(out / "pareto.png", points, chosen["pick"], source, opts.max_drop)
     return report
 
 
@@ -126,7 +126,7 @@ _HEAD = ("| file | recipe | val acc | change pts | KiB gzip | vs source | p50 ms
          "|---|---|---|---|---|---|---|")
 
 
-def _plot(path: Path, points: list[dict], pick_id: str | None, source: dict) -> None:
+def _plot(path: Path, points: list[dict], pick_id: str | None, source: dict, max_drop: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -147,6 +147,7 @@ def _plot(path: Path, points: list[dict], pick_id: str | None, source: dict) -> 
         for p in (q for q in points if q["id"] == pick_id):
             ax.scatter([xs(p)], [100 * p["accuracy"]], marker="*", s=160, color="black", label="pick")
         ax.axhline(100 * source["val_accuracy"], color="grey", ls="--", lw=0.8, label="source")
+        ax.axhline(100 * source["val_accuracy"] - max_drop, color="grey", ls=":", lw=0.8, label="goal")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy %")
         ax.grid(True, alpha=0.3)
