@@ -147,7 +147,9 @@ def _plot(path: Path, points: list[dict], pick_id: str | None, source: dict, max
         for p in (q for q in points if q["id"] == pick_id):
             ax.scatter([xs(p)], [100 * p["accuracy"]], marker="*", s=160, color="black", label="pick")
         ax.axhline(100 * source["val_accuracy"], color="grey", ls="--", lw=0.8, label="source")
-        ax.axhline(100 * source["val_accuracy"] - max_drop, color="grey", ls=":", lw=0.8, label="goal")
+        goal = 100 * source["val_accuracy"] - max_drop
+        if points and goal >= 100 * min(p["accuracy"] for p in points) - 5:  # else it squashes the points
+            ax.axhline(goal, color="grey", ls=":", lw=0.8, label="goal")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation accuracy %")
         ax.grid(True, alpha=0.3)
