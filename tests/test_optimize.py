@@ -164,3 +164,25 @@ def test_killed_search_resumes_and_reports(tmp_path, tiny_run, tiny_archive):
     assert "## Pareto front" in md and "TEST accuracy" in md and "Matched fine-tune control" in md
     assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "pareto.csv").read_text().startswith("id,trial,chain")
+
+
+def test_executor_seam_gets_json_jobs_in_batches(tmp_path, tiny_run, tiny_archive):
+    """~10 s: the one seam a parallel executor replaces: batches of JSON-able jobs in, results out."""
+    from edgepack.optimize import SearchOptions, optimize
+
+    batches = []
+
+    def executor(jobs):
+        batches.append(json.loads(json.dumps(jobs)))  # jobs travel as JSON
+        return [{"number": j["number"], "chain": j["chain"], "recipe": j["steps"], "steps": [], "points": [],
+                 "status": "failed", "error": "not run", "seconds": 0.1} for j in jobs]
+
+    out = tmp_path / "opt"
+    report = optimize(SearchOptions(model=str(tiny_run), out=str(out), max_drop=1.0, objective="latency",
+                                    data=str(tiny_archive), trials=3, quick=True), executor=executor, batch=2)
+    assert [len(b) for b in batches] == [2, 1]
+    numbers = [j["number"] for b in batches for j in b]
+    assert numbers == [0, 1, 2] and all(j["out"] == str(out / "trials" / str(j["number"])) for b in batches
+                                          for j in b)
+    assert [t["state"] for t in report["trials"]] == ["FAIL"] * 3 and report["chosen"]["pick"] is None
+    assert "No file is within 1 points" in (out / "report.md").read_text()

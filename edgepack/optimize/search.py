@@ -83,10 +83,14 @@ class SearchOptions:
         return d
 
 
-def optimize(opts: SearchOptions, executor=run_trials) -> dict:
+def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
     """Run (or resume) the search in opts.out and write its report; returns report.json's content.
 
-    `executor(jobs) -> results` runs trial jobs (edgepack.optimize.trial.run_trials by default)."""
+    `executor(jobs) -> results` runs trial jobs (edgepack.optimize.trial.run_trials by default),
+    `batch` of them at a time (a parallel executor asks for more than 1; TPE's constant liar keeps
+    the trials of one batch apart)."""
+    if not isinstance(batch, int) or batch < 1:
+        raise EdgepackError(f"batch must be a whole number >= 1, got {batch!r}")
     opts.check()
     from edgepack.errors import require_toolchain
 
@@ -99,7 +103,7 @@ def optimize(opts: SearchOptions, executor=run_trials) -> dict:
         source, spec, split = _prepare_source(out, opts)
         study = _study(out, opts)
         recovered = _recover_killed(study)
-        stop, spent = _loop(study, out, opts, source, spec, executor)
+        stop, spent = _loop(study, out, opts, source, spec, executor, batch)
         from edgepack.optimize.report import write_report
 
         return write_report(out, opts, study, source, spec, split,
@@ -200,9 +204,8 @@ def finished(study) -> list:
     return [t for t in study.get_trials(deepcopy=False, states=states) if t.number not in killed]
 
 
-def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, executor) -> tuple[str, float]:
-    from edgepack.compress.techniques import TECHNIQUES
-
+def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, executor, batch: int
+          ) -> tuple[str, float]:
     started, before = time.time(), float(study.user_attrs.get("spent_seconds", 0.0))
     budget = 60 * opts.budget_minutes
 
@@ -211,23 +214,31 @@ def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, execu
 
     while True:
         done = finished(study)
-        if opts.trials is not None and len(done) >= opts.trials:
+        room = batch if opts.trials is None else min(batch, opts.trials - len(done))
+        if room < 1:
             return "trials", spent()
         durations = [t.user_attrs["seconds"] for t in done if "seconds" in t.user_attrs]
         if spent() + (statistics.median(durations) if durations else 0.0) > budget:
             return "budget", spent()
-        trial = study.ask()
-        chain, steps = space.suggest(trial, TECHNIQUES, opts.quick)
-        job = {"number": trial.number, "chain": chain, "steps": [s.as_dict() for s in steps],
-               "source": source["run"], "data": spec, "formats": list(opts.formats),
-               "out": str(out / "trials" / str(trial.number)), "seed": opts.seed,
-               "timing": QUICK_TIMING if opts.quick else TIMING,
-               "reference_accuracy": source["val_accuracy"], "max_drop": opts.max_drop,
-               "retry_of": trial.user_attrs.get("retry_of")}  # its complete folders are reused
-        [result] = executor([job])
-        _tell(study, trial, result, opts, source)
-        study.set_user_attr("spent_seconds", spent())
-        print(progress_line(result, source, spent(), budget), flush=True)
+        trials = [study.ask() for _ in range(room)]
+        results = executor([_job(t, out, opts, source, spec) for t in trials])
+        for trial, result in zip(trials, results, strict=True):
+            _tell(study, trial, result, opts, source)
+            study.set_user_attr("spent_seconds", spent())
+            print(progress_line(result, source, spent(), budget), flush=True)
+
+
+def _job(trial, out: Path, opts: SearchOptions, source: dict, spec: dict) -> dict:
+    """A trial's job (JSON-able): its recipe from the sampler, the paths, the seed, the goal."""
+    from edgepack.compress.techniques import TECHNIQUES
+
+    chain, steps = space.suggest(trial, TECHNIQUES, opts.quick)
+    return {"number": trial.number, "chain": chain, "steps": [s.as_dict() for s in steps],
+            "source": source["run"], "data": spec, "formats": list(opts.formats),
+            "out": str(out / "trials" / str(trial.number)), "seed": opts.seed,
+            "timing": QUICK_TIMING if opts.quick else TIMING,
+            "reference_accuracy": source["val_accuracy"], "max_drop": opts.max_drop,
+            "retry_of": trial.user_attrs.get("retry_of")}  # its complete folders are reused
 
 
 def chosen_point(points: list[dict], opts: SearchOptions, reference: float) -> dict | None:
