@@ -186,3 +186,20 @@ def test_executor_seam_gets_json_jobs_in_batches(tmp_path, tiny_run, tiny_archiv
                                           for j in b)
     assert [t["state"] for t in report["trials"]] == ["FAIL"] * 3 and report["chosen"]["pick"] is None
     assert "No file is within 1 points" in (out / "report.md").read_text()
+
+
+def test_changed_search_space_is_a_one_line_error(tmp_path):
+    """A study started before compress gained techniques cannot take the new choices: say so."""
+    import optuna
+
+    from edgepack.errors import EdgepackError
+    from edgepack.optimize.search import SearchOptions, _job
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study()
+    old = study.ask()
+    old.suggest_categorical("chain", ["prune"])
+    study.tell(old, 1.0)
+    opts = SearchOptions(model="m", out=str(tmp_path), max_drop=1.0, objective="size")
+    with pytest.raises(EdgepackError, match="search space changed since .* choose another --out"):
+        _job(study.ask(), tmp_path, opts, {"run": "r", "val_accuracy": 0.7}, {})

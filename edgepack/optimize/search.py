@@ -232,7 +232,11 @@ def _job(trial, out: Path, opts: SearchOptions, source: dict, spec: dict) -> dic
     """A trial's job (JSON-able): its recipe from the sampler, the paths, the seed, the goal."""
     from edgepack.compress.techniques import TECHNIQUES
 
-    chain, steps = space.suggest(trial, TECHNIQUES, opts.quick)
+    try:
+        chain, steps = space.suggest(trial, TECHNIQUES, opts.quick)
+    except ValueError as e:  # optuna refuses a parameter whose choices changed within a study
+        raise EdgepackError(f"the search space changed since {out} was started ({str(e)[:200]}): "
+                            "choose another --out") from None
     return {"number": trial.number, "chain": chain, "steps": [s.as_dict() for s in steps],
             "source": source["run"], "data": spec, "formats": list(opts.formats),
             "out": str(out / "trials" / str(trial.number)), "seed": opts.seed,
