@@ -374,5 +374,38 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(chosen))
 
 
+
+def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Indices (sorted) of a seeded, stratified `fraction` of `labels`: each class gives
+    round(fraction * its count) images, at least one, never all of them."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"the held-out fraction must be between 0 and 1 (exclusive), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(labels):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < 2:
+            raise DataError(f"class {c} has {len(pool)} training image(s): a validation split needs >= 2")
+        k = min(len(pool) - 1, max(1, round(fraction * len(pool))))
+        chosen.append(rng.choice(pool, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def validation_split(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, dict]:
+    """A search data set from `ds`'s TRAINING images: its train part is the rest, its "test" part is
+    a seeded, stratified `fraction` held out (never `ds`'s test images), and the record of the split
+    (seed, fraction, counts, sha256 of the held-out indices) for the output."""
+    held = stratified_holdout(ds.y_train, fraction, seed)
+    rest = np.setdiff1d(np.arange(len(ds.y_train)), held)
+    record = {"rule": "stratified-holdout-of-train", "seed": seed, "fraction": fraction,
+              "train_images": int(len(rest)), "validation_images": int(len(held)),
+              "test_images_untouched": int(len(ds.y_test)),
+              "indices_sha256": hashlib.sha256(held.astype(np.int64).tobytes()).hexdigest()}
+    split = {**record, "of": dict(ds.split)}
+    search = Dataset(ds.x_train[rest], ds.y_train[rest], ds.x_train[held], ds.y_train[held], ds.class_names,
+                     ds.source, ds.sha256, ds.input_shape, split)
+    return search, record
+
 __all__ = ["Dataset", "Cifar10", "load_data", "load_cifar10", "balanced_subset", "check_limits",
-           "resolve_data_path", "scale_pixels", "dataset_sha256"]
+           "resolve_data_path", "scale_pixels", "dataset_sha256", "validation_split"]

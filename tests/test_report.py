@@ -185,6 +185,23 @@ def test_recommend_smallest_and_fastest_within_max_drop():
     assert recommend([rows[-1]], 1.0) is None
 
 
+def _timed(rid, acc, gz, rounds):
+    row = _row(rid, acc, gz, float(sorted(rounds)[len(rounds) // 2]))
+    row["latency"]["threads_1"]["round_p50_ms"] = list(rounds)
+    return row
+
+
+def test_recommend_latency_within_round_noise_never_decides():
+    # b's p50 is 2x a's, but b's rounds overlap a's: a tie, so the smaller file wins (the band alone,
+    # 1.25x, would have picked a).
+    a = _timed("a", 0.70, 80_000, [0.05, 0.05, 0.06, 0.12, 0.05])
+    b = _timed("b", 0.70, 44_000, [0.10, 0.11, 0.09, 0.10, 0.10])
+    assert recommend([a, b], 1.0)["id"] == "b"
+    # rounds apart: the faster one wins even though it is larger
+    c = _timed("c", 0.70, 44_000, [0.20, 0.21, 0.22, 0.20, 0.21])
+    assert recommend([a, c], 1.0)["id"] == "a"
+
+
 def _ctrl_row(rid, fmt, technique, recipe, acc, kind="run"):
     variant = rid.split("/")[0]
     return {"id": rid, "variant": variant, "format": fmt, "kind": kind, "technique": technique,

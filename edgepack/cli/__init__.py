@@ -15,7 +15,8 @@ from edgepack import __version__
 from edgepack.errors import EdgepackError
 
 # Subcommands in the order `edgepack --help` lists them (module edgepack.cli.<name>).
-COMMANDS = ("train", "compress", "export", "predict", "verify", "compare", "pipeline", "bench", "explain")
+COMMANDS = ("train", "compress", "export", "predict", "verify", "compare", "pipeline", "optimize", "bench",
+            "explain")
 
 
 class _Parser(argparse.ArgumentParser):

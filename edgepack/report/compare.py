@@ -113,6 +113,7 @@ from edgepack.errors import EdgepackError
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
 from edgepack.report.notes import add_speed_notes
+from edgepack.report.pick import FAST_ENOUGH, Candidate, pick
 
 SCHEMA_VERSION = 1
 BASELINE, CONTROL = "baseline", "finetune"  # techniques of the reference runs
@@ -435,30 +436,23 @@ def derive(results: dict) -> None:
         results["gate"] = {"fail_over": opts["fail_over"], "failed": failed, "passed": not failed}
 
 
-# Latencies within this factor of the fastest candidate's count as equally fast: batch-1 medians of
-# near-identical models differ by run-to-run noise (about 10-20% on this kind of machine).
-FAST_ENOUGH = 1.25
-
-
 def recommend(rows: list[dict], max_drop: float) -> dict | None:
-    """The smallest and fastest row within `max_drop` points of the baseline.
+    """The smallest and fastest row within `max_drop` points of the baseline (edgepack.report.pick).
 
-    Among the candidates whose 1-thread p50 latency (all cores if missing) is within FAST_ENOUGH of
-    the fastest candidate's, the smallest gzip'ed file wins; ties go to the faster, then the more
-    accurate. Without latency figures the smallest file wins. Ranking on a noise band rather than on
-    exact latency keeps the pick stable from run to run.
+    Among the candidates as fast as the fastest (1-thread timings, all cores if missing; round
+    intervals that overlap are a tie, the FAST_ENOUGH band only for timings without rounds), the
+    smallest gzip'ed file wins, then the more accurate. Without latency figures the smallest file wins.
     """
-    cands = [r for r in rows if r["status"] == "ok" and r["delta_pts_vs_baseline"] is not None
+    cands = [Candidate(r, r["accuracy"], r["size_gzip_bytes"], _timing(r)) for r in rows
+             if r["status"] == "ok" and r["delta_pts_vs_baseline"] is not None
              and r["delta_pts_vs_baseline"] >= -max_drop - 1e-9 and r["size_gzip_bytes"]]
-    if not cands:
-        return None
+    best = pick(cands, "latency")
+    return None if best is None else best.key
 
-    def latency(r):
-        return _p50(r, "threads_1") or _p50(r, "threads_all") or float("inf")
 
-    fastest = min(latency(r) for r in cands)
-    fast = [r for r in cands if latency(r) <= fastest * FAST_ENOUGH] if fastest < float("inf") else cands
-    return min(fast, key=lambda r: (r["size_gzip_bytes"], latency(r), -r["accuracy"]))
+def _timing(row: dict) -> dict | None:
+    lat = row.get("latency") or {}
+    return lat.get("threads_1") or lat.get("threads_all")
 
 
 def write_report(results: dict, out: str | os.PathLike, force: bool, files: dict[str, bytes] | None = None

@@ -1,0 +1,299 @@
+"""`optimize()`: an Optuna search for the smallest (or fastest) int8 file within an accuracy goal.
+
+Every trial is scored on a VALIDATION split held out from the training images (edgepack.data.
+validation_split); the test images are read only at the end, for the picks (edgepack.optimize.report).
+The study lives in out/study.journal (Optuna JournalStorage): a killed search resumes there. Trials
+left RUNNING by a killed process are marked failed and their parameters re-enqueued; finished trials
+are never re-run. Multi-objective (maximize validation accuracy, minimize gzip'ed size or 1-thread
+batch-1 p50 latency), TPE seeded, with the accuracy goal as a constraint (Trial.set_constraint). A
+trial whose Keras validation accuracy falls more than max_drop + 3 points under the source's after
+any step is pruned (multi-objective studies have no trial.report/should_prune: the rule is explicit,
+trial.PRUNE_MARGIN_POINTS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgepack import rundir
+from edgepack.errors import EdgepackError
+from edgepack.optimize import space
+from edgepack.optimize.trial import run_trials, search_data
+from edgepack.report.pick import OBJECTIVES
+from edgepack.report.stats import LATENCY_ROUNDS
+
+INT8_FORMATS = ("tflite-int8", "onnx-int8")
+STUDY = "edgepack-optimize"
+JOURNAL = "study.journal"
+SETTINGS = "settings.json"
+# Batch-1 latency per file (1 thread): timed calls, untimed warm-up calls, rounds giving the spread.
+TIMING = {"runs": 300, "warmup": 30, "rounds": LATENCY_ROUNDS}
+QUICK_TIMING = {"runs": 20, "warmup": 2, "rounds": LATENCY_ROUNDS}
+
+
+@dataclass(frozen=True)
+class SearchOptions:
+    """What `edgepack optimize` searches for; every field is recorded in out/settings.json."""
+
+    model: str  # run folder or model file
+    out: str  # the search folder (resumable)
+    max_drop: float  # accuracy points the pick may lose against the source (validation)
+    objective: str  # "size" (gzip'ed bytes) or "latency" (1-thread batch-1 p50)
+    data: str | None = None  # None: the data the source was trained on, then the usual search
+    budget_minutes: float = 60.0  # no new trial starts when it would end past this
+    trials: int | None = None  # stop after this many finished trials (None: budget only)
+    quick: bool = False  # tests: one epoch per step, short latency measurement
+    seed: int = 0  # validation split, sampler and training seed
+    val_fraction: float = 0.1  # share of the training images held out for validation
+    formats: tuple[str, ...] = INT8_FORMATS  # int8 formats each trial is exported to
+    class_names: str | None = None  # a model file's class names (edgepack.rundir.load_source)
+    preprocessing: str | None = None  # a model file's pixel scaling
+    limit_train: int | None = None  # class-balanced subsets (tests)
+    limit_test: int | None = None
+
+    def check(self) -> None:
+        """One-line errors for bad values, before any work."""
+        if not self.max_drop >= 0:
+            raise EdgepackError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop:g}")
+        if self.objective not in OBJECTIVES:
+            raise EdgepackError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not self.budget_minutes > 0:
+            raise EdgepackError(f"--budget-minutes must be > 0, got {self.budget_minutes:g}")
+        if self.trials is not None and self.trials < 1:
+            raise EdgepackError(f"--trials must be >= 1, got {self.trials}")
+        if not 0 < self.val_fraction < 0.5:
+            raise EdgepackError("--val-fraction must be between 0 and 0.5 (exclusive), got "
+                                f"{self.val_fraction:g}")
+        bad = [f for f in self.formats if f not in INT8_FORMATS]
+        if bad or not self.formats:
+            raise EdgepackError(f"--formats takes int8 formats only ({', '.join(INT8_FORMATS)}), got "
+                                f"{', '.join(bad) or 'none'}")
+
+    def record(self) -> dict:
+        """The settings a resumed search must share (budget and trials may change between runs)."""
+        d = dataclasses.asdict(self)
+        for key in ("budget_minutes", "trials", "out"):
+            d.pop(key)
+        d["formats"] = list(self.formats)
+        return d
+
+
+def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
+    """Run (or resume) the search in opts.out and write its report; returns report.json's content.
+
+    `executor(jobs) -> results` runs trial jobs (edgepack.optimize.trial.run_trials by default),
+    `batch` of them at a time (a parallel executor asks for more than 1; TPE's constant liar keeps
+    the trials of one batch apart)."""
+    if not isinstance(batch, int) or batch < 1:
+        raise EdgepackError(f"batch must be a whole number >= 1, got {batch!r}")
+    opts.check()
+    from edgepack.errors import require_toolchain
+
+    require_toolchain("edgepack optimize")
+    _require_optuna()
+    out = rundir.check_output_path(opts.out, {"--model": opts.model, "--data": opts.data})
+    with rundir.output_lock(out):
+        out.mkdir(parents=True, exist_ok=True)
+        _check_settings(out, opts)
+        source, spec, split = _prepare_source(out, opts)
+        study = _study(out, opts)
+        recovered = _recover_killed(study)
+        stop, spent = _loop(study, out, opts, source, spec, executor, batch)
+        from edgepack.optimize.report import write_report
+
+        return write_report(out, opts, study, source, spec, split,
+                            {"stopped_by": stop, "spent_seconds": round(spent, 1), "recovered": recovered})
+
+
+def _require_optuna() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("optuna") is None:
+        raise EdgepackError("edgepack optimize needs optuna (toolchain extra): run pip install "
+                            "'edgepack[toolchain]'")
+
+
+def _check_settings(out: Path, opts: SearchOptions) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        old = rundir.read_json(path)
+        diff = sorted(k for k in set(old) | set(opts.record()) if old.get(k) != opts.record().get(k))
+        if diff:
+            raise EdgepackError(f"{out} holds a search with other settings ({', '.join(diff)}): resume it "
+                                "with the same options or choose another --out")
+    else:
+        rundir.write_json(path, opts.record())
+
+
+def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
+    """The source as a run folder out/source (a copy evaluated on validation images), its figures,
+    the data spec every trial rebuilds the search data from, and the split record."""
+    from edgepack import data as data_mod
+    from edgepack.fitting import adopt
+
+    src = rundir.load_run(opts.model) if rundir.is_run_folder(opts.model) else rundir.load_source(
+        opts.model, class_names=opts.class_names, preprocessing=opts.preprocessing, require_names=False)
+    shape = list(src.metadata.get("input_shape") or [])
+    spec = {"path": str(data_mod.resolve_data_path(src.data_path(opts.data))), "seed": opts.seed,
+            "limit_train": opts.limit_train, "limit_test": opts.limit_test, "val_fraction": opts.val_fraction,
+            "image_size": shape[:2] if len(shape) == 3 else None}
+    ds, split = search_data(spec)
+    folder = out / "source"
+    if not rundir.is_run_folder(folder):
+        adopt(opts.model, folder, ds, class_names=opts.class_names, preprocessing=opts.preprocessing)
+    from edgepack.report.evaluate import sizes
+
+    run = rundir.load_run(folder)
+    raw, gz = sizes(run.model_path)  # weights only: edgepack saves models without optimizer state
+    # A source trained on the whole training set has seen the validation images: its validation
+    # figures (and its descendants') are optimistic. Said in the report; a source trained without the
+    # split would avoid it.
+    saw = src.metadata.get("data_sha256") == ds.sha256
+    source = {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
+              "bytes": raw, "gzip_bytes": gz, "saw_validation_images": bool(saw)}
+    return source, spec, split
+
+
+def _study(out: Path, opts: SearchOptions):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+    study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True,
+                                directions=["maximize", "minimize"])
+    # Seeded by the trials already in the study: a resumed search does not replay the same draws.
+    # The accuracy goal is a constraint each trial sets (Trial.set_constraint, optuna >= 5).
+    study.sampler = optuna.samplers.TPESampler(seed=opts.seed + len(study.trials), multivariate=True,
+                                               group=True)
+    study.set_metric_names(["val_accuracy", "gzip_bytes" if opts.objective == "size" else "p50_ms"])
+    return study
+
+
+def _recover_killed(study) -> list[int]:
+    """Trials left RUNNING by a killed process: marked failed (recorded) and their params re-enqueued."""
+    from optuna.trial import TrialState
+
+    killed = list(study.user_attrs.get("killed", []))
+    recovered = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+        killed.append(t.number)
+        recovered.append(t.number)
+    if recovered:
+        study.set_user_attr("killed", killed)
+        print(f"resuming: trial(s) {', '.join(map(str, recovered))} were cut off by a stop; re-queued",
+              flush=True)
+    return recovered
+
+
+def finished(study) -> list:
+    """Trials that ran to an end (complete, pruned or failed on their own; not cut off by a kill)."""
+    from optuna.trial import TrialState
+
+    killed = set(study.user_attrs.get("killed", []))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.number not in killed]
+
+
+def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, executor, batch: int
+          ) -> tuple[str, float]:
+    started, before = time.time(), float(study.user_attrs.get("spent_seconds", 0.0))
+    budget = 60 * opts.budget_minutes
+
+    def spent() -> float:  # seconds of this search, over every run of it
+        return before + time.time() - started
+
+    while True:
+        done = finished(study)
+        room = batch if opts.trials is None else min(batch, opts.trials - len(done))
+        if room < 1:
+            return "trials", spent()
+        durations = [t.user_attrs["seconds"] for t in done if "seconds" in t.user_attrs]
+        if spent() + (statistics.median(durations) if durations else 0.0) > budget:
+            return "budget", spent()
+        trials = [study.ask() for _ in range(room)]
+        results = executor([_job(t, out, opts, source, spec) for t in trials])
+        for trial, result in zip(trials, results, strict=True):
+            _tell(study, trial, result, opts, source)
+            study.set_user_attr("spent_seconds", spent())
+            print(progress_line(result, source, spent(), budget), flush=True)
+
+
+def _job(trial, out: Path, opts: SearchOptions, source: dict, spec: dict) -> dict:
+    """A trial's job (JSON-able): its recipe from the sampler, the paths, the seed, the goal."""
+    from edgepack.compress.techniques import TECHNIQUES
+
+    try:
+        chain, steps = space.suggest(trial, TECHNIQUES, opts.quick)
+    except ValueError as e:  # optuna refuses a parameter whose choices changed within a study
+        raise EdgepackError(f"the search space changed since {out} was started ({str(e)[:200]}): "
+                            "choose another --out") from None
+    return {"number": trial.number, "chain": chain, "steps": [s.as_dict() for s in steps],
+            "source": source["run"], "data": spec, "formats": list(opts.formats),
+            "out": str(out / "trials" / str(trial.number)), "seed": opts.seed,
+            "timing": QUICK_TIMING if opts.quick else TIMING,
+            "reference_accuracy": source["val_accuracy"], "max_drop": opts.max_drop,
+            "retry_of": trial.user_attrs.get("retry_of")}  # its complete folders are reused
+
+
+def chosen_point(points: list[dict], opts: SearchOptions, reference: float) -> dict | None:
+    """The file a trial is scored by: the best for the objective within the goal, else the most accurate."""
+    if not points:
+        return None
+    key = objective_value(opts.objective)
+    ok = [p for p in points if 100 * (reference - p["accuracy"]) <= opts.max_drop + 1e-9]
+    return min(ok, key=key) if ok else max(points, key=lambda p: p["accuracy"])
+
+
+def objective_value(objective: str):
+    if objective == "size":
+        return lambda p: p["gzip_bytes"]
+    return lambda p: p["latency"]["p50_ms"]
+
+
+def _tell(study, trial, result: dict, opts: SearchOptions, source: dict) -> None:
+    from optuna.trial import TrialState
+
+    trial.set_user_attr("seconds", result["seconds"])
+    trial.set_user_attr("status", result["status"])
+    if result["status"] == "pruned":
+        trial.set_user_attr("pruned_rule", result["pruned_rule"])
+        study.tell(trial, state=TrialState.PRUNED)
+        return
+    point = chosen_point(result["points"], opts, source["val_accuracy"])
+    if result["status"] != "ok" or point is None:
+        trial.set_user_attr("error", result.get("error") or "no file was exported")
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    drop = 100 * (source["val_accuracy"] - point["accuracy"])
+    trial.set_user_attr("drop_pts", drop)
+    trial.set_constraint("max_drop", drop - opts.max_drop)  # <= 0: within the goal (validation)
+    trial.set_user_attr("format", point["format"])
+    study.tell(trial, [point["accuracy"], objective_value(opts.objective)(point)])
+
+
+def recipe_text(steps: list[dict]) -> str:
+    """prune(sparsity=0.8, epochs=2, learning_rate=0.001) -> pqat(epochs=1)"""
+    return " -> ".join(f"{s['technique']}({', '.join(f'{k}={v:g}' for k, v in s['params'].items())})"
+                       for s in steps)
+
+
+def progress_line(result: dict, source: dict, spent: float, budget: float) -> str:
+    head = f"trial {result['number']} {recipe_text(result['recipe'])}"
+    tail = f"{result['seconds']:.0f} s; {spent / 60:.1f}/{budget / 60:.0f} min"
+    if result["status"] != "ok" or not result["points"]:
+        return f"{head}: {result['status']} ({result.get('pruned_rule') or result.get('error')}) ({tail})"
+    figures = "; ".join(f"{p['format']} val {p['accuracy']:.2%}, {p['gzip_bytes'] / 1024:.1f} KiB "
+                        f"({source['gzip_bytes'] / p['gzip_bytes']:.1f}x), "
+                        f"p50 {p['latency']['p50_ms']:.3f} ms"
+                        for p in result["points"])
+    return f"{head}: {figures} ({tail})"

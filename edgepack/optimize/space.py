@@ -1,0 +1,95 @@
+"""The search space: technique chains and the values each technique's options may take (one table).
+
+A chain is run step by step (`edgepack compress` on the previous step's run folder). A chain whose
+techniques are not all in edgepack.compress's TECHNIQUES is left out of the space, and an option a
+technique does not take (its defaults lack it) is never suggested: so `cqat`, `pcqat` and the
+two-phase pruning options (`polish_epochs`, `polish_learning_rate`) switch on by themselves once
+compress has them. Optuna parameter names are "chain" and "<technique>.<option>": a technique's
+options are shared by every chain that uses it, so the sampler learns from all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Technique chains (TF-MOT's collaborative optimizations; every chain ends in an int8 export).
+CHAINS: dict[str, tuple[str, ...]] = {
+    "prune": ("prune",),  # two-phase when compress takes polish_epochs: prune at lr, polish at 1e-4
+    "prune-2of4": ("prune-2of4",),
+    "cluster": ("cluster",),
+    "prune-cluster": ("prune", "cluster"),  # sparsity-preserving clustering on a pruned source
+    "cluster-cqat": ("cluster", "cqat"),
+    "prune-pqat": ("prune", "pqat"),
+    "prune-cluster-pcqat": ("prune", "cluster", "pcqat"),
+    "qat": ("qat",),
+}
+
+PRUNE_OPTIONS = {
+    "epochs": (1, 2, 3),
+    "learning_rate": (1e-3, 3e-4),  # phase 1 (pruning); the TF-MOT tutorial's 1e-3 and a gentler one
+    "polish_epochs": (0, 1, 2),  # phase 2: masks held, low learning rate
+    "polish_learning_rate": (1e-4,),
+}
+QAT_OPTIONS = {"epochs": (1, 2)}  # QAT epochs cost 2-3x a float epoch
+# Option values per technique; a float range is (low, high, step).
+OPTIONS: dict[str, dict[str, tuple]] = {
+    "prune": {"sparsity": (0.5, 0.9, 0.05), **PRUNE_OPTIONS},
+    "prune-2of4": PRUNE_OPTIONS,
+    "cluster": {"clusters": (8, 12, 16, 24, 32), "epochs": (1, 2, 3)},
+    "cqat": QAT_OPTIONS, "pcqat": QAT_OPTIONS, "pqat": QAT_OPTIONS, "qat": QAT_OPTIONS,
+}
+RANGES = {"sparsity"}  # options given as (low, high, step) rather than choices
+# --quick: the smallest trial of each chain (tests): one epoch, no polish phase.
+QUICK = {"epochs": (1,), "polish_epochs": (0,)}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One `edgepack compress` call of a trial."""
+
+    technique: str
+    params: dict  # the options passed to compress (the technique's defaults fill the rest)
+
+    def as_dict(self) -> dict:
+        return {"technique": self.technique, "params": dict(self.params)}
+
+
+def available_chains(techniques) -> list[str]:
+    """The chains whose every technique `techniques` (compress's TECHNIQUES) has."""
+    return [name for name, steps in CHAINS.items() if all(t in techniques for t in steps)]
+
+
+def options_for(technique: str, takes, quick: bool = False) -> dict[str, tuple]:
+    """The searched options of `technique` that it takes (`takes`: its defaults' keys)."""
+    table = {k: v for k, v in OPTIONS.get(technique, {}).items() if k in takes}
+    if quick:
+        table.update({k: v for k, v in QUICK.items() if k in table})
+    return table
+
+
+def suggest(trial, techniques, quick: bool = False) -> tuple[str, list[Step]]:
+    """Ask an Optuna trial (ask/tell interface) for a chain and its steps' options."""
+    chain = trial.suggest_categorical("chain", available_chains(techniques))
+    steps = []
+    for tech in CHAINS[chain]:
+        params = {}
+        for key, values in options_for(tech, techniques[tech].defaults, quick).items():
+            name = f"{tech}.{key}"
+            if key in RANGES:
+                params[key] = round(trial.suggest_float(name, values[0], values[1], step=values[2]), 4)
+            else:
+                params[key] = trial.suggest_categorical(name, values)
+        steps.append(Step(tech, params))
+    return chain, steps
+
+
+def schedule(steps: list[Step], techniques) -> list[tuple[int, float]]:
+    """(epochs, learning rate) of every training phase of the chain, in order: what its matched
+    fine-tune control trains for (a polish phase is a phase of its own)."""
+    phases = []
+    for s in steps:
+        p = {**techniques[s.technique].defaults, **s.params}
+        phases.append((int(p["epochs"]), float(p["learning_rate"])))
+        if p.get("polish_epochs"):
+            phases.append((int(p["polish_epochs"]), float(p["polish_learning_rate"])))
+    return phases
