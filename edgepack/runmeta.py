@@ -57,6 +57,8 @@ class RunMetadata:
     num_train_images: int | None = None
     num_test_images: int | None = None
     test_images_sha256: str | None = None  # the exact test images metrics.json was computed on
+    # training images held out from fitting (edgepack.data.validation_split's record), or None
+    validation: dict | None = None
     # the model file (filled in by rundir when the folder is written)
     parameters: int | None = None  # weights only (edgepack.weights)
     model_gzip_bytes: int | None = None  # the model file gzip'ed at level 9

@@ -32,7 +32,9 @@ class TrainConfig:
     batch_size: int = 32  # Keras's default, as in the seed
     learning_rate: float = 1e-3  # adam's default
     seed: int = 0  # weights, shuffling and subsets
-    validation_split: float = 0.0  # share of training images held out for val_* history (seed: none)
+    # share of training images held out (seeded, stratified: edgepack.data.validation_split), never
+    # fitted on: val_* history, and `edgepack optimize --val-fraction` with the same seed scores on them
+    validation_split: float = 0.0
     limit_train: int | None = None  # class-balanced training subset (None: all 50,000)
     limit_test: int | None = None  # class-balanced test subset (None: all 10,000)
     image_size: tuple[int, int] | None = None  # image folders: (height, width) to resize to (None: as read)
@@ -69,15 +71,22 @@ def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Cifar1
     seed_everything(config.seed)
     model = baseline_cnn(len(ds.class_names), tuple(ds.input_shape))  # the tutorial CNN at the data's shape
     compile_model(model, config.learning_rate)
+    fit_ds, held_out, fit_options = ds, None, {}
+    if config.validation_split > 0:
+        fit_ds, held_out = data_mod.validation_split(ds, config.validation_split, config.seed)
+        fit_options["validation_data"] = (scale_pixels(fit_ds.x_test), fit_ds.y_test)
+        print(f"validation: {held_out['validation_images']} training images held out, never fitted on",
+              flush=True)
     t0 = time.time()
-    hist = fit_checked(model, scale_pixels(ds.x_train), ds.y_train, epochs=config.epochs,
-                       batch_size=config.batch_size, validation_split=config.validation_split)
+    hist = fit_checked(model, scale_pixels(fit_ds.x_train), fit_ds.y_train, epochs=config.epochs,
+                       batch_size=config.batch_size, **fit_options)
     train_seconds = time.time() - t0
     metrics, _ = evaluate(model, ds)
     print(f"test accuracy {metrics['accuracy']:.4f} after {train_seconds:.0f} s of training", flush=True)
     metadata = {
         "kind": "train", "technique": "baseline", "variant": "baseline",
-        "config": asdict(config), **data_metadata(ds),
+        "config": asdict(config), **data_metadata(ds), "num_train_images": int(len(fit_ds.y_train)),
+        "validation": held_out,
         "train_seconds": round(train_seconds, 2), "wall_seconds": round(time.time() - started, 2),
     }
     return write_run(out, force, model, "keras", scale_pixels(ds.x_train[:ROUND_TRIP_IMAGES]), metadata,

@@ -82,6 +82,20 @@ def test_train_run_folder_is_complete_and_checked(tiny_run):
     assert not [p for p in tiny_run.parent.iterdir() if rundir.TMP_MARK in p.name]
 
 
+def test_validation_split_is_held_out_and_recorded(tmp_path, tiny_archive):
+    """--validation-split holds out optimize's split (same seed, same indices), never fitted on."""
+    from edgepack import data as data_mod
+    from edgepack.train import TrainConfig, train
+
+    out = train(tiny_archive, tmp_path / "held", TrainConfig(epochs=1, batch_size=16, validation_split=0.2))
+    meta = rundir.load_run(out).metadata
+    _, record = data_mod.validation_split(data_mod.load_data(tiny_archive), 0.2, 0)
+    assert meta.validation == record and meta.validation["validation_images"] == 20
+    assert meta.num_train_images == 80
+    history = json.loads((out / "history.json").read_text())
+    assert len(history["val_accuracy"]) == 1
+
+
 def test_load_run_detects_a_changed_model(tmp_path, tiny_run):
     import shutil
 

@@ -23,7 +23,8 @@ def register(sub) -> None:
                    help="adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--validation-split", type=finite_float, default=0.0,
-                   help="share of training images held out for validation history (default 0)")
+                   help="share of training images held out (seeded, stratified), never fitted on: val_* "
+                        "history, and the split `edgepack optimize --val-fraction` scores on (default 0)")
     p.add_argument("--image-size", type=image_size, metavar="HxW",
                    help="image folders: resize every image to H x W (default: their common size)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")

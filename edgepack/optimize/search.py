@@ -138,7 +138,7 @@ def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
 
     src = rundir.load_run(opts.model) if rundir.is_run_folder(opts.model) else rundir.load_source(
         opts.model, class_names=opts.class_names, preprocessing=opts.preprocessing, require_names=False)
-    shape = list(src.metadata.get("input_shape") or [])
+    shape = list(src.metadata.input_shape or [])
     spec = {"path": str(data_mod.resolve_data_path(src.data_path(opts.data))), "seed": opts.seed,
             "limit_train": opts.limit_train, "limit_test": opts.limit_test, "val_fraction": opts.val_fraction,
             "image_size": shape[:2] if len(shape) == 3 else None}
@@ -153,7 +153,8 @@ def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
     # A source trained on the whole training set has seen the validation images: its validation
     # figures (and its descendants') are optimistic. Said in the report; a source trained without the
     # split would avoid it.
-    saw = src.metadata.get("data_sha256") == ds.sha256
+    held = src.metadata.validation or {}
+    saw = src.metadata.data_sha256 == ds.sha256 and held.get("indices_sha256") != split["indices_sha256"]
     source = {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
               "bytes": raw, "gzip_bytes": gz, "saw_validation_images": bool(saw)}
     return source, spec, split
