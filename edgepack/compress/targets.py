@@ -97,14 +97,16 @@ def select(model, technique: str, keep: tuple[str, ...] = ()) -> Selection:
 
 def _cluster_preserve_refusals(model) -> dict:
     """Layers with weights that TF-MOT's cluster-preserving QAT registry has no entry for (0.8.1:
-    only Conv2D, Dense and DepthwiseConv2D; e.g. SeparableConv2D, BatchNormalization are not)."""
+    only Conv2D, Dense and DepthwiseConv2D; e.g. SeparableConv2D is not). BatchNormalization is left
+    to TF-MOT's layout transforms, which fold it into the conv before them (as for pqat)."""
     from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
         cluster_preserve_quantize_registry as registry,
     )
 
     supports = registry.ClusterPreserveQuantizeRegistry.supports
     return {layer.name: f"{type(layer).__name__} is not in TF-MOT's cluster-preserving QAT registry"
-            for layer in model.layers if layer.weights and not supports(layer)}
+            for layer in model.layers if layer.weights and not supports(layer)
+            and type(layer).__name__ != "BatchNormalization"}
 
 
 def _select_quantize(model, skipped: dict) -> Selection:
