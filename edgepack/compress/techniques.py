@@ -2,13 +2,15 @@
 
 A technique is four small functions around a shared fine-tuning loop (edgepack.compress.core):
   wrap(model, params, plan)  -> (model with TF-MOT wrappers, extra Keras callbacks)
-  finish(trained)            -> the model to save (wrappers stripped)
+  finish(trained)            -> the model to save (wrappers stripped; (P)CQAT: a plain QAT model)
   check(final, params, plan) -> the measured invariants for metadata.json (raises InvariantError)
   variant(params)            -> a short unique name ("prune-0.8", "cluster-16", ...)
 Adding a technique is adding one entry. TensorFlow and TF-MOT are imported only when a function runs.
 
 Fine-tuning defaults are the recipes measured on the real data (../shared/TOOLCHAIN.md): pruning and
-2:4 fine-tune 2 epochs at adam's 1e-3; clustering 2 epochs at 1e-4; QAT and PQAT 1 epoch at 1e-4.
+2:4 fine-tune 2 epochs at adam's 1e-3 (plus, optionally, a polish phase with the masks held:
+POLISH_DEFAULTS); clustering 2 epochs at 1e-4; QAT, PQAT, CQAT and PCQAT 1 epoch at 1e-4.
+Chains TF-MOT supports: prune -> pqat; prune -> cluster (sparsity-preserving) -> pcqat; cluster -> cqat.
 `finetune` is the control: the source trained further without compression, so a comparison can
 separate what the extra epochs did from what the compression cost (match its --epochs and
 --learning-rate to the variant it controls for; the default matches `cluster`).
