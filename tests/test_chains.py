@@ -65,6 +65,14 @@ def test_polish_phase_holds_the_masks_and_changes_the_weights(chain):
         assert abs(inv.sparsity(w) - 0.5) <= inv.SPARSITY_TOLERANCE, name
 
 
+def test_two_of_four_polish_holds_the_pattern(chain):
+    """2:4's ConstantSparsity gets an end_step at the end of phase 1, so phase 2 moves no mask."""
+    meta = load_run(chain("2of4", "prune-2of4", polish_epochs=1)).metadata
+    assert meta["variant"] == "prune-2of4-polish1-e1-b16"
+    assert set(meta["invariants"]["polish_mask_changes"].values()) == {0}
+    assert set(meta["invariants"]["m_by_n_violations"].values()) == {0}
+
+
 def test_prune_then_cluster_keeps_the_zeros(chain):
     source, out = _prune(chain), _prune_cluster(chain)
     meta = load_run(out).metadata
