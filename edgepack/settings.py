@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 
 from edgepack.compress import TECHNIQUES
 from edgepack.compress.core import resolve_params
-from edgepack.compress.techniques import PRUNED_TECHNIQUES
+from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import ALL, FORMATS, options_for
@@ -203,16 +203,24 @@ class Settings(_Section):
             if v.source != "baseline" and v.source not in seen:
                 raise _At(f"{where}.source", f"{v.source!r} must be 'baseline' or an earlier variant")
             tech = TECHNIQUES[v.technique]
-            if tech.needs_pruned_source and v.source != "baseline" and (
-                    self._by_name(v.source).technique not in PRUNED_TECHNIQUES):
+            if tech.needs_clustered_source and (
+                    v.source == "baseline" or self._by_name(v.source).technique not in CLUSTERED_TECHNIQUES):
+                raise _At(f"{where}.source", f"{v.technique} starts from a cluster variant, not {v.source!r}")
+            if tech.needs_pruned_source and v.source != "baseline" and not self._pruned(v.source):
                 raise _At(f"{where}.source", f"{v.technique} starts from a pruned variant "
-                          f"({', '.join(PRUNED_TECHNIQUES)}), not {v.source!r}")
+                          f"({', '.join(PRUNED_TECHNIQUES)}, or a cluster variant of one), not {v.source!r}")
             _check_params(where, tech, v.params, self.finetune.model_dump())
             seen.append(v.name)
         return self
 
     def _by_name(self, name: str) -> Variant:
         return next(v for v in self.variants if v.name == name)
+
+    def _pruned(self, name: str) -> bool:
+        """A prune variant, or a cluster variant of one (which keeps its zeros)."""
+        v = self._by_name(name)
+        return v.technique in PRUNED_TECHNIQUES or (
+            v.technique in CLUSTERED_TECHNIQUES and v.source != "baseline" and self._pruned(v.source))
 
 
 class Resolved(Settings):

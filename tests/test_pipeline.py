@@ -105,6 +105,10 @@ def no_work(monkeypatch):
      "variants[0].params.sparsity: must be a number, got '0.5'"),
     ('[[variants]]\nname = "q"\ntechnique = "qat"\n[[variants]]\nname = "p"\ntechnique = "pqat"\n'
      'source = "q"', "variants[1].source: pqat starts from a pruned variant"),
+    ('[[variants]]\nname = "c"\ntechnique = "cqat"',
+     "variants[0].source: cqat starts from a cluster variant"),
+    ('[[variants]]\nname = "c"\ntechnique = "cluster"\n[[variants]]\nname = "p"\ntechnique = "pcqat"\n'
+     'source = "c"', "variants[1].source: pcqat starts from a pruned variant"),
 ])
 def test_bad_settings_are_refused_in_one_line_before_any_work(tmp_path, capsys, no_work, text, message):
     cfg = tmp_path / "bad.toml"

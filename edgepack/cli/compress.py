@@ -1,4 +1,4 @@
-"""Compress a run folder or your own model file (pruning, 2:4, clustering, QAT, PQAT) into a run folder.
+"""Compress a run folder or your own model file (pruning, 2:4, clustering, QAT and chains) into a run folder.
 
 --model takes a run folder (from train or compress) or a model file: a tf_keras .keras or .h5, a
 Keras 3 .keras (rebuilt in tf_keras), or a Keras SavedModel folder. For a model file, input size and
@@ -9,14 +9,24 @@ Layers the technique cannot compress (TF-MOT's registries) are printed and liste
 
 Techniques (defaults in brackets; fine-tuning uses training images only):
   prune       magnitude pruning to --sparsity [0.5], 2 epochs at 1e-3; every pruned kernel is checked
-              to be within 1 point of the target
+              to be within 1 point of the target; --polish-epochs [0] more at --polish-learning-rate
+              [1e-4] with the masks held (two-phase recipe; the masks are checked unchanged)
   prune-2of4  2 zeros in every 4 consecutive input-channel weights, 2 epochs at 1e-3; the pattern is
-              checked in every pruned kernel (the first conv, 3 input channels, ends at 1/3 sparsity)
-  cluster     --clusters [16] shared values per kernel (k-means++), 2 epochs at 1e-4; checked
+              checked in every pruned kernel (the first conv, 3 input channels, ends at 1/3 sparsity);
+              --polish-epochs, --polish-learning-rate as for prune
+  cluster     --clusters [16] shared values per kernel (k-means++), 2 epochs at 1e-4; checked; from a
+              pruned run it keeps the zeros (TF-MOT's preserve_sparsity; checked)
   qat         int8 quantization-aware training, 1 epoch at 1e-4; saved as model.h5
   pqat        pruning-preserving QAT from a prune/prune-2of4 run folder, 1 epoch at 1e-4; the
               source's zeros are checked to survive
+  cqat        cluster-preserving QAT from a cluster run folder, 1 epoch at 1e-4; each output channel
+              keeps at most the source kernel's distinct values (checked); saved as model.h5
+  pcqat       sparsity- and cluster-preserving QAT from a prune -> cluster run folder, 1 epoch at
+              1e-4; zeros and shared values checked as for pqat and cqat
   finetune    control: the source trained further (2 epochs at 1e-4), not compressed
+
+From a compressed run the default variant name is the chain: <source variant>+<own>, e.g.
+prune-0.6-polish2+cluster-16+pcqat.
 
 The run folder holds the model, history.json, metrics.json (test set) and metadata.json (technique,
 parameters, source run and its sha256, fine-tuning time, measured invariants, gzip'ed model size).
@@ -27,6 +37,9 @@ example:
   edgepack compress --model runs/baseline --technique prune --sparsity 0.8 --out runs/prune-0.8
   edgepack compress --model runs/prune-0.5 --technique pqat --out runs/pqat
   edgepack compress --model runs/baseline --technique cluster --keep-dense conv1 --out runs/cluster-16
+  edgepack compress --model runs/baseline --technique prune --sparsity 0.6 --polish-epochs 2 --out runs/p
+  edgepack compress --model runs/p --technique cluster --out runs/pc    # prune-0.6-polish2+cluster-16
+  edgepack compress --model runs/pc --technique pcqat --out runs/pcq
   edgepack compress --model my.keras --class-names labels.txt --preprocess unit --technique prune \\
       --data DATA --out runs/my-prune
 """
@@ -47,12 +60,17 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, metavar="RUN_DIR|FILE",
                    help="run folder (from train or compress) or model file to compress (see above)")
     p.add_argument("--technique", required=True, metavar="NAME",
-                   help="prune, prune-2of4, cluster, qat, pqat or finetune (see above)")
+                   help="prune, prune-2of4, cluster, qat, pqat, cqat, pcqat or finetune (see above)")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     add_data_options(p)
     add_source_options(p)
     p.add_argument("--sparsity", type=finite_float, help="prune: target share of zeros per kernel, in (0, 1)")
     p.add_argument("--clusters", type=int, help="cluster: distinct values per kernel, >= 2")
+    p.add_argument("--polish-epochs", type=int, metavar="N",
+                   help="prune, prune-2of4: N more epochs at --polish-learning-rate with the masks held "
+                        "(default 0: one phase)")
+    p.add_argument("--polish-learning-rate", type=positive_float, metavar="RATE",
+                   help="prune, prune-2of4: adam learning rate of the polish phase (default 1e-4)")
     p.add_argument("--keep-dense", nargs="+", metavar="LAYER",
                    help="prune, prune-2of4, cluster: leave these layers uncompressed")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default: the technique's)")
@@ -68,7 +86,8 @@ def run(args) -> int:
 
     # Only the options given are passed: the library refuses those the technique does not take.
     params = {"sparsity": args.sparsity, "clusters": args.clusters, "keep_dense": args.keep_dense,
-              "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size}
+              "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
+              "polish_epochs": args.polish_epochs, "polish_learning_rate": args.polish_learning_rate}
     out = compress(args.model, args.technique, args.out, params=params, data_path=args.data, force=args.force,
                    limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
                    **source_options(args))

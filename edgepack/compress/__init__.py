@@ -1,4 +1,5 @@
-"""Compression of trained run folders: pruning, 2:4 sparsity, clustering, QAT, PQAT, and a fine-tune control.
+"""Compression of trained run folders: pruning, 2:4 sparsity, clustering, QAT, PQAT, CQAT, PCQAT, and a
+fine-tune control; a compressed run can be compressed further (chains, named source+own).
 
     from edgepack.compress import compress, TECHNIQUES
     compress("runs/baseline", "prune", "runs/prune-0.8", params={"sparsity": 0.8})

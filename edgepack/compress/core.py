@@ -20,7 +20,13 @@ from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.compress import invariants as inv
 from edgepack.compress import targets
-from edgepack.compress.techniques import PRUNED_TECHNIQUES, TECHNIQUES, Plan, Technique
+from edgepack.compress.techniques import (
+    CLUSTERED_TECHNIQUES,
+    PRUNED_TECHNIQUES,
+    TECHNIQUES,
+    Plan,
+    Technique,
+)
 from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.fitting import (
     ROUND_TRIP_IMAGES,
@@ -30,6 +36,7 @@ from edgepack.fitting import (
     seed_everything,
     write_run,
 )
+from edgepack.runmeta import RunMetadata
 from edgepack.runtime.preprocess import scale_pixels
 from edgepack.sources import source_and_data
 
@@ -55,7 +62,7 @@ def resolve_params(tech: Technique, params: dict | None) -> dict:
                             f"{', '.join(map(flag, tech.defaults))}")
     p = {**tech.defaults, **params}
     for key, kind in (("sparsity", float), ("learning_rate", float), ("clusters", int), ("epochs", int),
-                      ("batch_size", int)):
+                      ("batch_size", int), ("polish_epochs", int), ("polish_learning_rate", float)):
         if key in p:
             p[key] = _number(key, p[key], kind)
     if "sparsity" in p and not 0.0 < p["sparsity"] < 1.0:
@@ -65,8 +72,11 @@ def resolve_params(tech: Technique, params: dict | None) -> dict:
     for key in ("epochs", "batch_size"):
         if p[key] < 1:
             raise EdgepackError(f"{flag(key)} must be a whole number >= 1, got {p[key]}")
-    if not p["learning_rate"] > 0:
-        raise EdgepackError(f"--learning-rate must be > 0, got {p['learning_rate']}")
+    for key in ("learning_rate", "polish_learning_rate"):
+        if key in p and not p[key] > 0:
+            raise EdgepackError(f"{flag(key)} must be > 0, got {p[key]}")
+    if p.get("polish_epochs", 0) < 0:
+        raise EdgepackError(f"--polish-epochs must be a whole number >= 0, got {p['polish_epochs']}")
     if "keep_dense" in p:
         names = p["keep_dense"]
         p["keep_dense"] = [names] if isinstance(names, str) else [str(n) for n in names]
@@ -85,16 +95,34 @@ def _number(key: str, value, kind: type) -> int | float:
     return kind(number)
 
 
+# Recorded share of exact zeros from which a run counts as pruned without being a prune run (e.g. a
+# finetune of one): trained float kernels hold almost no exact zeros.
+PRUNED_SPARSITY = 0.05
+
+
+def source_is_pruned(meta: RunMetadata) -> bool:
+    """A prune / prune-2of4 run, a run made from one that kept its zeros (cluster with
+    preserve_sparsity), or a run whose recorded kernels hold >= PRUNED_SPARSITY zeros."""
+    recorded = meta.invariants.get("overall_kernel_sparsity") or 0.0
+    return (meta.technique in PRUNED_TECHNIQUES or bool(meta.params.get("preserve_sparsity"))
+            or recorded >= PRUNED_SPARSITY)
+
+
 def _check_source(src: rundir.Run, tech: Technique) -> None:
     meta = src.metadata
+    kind = f"{meta.technique!r}"
     if meta.model_format != "keras":
         raise EdgepackError(f"{src.path} holds a {meta.model_format} model: compress a float run "
                             "folder (from train, prune, prune-2of4, cluster or finetune) or model file")
-    if tech.needs_pruned_source and meta.technique not in PRUNED_TECHNIQUES:
-        raise EdgepackError(f"technique {tech.name} needs a pruned run folder "
-                            f"({' or '.join(PRUNED_TECHNIQUES)}), but {src.path} is a "
-                            f"{meta.technique!r} run: "
-                            "run `edgepack compress --technique prune` first")
+    if tech.needs_clustered_source and meta.technique not in CLUSTERED_TECHNIQUES:
+        first = "prune, then cluster" if tech.needs_pruned_source else "cluster"
+        raise EdgepackError(f"technique {tech.name} needs a clustered run folder, but {src.path} is a {kind} "
+                            f"run: run `edgepack compress` with {first} first")
+    if tech.needs_pruned_source and not source_is_pruned(meta):
+        what = "a cluster run made from a pruned run" if tech.needs_clustered_source else \
+            f"a pruned run folder ({' or '.join(PRUNED_TECHNIQUES)})"
+        raise EdgepackError(f"technique {tech.name} needs {what}, but {src.path} is a {kind} run without "
+                            "recorded zeros: run `edgepack compress --technique prune` first")
 
 
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
@@ -126,6 +154,8 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     started = time.time()
     src, ds = source_and_data(source, data_path, limit_train, limit_test, seed, ds, **source_options)
     _check_source(src, tech)
+    if tech.name in CLUSTERED_TECHNIQUES:  # prune -> cluster keeps the zeros (recorded in params)
+        params = {**params, "preserve_sparsity": source_is_pruned(src.metadata)}
     from edgepack.model import checked_model, compile_model, load_run_model
 
     model = checked_model(load_run_model(src), src.model_path)
@@ -143,16 +173,28 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     plan = Plan(steps=steps, targets=selection.layers, source_kernels=source_kernels,
                 compressed=selection.compressed)
     wrapped, callbacks = tech.wrap(model, params, plan)
-    compile_model(wrapped, params["learning_rate"])  # wrapped models must be (re)compiled
     x_train = scale_pixels(ds.x_train, scaling)
-    t0 = time.time()
-    hist = fit_checked(wrapped, x_train, ds.y_train, epochs=params["epochs"], batch_size=params["batch_size"],
-                       callbacks=callbacks)
-    finetune_seconds = time.time() - t0
+    phases = [("compress", params["epochs"], params["learning_rate"])]
+    if params.get("polish_epochs"):
+        phases.append(("polish", params["polish_epochs"], params["polish_learning_rate"]))
+    hist, finetune, phase_kernels = None, [], []
+    for phase, epochs, rate in phases:
+        compile_model(wrapped, rate)  # wrapped models must be (re)compiled; a new phase: a new adam
+        t0 = time.time()
+        h = fit_checked(wrapped, x_train, ds.y_train, epochs=epochs, batch_size=params["batch_size"],
+                        callbacks=callbacks)
+        finetune.append({"phase": phase, "epochs": epochs, "learning_rate": rate,
+                         "seconds": round(time.time() - t0, 2)})
+        hist = _joined(hist, h)
+        if len(phases) > 1:  # the polish phase must hold phase 1's masks: compared below
+            phase_kernels.append(inv.kernels(wrapped))  # numpy copies, read inside the wrappers
+    finetune_seconds = sum(f["seconds"] for f in finetune)
     final = tech.finish(wrapped)
     invariants = tech.check(final, params, plan)
+    if phase_kernels:
+        invariants.update(inv.masks_held_record(*phase_kernels))
     metrics, _ = evaluate(final, ds, scaling)
-    variant = variant or tech.variant(params)
+    variant = variant or chained_variant(src.metadata, tech.variant(params))
     source_accuracy = src.metrics.get("accuracy")
     print(f"{variant}: test accuracy {metrics['accuracy']:.4f} (source: "
           f"{'not measured' if source_accuracy is None else f'{source_accuracy:.4f}'}) after "
@@ -165,7 +207,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
         "source_accuracy": source_accuracy, "source_data_sha256": src.metadata.data_sha256,
         "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
                      "batch_size": params["batch_size"], "steps": steps, "seed": seed,
-                     "seconds": round(finetune_seconds, 2)},
+                     "seconds": round(finetune_seconds, 2), "phases": finetune},
         "compressed_layers": list(selection.compressed), "skipped_layers": selection.skipped,
         "invariants": invariants, **data_metadata(ds, scaling),
         "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training
@@ -173,6 +215,23 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     }
     return write_run(out, force, final, tech.model_format, x_train[:ROUND_TRIP_IMAGES], metadata, metrics,
                      hist)
+
+
+def chained_variant(source_meta: RunMetadata, own: str) -> str:
+    """`<source variant>+<own>` when the source is itself a compressed run (prune-0.6+cluster-16),
+    else `own`: the name says the whole chain."""
+    if source_meta.kind == "compress" and source_meta.variant:
+        return f"{source_meta.variant}+{own}"
+    return own
+
+
+def _joined(first, second):
+    """One Keras History-like record of both phases (history.json lists every epoch)."""
+    if first is None:
+        return second
+    for key, values in second.history.items():
+        first.history.setdefault(key, []).extend(values)
+    return first
 
 
 def _print_selection(name: str, selection: targets.Selection) -> None:

@@ -118,3 +118,34 @@ def zeros_kept_record(source: dict[str, np.ndarray], ks: dict[str, np.ndarray]) 
                                      "(pruning was not preserved)")
     return {"source_kernel_sparsity": {n: sparsity(w) for n, w in source.items()},
             "refilled_zeros": refilled}
+
+
+def channel_distinct_values(w: np.ndarray) -> int:
+    """Most distinct values in one output channel (last axis) of a kernel."""
+    w = np.asarray(w)
+    return max(distinct_values(w[..., c]) for c in range(w.shape[-1]))
+
+
+def clusters_kept_record(source: dict[str, np.ndarray], ks: dict[str, np.ndarray]) -> dict:
+    """Cluster-preserving QAT keeps each clustered kernel's shared values, as far as TF-MOT 0.8.1
+    promises: a Conv2D kernel whose output channels hold (nearly) equal numbers of values gets
+    centroids per output channel, so after training only each channel, not the whole kernel, is bound
+    by the source's count. Checked: every output channel holds at most the source kernel's count."""
+    bound = {n: distinct_values(w) for n, w in source.items() if n in ks}
+    per_channel = {n: channel_distinct_values(ks[n]) for n in bound}
+    for name, most in per_channel.items():
+        require(most <= bound[name], f"kernel {name}: an output channel holds {most} distinct values, more "
+                                     f"than the source's {bound[name]} (clusters were not preserved)")
+    return {"source_distinct_values": bound, "max_distinct_values_per_channel": per_channel,
+            "distinct_values": {n: distinct_values(w) for n, w in ks.items()}}
+
+
+def masks_held_record(before: dict[str, np.ndarray], after: dict[str, np.ndarray]) -> dict:
+    """The polish phase keeps phase 1's zero masks exactly (TF-MOT stops updating masks after the
+    schedule's end_step but still applies them); also counts the weights it changed."""
+    moved = {n: int(np.sum((before[n] == 0) != (after[n] == 0))) for n in before}
+    for name, n in moved.items():
+        require(n == 0, f"kernel {name}: {n} weights changed between zero and non-zero during the polish "
+                        "phase (the pruning masks were not held)")
+    return {"polish_mask_changes": moved,
+            "polish_changed_weights": {n: int(np.sum(before[n] != after[n])) for n in before}}

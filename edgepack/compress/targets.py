@@ -20,7 +20,8 @@ from edgepack.errors import EdgepackError
 
 SPARSITY_TECHNIQUES = ("prune", "prune-2of4")
 CLUSTER_TECHNIQUES = ("cluster",)
-QUANTIZE_TECHNIQUES = ("qat", "pqat")
+QUANTIZE_TECHNIQUES = ("qat", "pqat", "cqat", "pcqat")
+STRICT_QUANTIZE = ("pqat", "cqat", "pcqat")  # their schemes ask the registry about every layer
 
 
 @dataclass(frozen=True)
@@ -57,12 +58,14 @@ def select(model, technique: str, keep: tuple[str, ...] = ()) -> Selection:
     if technique in QUANTIZE_TECHNIQUES:
         selection = _select_quantize(model, skipped)
         refused = {n: why for n, why in selection.skipped.items() if "BatchNormalization" not in why}
-        if technique == "pqat" and refused:
-            # TF-MOT's prune-preserving scheme asks its registry about every layer, annotated or not
-            # (BatchNormalization after a conv is handled by its layout transforms).
+        if technique in ("cqat", "pcqat"):
+            refused.update(_cluster_preserve_refusals(model))
+        if technique in STRICT_QUANTIZE and refused:
+            # TF-MOT's prune- and cluster-preserving schemes ask their registry about every layer,
+            # annotated or not (BatchNormalization after a conv is handled by pqat's layout transforms).
             name, why = next(iter(refused.items()))
-            raise EdgepackError(f"pqat cannot wrap layer {name!r}: {why.split(':')[0]} (TF-MOT's "
-                                "prune-preserving QAT needs every layer supported); use qat, or "
+            raise EdgepackError(f"{technique} cannot wrap layer {name!r}: {why.split(':')[0]} (TF-MOT's "
+                                f"{technique} scheme needs every layer supported); use qat, or "
                                 "move the rescaling out of the model and pass --preprocess")
         return selection
     if technique not in SPARSITY_TECHNIQUES + CLUSTER_TECHNIQUES:
@@ -90,6 +93,20 @@ def select(model, technique: str, keep: tuple[str, ...] = ()) -> Selection:
         raise EdgepackError(f"no layer of this model can be compressed by {technique} "
                             f"({'; '.join(f'{k}: {v}' for k, v in skipped.items())})")
     return Selection(tuple(layers), tuple(compressed), skipped)
+
+
+def _cluster_preserve_refusals(model) -> dict:
+    """Layers with weights that TF-MOT's cluster-preserving QAT registry has no entry for (0.8.1:
+    only Conv2D, Dense and DepthwiseConv2D; e.g. SeparableConv2D is not). BatchNormalization is left
+    to TF-MOT's layout transforms, which fold it into the conv before them (as for pqat)."""
+    from tensorflow_model_optimization.python.core.quantization.keras.collab_opts.cluster_preserve import (
+        cluster_preserve_quantize_registry as registry,
+    )
+
+    supports = registry.ClusterPreserveQuantizeRegistry.supports
+    return {layer.name: f"{type(layer).__name__} is not in TF-MOT's cluster-preserving QAT registry"
+            for layer in model.layers if layer.weights and not supports(layer)
+            and type(layer).__name__ != "BatchNormalization"}
 
 
 def _select_quantize(model, skipped: dict) -> Selection:

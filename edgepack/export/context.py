@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-QAT_TECHNIQUES = ("qat", "pqat")  # run metadata `technique` values whose models carry learned int8 ranges
+# run metadata `technique` values whose models carry learned int8 ranges
+QAT_TECHNIQUES = ("qat", "pqat", "cqat", "pcqat")
 
 
 @dataclass

@@ -1,0 +1,199 @@
+"""Chains and the two-phase pruning recipe on the tiny run: prune(+polish) -> cluster -> pcqat,
+cluster -> cqat; invariants re-measured on the saved kernels and in the int8 TFLite file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import NO_INT8_GATE
+
+from edgepack.cli import main
+from edgepack.compress import compress
+from edgepack.compress import invariants as inv
+from edgepack.rundir import load_run
+
+FAST = {"batch_size": 16, "epochs": 1}  # tiny archive: 100 training images -> 7 steps per epoch
+CLUSTERS = 4
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory, tiny_run, tiny_archive):
+    """Compressed tiny runs, made on first use: chain(name, technique, source_name, **params) -> Path."""
+    root = tmp_path_factory.mktemp("chains")
+    made: dict[str, Path] = {"baseline": tiny_run}
+
+    def get(name, technique=None, source="baseline", **params):
+        if name not in made:
+            made[name] = compress(made[source], technique, root / name, params={**FAST, **params},
+                                  data_path=tiny_archive)
+        return made[name]
+
+    return get
+
+
+def _kernels(run_dir: Path) -> dict[str, np.ndarray]:
+    from edgepack.model import load_run_model
+
+    return inv.kernels(load_run_model(load_run(run_dir)))
+
+
+def _prune(chain):
+    return chain("prune", "prune", sparsity=0.5, polish_epochs=1)
+
+
+def _prune_cluster(chain):
+    _prune(chain)
+    return chain("pc", "cluster", source="prune", clusters=CLUSTERS)
+
+
+def test_polish_phase_holds_the_masks_and_changes_the_weights(chain):
+    out = _prune(chain)
+    meta = load_run(out).metadata
+    assert meta["variant"] == "prune-0.5-polish1-e1-b16"
+    assert meta["params"]["polish_epochs"] == 1 and meta["params"]["polish_learning_rate"] == 1e-4
+    phases = meta["finetune"]["phases"]
+    assert [(p["phase"], p["epochs"], p["learning_rate"]) for p in phases] == [
+        ("compress", 1, 1e-3), ("polish", 1, 1e-4)]
+    assert len(json.loads((out / "history.json").read_text())["loss"]) == 2  # both phases
+    record = meta["invariants"]
+    assert set(record["polish_mask_changes"].values()) == {0}
+    assert all(n > 0 for n in record["polish_changed_weights"].values())  # polish did train
+    for name, w in _kernels(out).items():
+        assert abs(inv.sparsity(w) - 0.5) <= inv.SPARSITY_TOLERANCE, name
+
+
+def test_two_of_four_polish_holds_the_pattern(chain):
+    """2:4's ConstantSparsity gets an end_step at the end of phase 1, so phase 2 moves no mask."""
+    meta = load_run(chain("2of4", "prune-2of4", polish_epochs=1)).metadata
+    assert meta["variant"] == "prune-2of4-polish1-e1-b16"
+    assert set(meta["invariants"]["polish_mask_changes"].values()) == {0}
+    assert set(meta["invariants"]["m_by_n_violations"].values()) == {0}
+
+
+def test_prune_then_cluster_keeps_the_zeros(chain):
+    source, out = _prune(chain), _prune_cluster(chain)
+    meta = load_run(out).metadata
+    assert meta["variant"] == "prune-0.5-polish1-e1-b16+cluster-4-e1-b16"
+    assert meta["params"]["preserve_sparsity"] is True and meta["invariants"]["preserve_sparsity"] is True
+    before, after = _kernels(source), _kernels(out)
+    for name, w0 in before.items():
+        assert np.all(after[name][w0 == 0] == 0), name
+        assert inv.distinct_values(after[name]) <= CLUSTERS, name
+    assert set(meta["invariants"]["refilled_zeros"].values()) == {0}
+
+
+def test_cluster_of_an_unpruned_run_does_not_preserve_sparsity(chain):
+    meta = load_run(chain("cluster", "cluster", clusters=CLUSTERS)).metadata
+    assert meta["params"]["preserve_sparsity"] is False and meta["variant"] == "cluster-4-e1-b16"
+    assert "refilled_zeros" not in meta["invariants"]
+
+
+def test_cqat_keeps_the_clusters_per_channel(chain):
+    source = chain("cluster", "cluster", clusters=CLUSTERS)
+    out = chain("cqat", "cqat", source="cluster")
+    meta = load_run(out).metadata
+    assert meta["variant"] == "cluster-4-e1-b16+cqat-b16" and meta["model_format"] == "keras-qat-h5"
+    before, after = _kernels(source), _kernels(out)
+    for name, w0 in before.items():
+        assert inv.channel_distinct_values(after[name]) <= inv.distinct_values(w0) <= CLUSTERS, name
+
+
+def _int8_kernels(path: Path) -> list[np.ndarray]:
+    """The int8 Conv/Dense weight tensors of a TFLite file (output channels first, TFLite's layout)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(str(path))
+    found = []
+    for d in interp.get_tensor_details():
+        if d["dtype"] == np.int8 and len(d["shape"]) in (2, 4) and d["shape"][0] > 1:
+            try:
+                found.append(interp.get_tensor(d["index"]))
+            except ValueError:  # activations have no data before inference
+                continue
+    return found
+
+
+def test_pcqat_chain_keeps_zeros_and_clusters_through_int8_export(chain, tmp_path):
+    from edgepack.export import export
+    from edgepack.export.context import is_qat_model
+    from edgepack.export.formats import for_source
+
+    pruned = _kernels(_prune(chain))
+    _prune_cluster(chain)
+    out = chain("pcqat", "pcqat", source="pc")
+    meta = load_run(out).metadata
+    assert meta["variant"] == "prune-0.5-polish1-e1-b16+cluster-4-e1-b16+pcqat-b16"
+    after = _kernels(out)
+    for name, w0 in pruned.items():
+        assert np.all(after[name][w0 == 0] == 0), name
+        assert inv.channel_distinct_values(after[name]) <= CLUSTERS, name
+    names, skipped = for_source(["tflite-fp32", "tflite-int8", "onnx-int8"], is_qat_model(None, "pcqat"),
+                                explicit=False)
+    assert names == ["tflite-int8", "onnx-int8"] and "tflite-fp32" in skipped  # export's QAT rule
+    summary = export(out, names, tmp_path / "x", options=NO_INT8_GATE, check_images=10)
+    assert summary["failed"] == [] and set(summary["formats"]) == {"tflite-int8", "onnx-int8"}
+    # In the int8 file: TFLite's layout is (out, H, W, in) / (out, in); conv weights are per channel.
+    tfl = tmp_path / "x" / summary["formats"]["tflite-int8"]["file"]
+    by_shape = {w.shape: w for w in _int8_kernels(tfl)}
+    for name, w0 in pruned.items():
+        ref = np.moveaxis(w0, -1, 0)
+        q = by_shape[ref.shape]
+        assert np.all(q[ref == 0] == 0), name  # zeros stay exact zeros in int8
+        assert max(inv.distinct_values(c) for c in q) <= CLUSTERS, name  # per output channel
+
+
+def test_plain_qat_twin_gives_the_cqat_models_outputs(chain):
+    """The saved model is an ordinary QAT model: identical outputs to the trained CQAT model."""
+    from edgepack.compress import TECHNIQUES
+    from edgepack.compress.targets import select
+    from edgepack.compress.techniques import Plan
+    from edgepack.model import compile_model, load_run_model, predict_proba
+
+    model = load_run_model(load_run(chain("cluster", "cluster", clusters=CLUSTERS)))
+    tech = TECHNIQUES["cqat"]
+    plan = Plan(steps=2, targets=select(model, "cqat").layers, source_kernels=inv.kernels(model))
+    wrapped, _ = tech.wrap(model, dict(tech.defaults), plan)
+    compile_model(wrapped, 1e-3)
+    x = np.random.default_rng(0).random((32, 32, 32, 3)).astype(np.float32)
+    wrapped.fit(x, np.arange(32) % 10, epochs=1, batch_size=16, verbose=0)
+    plain = tech.finish(wrapped)
+    assert not any("cluster" in v.name for v in plain.weights)
+    np.testing.assert_array_equal(predict_proba(wrapped, x), predict_proba(plain, x))
+
+
+@pytest.mark.parametrize("source, args, message", [
+    ("baseline", ["--technique", "cqat"], "technique cqat needs a clustered run folder"),
+    ("prune", ["--technique", "pcqat"], "technique pcqat needs a clustered run folder"),
+    ("cluster", ["--technique", "pcqat"], "technique pcqat needs a cluster run made from a pruned run"),
+    ("baseline", ["--technique", "prune", "--polish-epochs", "-1"], "--polish-epochs must be a whole number"),
+    ("baseline", ["--technique", "cluster", "--polish-epochs", "1"], "does not take --polish-epochs"),
+])
+def test_chain_errors_via_cli(source, args, message, chain, tiny_archive, tmp_path, capsys):
+    src = {"baseline": lambda: chain("baseline"), "prune": lambda: _prune(chain),
+           "cluster": lambda: chain("cluster", "cluster", clusters=CLUSTERS)}[source]()
+    out = tmp_path / "out"
+    capsys.readouterr()
+    rc = main(["compress", "--model", str(src), "--data", str(tiny_archive), "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc != 0 and message in err and "\n" not in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"polish_epochs": 1.5}, "--polish-epochs must be a whole number"),
+    ({"polish_epochs": -2}, "--polish-epochs must be a whole number >= 0"),
+    ({"polish_learning_rate": 0}, "--polish-learning-rate must be > 0"),
+])
+def test_bad_polish_parameters_are_refused(params, message):
+    from edgepack.compress import TECHNIQUES, resolve_params
+    from edgepack.errors import EdgepackError
+
+    for name in ("prune", "prune-2of4"):
+        with pytest.raises(EdgepackError, match=message):
+            resolve_params(TECHNIQUES[name], params)
+    assert TECHNIQUES["prune"].variant(resolve_params(TECHNIQUES["prune"], {"polish_epochs": 2})) == \
+        "prune-0.5-polish2"
+    assert TECHNIQUES["prune"].variant(resolve_params(TECHNIQUES["prune"], {})) == "prune-0.5"  # as before
