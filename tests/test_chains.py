@@ -52,13 +52,13 @@ def _prune_cluster(chain):
 def test_polish_phase_holds_the_masks_and_changes_the_weights(chain):
     out = _prune(chain)
     meta = load_run(out).metadata
-    assert meta["variant"] == "prune-0.5-polish1-e1-b16"
-    assert meta["params"]["polish_epochs"] == 1 and meta["params"]["polish_learning_rate"] == 1e-4
-    phases = meta["finetune"]["phases"]
+    assert meta.variant == "prune-0.5-polish1-e1-b16"
+    assert meta.params["polish_epochs"] == 1 and meta.params["polish_learning_rate"] == 1e-4
+    phases = meta.finetune["phases"]
     assert [(p["phase"], p["epochs"], p["learning_rate"]) for p in phases] == [
         ("compress", 1, 1e-3), ("polish", 1, 1e-4)]
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 2  # both phases
-    record = meta["invariants"]
+    record = meta.invariants
     assert set(record["polish_mask_changes"].values()) == {0}
     assert all(n > 0 for n in record["polish_changed_weights"].values())  # polish did train
     for name, w in _kernels(out).items():
@@ -68,34 +68,34 @@ def test_polish_phase_holds_the_masks_and_changes_the_weights(chain):
 def test_two_of_four_polish_holds_the_pattern(chain):
     """2:4's ConstantSparsity gets an end_step at the end of phase 1, so phase 2 moves no mask."""
     meta = load_run(chain("2of4", "prune-2of4", polish_epochs=1)).metadata
-    assert meta["variant"] == "prune-2of4-polish1-e1-b16"
-    assert set(meta["invariants"]["polish_mask_changes"].values()) == {0}
-    assert set(meta["invariants"]["m_by_n_violations"].values()) == {0}
+    assert meta.variant == "prune-2of4-polish1-e1-b16"
+    assert set(meta.invariants["polish_mask_changes"].values()) == {0}
+    assert set(meta.invariants["m_by_n_violations"].values()) == {0}
 
 
 def test_prune_then_cluster_keeps_the_zeros(chain):
     source, out = _prune(chain), _prune_cluster(chain)
     meta = load_run(out).metadata
-    assert meta["variant"] == "prune-0.5-polish1-e1-b16+cluster-4-e1-b16"
-    assert meta["params"]["preserve_sparsity"] is True and meta["invariants"]["preserve_sparsity"] is True
+    assert meta.variant == "prune-0.5-polish1-e1-b16+cluster-4-e1-b16"
+    assert meta.params["preserve_sparsity"] is True and meta.invariants["preserve_sparsity"] is True
     before, after = _kernels(source), _kernels(out)
     for name, w0 in before.items():
         assert np.all(after[name][w0 == 0] == 0), name
         assert inv.distinct_values(after[name]) <= CLUSTERS, name
-    assert set(meta["invariants"]["refilled_zeros"].values()) == {0}
+    assert set(meta.invariants["refilled_zeros"].values()) == {0}
 
 
 def test_cluster_of_an_unpruned_run_does_not_preserve_sparsity(chain):
     meta = load_run(chain("cluster", "cluster", clusters=CLUSTERS)).metadata
-    assert meta["params"]["preserve_sparsity"] is False and meta["variant"] == "cluster-4-e1-b16"
-    assert "refilled_zeros" not in meta["invariants"]
+    assert meta.params["preserve_sparsity"] is False and meta.variant == "cluster-4-e1-b16"
+    assert "refilled_zeros" not in meta.invariants
 
 
 def test_cqat_keeps_the_clusters_per_channel(chain):
     source = chain("cluster", "cluster", clusters=CLUSTERS)
     out = chain("cqat", "cqat", source="cluster")
     meta = load_run(out).metadata
-    assert meta["variant"] == "cluster-4-e1-b16+cqat-b16" and meta["model_format"] == "keras-qat-h5"
+    assert meta.variant == "cluster-4-e1-b16+cqat-b16" and meta.model_format == "keras-qat-h5"
     before, after = _kernels(source), _kernels(out)
     for name, w0 in before.items():
         assert inv.channel_distinct_values(after[name]) <= inv.distinct_values(w0) <= CLUSTERS, name
@@ -125,7 +125,7 @@ def test_pcqat_chain_keeps_zeros_and_clusters_through_int8_export(chain, tmp_pat
     _prune_cluster(chain)
     out = chain("pcqat", "pcqat", source="pc")
     meta = load_run(out).metadata
-    assert meta["variant"] == "prune-0.5-polish1-e1-b16+cluster-4-e1-b16+pcqat-b16"
+    assert meta.variant == "prune-0.5-polish1-e1-b16+cluster-4-e1-b16+pcqat-b16"
     after = _kernels(out)
     for name, w0 in pruned.items():
         assert np.all(after[name][w0 == 0] == 0), name
