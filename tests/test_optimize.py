@@ -153,9 +153,9 @@ def test_killed_search_resumes_and_reports(tmp_path, tiny_run, tiny_archive):
     for n in trials:
         for step in (out / "trials" / str(n) / "steps").iterdir():
             meta = rundir.load_run(step).metadata
-            assert meta["test_images_sha256"] == data_mod.test_set_sha256(search)
-            assert meta["test_images_sha256"] != data_mod.test_set_sha256(full)
-            assert meta["num_train_images"] == split["train_images"]
+            assert meta.test_images_sha256 == data_mod.test_set_sha256(search)
+            assert meta.test_images_sha256 != data_mod.test_set_sha256(full)
+            assert meta.num_train_images == split["train_images"]
     assert any(p["on_front"] for p in report["points"]) and report["chosen"]["pick"]
     pick = report["picks"][report["chosen"]["pick"]]
     assert pick["test_images"] == len(full.y_test) and "edgepack compress" in pick["command"]

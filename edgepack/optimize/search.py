@@ -102,6 +102,11 @@ def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
         _check_settings(out, opts)
         source, spec, split = _prepare_source(out, opts)
         study = _study(out, opts)
+        if not study.trials and not opts.quick:
+            from edgepack.compress.techniques import TECHNIQUES
+
+            for start in space.starts(TECHNIQUES):
+                study.enqueue_trial(start, user_attrs={"start": True})
         recovered = _recover_killed(study)
         stop, spent = _loop(study, out, opts, source, spec, executor, batch)
         from edgepack.optimize.report import write_report
