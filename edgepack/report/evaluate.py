@@ -31,6 +31,7 @@ ROW_KEYS = (
     "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
     "reference_accuracy", "kernel_gap_points", "kernel_path", "notes", "memory", "worst_layers",
     "confidence", "flips", "flip_sheet",  # edgepack.report.explain
+    "host",  # edgepack.report.hosts
 )
 
 
