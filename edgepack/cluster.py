@@ -8,6 +8,7 @@ The one seam between edgepack's stages and a cluster. API (all another module ne
         data = ex.share(ds)                      # one copy for every job (Ray: the object store)
         results = ex.run([Job(fn, (data, 1), name="compress prune", num_cpus=1, memory=2 << 30),
                           Job(fn2, (data,), name="compare", timing=True)])
+        for i, outcome in ex.as_completed(jobs): ...   # each as it finishes: Done(value, host, seconds)
 
 `results[i]` is `jobs[i].fn(*args, **kwargs)`'s return value, or a `Failed` (its message) when the job
 raised an EdgepackError: a problem with the user's input is a result to report, not a crash and not
@@ -30,7 +31,7 @@ from __future__ import annotations
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -107,10 +108,20 @@ class InProcess:
     def share(self, obj):
         return obj
 
+    def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
+        """(index in `jobs`, outcome) of each job as it finishes (here: in order, one at a time)."""
+        for i, j in enumerate(jobs):
+            yield i, call(j.fn, j.args, j.kwargs)
+
     def run_timed(self, jobs: list[Job]) -> list[Done | Failed]:
-        return [call(j.fn, j.args, j.kwargs) for j in jobs]
+        """Every job's outcome with its host and seconds, in the order of `jobs`."""
+        out: list = [None] * len(jobs)
+        for i, result in self.as_completed(jobs):
+            out[i] = result
+        return out
 
     def run(self, jobs: list[Job]) -> list:
+        """Every job's return value (or its Failed), in the order of `jobs`."""
         return [r if isinstance(r, Failed) else r.value for r in self.run_timed(jobs)]
 
 
@@ -158,7 +169,8 @@ class RayExecutor(InProcess):
     def share(self, obj):
         return _import_ray().put(obj)
 
-    def run_timed(self, jobs: list[Job]) -> list[Done | Failed]:
+    def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
+        """All jobs at once as Ray tasks; yields each as it finishes, so its caller can record it."""
         ray = _import_ray()
         task = ray.remote(_task)
         refs = []
@@ -170,16 +182,18 @@ class RayExecutor(InProcess):
             if j.timing:
                 opts["resources"] = {TIMING_RESOURCE: 1}
             refs.append(task.options(**opts).remote(j.fn, j.timing, j.args, j.kwargs))
-        out = []
-        for j, ref in zip(jobs, refs, strict=True):
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            i = index[ref]
             try:
-                out.append(ray.get(ref))
+                yield i, ray.get(ref)
             except ray.exceptions.RayTaskError as e:  # the job raised (not retried): its own error
                 raise e.as_instanceof_cause() from None
             except ray.exceptions.RayError as e:  # its worker died more than MAX_RETRIES times
-                raise EdgepackError(f"{j.name or 'a job'} failed on the Ray cluster after {MAX_RETRIES} "
-                                    f"retries ({type(e).__name__}: {_first_line(e)})") from None
-        return out
+                raise EdgepackError(f"{jobs[i].name or 'a job'} failed on the Ray cluster after "
+                                    f"{MAX_RETRIES} retries ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def _task(fn, timing: bool, args: tuple, kwargs: dict) -> Done | Failed:

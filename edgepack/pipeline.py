@@ -272,8 +272,8 @@ class _Runner:
         for batch in batches:
             for w in batch:
                 self.progress.start(w.stage, w.what)
-            for w, result in zip(batch, self.ex.run_timed([w.job for w in batch]), strict=True):
-                errors[w.stage] = self._finish(w, result)
+            for i, result in self.ex.as_completed([w.job for w in batch]):  # marked as each finishes
+                errors[batch[i].stage] = self._finish(batch[i], result)
         return {w.stage: errors[w.stage] for w in works}
 
     def _finish(self, w: Work, result: Done | Failed) -> str | None:

@@ -27,6 +27,11 @@ def _refuse(x: int) -> int:
     raise RunFolderError(f"bad input {x}: pass another")
 
 
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
 def _crash_once(marker: str, value: int) -> tuple[int, int]:
     """Kills its own worker process on the first attempt (a marker file remembers it), then returns."""
     first = not Path(marker).exists()
@@ -103,6 +108,9 @@ def test_ray_runs_jobs_in_order_and_reports_edgepack_errors(ray_cluster):
         assert ex.run(jobs) == [0, 1, 4, 9, cluster.Failed("bad input 7: pass another")]
         done = ex.run_timed([cluster.Job(_square, (ex.share(6),))])[0]
         assert done.value == 36 and done.host and done.seconds >= 0
+        # Each outcome as it finishes (the pipeline marks a stage done as soon as its task returns).
+        order = [i for i, _ in ex.as_completed([cluster.Job(_nap, (2.0,)), cluster.Job(_nap, (0.01,))])]
+        assert order == [1, 0]
 
 
 def test_a_killed_worker_is_retried_with_the_same_result(ray_cluster, tmp_path):
@@ -156,14 +164,18 @@ def test_a_killed_driver_on_ray_resumes(ray_cluster, tmp_path, tiny_archive):
     cmd = [*_pipeline_cmd(tiny_archive, out, cfg), "--ray", ray_cluster]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not (out / "stages" / "train.json").exists():
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("stages/compress-*.json")):
         time.sleep(0.05)
     assert proc.poll() is None, "pipeline ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)  # the driver dies; Ray cancels its tasks
+    proc.send_signal(signal.SIGKILL)  # the driver dies (mid-stage); Ray cancels its tasks
     proc.wait()
-    assert not (out / "report" / "results.json").exists()
+    marked = sorted(p.stem for p in out.glob("stages/*.json"))
+    assert "train" in marked and not (out / "report" / "results.json").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "skip train baseline" in again.stdout
+    for stage in marked:  # every stage marked before the kill is skipped, e.g. compress-finetune-...
+        name = stage.removeprefix("compress-")
+        assert f"skip {'train baseline' if stage == 'train' else 'compress ' + name}" in again.stdout
     assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
     assert len(_rows(out)) == 9
