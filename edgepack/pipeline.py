@@ -19,13 +19,16 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepack import rundir
+from edgepack import cluster, rundir, stagejobs
+from edgepack.cluster import Done, Failed, Job
 from edgepack.errors import EdgepackError
 from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, recipe
+from edgepack.stagejobs import RESOURCES
 
 
 @dataclass
@@ -69,9 +72,11 @@ class Stages:
         except (json.JSONDecodeError, OSError):
             return False
 
-    def mark(self, stage: str, key: str, seconds: float) -> None:
-        """Written only when a stage completed (a failed stage has no marker and runs again)."""
-        rundir.write_json(self.folder / f"{stage}.json", {"key": key, "seconds": round(seconds, 2)})
+    def mark(self, stage: str, key: str, seconds: float, host: str | None = None) -> None:
+        """Written only when a stage completed (a failed stage has no marker and runs again).
+        `host`: the machine it ran on (a Ray node's name, or this machine's)."""
+        rundir.write_json(self.folder / f"{stage}.json", {"key": key, "seconds": round(seconds, 2),
+                                                          "host": host})
 
 
 def remove_leftovers(out: Path) -> list[Path]:
@@ -103,11 +108,14 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
 
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None,
-             source_options: dict | None = None) -> dict:
+             source_options: dict | None = None, ray: str | None = None) -> dict:
     """Run every stage not already complete; returns the comparison results (see edgepack.report).
 
     `baseline`: a trained run folder, or a user's Keras model file / SavedModel folder (adopted as the
     baseline run folder, with `source_options` class_names / preprocessing: edgepack.rundir.load_source).
+    `ray`: None (then $EDGEPACK_RAY_ADDRESS; unset: in-process), "auto" or a Ray address: training,
+    each fine-tuning, each export and the comparison run as Ray tasks (edgepack.cluster); `out` must
+    then be on a filesystem every node sees.
     """
     from edgepack.errors import require_toolchain
 
@@ -115,10 +123,11 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
     given = {"--baseline": baseline, "--data": data_path, "--config": config}
     with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
-        return _pipeline(out, data_path, settings, baseline, source_options or {})
+        with cluster.executor(ray) as ex:
+            return _pipeline(out, data_path, settings, baseline, source_options or {}, ex)
 
 
-def _pipeline(out, data_path, settings: dict, baseline, source_options: dict) -> dict:
+def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex) -> dict:
     if data_path is not None:
         settings["data"]["path"] = str(data_path)
     out = Path(out)
@@ -134,52 +143,79 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict) ->
     ds = data_mod.load_data(d["path"], d["limit_train"], d["limit_test"], d["seed"],
                             image_size=_input_size(baseline, source_options))
     print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}"
-          f"{' (--quick subset)' if settings['quick'] else ''}", flush=True)
+          f"{' (--quick subset)' if settings['quick'] else ''}; stages run {ex.where}", flush=True)
     data_key = _key(ds.sha256, d)
+    run = _Runner(ex, stages, progress, ex.share(ds))  # the data: one copy for every job
     failures: list[dict] = []
 
     runs: dict[str, Path] = {}
     keys: dict[str, str] = {}
     if baseline is not None and rundir.is_run_folder(baseline):
-        run = rundir.load_run(baseline)  # checked: complete, model intact
-        model_hash = run.metadata.model_sha256 or rundir.sha256_file(run.model_path)
-        runs["baseline"], keys["baseline"] = run.path, _key(model_hash, data_key)  # data: as if trained
-    elif baseline is not None:  # a user's model file becomes the baseline run folder
+        base = rundir.load_run(baseline)  # checked: complete, model intact
+        model_hash = base.metadata.model_sha256 or rundir.sha256_file(base.model_path)
+        runs["baseline"], keys["baseline"] = base.path, _key(model_hash, data_key)  # data: as if trained
+    elif baseline is not None:  # a user's model file becomes the baseline run folder (here: rare, fast)
         from edgepack.fitting import adopt
 
         path = out / "runs" / "baseline"
         key = _key(_model_hash(baseline), data_key, source_options)
-        error = _run_stage(stages, progress, "adopt", key, f"adopt {baseline} as the baseline", path,
-                           _valid_run, lambda: adopt(baseline, path, ds, force=True, **source_options))
-        if error:
-            raise EdgepackError(f"adopting {baseline} as the baseline failed: {error}")
+        adopt_run = _Runner(cluster.InProcess(), stages, progress, ds)
+        error = adopt_run([Work("adopt", key, f"adopt {baseline} as the baseline", path, _valid_run,
+                                Job(adopt, (baseline, path, ds), {"force": True, **source_options}))])
+        if error["adopt"]:
+            raise EdgepackError(f"adopting {baseline} as the baseline failed: {error['adopt']}")
         runs["baseline"], keys["baseline"] = path, key
     else:
-        runs["baseline"], keys["baseline"] = _train_stage(out, settings, ds, data_key, stages, progress)
+        runs["baseline"], keys["baseline"] = _train_stage(out, settings, data_key, run)
 
-    for v in settings["variants"]:
-        src = v.get("source", "baseline")
-        if src not in runs:
-            failures.append({"variant": v["name"], "format": "keras", "stage": "compress",
-                             "error": f"source variant {src} failed"})
-            continue
-        result = _compress_stage(out, v, settings, runs[src], keys[src], ds, stages, progress)
-        if isinstance(result, dict):
-            failures.append(result)
-        else:
-            runs[v["name"]], keys[v["name"]] = result
+    for level in dependency_levels(settings["variants"]):  # a level's variants run together
+        works = []
+        for v in level:
+            src = v.get("source", "baseline")
+            if src not in runs:
+                failures.append({"variant": v["name"], "format": "keras", "stage": "compress",
+                                 "error": f"source variant {src} failed"})
+                continue
+            works.append(_compress_work(out, v, settings, runs[src], keys[src], run.data))
+        for w, error in zip(works, run(works).values(), strict=True):
+            if error:
+                failures.append({"variant": w.name, "format": "keras", "stage": "compress", "error": error})
+            else:
+                runs[w.name], keys[w.name] = w.output, w.key
 
-    exports = []
+    works = []
     for name, fmt, skip in export_jobs(settings):
         if skip:
             print(f"not exporting {name} -> {fmt}: {skip}", flush=True)
             failures.append({"variant": name, "format": fmt, "stage": "export", "status": "skipped",
                              "error": skip})
         elif name in runs:
-            result = _export_stage(out, name, fmt, settings, runs[name], keys[name], ds, stages, progress)
-            (failures.append if isinstance(result, dict) else exports.append)(result)
+            works.append(_export_work(out, name, fmt, settings, keys[name], runs[name], run.data))
+    exports = []
+    for w, error in zip(works, run(works).values(), strict=True):
+        if error:
+            failures.append({"variant": w.name, "format": w.fmt, "stage": "export", "error": error})
+        else:
+            exports.append(w.output)
 
-    return _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, progress)
+    return _compare_stage(out, settings, runs, keys, exports, failures, ds, run)
+
+
+def dependency_levels(variants: list[dict]) -> list[list[dict]]:
+    """Variants in levels: those from the baseline first, then those whose source is in an earlier level
+    (e.g. pqat from prune-0.5). Settings already refuse unknown sources and cycles."""
+    names = {v["name"] for v in variants}
+    levels, placed = [], {"baseline"}
+    rest = list(variants)
+    while rest:
+        level = [v for v in rest if v.get("source", "baseline") in placed
+                 or v.get("source", "baseline") not in names]  # unknown: fails as a row at its level
+        if not level:
+            raise EdgepackError(f"variants {[v['name'] for v in rest]} depend on each other in a cycle")
+        levels.append(level)
+        placed |= {v["name"] for v in level}
+        rest = [v for v in rest if v not in level]
+    return levels
 
 
 def _input_size(baseline, source_options: dict) -> tuple[int, int] | None:
@@ -198,26 +234,59 @@ def _model_hash(path) -> str:
     return _key(*[rundir.sha256_file(f) for f in files])
 
 
-def _run_stage(stages: Stages, progress: Progress, stage: str, key: str, what: str, output: Path,
-               valid, work, catch: bool = True) -> str | None:
-    """Skip a stage that is complete for `key`, else run `work()`; returns an error text on failure."""
-    if stages.done(stage, key) and valid(output):
-        print(f"skip {what}: complete in {output}", flush=True)
-        progress.finish(stage)
+@dataclass(frozen=True)
+class Work:
+    """One stage to run unless complete: its marker, what it writes and the job that writes it."""
+
+    stage: str  # stage id (marker name)
+    key: str  # settings key of the stage and its inputs
+    what: str  # for messages
+    output: Path
+    valid: Callable[[Path], bool]  # is `output` complete?
+    job: Job
+    name: str = ""  # variant name
+    fmt: str = ""  # export format
+
+
+@dataclass
+class _Runner:
+    """Runs a batch of stages on the executor: skips complete ones, marks finished ones."""
+
+    ex: cluster.InProcess
+    stages: Stages
+    progress: Progress
+    data: object  # the data as the jobs take it (in-process: the Dataset; Ray: its object reference)
+
+    def __call__(self, works: list[Work]) -> dict[str, str | None]:
+        """stage -> None when complete, else the error text of a job that raised an EdgepackError."""
+        errors: dict[str, str | None] = {}
+        todo = []
+        for w in works:
+            if self.stages.done(w.stage, w.key) and w.valid(w.output):
+                print(f"skip {w.what}: complete in {w.output}", flush=True)
+                self.progress.finish(w.stage)
+                errors[w.stage] = None
+            else:
+                todo.append(w)
+        # In-process: one at a time, so progress lines come as each starts; on Ray: all at once.
+        batches = [todo] if isinstance(self.ex, cluster.RayExecutor) else [[w] for w in todo]
+        for batch in batches:
+            for w in batch:
+                self.progress.start(w.stage, w.what)
+            for i, result in self.ex.as_completed([w.job for w in batch]):  # marked as each finishes
+                errors[batch[i].stage] = self._finish(batch[i], result)
+        return {w.stage: errors[w.stage] for w in works}
+
+    def _finish(self, w: Work, result: Done | Failed) -> str | None:
+        self.progress.finish(w.stage)
+        if isinstance(result, Failed):  # a variant that fails becomes a row, not a crash
+            print(f"FAILED {w.what}: {result.message}", flush=True)
+            return result.message
+        if not w.valid(w.output):  # written on a node whose disk this machine does not see
+            raise EdgepackError(f"{w.what} finished on {result.host} but {w.output} is not complete here: "
+                                "--out must be on a filesystem every Ray node sees")
+        self.stages.mark(w.stage, w.key, result.seconds, result.host)
         return None
-    progress.start(stage, what)
-    t0 = time.time()
-    try:
-        work()
-    except EdgepackError as e:  # a variant that fails becomes a row, not a crash
-        if not catch:
-            raise
-        print(f"FAILED {what}: {e}", flush=True)
-        progress.finish(stage)
-        return str(e)
-    stages.mark(stage, key, time.time() - t0)
-    progress.finish(stage)
-    return None
 
 
 def _valid_run(path: Path) -> bool:
@@ -228,33 +297,30 @@ def _valid_run(path: Path) -> bool:
         return False
 
 
-def _train_stage(out, settings, ds, data_key, stages, progress) -> tuple[Path, str]:
-    from edgepack.train import TrainConfig, train
+def _train_stage(out, settings, data_key, run: _Runner) -> tuple[Path, str]:
+    from edgepack.train import TrainConfig
 
     t = settings["train"]
     cfg = TrainConfig(epochs=t["epochs"], batch_size=t["batch_size"], learning_rate=t["learning_rate"],
                       seed=settings["data"]["seed"], limit_train=settings["data"]["limit_train"],
                       limit_test=settings["data"]["limit_test"])
     path, key = out / "runs" / "baseline", _key(data_key, t)
-    error = _run_stage(stages, progress, "train", key, f"train baseline ({t['epochs']} epochs)", path,
-                       _valid_run, lambda: train(None, path, cfg, force=True, ds=ds))
+    job = Job(stagejobs.train_job, (path, cfg, run.data), name="train baseline", **RESOURCES["train"])
+    what = f"train baseline ({t['epochs']} epochs)"
+    error = run([Work("train", key, what, path, _valid_run, job)])["train"]
     if error:
         raise EdgepackError(f"training the baseline failed: {error}")
     return path, key
 
 
-def _compress_stage(out, v, settings, source: Path, source_key: str, ds, stages, progress):
-    from edgepack.compress import compress
-
+def _compress_work(out, v, settings, source: Path, source_key: str, data) -> Work:
     params = {**settings["finetune"], **v.get("params", {})}
     path, key = out / "runs" / v["name"], _key(source_key, v["technique"], params)
-    error = _run_stage(stages, progress, f"compress-{v['name']}", key,
-                       f"compress {v['name']} ({v['technique']}, {params})", path, _valid_run,
-                       lambda: compress(source, v["technique"], path, params=params, force=True, ds=ds,
-                                        variant=v["name"], seed=settings["data"]["seed"]))
-    if error:
-        return {"variant": v["name"], "format": "keras", "stage": "compress", "error": error}
-    return path, key
+    job = Job(stagejobs.compress_job, (source, v["technique"], path, params, data, v["name"],
+                                       settings["data"]["seed"]),
+              name=f"compress {v['name']}", **RESOURCES["compress"])
+    return Work(f"compress-{v['name']}", key, f"compress {v['name']} ({v['technique']}, {params})", path,
+                _valid_run, job, name=v["name"])
 
 
 def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
@@ -274,19 +340,16 @@ def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
     return jobs
 
 
-def _export_stage(out, name, fmt, settings, source: Path, source_key: str, ds, stages, progress):
-    from edgepack.export import FORMATS, export
+def _export_work(out, name, fmt, settings, source_key: str, source: Path, data) -> Work:
+    from edgepack.export import FORMATS
 
     path = out / "exports" / name / fmt
     # One options table for all formats in the settings; each format takes the options it knows.
     options = {k: v for k, v in settings["export"]["options"].items() if k in FORMATS[fmt].options}
-    key = _key(source_key, fmt, options)
-    error = _run_stage(stages, progress, f"export-{name}-{fmt}", key, f"export {name} -> {fmt}", path,
-                       _export_complete,
-                       lambda: export(source, [fmt], path, options=options, force=True, ds=ds))
-    if error:
-        return {"variant": name, "format": fmt, "stage": "export", "error": error}
-    return path
+    job = Job(stagejobs.export_job, (source, fmt, path, options, data), name=f"export {name} -> {fmt}",
+              **RESOURCES["export"])
+    return Work(f"export-{name}-{fmt}", _key(source_key, fmt, options), f"export {name} -> {fmt}", path,
+                _export_complete, job, name=name, fmt=fmt)
 
 
 def _export_complete(path: Path) -> bool:
@@ -299,8 +362,8 @@ def _export_complete(path: Path) -> bool:
     return bool(formats) and all(golden_path(path / f["file"]).is_file() for f in formats.values())
 
 
-def _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, progress) -> dict:
-    from edgepack.report.compare import CompareOptions, GateFailed, compare
+def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runner) -> dict:
+    from edgepack.report.compare import CompareOptions, GateFailed
 
     c = settings["compare"]
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
@@ -309,30 +372,21 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, stages, pro
     inputs = [*runs.values(), *exports]
     # The run keys chain every upstream setting (data, training, fine-tuning); exports add their own.
     key = _key(keys, settings["export"], [str(p) for p in inputs], failures, c, settings["quick"])
-    results: dict = {}
-
-    def work():
-        t0 = time.time()
-        try:
-            results.update(compare(inputs, path, baseline=runs["baseline"], control=None,
-                                   options=opts, force=True, ds=ds, failures=failures, settings=settings))
-        except GateFailed as e:  # the report is written: mark the stage, then fail the command
-            results.update(e.results)
-            stages.mark("compare", key, time.time() - t0)
-            raise
-    _run_stage(stages, progress, "compare", key,
-               f"compare {len(inputs)} models on {len(ds.y_test)} test images", path,
-               lambda p: (p / "results.json").is_file(), work, catch=False)
-    if not results:  # skipped: the recorded results stand, gate included
-        results = rundir.read_json(path / "results.json")
-        gate = results.get("gate")
-        if gate and not gate["passed"]:
-            raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
-                             f"than allowed (report in {path})", results)
+    job = Job(stagejobs.compare_job, (inputs, path, runs["baseline"], opts, run.data, failures, settings),
+              name="compare", **RESOURCES["compare"])
+    error = run([Work("compare", key, f"compare {len(inputs)} models on {len(ds.y_test)} test images", path,
+                      lambda p: (p / "results.json").is_file(), job)])["compare"]
+    if error:
+        raise EdgepackError(error)
+    results = rundir.read_json(path / "results.json")  # just written, or recorded by an earlier run
+    gate = results.get("gate")
+    if gate and not gate["passed"]:
+        raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
+                         f"than allowed (report in {path})", results)
     from edgepack.report.render import failure_lines, main_table, markdown_table
 
     print(markdown_table(main_table(results)))
-    print(f"report: {path / 'report.md'} ({(time.time() - progress.started) / 60:.1f} min in all)")
+    print(f"report: {path / 'report.md'} ({(time.time() - run.progress.started) / 60:.1f} min in all)")
     for line in failure_lines(results):
         print(line, flush=True)
     return results

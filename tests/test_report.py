@@ -202,6 +202,48 @@ def test_recommend_latency_within_round_noise_never_decides():
     assert recommend([a, c], 1.0)["id"] == "a"
 
 
+def test_latencies_from_different_cpus_are_labelled_never_ranked_together():
+    """Rows timed on two CPU models (e.g. Ray nodes): x faster only on the baseline's CPU, the pick by size
+    alone, every latency labelled with its CPU. Synthetic hosts: no test reads this machine's CPU."""
+    from edgepack.report.compare import derive
+    from edgepack.report.render import header_lines, latency_table, main_table
+
+    fast = {"node": "a", "model": "Xeon", "isa_flags": ["AVX-512 VNNI"], "int8_paths": {}}
+    slow = {"node": "b", "model": "EPYC", "isa_flags": ["AVX2"], "int8_paths": {}}
+    rows = [_row("base/keras", 0.70, 450_000, 1.0), _row("small/tflite-int8", 0.70, 40_000, 0.9),
+            _row("big/tflite-fp32", 0.70, 80_000, 0.05)]
+    for r, h in zip(rows, (fast, slow, fast), strict=True):
+        fmt = r["id"].split("/")[1]
+        r.update(variant=r["id"].split("/")[0], format=fmt, kind="run" if fmt == "keras" else "file",
+                 technique="x", size_bytes=r["size_gzip_bytes"], host=h, recommended=False, notes=[],
+                 speedup=None, reference_accuracy=None, delta_pts_vs_control=None, agreement=None,
+                 size_ratio_gzip=None)
+        t = r["latency"]["threads_1"]
+        t.update(p90_ms=t["p50_ms"], p99_ms=t["p50_ms"], threads=1, runs=1, throughput_ips=None)
+    results = {"rows": rows, "baseline": "base/keras", "control": None, "controls": [],
+               "options": {"max_drop": 1.0}, "recommended": None}
+    derive(results)
+    assert [g["label"] for g in results["cpu_groups"]] == ["[1]", "[2]"]
+    assert rows[2]["speedup"] == pytest.approx(20.0) and rows[1]["speedup"] is None  # other CPU
+    assert results["recommended"] == "small/tflite-int8"  # smallest; its 18x slower time is another CPU's
+    table = main_table(results)[2]
+    assert table[1][10] == "0.900 [2]" and table[2][10] == "0.050 [1]"
+    assert "Latencies come from 2 different CPUs" in " ".join(header_lines_of(results, header_lines))
+    assert latency_table(results)[2][1][1].endswith("[2]")
+    one = {**results, "rows": [rows[0], rows[2]]}
+    derive(one)
+    assert len(one["cpu_groups"]) == 1 and main_table(one)[2][1][10] == "0.050"  # one CPU: no labels
+
+
+def header_lines_of(results: dict, header_lines) -> list[str]:
+    env = {"cpu": {"model": "m", "machine": "x86_64", "usable_cores": 2, "logical_cores": 2, "isa_flags": []},
+           "versions": {}}
+    full = {**results, "environment": env, "created": "now", "wall_seconds": 1.0, "settings": None,
+            "data": {"num_test_images": 20, "limit_test": 20, "source": "s"}, "gate": None,
+            "options": {**results["options"], "runs": 1, "warmup": 0, "latency": True}}
+    return header_lines(full)
+
+
 def _ctrl_row(rid, fmt, technique, recipe, acc, kind="run"):
     variant = rid.split("/")[0]
     return {"id": rid, "variant": variant, "format": fmt, "kind": kind, "technique": technique,

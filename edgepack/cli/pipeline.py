@@ -17,6 +17,7 @@ example:
   edgepack pipeline --data ../shared/data/cifar-10-python.tar.gz --out runs/pipeline
   edgepack pipeline --quick --out runs/quick --baseline runs/baseline --max-drop 1.0
   edgepack pipeline --data my_images/ --baseline my_model.keras --preprocess unit --out runs/mine
+  edgepack pipeline --ray HEAD:6379 --data /shared/cifar-10-python.tar.gz --out /shared/runs/pipeline
 """
 
 import argparse
@@ -53,6 +54,11 @@ def register(sub) -> None:
     p.add_argument("--baseline", metavar="RUN_OR_FILE",
                    help="reuse this baseline: a run folder, or a Keras model file / SavedModel folder")
     add_source_options(p)
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run training, fine-tunings, exports and the comparison as tasks on a Ray cluster: "
+                        "auto (the running cluster, else a local one) or HOST:PORT; --out must be on a "
+                        "filesystem every node sees (default: $EDGEPACK_RAY_ADDRESS, else in-process; "
+                        "needs pip install 'edgepack[cluster]'; see docs/cluster.md)")
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():
@@ -86,7 +92,8 @@ def run(args) -> int:
         if value is not None:
             overrides.setdefault(section, {})[key] = value
     results = pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick,
-                       baseline=args.baseline, overrides=overrides, source_options=source_options(args))
+                       baseline=args.baseline, overrides=overrides, source_options=source_options(args),
+                       ray=args.ray)
     failed = [r["id"] for r in results["rows"] if r["status"] == "error"]
     if failed and not args.allow_failed:
         print(f"edgepack: error: {len(failed)} rows failed (listed above; report written): exit 1, "

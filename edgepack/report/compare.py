@@ -97,6 +97,12 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         pairs [{from, to, count}]: baseline class -> this row's class, most frequent first}
       flip_sheet        report-relative PNG of the 16 most confident flips (int8 rows and the recommended
                         row), or null
+      host              the machine that evaluated and timed the row: {node, model, machine, isa_flags,
+                        int8_paths} (edgepack.report.env.host), or null (failed before compare)
+    cpu_groups          the distinct CPUs (model + ISA labels) of the rows: [{label, model, isa_flags,
+                        int8_paths, nodes}]; with more than one, latencies are labelled by group, speedup
+                        is computed only against a baseline on the same CPU and the recommendation
+                        ignores latency (edgepack.report.hosts)
     Latency timings also carry round_p50_ms: the medians of those 5 slices.
 """
 
@@ -110,6 +116,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.report import hosts
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
 from edgepack.report.notes import add_speed_notes
@@ -237,6 +244,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
 
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = env_mod.usable_cores()
+    host = env_mod.host()  # one process times every row: they share it (edgepack.report.hosts)
     rows, base_pred, kept = [], None, {}
     t_rows = time.time()
     for i, entry in enumerate(order, 1):
@@ -245,6 +253,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}): elapsed {time.time() - started:.0f} s{eta}",
               flush=True)
         row, probs = evaluate_entry(entry, ds, options, all_threads, is_baseline=entry is base)
+        row["host"] = host
         kept[row["id"]] = Kept.of(probs)
         pred = None if probs is None else kept[row["id"]].pred
         if entry is base:
@@ -402,6 +411,8 @@ def derive(results: dict) -> None:
     by_id = {r["id"]: r for r in rows}
     base = by_id.get(results["baseline"])
     ok = [r for r in rows if r["status"] == "ok"]
+    groups = results["cpu_groups"] = hosts.cpu_groups(rows)
+    mixed = len(groups) > 1  # rows timed on different CPUs: never ranked as one machine's
     if base and base["status"] == "ok":
         key = "threads_1" if _p50(base, "threads_1") else "threads_all"
         for r in ok:
@@ -409,7 +420,8 @@ def derive(results: dict) -> None:
             if base["size_gzip_bytes"] and r["size_gzip_bytes"]:
                 r["size_ratio_gzip"] = base["size_gzip_bytes"] / r["size_gzip_bytes"]
                 r["size_ratio_raw"] = base["size_bytes"] / r["size_bytes"]
-            if _p50(base, key) and _p50(r, key):
+            same_cpu = not mixed or hosts.cpu_key(r) == hosts.cpu_key(base)
+            if _p50(base, key) and _p50(r, key) and same_cpu:
                 r["speedup"] = _p50(base, key) / _p50(r, key)
     controls = [by_id[c] for c in results.get("controls") or [] if by_id[c]["status"] == "ok"]
     given = by_id.get(results["control"])
@@ -422,10 +434,15 @@ def derive(results: dict) -> None:
         r["delta_pts_vs_control"] = 100 * (r["accuracy"] - ref["accuracy"])
         r["control_ref"] = ref["id"]
     cpu = (results.get("environment") or {}).get("cpu") or {}
-    add_speed_notes(rows, cpu.get("int8_paths") or {}, FAST_ENOUGH)
+    if mixed:  # a file and its fp32 twin are compared only when one CPU timed both
+        for g in groups:
+            same = [r for r in rows if hosts.cpu_key(r) == (g["model"], tuple(g["isa_flags"]))]
+            add_speed_notes(same, g["int8_paths"] or {}, FAST_ENOUGH)
+    else:
+        add_speed_notes(rows, cpu.get("int8_paths") or {}, FAST_ENOUGH)
     opts = results["options"]
     if opts.get("max_drop") is not None and base and base["status"] == "ok":
-        pick = recommend(rows, opts["max_drop"])
+        pick = recommend(rows, opts["max_drop"], by_latency=not mixed)
         if pick is not None:
             pick["recommended"] = True
             results["recommended"] = pick["id"]
@@ -436,14 +453,16 @@ def derive(results: dict) -> None:
         results["gate"] = {"fail_over": opts["fail_over"], "failed": failed, "passed": not failed}
 
 
-def recommend(rows: list[dict], max_drop: float) -> dict | None:
+def recommend(rows: list[dict], max_drop: float, by_latency: bool = True) -> dict | None:
     """The smallest and fastest row within `max_drop` points of the baseline (edgepack.report.pick).
 
     Among the candidates as fast as the fastest (1-thread timings, all cores if missing; round
     intervals that overlap are a tie, the FAST_ENOUGH band only for timings without rounds), the
-    smallest gzip'ed file wins, then the more accurate. Without latency figures the smallest file wins.
+    smallest gzip'ed file wins, then the more accurate. Without latency figures (or `by_latency`
+    False: rows timed on different CPUs) the smallest file wins.
     """
-    cands = [Candidate(r, r["accuracy"], r["size_gzip_bytes"], _timing(r)) for r in rows
+    cands = [Candidate(r, r["accuracy"], r["size_gzip_bytes"], _timing(r) if by_latency else None)
+             for r in rows
              if r["status"] == "ok" and r["delta_pts_vs_baseline"] is not None
              and r["delta_pts_vs_baseline"] >= -max_drop - 1e-9 and r["size_gzip_bytes"]]
     best = pick(cands, "latency")

@@ -35,6 +35,11 @@ def cpu_info() -> dict:
     }
 
 
+def host() -> dict:
+    """What every evaluated row records about the machine that timed it (edgepack.report.hosts)."""
+    return {"node": platform.node(), **describe()}
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity), which is what "all cores" timing uses."""
     try:

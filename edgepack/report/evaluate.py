@@ -35,6 +35,7 @@ ROW_KEYS = (
     "reference_accuracy", "kernel_gap_points", "kernel_path", "notes", "memory", "worst_layers",
     "kernel_facts",
     "confidence", "flips", "flip_sheet",  # edgepack.report.explain
+    "host",  # edgepack.report.hosts
 )
 
 

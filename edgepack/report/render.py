@@ -11,7 +11,7 @@ import csv
 import html as html_mod
 from pathlib import Path
 
-from edgepack.report import summary
+from edgepack.report import hosts, summary
 from edgepack.report.plots import PARETO
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -39,9 +39,10 @@ def main_table(results: dict) -> Table:
     headers = ["variant", "format", "size KiB", "gzip KiB", "x smaller (gzip)", "accuracy %",
                "exact-reference accuracy %", "change (pts)", "change vs control (pts)", "agreement %",
                "p50 ms 1 thread", "p50 ms all cores", "x faster", "images/s b64", "status"]
-    out = []
+    out, groups = [], results.get("cpu_groups") or []
     for r in results["rows"]:
         one, allc = _lat(r, "threads_1"), _lat(r, "threads_all")
+        cpu = hosts.label(r, groups)  # " [k]" when rows come from more than one CPU
         name = r["variant"] + (" (recommended)" if r["recommended"] else "")
         if r["id"] == results.get("baseline"):
             name += " (baseline)"
@@ -53,7 +54,7 @@ def main_table(results: dict) -> Table:
             _num(r["accuracy"], ".2f", 100), _num(r.get("reference_accuracy"), ".2f", 100),
             _signed(r["delta_pts_vs_baseline"]),
             _signed(r["delta_pts_vs_control"]), _num(r["agreement"], ".2f", 100),
-            _num(one and one["p50_ms"], ".3f"), _num(allc and allc["p50_ms"], ".3f"),
+            _num(one and one["p50_ms"], ".3f") + cpu, _num(allc and allc["p50_ms"], ".3f") + cpu,
             _num(r["speedup"], ".1f"), _num(allc and allc["throughput_ips"], ".0f"),
             r["status"],
         ])
@@ -70,6 +71,7 @@ def latency_table(results: dict) -> Table:
             if not t:
                 continue
             how = label or ("tf.function" if r["kind"] == "run" else "edgepack.runtime")
+            how += hosts.label(r, results.get("cpu_groups") or [])
             out.append([r["id"], how, str(t["threads"]), f"{t['p50_ms']:.3f}", f"{t['p90_ms']:.3f}",
                         f"{t['p99_ms']:.3f}", str(t["runs"]), _num(t["throughput_ips"], ".0f")])
     return "Latency (batch 1, after warm-up) and throughput (batch 64)", headers, out
@@ -149,6 +151,7 @@ def header_lines(results: dict) -> list[str]:
         f"CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable cores "
         f"({cpu['logical_cores']} logical); ISA: {', '.join(cpu['isa_flags']) or 'none detected'}.",
         *int8_path_lines(cpu.get("int8_paths")),
+        *hosts.lines(results.get("cpu_groups") or []),
         f"Software: {versions}.",
         f"Baseline: {results['baseline'] or 'none'}; controls (fine-tuned, not compressed; each "
         f"compressed variant is compared with the one of its recipe): {', '.join(controls) or 'none'}.",

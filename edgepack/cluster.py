@@ -1,0 +1,222 @@
+"""Where independent work runs: in this process (the default) or as tasks on a Ray cluster.
+
+The one seam between edgepack's stages and a cluster. API (all another module needs):
+
+    from edgepack.cluster import Job, Failed, executor
+
+    with executor(ray_address) as ex:            # None: in-process; "auto" or "HOST:6379": Ray
+        data = ex.share(ds)                      # one copy for every job (Ray: the object store)
+        results = ex.run([Job(fn, (data, 1), name="compress prune", num_cpus=1, memory=2 << 30),
+                          Job(fn2, (data,), name="compare", timing=True)])
+        for i, outcome in ex.as_completed(jobs): ...   # each as it finishes: Done(value, host, seconds)
+
+`results[i]` is `jobs[i].fn(*args, **kwargs)`'s return value, or a `Failed` (its message) when the job
+raised an EdgepackError: a problem with the user's input is a result to report, not a crash and not
+worth retrying. Any other exception propagates. `ray_address` None falls back to the environment
+variable EDGEPACK_RAY_ADDRESS; unset or empty means in-process, and then Ray is never imported.
+
+In-process, jobs run one after another in list order, exactly as if called directly. On Ray, every
+job is one `ray.remote` task with its declared `num_cpus` and `memory` (bytes; 0: not declared) and
+`max_retries` (a worker process that dies mid-task, e.g. killed or out of memory, is retried on
+another worker; jobs must therefore write their outputs atomically and deterministically, as every
+edgepack stage does). Jobs marked `timing` (latency measurement) also take one unit of the custom
+resource `edgepack_timing`, which each node offers once (`ray start --resources
+'{"edgepack_timing": 1}'`), so at most one timing job runs per host at a time.
+Functions and arguments must be picklable (module-level functions); on a real cluster every node
+needs the same edgepack installed and the same paths (a shared filesystem for outputs).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from edgepack.errors import EdgepackError
+
+ENV_VAR = "EDGEPACK_RAY_ADDRESS"
+TIMING_RESOURCE = "edgepack_timing"  # custom Ray resource: one per node, held by latency work
+MAX_RETRIES = 3  # Ray retries of a task whose worker process died (not of errors it raised)
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Job:
+    """One independent piece of work and what it needs."""
+
+    fn: Callable[..., Any]  # a module-level function (pickled by reference onto the workers)
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    name: str = ""  # what the job does, for messages
+    num_cpus: float = 1  # CPU cores the job uses
+    memory: int = 0  # bytes of RAM the job needs at most (0: not declared)
+    timing: bool = False  # measures latency: runs alone on its host (TIMING_RESOURCE)
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A job that raised an EdgepackError: its one-line message."""
+
+    message: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """What `call` returns around a job's value: where and how long it ran."""
+
+    value: Any
+    host: str  # node name the job ran on
+    seconds: float  # wall time of the job itself
+
+
+def call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Done | Failed:
+    """Run one job (in this process or inside a Ray task)."""
+    t0 = time.time()
+    try:
+        value = fn(*args, **kwargs)
+    except EdgepackError as e:
+        return Failed(str(e))
+    return Done(value, platform.node(), time.time() - t0)
+
+
+def resolve(ray_address: str | None) -> str | None:
+    """The Ray address to use: the one given, else $EDGEPACK_RAY_ADDRESS; None or "" = in-process."""
+    address = ray_address if ray_address is not None else os.environ.get(ENV_VAR)
+    return address or None
+
+
+def executor(ray_address: str | None = None) -> InProcess | RayExecutor:
+    """The executor for `ray_address` (see resolve); use it as a context manager."""
+    address = resolve(ray_address)
+    return InProcess() if address is None else RayExecutor(address)
+
+
+class InProcess:
+    """Jobs one after another in this process (no Ray)."""
+
+    where = "in-process"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def share(self, obj):
+        return obj
+
+    def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
+        """(index in `jobs`, outcome) of each job as it finishes (here: in order, one at a time)."""
+        for i, j in enumerate(jobs):
+            yield i, call(j.fn, j.args, j.kwargs)
+
+    def run_timed(self, jobs: list[Job]) -> list[Done | Failed]:
+        """Every job's outcome with its host and seconds, in the order of `jobs`."""
+        out: list = [None] * len(jobs)
+        for i, result in self.as_completed(jobs):
+            out[i] = result
+        return out
+
+    def run(self, jobs: list[Job]) -> list:
+        """Every job's return value (or its Failed), in the order of `jobs`."""
+        return [r if isinstance(r, Failed) else r.value for r in self.run_timed(jobs)]
+
+
+class RayExecutor(InProcess):
+    """Jobs as Ray tasks, results in order. Connects to `address` ("auto": the running cluster, else a
+    new local one on this machine with one TIMING_RESOURCE) unless Ray is already initialised."""
+
+    def __init__(self, address: str):
+        self.address = address
+        self.started = False  # we called ray.init, so we shut it down
+        self.where = f"Ray ({address})"
+
+    def __enter__(self):
+        ray = _import_ray()
+        if not ray.is_initialized():
+            self._connect(ray)
+            self.started = True
+        if not ray.cluster_resources().get(TIMING_RESOURCE):
+            self.__exit__()
+            raise EdgepackError(f"the Ray cluster at {self.address} offers no {TIMING_RESOURCE} resource, "
+                                f"so latency work would wait forever: start every node with ray start "
+                                f"--resources '{{\"{TIMING_RESOURCE}\": 1}}'")
+        return self
+
+    def _connect(self, ray) -> None:
+        quiet = {"include_dashboard": False, "log_to_driver": True, "logging_level": "warning"}
+        try:
+            if self.address == "auto":
+                try:
+                    ray.init(address="auto", **quiet)
+                except ConnectionError:  # no running cluster: a local one on this machine
+                    ray.init(resources={TIMING_RESOURCE: 1}, **quiet)
+            else:
+                ray.init(address=self.address, **quiet)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EdgepackError(f"--ray {self.address}: cannot connect to a Ray cluster ({first[:200]}): "
+                                "start one with `ray start --head` or pass --ray auto") from None
+
+    def __exit__(self, *exc) -> None:
+        if self.started:
+            _import_ray().shutdown()
+            self.started = False
+
+    def share(self, obj):
+        return _import_ray().put(obj)
+
+    def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
+        """All jobs at once as Ray tasks; yields each as it finishes, so its caller can record it."""
+        ray = _import_ray()
+        task = ray.remote(_task)
+        refs = []
+        for j in jobs:
+            opts = {"num_cpus": j.num_cpus, "max_retries": MAX_RETRIES, "retry_exceptions": False,
+                    "name": j.name or getattr(j.fn, "__name__", "job")}
+            if j.memory:
+                opts["memory"] = int(j.memory)
+            if j.timing:
+                opts["resources"] = {TIMING_RESOURCE: 1}
+            refs.append(task.options(**opts).remote(j.fn, j.timing, j.args, j.kwargs))
+        index = {ref: i for i, ref in enumerate(refs)}
+        pending = list(refs)
+        while pending:
+            (ref,), pending = ray.wait(pending, num_returns=1)
+            i = index[ref]
+            try:
+                yield i, ray.get(ref)
+            except ray.exceptions.RayTaskError as e:  # the job raised (not retried): its own error
+                raise e.as_instanceof_cause() from None
+            except ray.exceptions.RayError as e:  # its worker died more than MAX_RETRIES times
+                raise EdgepackError(f"{jobs[i].name or 'a job'} failed on the Ray cluster after "
+                                    f"{MAX_RETRIES} retries ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _task(fn, timing: bool, args: tuple, kwargs: dict) -> Done | Failed:
+    """The body of every Ray task. Ray sets OMP_NUM_THREADS to the task's CPUs in its workers; latency
+    work measures the host's own thread counts, so it drops that limit (before TensorFlow loads)."""
+    import ray
+
+    if timing:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    args = tuple(ray.get(a) if isinstance(a, ray.ObjectRef) else a for a in args)  # share()d objects
+    kwargs = {k: ray.get(v) if isinstance(v, ray.ObjectRef) else v for k, v in kwargs.items()}
+    return call(fn, args, kwargs)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
+def _import_ray():
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise EdgepackError("--ray needs Ray: pip install 'edgepack[cluster]' (or leave out --ray and "
+                            f"${ENV_VAR} to run in-process)") from None
+    return ray

@@ -1,0 +1,181 @@
+"""edgepack.cluster: in-process by default (no Ray import), Ray tasks with retries on a local cluster,
+and the pipeline on a local 2-CPU Ray cluster (same rows as in-process; a killed driver resumes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_pipeline import SMALL, _pipeline_cmd
+
+from edgepack import cluster, rundir
+from edgepack.cli import main
+from edgepack.errors import EdgepackError, RunFolderError
+
+
+def _square(x: int) -> int:
+    return x * x
+
+
+def _refuse(x: int) -> int:
+    raise RunFolderError(f"bad input {x}: pass another")
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _crash_once(marker: str, value: int) -> tuple[int, int]:
+    """Kills its own worker process on the first attempt (a marker file remembers it), then returns."""
+    first = not Path(marker).exists()
+    Path(marker).write_text("attempted")
+    if first:
+        os._exit(1)  # like an OOM kill: no exception, the process is gone
+    return value, os.getpid()
+
+
+def test_in_process_runs_jobs_in_order_without_importing_ray():
+    code = ("import sys; from edgepack.cluster import Job, Failed, executor\n"
+            "from test_cluster import _square, _refuse\n"
+            "with executor(None) as ex:\n"
+            "    out = ex.run([Job(_square, (3,)), Job(_refuse, (4,)), Job(_square, (5,))])\n"
+            "assert out[0] == 9 and out[2] == 25, out\n"
+            "assert out[1] == Failed('bad input 4: pass another'), out\n"
+            "assert 'ray' not in sys.modules\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                         str(Path(__file__).parent.parent)])}
+    env.pop(cluster.ENV_VAR, None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_address_comes_from_the_option_else_the_environment(monkeypatch):
+    monkeypatch.setenv(cluster.ENV_VAR, "head:6379")
+    assert cluster.resolve(None) == "head:6379" and cluster.resolve("auto") == "auto"
+    assert isinstance(cluster.executor(None), cluster.RayExecutor)
+    assert cluster.resolve("") is None  # an explicit empty address: in-process
+    monkeypatch.setenv(cluster.ENV_VAR, "")
+    assert isinstance(cluster.executor(None), cluster.InProcess)
+
+
+def test_without_ray_installed_the_error_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ModuleNotFoundError
+    with pytest.raises(EdgepackError, match=r"pip install 'edgepack\[cluster\]'"):
+        with cluster.executor("auto"):
+            pass
+
+
+def test_output_not_seen_by_the_driver_is_an_error(tmp_path):
+    """A job that returned but whose output is not here (a node's local disk) is refused in one line."""
+    from edgepack.pipeline import Progress, Stages, Work, _Runner
+
+    out = tmp_path / "out"
+    stages = Stages(out)
+    run = _Runner(cluster.InProcess(), stages, Progress({"export-x": 1.0}), None)
+    work = Work("export-x", "k", "export x", out / "exports" / "x", lambda p: p.is_dir(),
+                cluster.Job(_square, (2,)))
+    with pytest.raises(EdgepackError, match="--out must be on a filesystem every Ray node sees"):
+        run([work])
+    assert not stages.done("export-x", "k")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance with 2 CPUs and one timing slot (~5 s to start); shut down afterwards."""
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, resources={cluster.TIMING_RESOURCE: 1}, include_dashboard=False,
+             logging_level="warning")
+    # The test functions live in this module, which workers cannot import: send them by value.
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def test_ray_runs_jobs_in_order_and_reports_edgepack_errors(ray_cluster):
+    with cluster.executor("auto") as ex:  # already initialised: uses it, leaves it running
+        assert isinstance(ex, cluster.RayExecutor)
+        jobs = [cluster.Job(_square, (i,), num_cpus=1, memory=1 << 20) for i in range(4)]
+        jobs.append(cluster.Job(_refuse, (7,), timing=True))
+        assert ex.run(jobs) == [0, 1, 4, 9, cluster.Failed("bad input 7: pass another")]
+        done = ex.run_timed([cluster.Job(_square, (ex.share(6),))])[0]
+        assert done.value == 36 and done.host and done.seconds >= 0
+        # Each outcome as it finishes (the pipeline marks a stage done as soon as its task returns).
+        order = [i for i, _ in ex.as_completed([cluster.Job(_nap, (2.0,)), cluster.Job(_nap, (0.01,))])]
+        assert order == [1, 0]
+
+
+def test_a_killed_worker_is_retried_with_the_same_result(ray_cluster, tmp_path):
+    marker = tmp_path / "attempt"
+    with cluster.executor("auto") as ex:
+        (value, pid), = ex.run([cluster.Job(_crash_once, (str(marker), 42))])
+    assert value == 42 and pid != os.getpid() and marker.read_text() == "attempted"
+
+
+def test_a_cluster_without_the_timing_resource_is_refused(ray_cluster, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    with pytest.raises(EdgepackError, match="ray start --resources '{\"edgepack_timing\": 1}'"):
+        with cluster.executor("auto"):
+            pass
+    assert ray.is_initialized()  # not ours to shut down
+
+
+def _rows(out: Path) -> dict[str, tuple]:
+    results = json.loads((out / "report" / "results.json").read_text())
+    return {r["id"]: (r["status"], r["accuracy"], r["model_sha256"] if r["kind"] == "file" else None)
+            for r in results["rows"]}
+
+
+@pytest.mark.slow
+def test_pipeline_on_ray_gives_the_in_process_rows(ray_cluster, tmp_path, tiny_archive, capsys):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    argv = ["pipeline", "--quick", "--data", str(tiny_archive), "--config", str(cfg)]
+    t0 = time.time()
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    t1 = time.time()
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--ray", ray_cluster]) == 0
+    t2 = time.time()
+    out = capsys.readouterr().out
+    assert "stages run in-process" in out and f"stages run Ray ({ray_cluster})" in out
+    print(f"wall seconds: in-process {t1 - t0:.1f}, Ray {t2 - t1:.1f}")
+    local, remote = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
+    assert len(local) == 9 and {k: v[:2] for k, v in remote.items()} == {k: v[:2] for k, v in local.items()}
+    marker = json.loads((tmp_path / "ray" / "stages" / "compress-prune-0.5.json").read_text())
+    assert marker["host"] and marker["seconds"] > 0
+
+
+@pytest.mark.slow
+def test_a_killed_driver_on_ray_resumes(ray_cluster, tmp_path, tiny_archive):
+    cfg = tmp_path / "small.toml"
+    cfg.write_text(SMALL)
+    out = tmp_path / "out"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [*_pipeline_cmd(tiny_archive, out, cfg), "--ray", ray_cluster]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(out.glob("stages/compress-*.json")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "pipeline ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)  # the driver dies (mid-stage); Ray cancels its tasks
+    proc.wait()
+    marked = sorted(p.stem for p in out.glob("stages/*.json"))
+    assert "train" in marked and not (out / "report" / "results.json").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "skip train baseline" in again.stdout
+    for stage in marked:  # every stage marked before the kill is skipped, e.g. compress-finetune-...
+        name = stage.removeprefix("compress-")
+        assert f"skip {'train baseline' if stage == 'train' else 'compress ' + name}" in again.stdout
+    assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
+    assert len(_rows(out)) == 9
