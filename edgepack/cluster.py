@@ -108,6 +108,10 @@ class InProcess:
     def share(self, obj):
         return obj
 
+    def slots(self) -> int:
+        """How many timing jobs can run at once (one per host): in-process, 1."""
+        return 1
+
     def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
         """(index in `jobs`, outcome) of each job as it finishes (here: in order, one at a time)."""
         for i, j in enumerate(jobs):
@@ -168,6 +172,10 @@ class RayExecutor(InProcess):
 
     def share(self, obj):
         return _import_ray().put(obj)
+
+    def slots(self) -> int:
+        """How many timing jobs can run at once: the cluster's TIMING_RESOURCE units (one per host)."""
+        return max(1, int(_import_ray().cluster_resources().get(TIMING_RESOURCE, 1)))
 
     def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
         """All jobs at once as Ray tasks; yields each as it finishes, so its caller can record it."""

@@ -18,6 +18,8 @@ RESOURCES = {
     "compress": {"num_cpus": 1, "memory": 3 * GIB},
     "export": {"num_cpus": 1, "memory": 2 * GIB},
     "compare": {"num_cpus": 1, "memory": 3 * GIB, "timing": True},  # measures latency: alone on its host
+    # an optimize trial: fine-tunings, exports, then latency of its files: one trial per host at a time
+    "trial": {"num_cpus": 1, "memory": 3 * GIB, "timing": True},
 }
 
 

@@ -179,3 +179,21 @@ def test_a_killed_driver_on_ray_resumes(ray_cluster, tmp_path, tiny_archive):
         assert f"skip {'train baseline' if stage == 'train' else 'compress ' + name}" in again.stdout
     assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
     assert len(_rows(out)) == 9
+
+
+@pytest.mark.slow
+def test_optimize_trials_on_ray_match_in_process(ray_cluster, tmp_path, tiny_run, tiny_archive):
+    """~60 s: `optimize --ray` runs each trial as a Ray task (one per timing slot) with the in-process
+    trial's figures, and records the host that timed its files."""
+    argv = ["optimize", "--model", str(tiny_run), "--data", str(tiny_archive), "--max-drop", "100",
+            "--objective", "size", "--quick", "--trials", "1"]
+    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "ray"), "--ray", ray_cluster]) == 0
+
+    def trial(out):
+        result = json.loads((out / "trials" / "0" / "result.json").read_text())
+        return result, [(p["format"], p["accuracy"], p["gzip_bytes"]) for p in result["points"]]
+
+    (local, local_points), (remote, remote_points) = trial(tmp_path / "local"), trial(tmp_path / "ray")
+    assert local["status"] == remote["status"] == "ok" and remote_points == local_points
+    assert remote["host"]["node"] and "isa_flags" in remote["host"]

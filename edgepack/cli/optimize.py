@@ -53,6 +53,10 @@ def register(sub) -> None:
                    help=f"split, sampler and training seed (default {d.seed})")
     p.add_argument("--val-fraction", type=finite_float, default=d.val_fraction, metavar="F",
                    help=f"share of training images held out for validation (default {d.val_fraction:g})")
+    p.add_argument("--ray", metavar="ADDRESS",
+                   help="run trials as tasks on a Ray cluster, one per host at a time (each times its "
+                        "files): auto or HOST:PORT; --out must be on a filesystem every node sees "
+                        "(default: $EDGEPACK_RAY_ADDRESS, else in-process; see docs/cluster.md)")
     p.add_argument("--formats", default=",".join(INT8_FORMATS), metavar="A,B",
                    help=f"int8 formats every trial is exported to (default {','.join(INT8_FORMATS)})")
 
@@ -68,6 +72,11 @@ def run(args) -> int:
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          class_names=source_options(args)["class_names"],
                          preprocessing=source_options(args)["preprocessing"])
-    report = optimize(opts)
+    from edgepack.cluster import executor
+    from edgepack.optimize.trial import on_cluster, run_trials
+
+    with executor(args.ray) as ex:  # in-process unless --ray / $EDGEPACK_RAY_ADDRESS
+        in_process = ex.where == "in-process"
+        report = optimize(opts, executor=run_trials if in_process else on_cluster(ex), batch=ex.slots())
     print(f"wrote {args.out}/report.md (pick: {report['chosen']['pick'] or 'none within the goal'})")
     return 0

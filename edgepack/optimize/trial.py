@@ -81,6 +81,9 @@ def run_trial(job: dict) -> dict:
     except Exception as e:  # TensorFlow raises many types; the trial fails with its cause, the search goes on
         result.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}")
     result["seconds"] = round(time.time() - t0, 2)
+    from edgepack.report.env import host
+
+    result["host"] = host()  # node, CPU model and ISA flags that timed its files
     rundir.write_json(out / RESULT, result)
     return result
 
@@ -136,6 +139,22 @@ def _reuse(job: dict, relative: str, complete) -> bool:
 
 def _exported(folder: Path) -> bool:
     return (folder / "export.json").is_file()
+
+
+def on_cluster(ex):
+    """A run_trials for an edgepack.cluster executor (`edgepack optimize --ray`): every trial one task
+    (stagejobs.RESOURCES["trial"]: it times its files, so one trial per host at a time)."""
+    from edgepack.cluster import Failed, Job
+    from edgepack.stagejobs import RESOURCES
+
+    def run(jobs: list[dict]) -> list[dict]:
+        outcomes = ex.run([Job(run_trial, (job,), name=f"trial {job['number']}", **RESOURCES["trial"])
+                           for job in jobs])
+        return [{"number": job["number"], "chain": job["chain"], "recipe": job["steps"], "steps": [],
+                 "points": [], "status": "failed", "error": o.message, "seconds": 0.0}
+                if isinstance(o, Failed) else o for job, o in zip(jobs, outcomes, strict=True)]
+
+    return run
 
 
 def run_trials(jobs: list[dict]) -> list[dict]:
