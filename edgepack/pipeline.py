@@ -27,7 +27,7 @@ from edgepack import cluster, rundir, stagejobs
 from edgepack.cluster import Done, Failed, Job
 from edgepack.errors import EdgepackError
 from edgepack.runtime.golden import golden_path
-from edgepack.settings import load_settings, recipe
+from edgepack.settings import load_settings, schedule
 from edgepack.stagejobs import RESOURCES
 
 
@@ -96,8 +96,12 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
         stages["train"] = settings["train"]["epochs"] * 1.0
     elif not rundir.is_run_folder(baseline):
         stages["adopt"] = 0.5
+    by_name = {v["name"]: v for v in settings["variants"]}
     for v in settings["variants"]:
-        epochs = recipe(v, settings["finetune"])[0]
+        # the variant's own phases: its schedule minus its source's
+        source = v.get("source", "baseline")
+        before = 0 if source == "baseline" else len(schedule(by_name[source], by_name, settings["finetune"]))
+        epochs = sum(e for e, _ in schedule(v, by_name, settings["finetune"])[before:])
         stages[f"compress-{v['name']}"] = epochs * (2.0 if "qat" in v["technique"] else 1.3)
     for name, fmt, skip in export_jobs(settings):
         if not skip:

@@ -83,6 +83,8 @@ def test_prune_then_cluster_keeps_the_zeros(chain):
         assert np.all(after[name][w0 == 0] == 0), name
         assert inv.distinct_values(after[name]) <= CLUSTERS, name
     assert set(meta.invariants["refilled_zeros"].values()) == {0}
+    # every phase from the trained model on: what the chain's matched control trains with
+    assert meta.finetune["schedule"] == [[1, 1e-3], [1, 1e-4], [1, 1e-4]]
 
 
 def test_cluster_of_an_unpruned_run_does_not_preserve_sparsity(chain):

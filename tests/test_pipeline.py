@@ -50,7 +50,14 @@ def test_settings_layering_and_errors(tmp_path):
     defaults = load_settings()
     assert [v.name for v in defaults.variants[:3]] == [
         "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001"]
-    assert len(defaults.variants) == 6 + 3  # the six default variants and their three controls
+    # the eight default variants and one control per schedule: a chain's or a polished variant's
+    # control is a chain of fine-tunings with the same phases (pqat: prune-0.5's, then its own)
+    assert len(defaults.variants) == 8 + 6
+    controls = {v.name: (v.source, v.params["epochs"], v.params["learning_rate"])
+                for v in defaults.variants if v.technique == "finetune"}
+    assert controls["finetune-e2-lr0.001-e1-lr0.0001"] == ("finetune-e2-lr0.001", 1, 1e-4)  # pqat's
+    assert controls["finetune-e2-lr0.001-e2-lr0.0001-e2-lr0.0001"] == (  # prune-0.7-cluster-16's
+        "finetune-e2-lr0.001-e2-lr0.0001", 2, 1e-4)
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),
                           ('[export]\nformats = ["tflite-fp64"]', "unknown export format"),
                           ('[[variants]]\nname = "x"\ntechnique = "shrink"', "unknown technique"),

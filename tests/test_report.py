@@ -275,6 +275,17 @@ def test_controls_matched_by_recipe_and_format():
     assert got["odd/keras"] == (None, None)  # no control with its recipe, and two to choose from
     assert got["ft-e1/keras"] == (None, None)  # controls are not compared with controls
 
+    # A chain (prune at 1e-3, then 1 epoch at 1e-4) ends with qat's last recipe but is matched by its
+    # whole schedule: the control fine-tuned through the same phases, not the 1-epoch one.
+    chain = {**e1, "schedule": [[2, 0.001], [1, 0.0001]]}
+    rows = [_ctrl_row("ft-e1/keras", "keras", "finetune", {**e1, "schedule": [[1, 0.0001]]}, 0.74),
+            _ctrl_row("ft-e2-e1/keras", "keras", "finetune", chain, 0.73),
+            _ctrl_row("pqat/keras", "keras", "pqat", chain, 0.735)]
+    results = {"rows": rows, "baseline": None, "control": None, "controls": ["ft-e1/keras", "ft-e2-e1/keras"],
+               "options": {}}
+    derive(results)
+    assert (rows[2]["control_ref"], rows[2]["delta_pts_vs_control"]) == ("ft-e2-e1/keras", pytest.approx(0.5))
+
 
 def test_fail_over_exit_codes(runs, tiny_archive, tmp_path, capsys):
     from edgepack.cli import main

@@ -207,7 +207,8 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
         "source_accuracy": source_accuracy, "source_data_sha256": src.metadata.data_sha256,
         "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
                      "batch_size": params["batch_size"], "steps": steps, "seed": seed,
-                     "seconds": round(finetune_seconds, 2), "phases": finetune},
+                     "seconds": round(finetune_seconds, 2), "phases": finetune,
+                     "schedule": schedule(src.metadata, finetune)},
         "compressed_layers": list(selection.compressed), "skipped_layers": selection.skipped,
         "invariants": invariants, **data_metadata(ds, scaling),
         "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training
@@ -215,6 +216,17 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     }
     return write_run(out, force, final, tech.model_format, x_train[:ROUND_TRIP_IMAGES], metadata, metrics,
                      hist)
+
+
+def schedule(source_meta: RunMetadata, phases: list[dict]) -> list[list]:
+    """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]:
+    the source's schedule (a compressed source) and then this run's phases. A matched control is
+    fine-tuned with the same schedule (edgepack.settings.controls, report.compare.control_for)."""
+    ft = source_meta.finetune or {}
+    before = []
+    if source_meta.kind == "compress":  # runs made before schedules were recorded: their one phase
+        before = ft.get("schedule") or ([[ft["epochs"], ft["learning_rate"]]] if "epochs" in ft else [])
+    return [*before, *([p["epochs"], p["learning_rate"]] for p in phases)]
 
 
 def chained_variant(source_meta: RunMetadata, own: str) -> str:

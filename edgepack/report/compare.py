@@ -396,7 +396,9 @@ def _p50(row: dict, key: str) -> float | None:
 
 def control_for(row: dict, controls: list[dict], given: dict | None) -> dict | None:
     """The control a compressed row is compared with: the one given (--control), else the control
-    fine-tuned with the same recipe (epochs, learning rate), else the only control there is."""
+    fine-tuned with the same recipe (epochs, learning rate and, where recorded, the whole schedule of
+    phases from the trained model: a chain's or a polished variant's control trains as long, at the
+    same rates), else the only control there is."""
     if given is not None:
         return given if given["status"] == "ok" else None
     same = [c for c in controls if c["finetune_recipe"] and c["finetune_recipe"] == row["finetune_recipe"]]

@@ -148,7 +148,10 @@ def finetune_recipe(meta: RunMetadata) -> dict | None:
     ft = meta.finetune if meta.kind == "compress" else None
     if not isinstance(ft, dict) or "epochs" not in ft or "learning_rate" not in ft:
         return None
-    return {"epochs": int(ft["epochs"]), "learning_rate": float(ft["learning_rate"])}
+    recipe = {"epochs": int(ft["epochs"]), "learning_rate": float(ft["learning_rate"])}
+    if ft.get("schedule"):  # every phase from the trained model on: what a matched control must share
+        recipe["schedule"] = [[int(e), float(lr)] for e, lr in ft["schedule"]]
+    return recipe
 
 
 def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool,
