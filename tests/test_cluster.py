@@ -192,8 +192,12 @@ def test_optimize_trials_on_ray_match_in_process(ray_cluster, tmp_path, tiny_run
 
     def trial(out):
         result = json.loads((out / "trials" / "0" / "result.json").read_text())
-        return result, [(p["format"], p["accuracy"], p["gzip_bytes"]) for p in result["points"]]
+        return result, [(p["format"], p["accuracy"]) for p in result["points"]], [
+            p["gzip_bytes"] for p in result["points"]]
 
-    (local, local_points), (remote, remote_points) = trial(tmp_path / "local"), trial(tmp_path / "ray")
+    (local, local_points, local_sizes), (remote, remote_points, remote_sizes) = (
+        trial(tmp_path / "local"), trial(tmp_path / "ray"))
     assert local["status"] == remote["status"] == "ok" and remote_points == local_points
+    # the files embed their own paths (metadata): sizes differ by those bytes only
+    assert remote_sizes == pytest.approx(local_sizes, abs=64)
     assert remote["host"]["node"] and "isa_flags" in remote["host"]
