@@ -285,6 +285,13 @@ def test_controls_matched_by_recipe_and_format():
                "options": {}}
     derive(results)
     assert (rows[2]["control_ref"], rows[2]["delta_pts_vs_control"]) == ("ft-e2-e1/keras", pytest.approx(0.5))
+    # a polished variant records its first phase's recipe: matched by the schedule all the same
+    polished = _ctrl_row("prune/keras", "keras", "prune", {"epochs": 2, "learning_rate": 0.001,
+                                                            "schedule": [[2, 0.001], [1, 0.0001]]}, 0.74)
+    results["rows"] = [*rows, polished]
+    derive(results)
+    got = (polished["control_ref"], polished["delta_pts_vs_control"])
+    assert got == ("ft-e2-e1/keras", pytest.approx(1.0))
 
 
 def test_fail_over_exit_codes(runs, tiny_archive, tmp_path, capsys):

@@ -401,10 +401,20 @@ def control_for(row: dict, controls: list[dict], given: dict | None) -> dict | N
     same rates), else the only control there is."""
     if given is not None:
         return given if given["status"] == "ok" else None
-    same = [c for c in controls if c["finetune_recipe"] and c["finetune_recipe"] == row["finetune_recipe"]]
+    key = schedule_key(row.get("finetune_recipe"))
+    same = [c for c in controls if key and schedule_key(c.get("finetune_recipe")) == key]
     if same:
         return same[0]
     return controls[0] if len(controls) == 1 else None
+
+
+def schedule_key(recipe: dict | None) -> tuple | None:
+    """Every (epochs, learning rate) phase a model was fine-tuned with: its recorded schedule, else
+    its one recipe (runs made before schedules were recorded)."""
+    if not recipe:
+        return None
+    phases = recipe.get("schedule") or [[recipe["epochs"], recipe["learning_rate"]]]
+    return tuple((int(e), float(lr)) for e, lr in phases)
 
 
 def derive(results: dict) -> None:
