@@ -15,9 +15,10 @@ Checked for every .tflite file (never edgepack's own reader; edgepack is not eve
     pixel_scaling in pixel units;
   - MediaPipe's ImageClassifier loads the file, names every category with those labels and, for
     float-input files, scores every image as edgepack's runtime did (so it applied that
-    normalization; dynamic-range files within TOLERANCE). Integer-input files take raw pixels (no
+    normalization; dynamic-range files within TOLERANCE). uint8-input files take raw pixels (no
     normalization step) and int8 kernels differ between engines and CPUs: their scores are only
-    checked to be probabilities.
+    checked to be probabilities. int8-input files (`--option io=int8`) are refused by
+    ImageClassifier (uint8/float32 input only): the refusal itself is checked, so the docs stay true.
 Exit status 1 with one line per problem.
 """
 
@@ -101,6 +102,15 @@ def check(path: Path, images: np.ndarray) -> list[str]:
     want_mean, want_std = expected_normalization(side)
     if not (np.allclose(mean, want_mean, atol=1e-4) and np.allclose(std, want_std, atol=1e-4)):
         problems.append(f"normalization mean {mean} / std {std} != {want_mean} / {want_std}")
+    if side["input_dtype"] == "int8":  # io=int8: ImageClassifier takes uint8/float32 input only (why
+        # tflite-int8 defaults to uint8 io): the metadata above must still read; the refusal is checked
+        try:
+            classify(path, images[:1], len(names))
+            problems.append("ImageClassifier accepted an int8-input file (docs say it refuses them)")
+        except ValueError as e:
+            if "uint8/float32" not in str(e):
+                problems.append(f"ImageClassifier refused it for another reason: {str(e)[:200]}")
+        return [f"{path.name}: {p}" for p in problems]
     scores, seen = classify(path, images, len(names))
     if any(row != names for row in seen):
         problems.append(f"ImageClassifier category names {seen[0]} != {names}")
