@@ -53,11 +53,12 @@ def baseline_cnn(num_classes: int = NUM_CLASSES, input_shape: tuple[int, ...] = 
     ], name="baseline_cnn")
 
 
-def compile_model(model, learning_rate: float = 1e-3) -> None:
-    """The seed's optimiser and loss: adam, sparse categorical cross-entropy (softmax outputs)."""
+def compile_model(model, learning_rate: float = 1e-3, loss=None, metric=None) -> None:
+    """The seed's optimiser and loss: adam, sparse categorical cross-entropy (softmax outputs).
+    `loss` and `metric` replace the loss and the accuracy metric (distillation: packed targets)."""
     k = keras()
     model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),
-                  loss=k.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
+                  loss=loss or k.losses.SparseCategoricalCrossentropy(), metrics=[metric or "accuracy"])
 
 
 def save_model(model, path: str | os.PathLike) -> None:

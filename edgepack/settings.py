@@ -29,6 +29,7 @@ from pydantic.fields import FieldInfo
 
 from edgepack.compress import TECHNIQUES
 from edgepack.compress.core import resolve_params
+from edgepack.compress.distill import phase, phase_name
 from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
@@ -305,13 +306,14 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
     return validate(Resolved, {**merged, "variants": variants, "quick": quick}, where)
 
 
-def schedule(variant: dict, by_name: dict[str, dict], finetune: dict) -> tuple[tuple[int, float], ...]:
-    """Every (epochs, learning rate) phase from the baseline to `variant`: its source's schedule, then
-    its own phases by compress's rule (resolve_params; a polish phase is a phase of its own)."""
+def schedule(variant: dict, by_name: dict[str, dict], finetune: dict) -> tuple[tuple, ...]:
+    """Every (epochs, learning rate[, distill weight, temperature]) phase from the baseline to
+    `variant`: its source's schedule, then its own phases by compress's rule (resolve_params; a
+    polish phase is a phase of its own)."""
     p = resolve_params(TECHNIQUES[variant["technique"]], {**finetune, **variant.get("params", {})})
-    own = ((p["epochs"], p["learning_rate"]),)
-    if p.get("polish_epochs"):
-        own += ((p["polish_epochs"], p["polish_learning_rate"]),)
+    own = (phase(p["epochs"], p["learning_rate"], p["distill"], p["temperature"]),)
+    if p.get("polish_epochs"):  # the polish phase distills as phase 1 did
+        own += (phase(p["polish_epochs"], p["polish_learning_rate"], p["distill"], p["temperature"]),)
     source = variant.get("source", "baseline")
     return (() if source == "baseline" else schedule(by_name[source], by_name, finetune)) + own
 
@@ -326,10 +328,13 @@ def controls(variants: list[dict], finetune: dict) -> list[dict]:
     made: dict[str, dict] = {}
     for sched in sorted(schedules, key=lambda s: (len(s), s)):
         source = "baseline"
-        for i, (e, lr) in enumerate(sched):
-            name = "finetune-" + "-".join(f"e{pe}-lr{plr:g}" for pe, plr in sched[:i + 1])
+        for i, ph in enumerate(sched):
+            name = "finetune-" + "-".join(phase_name(p) for p in sched[:i + 1])
+            params = {"epochs": ph[0], "learning_rate": ph[1]}
+            if len(ph) > 2:  # a distilling phase: its control distills the same way
+                params.update(distill=ph[2], temperature=ph[3])
             made.setdefault(name, {"name": name, "technique": "finetune", "source": source,
-                                   "params": {"epochs": e, "learning_rate": lr}})
+                                   "params": params})
             source = name
     return sorted(made.values(), key=lambda c: (c["name"].count("-lr"), c["name"]))
 

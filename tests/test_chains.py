@@ -199,3 +199,37 @@ def test_bad_polish_parameters_are_refused(params, message):
     assert TECHNIQUES["prune"].variant(resolve_params(TECHNIQUES["prune"], {"polish_epochs": 2})) == \
         "prune-0.5-polish2"
     assert TECHNIQUES["prune"].variant(resolve_params(TECHNIQUES["prune"], {})) == "prune-0.5"  # as before
+
+
+def test_distillation_learns_from_the_chains_trained_model(chain, tiny_run):
+    """--distill on the second step of a chain: the teacher is the trained run at the chain's root,
+    recorded with the weight and temperature in every phase of the schedule its control must share."""
+    _prune(chain)
+    run = load_run(chain("pc-kd", "cluster", source="prune", clusters=CLUSTERS, distill=0.5, temperature=2))
+    ft = run.metadata.finetune
+    assert Path(ft["teacher"]) == Path(tiny_run).resolve()
+    assert ft["schedule"] == [[1, 1e-3], [1, 1e-4], [1, 1e-4, 0.5, 2.0]]
+    assert run.metadata.variant == "prune-0.5-polish1-e1-b16+cluster-4-kd0.5-T2-e1-b16"
+
+
+def test_distillation_loss_is_cross_entropy_at_weight_zero_and_kl_at_one():
+    import tensorflow as tf
+
+    from edgepack.compress import distill
+
+    rng = np.random.default_rng(0)
+    teacher = rng.dirichlet(np.ones(10), size=8).astype(np.float32)
+    student = rng.dirichlet(np.ones(10), size=8).astype(np.float32)
+    labels = rng.integers(0, 10, size=8)
+    soft = np.exp(np.log(teacher) / 2.0)
+    soft /= soft.sum(axis=1, keepdims=True)
+    packed = distill.packed_targets(labels, soft)
+    ce = tf.keras.losses.sparse_categorical_crossentropy(labels, student).numpy()
+    loss0, acc = distill.loss_and_metric(0.0, 2.0)
+    np.testing.assert_allclose(loss0(packed, student).numpy(), ce, rtol=1e-5)
+    s_t = np.exp(np.log(student) / 2.0)
+    s_t /= s_t.sum(axis=1, keepdims=True)
+    kl = (soft * (np.log(soft) - np.log(s_t))).sum(axis=1)
+    loss1, _ = distill.loss_and_metric(1.0, 2.0)
+    np.testing.assert_allclose(loss1(packed, student).numpy(), 4.0 * kl, rtol=1e-4)
+    assert acc(packed, student).numpy().tolist() == (student.argmax(1) == labels).astype(float).tolist()

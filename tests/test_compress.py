@@ -53,7 +53,7 @@ def test_every_technique_takes_the_fine_tuning_options():
     from edgepack.cli import compress as cli_compress
 
     for name, tech in TECHNIQUES.items():
-        assert {"epochs", "learning_rate", "batch_size"} <= set(tech.defaults)
+        assert {"epochs", "learning_rate", "batch_size", "distill", "temperature"} <= set(tech.defaults)
         assert name in cli_compress.__doc__
         assert tech.variant(dict(tech.defaults)).startswith(name)
 
@@ -66,6 +66,8 @@ def test_every_technique_takes_the_fine_tuning_options():
     ("prune", {"learning_rate": 0}, "--learning-rate must be > 0"),
     ("prune", {"epochs": 0}, "--epochs must be a whole number >= 1"),
     ("finetune", {"keep_dense": ["conv1"]}, "technique finetune does not take --keep-dense"),
+    ("finetune", {"distill": 1.5}, "--distill must be between 0"),
+    ("prune", {"distill": 0.5, "temperature": 0}, "--temperature must be > 0"),
 ])
 def test_bad_parameters_are_refused(technique, params, message):
     from edgepack.compress import resolve_params
@@ -80,8 +82,10 @@ def test_parameters_are_normalised():
 
     p = resolve_params(TECHNIQUES["cluster"], {"clusters": 16.0, "keep_dense": "conv1", "epochs": None})
     assert p == {"clusters": 16, "keep_dense": ["conv1"], "epochs": 2, "learning_rate": 1e-4,
-                 "batch_size": 32}
+                 "batch_size": 32, "distill": 0.0, "temperature": 4.0}
     assert TECHNIQUES["cluster"].variant(p) == "cluster-16-keep-conv1"
+    assert TECHNIQUES["cluster"].variant({**p, "distill": 0.5, "temperature": 2}) == \
+        "cluster-16-keep-conv1-kd0.5-T2"
 
 
 # --- every technique on the tiny run folder

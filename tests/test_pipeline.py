@@ -58,6 +58,14 @@ def test_settings_layering_and_errors(tmp_path):
     assert controls["finetune-e2-lr0.001-e1-lr0.0001"] == ("finetune-e2-lr0.001", 1, 1e-4)  # pqat's
     assert controls["finetune-e2-lr0.001-e2-lr0.0001-e2-lr0.0001"] == (  # prune-0.7-cluster-16's
         "finetune-e2-lr0.001-e2-lr0.0001", 2, 1e-4)
+    kd = tmp_path / "kd.toml"  # a distilling variant's control distills the same way, in every phase
+    kd.write_text('[[variants]]\nname = "p"\ntechnique = "prune"\n'
+                  'params = {polish_epochs = 1, distill = 0.5}\n')
+    ctrl = [v for v in load_settings(kd).variants if v.technique == "finetune"]
+    assert [(c.name, c.params) for c in ctrl] == [
+        ("finetune-e2-lr0.001-kd0.5", {"epochs": 2, "learning_rate": 1e-3, "distill": 0.5, "temperature": 4.0}),
+        ("finetune-e2-lr0.001-kd0.5-e1-lr0.0001-kd0.5",
+         {"epochs": 1, "learning_rate": 1e-4, "distill": 0.5, "temperature": 4.0})]
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),
                           ('[export]\nformats = ["tflite-fp64"]', "unknown export format"),
                           ('[[variants]]\nname = "x"\ntechnique = "shrink"', "unknown technique"),

@@ -25,6 +25,10 @@ Techniques (defaults in brackets; fine-tuning uses training images only):
               1e-4; zeros and shared values checked as for pqat and cqat
   finetune    control: the source trained further (2 epochs at 1e-4), not compressed
 
+Every technique takes --distill WEIGHT (and --temperature [4]): fine-tune on (1 - WEIGHT) x the labels'
+cross-entropy + WEIGHT x the softened outputs of the chain's trained model (knowledge distillation;
+the teacher is the run the chain started from). A matched control distills the same way.
+
 From a compressed run the default variant name is the chain: <source variant>+<own>, e.g.
 prune-0.6-polish2+cluster-16+pcqat.
 
@@ -73,6 +77,11 @@ def register(sub) -> None:
                    help="prune, prune-2of4: adam learning rate of the polish phase (default 1e-4)")
     p.add_argument("--keep-dense", nargs="+", metavar="LAYER",
                    help="prune, prune-2of4, cluster: leave these layers uncompressed")
+    p.add_argument("--distill", type=finite_float, metavar="WEIGHT",
+                   help="every technique: weight in [0, 1] of distillation from the chain's trained model "
+                        "(soft targets; 0 = off, the default)")
+    p.add_argument("--temperature", type=positive_float, metavar="T",
+                   help="with --distill: softmax temperature of the soft targets (default 4)")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default: the technique's)")
     p.add_argument("--learning-rate", type=positive_float,
                    help="adam learning rate (default: the technique's)")
@@ -87,7 +96,8 @@ def run(args) -> int:
     # Only the options given are passed: the library refuses those the technique does not take.
     params = {"sparsity": args.sparsity, "clusters": args.clusters, "keep_dense": args.keep_dense,
               "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
-              "polish_epochs": args.polish_epochs, "polish_learning_rate": args.polish_learning_rate}
+              "polish_epochs": args.polish_epochs, "polish_learning_rate": args.polish_learning_rate,
+              "distill": args.distill, "temperature": args.temperature}
     out = compress(args.model, args.technique, args.out, params=params, data_path=args.data, force=args.force,
                    limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
                    **source_options(args))

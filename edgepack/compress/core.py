@@ -18,8 +18,8 @@ from pathlib import Path
 
 from edgepack import data as data_mod
 from edgepack import rundir
+from edgepack.compress import distill, targets
 from edgepack.compress import invariants as inv
-from edgepack.compress import targets
 from edgepack.compress.techniques import (
     CLUSTERED_TECHNIQUES,
     PRUNED_TECHNIQUES,
@@ -62,7 +62,8 @@ def resolve_params(tech: Technique, params: dict | None) -> dict:
                             f"{', '.join(map(flag, tech.defaults))}")
     p = {**tech.defaults, **params}
     for key, kind in (("sparsity", float), ("learning_rate", float), ("clusters", int), ("epochs", int),
-                      ("batch_size", int), ("polish_epochs", int), ("polish_learning_rate", float)):
+                      ("batch_size", int), ("polish_epochs", int), ("polish_learning_rate", float),
+                      ("distill", float), ("temperature", float)):
         if key in p:
             p[key] = _number(key, p[key], kind)
     if "sparsity" in p and not 0.0 < p["sparsity"] < 1.0:
@@ -75,6 +76,7 @@ def resolve_params(tech: Technique, params: dict | None) -> dict:
     for key in ("learning_rate", "polish_learning_rate"):
         if key in p and not p[key] > 0:
             raise EdgepackError(f"{flag(key)} must be > 0, got {p[key]}")
+    distill.check_params(p)
     if p.get("polish_epochs", 0) < 0:
         raise EdgepackError(f"--polish-epochs must be a whole number >= 0, got {p['polish_epochs']}")
     if "keep_dense" in p:
@@ -174,17 +176,29 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
                 compressed=selection.compressed)
     wrapped, callbacks = tech.wrap(model, params, plan)
     x_train = scale_pixels(ds.x_train, scaling)
+    y_fit, loss, metric, teacher = ds.y_train, None, None, None
+    if params["distill"]:
+        teacher = distill.teacher_run(src)
+        print(f"{tech.name}: distilling from {teacher.path} (weight {params['distill']:g}, temperature "
+              f"{params['temperature']:g})", flush=True)
+        soft = distill.soft_targets(checked_model(load_run_model(teacher), teacher.model_path), x_train,
+                                    params["temperature"])
+        y_fit = distill.packed_targets(ds.y_train, soft)
+        loss, metric = distill.loss_and_metric(params["distill"], params["temperature"])
     phases = [("compress", params["epochs"], params["learning_rate"])]
     if params.get("polish_epochs"):
         phases.append(("polish", params["polish_epochs"], params["polish_learning_rate"]))
     hist, finetune, phase_kernels = None, [], []
     for phase, epochs, rate in phases:
-        compile_model(wrapped, rate)  # wrapped models must be (re)compiled; a new phase: a new adam
+        # wrapped models must be (re)compiled; a new phase: a new adam
+        compile_model(wrapped, rate, loss, metric)
         t0 = time.time()
-        h = fit_checked(wrapped, x_train, ds.y_train, epochs=epochs, batch_size=params["batch_size"],
+        h = fit_checked(wrapped, x_train, y_fit, epochs=epochs, batch_size=params["batch_size"],
                         callbacks=callbacks)
         finetune.append({"phase": phase, "epochs": epochs, "learning_rate": rate,
-                         "seconds": round(time.time() - t0, 2)})
+                         "seconds": round(time.time() - t0, 2),
+                         **({"distill": params["distill"], "temperature": params["temperature"]}
+                            if params["distill"] else {})})
         hist = _joined(hist, h)
         if len(phases) > 1:  # the polish phase must hold phase 1's masks: compared below
             phase_kernels.append(inv.kernels(wrapped))  # numpy copies, read inside the wrappers
@@ -208,6 +222,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
         "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
                      "batch_size": params["batch_size"], "steps": steps, "seed": seed,
                      "seconds": round(finetune_seconds, 2), "phases": finetune,
+                     "teacher": str(teacher.path.resolve()) if teacher else None,
                      "schedule": schedule(src.metadata, finetune)},
         "compressed_layers": list(selection.compressed), "skipped_layers": selection.skipped,
         "invariants": invariants, **data_metadata(ds, scaling),
@@ -219,14 +234,17 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
 
 
 def schedule(source_meta: RunMetadata, phases: list[dict]) -> list[list]:
-    """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]:
+    """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]
+    (a distilling phase adds its weight and temperature: edgepack.compress.distill.phase):
     the source's schedule (a compressed source) and then this run's phases. A matched control is
     fine-tuned with the same schedule (edgepack.settings.controls, report.compare.control_for)."""
     ft = source_meta.finetune or {}
     before = []
     if source_meta.kind == "compress":  # runs made before schedules were recorded: their one phase
         before = ft.get("schedule") or ([[ft["epochs"], ft["learning_rate"]]] if "epochs" in ft else [])
-    return [*before, *([p["epochs"], p["learning_rate"]] for p in phases)]
+    own = (distill.phase(p["epochs"], p["learning_rate"], p.get("distill", 0.0),
+                         p.get("temperature", distill.DEFAULTS["temperature"])) for p in phases)
+    return [*before, *(list(p) for p in own)]
 
 
 def chained_variant(source_meta: RunMetadata, own: str) -> str:

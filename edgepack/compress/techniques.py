@@ -25,6 +25,7 @@ from typing import Any
 
 from edgepack import weights
 from edgepack.compress import invariants as inv
+from edgepack.compress.distill import DEFAULTS as DISTILL_DEFAULTS
 from edgepack.errors import EdgepackError
 
 
@@ -260,7 +261,7 @@ def _check_finetune(model, params, plan):
 # --- the table
 
 def _finetune_defaults(epochs: int, learning_rate: float) -> dict:
-    return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": 32}
+    return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": 32, **DISTILL_DEFAULTS}
 
 
 # Two-phase pruning: after `epochs` at `learning_rate` (the schedule reaches the target at the end of
@@ -280,6 +281,10 @@ def _variant(base: Callable[[dict], str], name: str) -> Callable[[dict], str]:
                 parts.append(f"plr{params['polish_learning_rate']:g}")
         if params.get("keep_dense"):
             parts.append("keep-" + "+".join(params["keep_dense"]))
+        if params.get("distill"):
+            parts.append(f"kd{params['distill']:g}")
+            if params["temperature"] != tech.defaults["temperature"]:
+                parts.append(f"T{params['temperature']:g}")
         for key, tag in (("epochs", "e"), ("learning_rate", "lr"), ("batch_size", "b")):
             if params[key] != tech.defaults[key]:
                 parts.append(f"{tag}{params[key]:g}")

@@ -6,6 +6,7 @@ matched fine-tune controls (the same source, phases of epochs and learning rates
 from __future__ import annotations
 
 from edgepack import rundir
+from edgepack.compress.distill import phase_name
 from edgepack.optimize import space
 from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file, search_data
 from edgepack.report.pick import Candidate, pick
@@ -79,19 +80,23 @@ def test_figures(point: dict, out, source: dict, spec: dict, seed: int) -> dict:
             "vs_control": compare_predictions(pred, ctrl_pred, full.y_test)}
 
 
-def control(phases: list[tuple[int, float]], fmt: str, out, source: dict, ds, seed: int):
+def control(phases: list[tuple], fmt: str, out, source: dict, ds, seed: int):
     """The matched fine-tune control: `finetune` runs in sequence, one per phase (epochs, learning
-    rate), from the source on the search's training images, exported to `fmt`. Reused when complete."""
+    rate, distillation), from the source on the search's training images, exported to `fmt`. Reused
+    when complete."""
     from edgepack.compress import compress
     from edgepack.export import export
 
-    key = "-".join(f"e{e}lr{lr:g}" for e, lr in phases)
+    key = "-".join(phase_name(p).replace("-lr", "lr") for p in phases)  # e2lr0.001-e2lr0.0001(-kd0.5)
     folder = out / "controls" / key
     prev = source["run"]
-    for i, (epochs, lr) in enumerate(phases):
+    for i, ph in enumerate(phases):
         step = folder / f"{i}-finetune"
+        params = {"epochs": ph[0], "learning_rate": ph[1]}
+        if len(ph) > 2:
+            params.update(distill=ph[2], temperature=ph[3])
         if not rundir.is_run_folder(step):
-            compress(prev, "finetune", step, params={"epochs": epochs, "learning_rate": lr}, ds=ds, seed=seed)
+            compress(prev, "finetune", step, params=params, ds=ds, seed=seed)
         prev = step
     exported = folder / f"export-{fmt}"
     if not (exported / "export.json").is_file():

@@ -119,7 +119,8 @@ def markdown(r: dict) -> str:
 
 
 def _phases(phases) -> str:
-    return ", ".join(f"{e} epoch(s) at {lr:g}" for e, lr in phases)
+    return ", ".join(f"{p[0]} epoch(s) at {p[1]:g}"
+                     + (f" distilled ({p[2]:g}, T {p[3]:g})" if len(p) > 2 else "") for p in phases)
 
 
 _HEAD = ("| file | recipe | val acc | change pts | KiB gzip | vs source | p50 ms (round spread) |\n"

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from edgepack.compress.distill import phase
+
 # Technique chains (TF-MOT's collaborative optimizations; every chain ends in an int8 export).
 CHAINS: dict[str, tuple[str, ...]] = {
     "prune": ("prune",),  # two-phase when compress takes polish_epochs: prune at lr, polish at 1e-4
@@ -104,13 +106,14 @@ def suggest(trial, techniques, quick: bool = False) -> tuple[str, list[Step]]:
     return chain, steps
 
 
-def schedule(steps: list[Step], techniques) -> list[tuple[int, float]]:
-    """(epochs, learning rate) of every training phase of the chain, in order: what its matched
-    fine-tune control trains for (a polish phase is a phase of its own)."""
+def schedule(steps: list[Step], techniques) -> list[tuple]:
+    """(epochs, learning rate[, distill weight, temperature]) of every training phase of the chain, in
+    order: what its matched fine-tune control trains for (a polish phase is a phase of its own)."""
     phases = []
     for s in steps:
         p = {**techniques[s.technique].defaults, **s.params}
-        phases.append((int(p["epochs"]), float(p["learning_rate"])))
+        phases.append(phase(p["epochs"], p["learning_rate"], p["distill"], p["temperature"]))
         if p.get("polish_epochs"):
-            phases.append((int(p["polish_epochs"]), float(p["polish_learning_rate"])))
+            phases.append(phase(p["polish_epochs"], p["polish_learning_rate"], p["distill"],
+                                p["temperature"]))
     return phases

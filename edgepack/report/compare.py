@@ -115,6 +115,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from edgepack.compress.distill import phase_of
 from edgepack.errors import EdgepackError
 from edgepack.report import hosts
 from edgepack.report.explain import Kept, explain
@@ -414,7 +415,7 @@ def schedule_key(recipe: dict | None) -> tuple | None:
     if not recipe:
         return None
     phases = recipe.get("schedule") or [[recipe["epochs"], recipe["learning_rate"]]]
-    return tuple((int(e), float(lr)) for e, lr in phases)
+    return tuple(phase_of(p) for p in phases)
 
 
 def derive(results: dict) -> None:

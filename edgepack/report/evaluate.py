@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import rundir
+from edgepack.compress.distill import phase_of
 from edgepack.report.inputs import Entry
 from edgepack.report.notes import FP32_TWIN
 from edgepack.report.stats import LATENCY_ROUNDS
@@ -150,7 +151,7 @@ def finetune_recipe(meta: RunMetadata) -> dict | None:
         return None
     recipe = {"epochs": int(ft["epochs"]), "learning_rate": float(ft["learning_rate"])}
     if ft.get("schedule"):  # every phase from the trained model on: what a matched control must share
-        recipe["schedule"] = [[int(e), float(lr)] for e, lr in ft["schedule"]]
+        recipe["schedule"] = [list(phase_of(p)) for p in ft["schedule"]]
     return recipe
 
 

@@ -1,0 +1,105 @@
+"""Knowledge distillation from the chain's trained model (Hinton et al. 2015), for any technique.
+
+With `--distill A` (0 < A <= 1) a compress run fine-tunes on
+    (1 - A) * cross-entropy(labels) + A * T^2 * KL(teacher_T || student_T)
+where x_T is the softmax of log-probabilities divided by the temperature T (`--temperature`, default
+4): edgepack's models end in softmax, and log-probabilities are logits up to a constant. The teacher
+is the model the chain started from (the trained run at the root of the `source_run` links, so
+prune -> cluster -> pcqat all learn from the same model), read through rundir.load_run (sha256
+checked). Its softened probabilities on the training images are computed once, before fine-tuning,
+and packed next to the labels: Keras's fit() then needs nothing else (TF-MOT's callbacks work as usual).
+
+A matched control distills too (a `finetune` run with the same --distill and --temperature): the
+schedule records both (edgepack.compress.core.schedule), so a gain is not credited to compression
+when the soft targets made it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgepack import rundir
+from edgepack.errors import EdgepackError
+
+DEFAULTS = {"distill": 0.0, "temperature": 4.0}
+MAX_CHAIN = 32  # links followed to find the teacher; more is a loop
+
+
+def teacher_run(src: rundir.Run) -> rundir.Run:
+    """The trained (or adopted) run the chain of compress runs ending in `src` started from."""
+    run = src
+    for _ in range(MAX_CHAIN):
+        if run.metadata.kind != "compress":
+            return run
+        parent = run.metadata.source_run
+        if not parent or not Path(parent).is_dir():
+            raise EdgepackError(f"--distill needs the chain's trained model, but {run.path} names source "
+                                f"{parent!r}, which is not a folder here: keep the source run folders or "
+                                "drop --distill")
+        run = rundir.load_run(parent)
+    raise EdgepackError(f"{src.path}: more than {MAX_CHAIN} source links (a loop?): re-create the chain")
+
+
+def soft_targets(teacher, x: np.ndarray, temperature: float) -> np.ndarray:
+    """The teacher's probabilities on `x` softened by `temperature` (float32, rows sum to 1)."""
+    from edgepack.model import predict_proba
+
+    logp = np.log(np.clip(predict_proba(teacher, x), 1e-7, 1.0)).astype(np.float64) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def packed_targets(labels: np.ndarray, soft: np.ndarray) -> np.ndarray:
+    """[label, soft targets...] per image: what the distillation loss and metric unpack."""
+    return np.concatenate([labels.astype(np.float32)[:, None], soft], axis=1)
+
+
+def loss_and_metric(weight: float, temperature: float):
+    """(loss, accuracy metric) over packed targets; the metric is named "accuracy" so history.json
+    keeps the key every run has."""
+    import tensorflow as tf
+
+    def distill_loss(y_true, y_pred):
+        labels = tf.cast(y_true[:, 0], tf.int32)
+        soft = y_true[:, 1:]
+        ce = tf.keras.losses.sparse_categorical_crossentropy(labels, y_pred)
+        student = tf.nn.log_softmax(tf.math.log(tf.clip_by_value(y_pred, 1e-7, 1.0)) / temperature)
+        kl = tf.reduce_sum(soft * (tf.math.log(tf.clip_by_value(soft, 1e-7, 1.0)) - student), axis=1)
+        return (1.0 - weight) * ce + weight * temperature ** 2 * kl
+
+    def accuracy(y_true, y_pred):
+        labels = tf.cast(y_true[:, 0], tf.int64)
+        return tf.cast(tf.equal(labels, tf.argmax(y_pred, axis=1)), tf.float32)
+
+    return distill_loss, accuracy
+
+
+def check_params(params: dict) -> None:
+    if not 0.0 <= params["distill"] <= 1.0:
+        raise EdgepackError("--distill must be between 0 (off) and 1 (soft targets only), got "
+                            f"{params['distill']}")
+    if not params["temperature"] > 0:
+        raise EdgepackError(f"--temperature must be > 0, got {params['temperature']}")
+
+
+def phase(epochs, learning_rate, weight=0.0, temperature=DEFAULTS["temperature"]) -> tuple:
+    """One fine-tuning phase as schedules record it: (epochs, learning rate), plus (distill weight,
+    temperature) when it distilled. A matched control must share every phase's tuple."""
+    base = (int(epochs), float(learning_rate))
+    return base + (float(weight), float(temperature)) if weight else base
+
+
+def phase_of(recorded) -> tuple:
+    """A recorded phase ([epochs, lr] or [epochs, lr, weight, temperature]) as `phase` makes it."""
+    return phase(*recorded)
+
+
+def phase_name(p: tuple) -> str:
+    """`e2-lr0.001`, `e2-lr0.0001-kd0.5` (and `-T2` for a temperature other than the default)."""
+    name = f"e{p[0]}-lr{p[1]:g}"
+    if len(p) > 2:
+        name += f"-kd{p[2]:g}" + (f"-T{p[3]:g}" if p[3] != DEFAULTS["temperature"] else "")
+    return name
