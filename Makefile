@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 DATA ?= $(if $(EDGEPACK_DATA),$(EDGEPACK_DATA),../shared/data/cifar-10-python.tar.gz)
 OUT ?= runs/pipeline
-PYTEST_ARGS ?=
+# Two workers, one test module each at a time (module fixtures such as the Ray instance are built once).
+PYTEST_ARGS ?= -n 2 --dist loadfile
 # The runtime as apps install it (`pip install .`, no extras: no TensorFlow) and the small exported
 # files the test run leaves for it to check.
 RUNTIME_VENV := .venv-runtime

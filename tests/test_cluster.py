@@ -137,31 +137,20 @@ def _rows(out: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.slow
-def test_pipeline_on_ray_gives_the_in_process_rows(ray_cluster, tmp_path, tiny_archive, capsys):
+def test_pipeline_on_ray_killed_and_resumed_gives_the_in_process_rows(ray_cluster, tmp_path, tiny_archive,
+                                                                         capsys):
+    """The same pipeline in-process, then with its stages as Ray tasks and the driver SIGKILLed
+    mid-run: the second driver skips every stage marked before the kill and ends with the in-process
+    run's rows (one test, so the suite runs the Ray pipeline once)."""
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL)
-    argv = ["pipeline", "--quick", "--data", str(tiny_archive), "--config", str(cfg)]
     t0 = time.time()
-    assert main([*argv, "--out", str(tmp_path / "local")]) == 0
-    t1 = time.time()
-    assert main([*argv, "--out", str(tmp_path / "ray"), "--ray", ray_cluster]) == 0
-    t2 = time.time()
-    out = capsys.readouterr().out
-    assert "stages run in-process" in out and f"stages run Ray ({ray_cluster})" in out
-    print(f"wall seconds: in-process {t1 - t0:.1f}, Ray {t2 - t1:.1f}")
-    local, remote = _rows(tmp_path / "local"), _rows(tmp_path / "ray")
-    assert len(local) == 9 and {k: v[:2] for k, v in remote.items()} == {k: v[:2] for k, v in local.items()}
-    marker = json.loads((tmp_path / "ray" / "stages" / "compress-prune-0.5.json").read_text())
-    assert marker["host"] and marker["seconds"] > 0
-
-
-@pytest.mark.slow
-def test_a_killed_driver_on_ray_resumes(ray_cluster, tmp_path, tiny_archive):
-    cfg = tmp_path / "small.toml"
-    cfg.write_text(SMALL)
-    out = tmp_path / "out"
+    assert main(_pipeline_cmd(tiny_archive, tmp_path / "local", cfg)[3:]) == 0
+    assert "stages run in-process" in capsys.readouterr().out
+    out = tmp_path / "ray"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [*_pipeline_cmd(tiny_archive, out, cfg), "--ray", ray_cluster]
+    t1 = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not list(out.glob("stages/compress-*.json")):
@@ -173,12 +162,16 @@ def test_a_killed_driver_on_ray_resumes(ray_cluster, tmp_path, tiny_archive):
     assert "train" in marked and not (out / "report" / "results.json").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert "skip train baseline" in again.stdout
+    print(f"wall seconds: in-process {t1 - t0:.1f}, Ray (killed, resumed) {time.time() - t1:.1f}")
+    assert f"stages run Ray ({ray_cluster})" in again.stdout and "skip train baseline" in again.stdout
     for stage in marked:  # every stage marked before the kill is skipped, e.g. compress-finetune-...
         name = stage.removeprefix("compress-")
         assert f"skip {'train baseline' if stage == 'train' else 'compress ' + name}" in again.stdout
     assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
-    assert len(_rows(out)) == 9
+    local, remote = _rows(tmp_path / "local"), _rows(out)
+    assert len(local) == 9 and {k: v[:2] for k, v in remote.items()} == {k: v[:2] for k, v in local.items()}
+    marker = json.loads((out / "stages" / "compress-prune-0.5.json").read_text())
+    assert marker["host"] and marker["seconds"] > 0
 
 
 @pytest.mark.slow

@@ -63,7 +63,8 @@ def test_settings_layering_and_errors(tmp_path):
                   'params = {polish_epochs = 1, distill = 0.5}\n')
     ctrl = [v for v in load_settings(kd).variants if v.technique == "finetune"]
     assert [(c.name, c.params) for c in ctrl] == [
-        ("finetune-e2-lr0.001-kd0.5", {"epochs": 2, "learning_rate": 1e-3, "distill": 0.5, "temperature": 4.0}),
+        ("finetune-e2-lr0.001-kd0.5",
+         {"epochs": 2, "learning_rate": 1e-3, "distill": 0.5, "temperature": 4.0}),
         ("finetune-e2-lr0.001-kd0.5-e1-lr0.0001-kd0.5",
          {"epochs": 1, "learning_rate": 1e-4, "distill": 0.5, "temperature": 4.0})]
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),

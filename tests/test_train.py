@@ -94,6 +94,17 @@ def test_validation_split_is_held_out_and_recorded(tmp_path, tiny_archive):
     assert meta.num_train_images == 80
     history = json.loads((out / "history.json").read_text())
     assert len(history["val_accuracy"]) == 1
+    # compress from it holds out the same images (never fitted on; the test images stay) and records
+    # the split, so a chain and a search's reproduce commands train on exactly the search's images
+    from edgepack.compress import compress
+    from edgepack.errors import EdgepackError
+
+    step = compress(out, "finetune", tmp_path / "ft", params={"epochs": 1, "batch_size": 16})
+    ft = rundir.load_run(step).metadata
+    assert ft.validation == record and ft.num_train_images == 80 and ft.num_test_images == 20
+    with pytest.raises(EdgepackError, match="holding out 20 training images that this data does not"):
+        compress(step, "finetune", tmp_path / "ft2", limit_train=50)
+    assert not (tmp_path / "ft2").exists()
 
 
 def test_load_run_detects_a_changed_model(tmp_path, tiny_run):

@@ -224,6 +224,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
                      "seconds": round(finetune_seconds, 2), "phases": finetune,
                      "teacher": str(teacher.path.resolve()) if teacher else None,
                      "schedule": schedule(src.metadata, finetune)},
+        "validation": src.metadata.validation,  # held out by the chain's training run: never fitted on
         "compressed_layers": list(selection.compressed), "skipped_layers": selection.skipped,
         "invariants": invariants, **data_metadata(ds, scaling),
         "train_seconds": round(finetune_seconds, 2),  # same key as train's: seconds of (fine-)training

@@ -105,7 +105,9 @@ def control(phases: list[tuple], fmt: str, out, source: dict, ds, seed: int):
 
 
 def reproduce(point: dict, source_model: str, data: str, seed: int) -> str:
-    """The commands that rebuild the file (on ALL training images: compress has no hold-out option)."""
+    """The commands that rebuild the file. compress and export hold out what the source held out
+    (edgepack.sources.held_out_like): from a source trained with `train --validation-split` and the
+    search's seed and fraction they fine-tune on the trial's images; else on all training images."""
     from edgepack.compress.core import flag
 
     lines, prev = [], source_model

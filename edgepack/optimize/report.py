@@ -110,7 +110,10 @@ def markdown(r: dict) -> str:
                   f"change {v['delta_pts']:+.2f} points "
                   f"(95% CI {v['ci_pts'][0]:+.2f} to {v['ci_pts'][1]:+.2f}, McNemar p {v['p_value']:.3g}"
                   f"{', within noise' if v['within_noise'] else ''}).",
-                  "- Reproduce (trains on all training images; the search held out the validation split):",
+                  ("- Reproduce (the source held out the search's validation split, so compress and export"
+                   " hold it out too: the commands fine-tune on the trial's training images):"
+                   if src.get("held_out_search_split") else
+                   "- Reproduce (trains on all training images; the search held out the validation split):"),
                   "",
                   "```", pk["command"], "```", ""]
     if not r["chosen"].get("ratio_10"):

@@ -161,7 +161,10 @@ def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
     held = src.metadata.validation or {}
     saw = src.metadata.data_sha256 == ds.sha256 and held.get("indices_sha256") != split["indices_sha256"]
     source = {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
-              "bytes": raw, "gzip_bytes": gz, "saw_validation_images": bool(saw)}
+              "bytes": raw, "gzip_bytes": gz, "saw_validation_images": bool(saw),
+              # compress and export hold out what the source held out (edgepack.sources.held_out_like):
+              # then the reproduce commands fine-tune on exactly the trials' training images
+              "held_out_search_split": held.get("indices_sha256") == split["indices_sha256"]}
     return source, spec, split
 
 
