@@ -392,13 +392,21 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int = 0) -> np
     return np.sort(np.concatenate(chosen))
 
 
+HOLDOUT_RULE = "stratified-holdout-of-train"  # the split rule of a search data set (validation_split)
+
+
+def evaluated_on(ds: Dataset) -> str:
+    """What `ds`'s "test" part is: "validation" for a search data set (validation_split), else "test"."""
+    return "validation" if ds.split.get("rule") == HOLDOUT_RULE else "test"
+
+
 def validation_split(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Dataset, dict]:
     """A search data set from `ds`'s TRAINING images: its train part is the rest, its "test" part is
     a seeded, stratified `fraction` held out (never `ds`'s test images), and the record of the split
     (seed, fraction, counts, sha256 of the held-out indices) for the output."""
     held = stratified_holdout(ds.y_train, fraction, seed)
     rest = np.setdiff1d(np.arange(len(ds.y_train)), held)
-    record = {"rule": "stratified-holdout-of-train", "seed": seed, "fraction": fraction,
+    record = {"rule": HOLDOUT_RULE, "seed": seed, "fraction": fraction,
               "train_images": int(len(rest)), "validation_images": int(len(held)),
               "test_images_untouched": int(len(ds.y_test)),
               "indices_sha256": hashlib.sha256(held.astype(np.int64).tobytes()).hexdigest()}

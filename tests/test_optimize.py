@@ -98,6 +98,8 @@ def test_hopeless_trial_is_pruned_and_complete_work_is_reused(tmp_path, capsys, 
            "source": str(tiny_run), "data": spec, "formats": ["tflite-int8"], "out": str(tmp_path / "t0"),
            "seed": 0, "timing": QUICK_TIMING, "reference_accuracy": 1.0, "max_drop": 0.0}
     [result] = run_trials([job])
+    said = capsys.readouterr().out  # a step inside a search names its figures for what they are
+    assert "90 training / 10 validation images" in said and "validation accuracy" in said
     assert result["status"] == "pruned" and result["pruned_at"] == 0 and len(result["steps"]) == 1
     assert "max_drop + 3" in result["pruned_rule"] and not (tmp_path / "t0" / "export").exists()
     stamp = (tmp_path / "t0" / "result.json").stat().st_mtime_ns

@@ -165,7 +165,8 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     source_kernels = inv.kernels(model)
     if tech.needs_pruned_source and not any((w == 0).any() for w in source_kernels.values()):
         raise EdgepackError(f"{src.path} is recorded as pruned but its kernels hold no zeros: re-create it")
-    print(f"{tech.name}: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}",
+    part = data_mod.evaluated_on(ds)  # inside a search the "test" part is the validation split
+    print(f"{tech.name}: {len(ds.y_train)} training / {len(ds.y_test)} {part} images from {ds.source}",
           flush=True)
     _print_selection(tech.name, selection)
 
@@ -210,7 +211,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     metrics, _ = evaluate(final, ds, scaling)
     variant = variant or chained_variant(src.metadata, tech.variant(params))
     source_accuracy = src.metrics.get("accuracy")
-    print(f"{variant}: test accuracy {metrics['accuracy']:.4f} (source: "
+    print(f"{variant}: {part} accuracy {metrics['accuracy']:.4f} (source: "
           f"{'not measured' if source_accuracy is None else f'{source_accuracy:.4f}'}) after "
           f"{finetune_seconds:.0f} s of fine-tuning", flush=True)
     metadata = {
