@@ -28,6 +28,7 @@ from edgepack.cluster import Done, Failed, Job
 from edgepack.errors import EdgepackError
 from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, schedule
+from edgepack.sources import held_out_like
 from edgepack.stagejobs import RESOURCES
 
 
@@ -146,6 +147,8 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
     d = settings["data"]
     ds = data_mod.load_data(d["path"], d["limit_train"], d["limit_test"], d["seed"],
                             image_size=_input_size(baseline, source_options))
+    if baseline is not None and rundir.is_run_folder(baseline):  # as compress does from it (one rule)
+        ds = held_out_like(rundir.load_run(baseline), ds)
     print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}"
           f"{' (--quick subset)' if settings['quick'] else ''}; stages run {ex.where}", flush=True)
     data_key = _key(ds.sha256, d)

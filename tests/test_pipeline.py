@@ -286,3 +286,21 @@ def test_failed_rows_and_machine_errors_set_the_exit_code(tmp_path, tiny_archive
     assert main([*argv, "--allow-failed"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0]
+
+
+def test_a_held_out_baselines_variants_never_fit_on_its_validation_images(tmp_path, tiny_archive):
+    """pipeline --baseline RUN trained with --validation-split: its compress stages leave the same
+    training images out (as `edgepack compress` from it does) and record the split."""
+    from edgepack.train import TrainConfig, train
+
+    base = train(tiny_archive, tmp_path / "base", TrainConfig(epochs=1, batch_size=16, validation_split=0.2))
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('controls = false\n[[variants]]\nname = "ft"\ntechnique = "finetune"\n'
+                   'params = {epochs = 1, batch_size = 16}\n[export]\nformats = ["onnx-fp32"]\n'
+                   '[compare]\nruns = 2\nwarmup = 1\n')
+    out = tmp_path / "out"
+    assert main(["pipeline", "--data", str(tiny_archive), "--baseline", str(base), "--out", str(out),
+                 "--config", str(cfg)]) == 0
+    _, record = data.validation_split(data.load_data(tiny_archive), 0.2, 0)
+    ft = rundir.load_run(out / "runs" / "ft").metadata
+    assert ft.validation == record and ft.num_train_images == 80 and ft.num_test_images == 20
