@@ -11,7 +11,7 @@ import pytest
 from conftest import NO_INT8_GATE
 
 from edgepack.report import CompareOptions, GateFailed, compare
-from edgepack.report.compare import recommend
+from edgepack.report.derived import recommend
 from edgepack.report.evaluate import ROW_KEYS
 
 FAST = CompareOptions(runs=10, warmup=2, predict_runs=3, throughput_runs=3, max_drop=1.0)
@@ -205,7 +205,7 @@ def test_recommend_latency_within_round_noise_never_decides():
 def test_latencies_from_different_cpus_are_labelled_never_ranked_together():
     """Rows timed on two CPU models (e.g. Ray nodes): x faster only on the baseline's CPU, the pick by size
     alone, every latency labelled with its CPU. Synthetic hosts: no test reads this machine's CPU."""
-    from edgepack.report.compare import derive
+    from edgepack.report.derived import derive
     from edgepack.report.render import header_lines, latency_table, main_table
 
     fast = {"node": "a", "model": "Xeon", "isa_flags": ["AVX-512 VNNI"], "int8_paths": {}}
@@ -252,7 +252,7 @@ def _ctrl_row(rid, fmt, technique, recipe, acc, kind="run"):
 
 
 def test_controls_matched_by_recipe_and_format():
-    from edgepack.report.compare import derive
+    from edgepack.report.derived import derive
 
     e2 = {"epochs": 2, "learning_rate": 0.001}
     e1 = {"epochs": 1, "learning_rate": 0.0001}

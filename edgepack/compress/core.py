@@ -239,7 +239,7 @@ def schedule(source_meta: RunMetadata, phases: list[dict]) -> list[list]:
     """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]
     (a distilling phase adds its weight and temperature: edgepack.compress.distill.phase):
     the source's schedule (a compressed source) and then this run's phases. A matched control is
-    fine-tuned with the same schedule (edgepack.settings.controls, report.compare.control_for)."""
+    fine-tuned with the same schedule (edgepack.settings.controls, report.derived.control_for)."""
     ft = source_meta.finetune or {}
     before = []
     if source_meta.kind == "compress":  # runs made before schedules were recorded: their one phase
