@@ -151,7 +151,9 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
         ds = held_out_like(rundir.load_run(baseline), ds)
     print(f"data: {len(ds.y_train)} training / {len(ds.y_test)} test images from {ds.source}"
           f"{' (--quick subset)' if settings['quick'] else ''}; stages run {ex.where}", flush=True)
-    data_key = _key(ds.sha256, d)
+    # The data's identity: its content and subset options, not the path it was named by (the same file
+    # named relatively, absolutely or moved is the same data: its stages are not re-run).
+    data_key = _key(ds.sha256, {k: v for k, v in d.items() if k != "path"})
     run = _Runner(ex, stages, progress, ex.share(ds))  # the data: one copy for every job
     failures: list[dict] = []
 

@@ -216,9 +216,17 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
     assert settings == {**load_settings(cfg).model_dump(mode="json"),
                         "data": {**load_settings(cfg).data.model_dump(), "path": str(tiny_archive)}}
 
-    third = subprocess.run(_pipeline_cmd(tiny_archive, out, cfg), capture_output=True, text=True, env=env,
+    # The same data named by another path (moved, or relative instead of absolute) is the same data:
+    # every stage is skipped, none re-run.
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "cifar.tar.gz"
+    moved.parent.mkdir()
+    shutil.copy(tiny_archive, moved)
+    third = subprocess.run(_pipeline_cmd(moved, out, cfg), capture_output=True, text=True, env=env,
                            timeout=600)
     assert third.returncode == 0 and third.stdout.count("skip ") >= 1 + 2 + 6, third.stdout
+    assert "Epoch" not in third.stdout, third.stdout
 
 
 BROKEN_INT8 = """
