@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 
 from edgepack.compress import TECHNIQUES
 from edgepack.compress.core import resolve_params
-from edgepack.compress.distill import phase, phase_name
+from edgepack.compress.distill import finetune_params, phase, phase_name
 from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
@@ -330,11 +330,8 @@ def controls(variants: list[dict], finetune: dict) -> list[dict]:
         source = "baseline"
         for i, ph in enumerate(sched):
             name = "finetune-" + "-".join(phase_name(p) for p in sched[:i + 1])
-            params = {"epochs": ph[0], "learning_rate": ph[1]}
-            if len(ph) > 2:  # a distilling phase: its control distills the same way
-                params.update(distill=ph[2], temperature=ph[3])
             made.setdefault(name, {"name": name, "technique": "finetune", "source": source,
-                                   "params": params})
+                                   "params": finetune_params(ph)})  # a distilling phase's distills
             source = name
     return sorted(made.values(), key=lambda c: (c["name"].count("-lr"), c["name"]))
 

@@ -226,3 +226,19 @@ def test_grayscale_data_trains_exports_and_predicts_png_files(tmp_path):
     files = [tmp_path / "colour.png", tmp_path / "grey.png"]
     out = predict_files(tmp_path / "exp" / "tflite-fp32.tflite", files)
     assert [len(p["top"]) for p in out["predictions"]] == [1, 1]
+
+
+def test_distillation_in_a_chain_from_a_model_file_learns_from_that_file(own_file, tmp_path):
+    from edgepack.compress import compress
+
+    fit = {"epochs": 1, "batch_size": 8}
+    first = compress(own_file, "finetune", tmp_path / "ft", params=fit, ds=tiny_data())
+    out = compress(first, "finetune", tmp_path / "kd", params={**fit, "distill": 0.5}, ds=tiny_data())
+    assert rundir.load_run(out).metadata.finetune["teacher"] == str(own_file.resolve())
+    # the chain's first run records the file's sha256: a file changed since is refused as the teacher
+    copy = tmp_path / "copy.keras"
+    copy.write_bytes(own_file.read_bytes())
+    moved = compress(copy, "finetune", tmp_path / "ft2", params=fit, ds=tiny_data())
+    copy.write_bytes(own_file.read_bytes() + b"x")
+    with pytest.raises(EdgepackError, match="has changed since"):
+        compress(moved, "finetune", tmp_path / "kd2", params={**fit, "distill": 0.5}, ds=tiny_data())

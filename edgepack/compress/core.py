@@ -179,11 +179,10 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     x_train = scale_pixels(ds.x_train, scaling)
     y_fit, loss, metric, teacher = ds.y_train, None, None, None
     if params["distill"]:
-        teacher = distill.teacher_run(src)
-        print(f"{tech.name}: distilling from {teacher.path} (weight {params['distill']:g}, temperature "
+        teacher_model, teacher = distill.teacher(src)
+        print(f"{tech.name}: distilling from {teacher} (weight {params['distill']:g}, temperature "
               f"{params['temperature']:g})", flush=True)
-        soft = distill.soft_targets(checked_model(load_run_model(teacher), teacher.model_path), x_train,
-                                    params["temperature"])
+        soft = distill.soft_targets(teacher_model, x_train, params["temperature"])
         y_fit = distill.packed_targets(ds.y_train, soft)
         loss, metric = distill.loss_and_metric(params["distill"], params["temperature"])
     phases = [("compress", params["epochs"], params["learning_rate"])]
@@ -223,7 +222,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
         "finetune": {"epochs": params["epochs"], "learning_rate": params["learning_rate"],
                      "batch_size": params["batch_size"], "steps": steps, "seed": seed,
                      "seconds": round(finetune_seconds, 2), "phases": finetune,
-                     "teacher": str(teacher.path.resolve()) if teacher else None,
+                     "teacher": str(teacher.resolve()) if teacher else None,
                      "schedule": schedule(src.metadata, finetune)},
         "validation": src.metadata.validation,  # held out by the chain's training run: never fitted on
         "compressed_layers": list(selection.compressed), "skipped_layers": selection.skipped,

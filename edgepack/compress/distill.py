@@ -27,18 +27,27 @@ DEFAULTS = {"distill": 0.0, "temperature": 4.0}
 MAX_CHAIN = 32  # links followed to find the teacher; more is a loop
 
 
-def teacher_run(src: rundir.Run) -> rundir.Run:
-    """The trained (or adopted) run the chain of compress runs ending in `src` started from."""
+def teacher(src: rundir.Run):
+    """(model, path) of what the chain of compress runs ending in `src` started from: the trained (or
+    adopted) run folder, or the user's model file (its sha256 checked against the one the chain's first
+    run recorded)."""
+    from edgepack.model import checked_model, load_model, load_run_model
+
     run = src
     for _ in range(MAX_CHAIN):
         if run.metadata.kind != "compress":
-            return run
+            return checked_model(load_run_model(run), run.model_path), run.path
         parent = run.metadata.source_run
-        if not parent or not Path(parent).is_dir():
-            raise EdgepackError(f"--distill needs the chain's trained model, but {run.path} names source "
-                                f"{parent!r}, which is not a folder here: keep the source run folders or "
-                                "drop --distill")
-        run = rundir.load_run(parent)
+        if parent and rundir.is_run_folder(parent):
+            run = rundir.load_run(parent)
+            continue
+        if parent and Path(parent).exists():  # the chain began at a user's model file
+            if Path(parent).is_file() and rundir.sha256_file(parent) != run.metadata.source_sha256:
+                raise EdgepackError(f"--distill: {parent}, the model {run.path} was made from, has changed "
+                                    "since: restore it or drop --distill")
+            return checked_model(load_model(parent), Path(parent)), Path(parent)
+        raise EdgepackError(f"--distill needs the chain's trained model, but {run.path} names source "
+                            f"{parent!r}, which is not here: keep the source run folders or drop --distill")
     raise EdgepackError(f"{src.path}: more than {MAX_CHAIN} source links (a loop?): re-create the chain")
 
 
@@ -90,6 +99,14 @@ def phase(epochs, learning_rate, weight=0.0, temperature=DEFAULTS["temperature"]
     temperature) when it distilled. A matched control must share every phase's tuple."""
     base = (int(epochs), float(learning_rate))
     return base + (float(weight), float(temperature)) if weight else base
+
+
+def finetune_params(p: tuple) -> dict:
+    """The `finetune` options of a control phase that trains like phase `p`."""
+    params = {"epochs": p[0], "learning_rate": p[1]}
+    if len(p) > 2:
+        params.update(distill=p[2], temperature=p[3])
+    return params
 
 
 def phase_of(recorded) -> tuple:

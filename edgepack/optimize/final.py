@@ -6,7 +6,7 @@ matched fine-tune controls (the same source, phases of epochs and learning rates
 from __future__ import annotations
 
 from edgepack import rundir
-from edgepack.compress.distill import phase_name
+from edgepack.compress.distill import finetune_params, phase_name
 from edgepack.optimize import space
 from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file, search_data
 from edgepack.report.pick import Candidate, pick
@@ -92,11 +92,8 @@ def control(phases: list[tuple], fmt: str, out, source: dict, ds, seed: int):
     prev = source["run"]
     for i, ph in enumerate(phases):
         step = folder / f"{i}-finetune"
-        params = {"epochs": ph[0], "learning_rate": ph[1]}
-        if len(ph) > 2:
-            params.update(distill=ph[2], temperature=ph[3])
         if not rundir.is_run_folder(step):
-            compress(prev, "finetune", step, params=params, ds=ds, seed=seed)
+            compress(prev, "finetune", step, params=finetune_params(ph), ds=ds, seed=seed)
         prev = step
     exported = folder / f"export-{fmt}"
     if not (exported / "export.json").is_file():
