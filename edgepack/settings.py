@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 
 from edgepack.compress import TECHNIQUES
 from edgepack.compress.core import resolve_params
-from edgepack.compress.distill import finetune_params, phase, phase_name
+from edgepack.compress.schedule import control_variants, own_phases
 from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
@@ -307,33 +307,19 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
 
 
 def schedule(variant: dict, by_name: dict[str, dict], finetune: dict) -> tuple[tuple, ...]:
-    """Every (epochs, learning rate[, distill weight, temperature]) phase from the baseline to
-    `variant`: its source's schedule, then its own phases by compress's rule (resolve_params; a
-    polish phase is a phase of its own)."""
-    p = resolve_params(TECHNIQUES[variant["technique"]], {**finetune, **variant.get("params", {})})
-    own = (phase(p["epochs"], p["learning_rate"], p["distill"], p["temperature"]),)
-    if p.get("polish_epochs"):  # the polish phase distills as phase 1 did
-        own += (phase(p["polish_epochs"], p["polish_learning_rate"], p["distill"], p["temperature"]),)
+    """Every phase from the baseline to `variant` (edgepack.compress.schedule): its source's schedule,
+    then its own phases as compress resolves its options."""
+    params = resolve_params(TECHNIQUES[variant["technique"]], {**finetune, **variant.get("params", {})})
+    own = own_phases(params)
     source = variant.get("source", "baseline")
     return (() if source == "baseline" else schedule(by_name[source], by_name, finetune)) + own
 
 
 def controls(variants: list[dict], finetune: dict) -> list[dict]:
-    """Uncompressed fine-tuning controls, one per distinct schedule among the compressed variants:
-    `finetune-e2-lr0.001` for one phase; a longer schedule is a chain of finetune runs, each from the
-    one before (`finetune-e2-lr0.001-e2-lr0.0001`), so every phase starts a fresh optimizer as a
-    compress phase does."""
+    """Uncompressed fine-tuning controls, one per distinct schedule among the compressed variants
+    (edgepack.compress.schedule.control_variants)."""
     by_name = {v["name"]: v for v in variants}
-    schedules = {schedule(v, by_name, finetune) for v in variants if v["technique"] != "finetune"}
-    made: dict[str, dict] = {}
-    for sched in sorted(schedules, key=lambda s: (len(s), s)):
-        source = "baseline"
-        for i, ph in enumerate(sched):
-            name = "finetune-" + "-".join(phase_name(p) for p in sched[:i + 1])
-            made.setdefault(name, {"name": name, "technique": "finetune", "source": source,
-                                   "params": finetune_params(ph)})  # a distilling phase's distills
-            source = name
-    return sorted(made.values(), key=lambda c: (c["name"].count("-lr"), c["name"]))
+    return control_variants(schedule(v, by_name, finetune) for v in variants if v["technique"] != "finetune")
 
 
 # --- one-line errors

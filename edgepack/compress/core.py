@@ -20,6 +20,7 @@ from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.compress import distill, targets
 from edgepack.compress import invariants as inv
+from edgepack.compress.schedule import own_phases
 from edgepack.compress.techniques import (
     CLUSTERED_TECHNIQUES,
     PRUNED_TECHNIQUES,
@@ -236,16 +237,14 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
 
 def schedule(source_meta: RunMetadata, phases: list[dict]) -> list[list]:
     """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]
-    (a distilling phase adds its weight and temperature: edgepack.compress.distill.phase):
-    the source's schedule (a compressed source) and then this run's phases. A matched control is
-    fine-tuned with the same schedule (edgepack.settings.controls, report.derived.control_for)."""
+    (a distilling phase adds its weight and temperature): the source's schedule (a compressed
+    source) and then this run's phases. A matched control is fine-tuned with the same schedule
+    (edgepack.compress.schedule)."""
     ft = source_meta.finetune or {}
     before = []
     if source_meta.kind == "compress":  # runs made before schedules were recorded: their one phase
         before = ft.get("schedule") or ([[ft["epochs"], ft["learning_rate"]]] if "epochs" in ft else [])
-    own = (distill.phase(p["epochs"], p["learning_rate"], p.get("distill", 0.0),
-                         p.get("temperature", distill.DEFAULTS["temperature"])) for p in phases)
-    return [*before, *(list(p) for p in own)]
+    return [*before, *(list(own_phases(p)[0]) for p in phases)]  # a record is one phase
 
 
 def chained_variant(source_meta: RunMetadata, own: str) -> str:

@@ -92,31 +92,3 @@ def check_params(params: dict) -> None:
                             f"{params['distill']}")
     if not params["temperature"] > 0:
         raise EdgepackError(f"--temperature must be > 0, got {params['temperature']}")
-
-
-def phase(epochs, learning_rate, weight=0.0, temperature=DEFAULTS["temperature"]) -> tuple:
-    """One fine-tuning phase as schedules record it: (epochs, learning rate), plus (distill weight,
-    temperature) when it distilled. A matched control must share every phase's tuple."""
-    base = (int(epochs), float(learning_rate))
-    return base + (float(weight), float(temperature)) if weight else base
-
-
-def finetune_params(p: tuple) -> dict:
-    """The `finetune` options of a control phase that trains like phase `p`."""
-    params = {"epochs": p[0], "learning_rate": p[1]}
-    if len(p) > 2:
-        params.update(distill=p[2], temperature=p[3])
-    return params
-
-
-def phase_of(recorded) -> tuple:
-    """A recorded phase ([epochs, lr] or [epochs, lr, weight, temperature]) as `phase` makes it."""
-    return phase(*recorded)
-
-
-def phase_name(p: tuple) -> str:
-    """`e2-lr0.001`, `e2-lr0.0001-kd0.5` (and `-T2` for a temperature other than the default)."""
-    name = f"e{p[0]}-lr{p[1]:g}"
-    if len(p) > 2:
-        name += f"-kd{p[2]:g}" + (f"-T{p[3]:g}" if p[3] != DEFAULTS["temperature"] else "")
-    return name

@@ -6,7 +6,7 @@ matched fine-tune controls (the same source, phases of epochs and learning rates
 from __future__ import annotations
 
 from edgepack import rundir
-from edgepack.compress.distill import finetune_params, phase_name
+from edgepack.compress.schedule import finetune_params, phase_name
 from edgepack.optimize import space
 from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file, search_data
 from edgepack.report.pick import Candidate, pick

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgepack.compress.distill import phase
+from edgepack.compress.schedule import own_phases
 
 # Technique chains (TF-MOT's collaborative optimizations; every chain ends in an int8 export).
 CHAINS: dict[str, tuple[str, ...]] = {
@@ -107,13 +107,6 @@ def suggest(trial, techniques, quick: bool = False) -> tuple[str, list[Step]]:
 
 
 def schedule(steps: list[Step], techniques) -> list[tuple]:
-    """(epochs, learning rate[, distill weight, temperature]) of every training phase of the chain, in
-    order: what its matched fine-tune control trains for (a polish phase is a phase of its own)."""
-    phases = []
-    for s in steps:
-        p = {**techniques[s.technique].defaults, **s.params}
-        phases.append(phase(p["epochs"], p["learning_rate"], p["distill"], p["temperature"]))
-        if p.get("polish_epochs"):
-            phases.append(phase(p["polish_epochs"], p["polish_learning_rate"], p["distill"],
-                                p["temperature"]))
-    return phases
+    """Every training phase of the chain, in order (edgepack.compress.schedule): what its matched
+    fine-tune control trains for."""
+    return [ph for s in steps for ph in own_phases({**techniques[s.technique].defaults, **s.params})]

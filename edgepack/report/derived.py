@@ -4,7 +4,7 @@ the recommendation within --max-drop (edgepack.report.pick) and the --fail-over 
 
 from __future__ import annotations
 
-from edgepack.compress.distill import phase_of
+from edgepack.compress.schedule import phase_of
 from edgepack.report import hosts
 from edgepack.report.notes import add_speed_notes
 from edgepack.report.pick import FAST_ENOUGH, Candidate, pick

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import rundir
-from edgepack.compress.distill import phase_of
+from edgepack.compress.schedule import phase_of
 from edgepack.report.inputs import Entry
 from edgepack.report.notes import FP32_TWIN
 from edgepack.report.stats import LATENCY_ROUNDS
