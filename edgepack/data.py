@@ -86,7 +86,7 @@ def resolve_data_path(path: str | os.PathLike | None = None, download: bool = Tr
                                 "tar.gz, an extracted cifar-10-batches-py folder or an image folder")
             if not p.is_file() and not p.is_dir():  # /dev/null, /dev/stdin, a pipe: nothing to read twice
                 raise DataError(f"{p} (from {origin}) is not a regular file or folder: {EXPECTED}")
-            return p
+            return Path(os.path.abspath(p))  # recorded as data_source: found again from any folder
     cached = KERAS_CACHE / FOLDER
     if (cached / META).is_file():
         return cached

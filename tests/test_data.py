@@ -208,6 +208,8 @@ def test_data_source_order(tmp_path, monkeypatch, tiny_archive):
     monkeypatch.setenv("EDGEPACK_DATA", str(tiny_archive))
     assert resolve_data_path(None) == tiny_archive  # the environment variable
     assert resolve_data_path(tmp_path) == tmp_path  # an explicit path wins
+    monkeypatch.chdir(tiny_archive.parent)  # a relative path is made absolute: runs record it as their
+    assert resolve_data_path(f"../{tiny_archive.parent.name}/./{tiny_archive.name}") == tiny_archive  # data
     monkeypatch.setenv("EDGEPACK_DATA", str(tmp_path / "nope.tar.gz"))
     with pytest.raises(DataError, match=r"nope\.tar\.gz.*EDGEPACK_DATA"):
         resolve_data_path(None)
