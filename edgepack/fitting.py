@@ -50,12 +50,24 @@ def keras_verbosity() -> int:
     return 1 if sys.stdout.isatty() else 2
 
 
-def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, callbacks=(), **kwargs):
+# Random changes made to the training images while fine-tuning (`--augment`); "none" feeds them as they are.
+# "flip" mirrors a random half of each batch left-right; "flip-shift" also moves every image by up to
+# SHIFT pixels each way (reflect-padded, then cropped: the usual CIFAR recipe). Right for photographs
+# such as CIFAR-10, wrong for images whose meaning has a side (digits, text): never on by default.
+AUGMENTATIONS = ("none", "flip", "flip-shift")
+SHIFT = 4
+
+
+def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, callbacks=(),
+                augment: str = "none", seed: int = 0, **kwargs):
     """model.fit (shuffled, edgepack's verbosity) that stops at the first batch whose loss is NaN or inf
-    and raises EdgepackError: a diverged model is not a result, so no run folder is written."""
+    and raises EdgepackError: a diverged model is not a result, so no run folder is written. With
+    `augment` other than "none" the images are fed through `augmented` (seeded: a run repeats)."""
     from edgepack.model import keras
 
-    hist = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=keras_verbosity(),
+    feed = dict(x=x, y=y, batch_size=batch_size, shuffle=True) if augment == "none" else dict(
+        x=augmented(x, y, batch_size, augment, seed))
+    hist = model.fit(**feed, epochs=epochs, verbose=keras_verbosity(),
                      callbacks=[*callbacks, keras().callbacks.TerminateOnNaN()], **kwargs)
     bad = sorted(k for k, v in hist.history.items() if v and not math.isfinite(v[-1]))
     if model.stop_training or bad:
@@ -63,6 +75,37 @@ def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: in
         raise EdgepackError(f"training diverged: {' and '.join(bad) or 'the loss'} became NaN or inf in "
                             f"epoch {epoch}: lower --learning-rate")
     return hist
+
+
+def check_augment(augment) -> None:
+    if augment not in AUGMENTATIONS:
+        raise EdgepackError(f"--augment must be one of {', '.join(AUGMENTATIONS)}, got {augment!r}")
+
+
+def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed: int):
+    """A tf.data feed of (images, targets) batches, shuffled each epoch, with `augment` applied to the
+    images (targets, soft ones included, pass through). Random draws come from one seeded generator in
+    a sequential map, so the same seed gives the same batches."""
+    import tensorflow as tf
+
+    check_augment(augment)
+    gen = tf.random.Generator.from_seed(seed)
+
+    height, width = x.shape[1:3]
+
+    def change(images, targets):
+        n = tf.shape(images)[0]
+        mirror = gen.uniform([n]) < 0.5
+        images = tf.where(mirror[:, None, None, None], tf.reverse(images, axis=[2]), images)
+        if augment == "flip-shift":  # each image its own offset: gather its rows, then its columns
+            padded = tf.pad(images, [[0, 0], [SHIFT, SHIFT], [SHIFT, SHIFT], [0, 0]], mode="REFLECT")
+            rows = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32) + tf.range(height)[None]
+            cols = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32) + tf.range(width)[None]
+            images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+        return images, targets
+
+    feed = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)  # reshuffled each epoch
+    return feed.batch(batch_size).map(change).prefetch(tf.data.AUTOTUNE)
 
 
 def seed_everything(seed: int) -> None:

@@ -13,7 +13,7 @@ import copy
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -34,6 +34,7 @@ from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import ALL, FORMATS, options_for
+from edgepack.fitting import AUGMENTATIONS
 
 try:
     import tomllib
@@ -87,6 +88,10 @@ class Finetune(_Section):
         "fine-tuning learning rate of every variant", unset="the technique's own"))
     batch_size: int | None = Field(None, ge=1, **_doc("fine-tuning batch size of every variant",
                                                       unset="the technique's own"))
+    augment: Literal[AUGMENTATIONS] | None = Field(None, **_doc(
+        "fine-tune every variant on augmented images (`flip`: a random half of each batch mirrored; "
+        "`flip-shift`: also moved up to 4 pixels; for photographs)", unset="the technique's own (none)",
+        want=", ".join(AUGMENTATIONS[:-1]) + f" or {AUGMENTATIONS[-1]}"))
 
     @model_serializer(mode="wrap")
     def _set_keys_only(self, handler) -> dict:

@@ -233,3 +233,59 @@ def test_distillation_loss_is_cross_entropy_at_weight_zero_and_kl_at_one():
     loss1, _ = distill.loss_and_metric(1.0, 2.0)
     np.testing.assert_allclose(loss1(packed, student).numpy(), 4.0 * kl, rtol=1e-4)
     assert acc(packed, student).numpy().tolist() == (student.argmax(1) == labels).astype(float).tolist()
+
+
+def test_augmented_fine_tuning_is_recorded_in_the_schedule_and_repeats(chain, tiny_archive, tmp_path):
+    """--augment flip: every phase records it (so the matched control augments too: its name and
+    options come from the schedule), the variant says so, the same seed gives the same weights, and
+    the flips change what is learnt (the weights differ from the run without them)."""
+    from edgepack.compress.schedule import control_variants, phase_of
+
+    _prune(chain)
+    run = load_run(chain("pc-flip", "cluster", source="prune", clusters=CLUSTERS, augment="flip"))
+    ft = run.metadata.finetune
+    assert ft["schedule"] == [[1, 1e-3], [1, 1e-4], [1, 1e-4, 0.0, 4.0, "flip"]]
+    assert [p.get("augment") for p in ft["phases"]] == ["flip"]
+    assert run.metadata.variant == "prune-0.5-polish1-e1-b16+cluster-4-flip-e1-b16"
+    ctrl = control_variants([tuple(phase_of(p) for p in ft["schedule"])])[-1]
+    assert ctrl["name"] == "finetune-e1-lr0.001-e1-lr0.0001-e1-lr0.0001-flip"
+    assert ctrl["params"] == {"epochs": 1, "learning_rate": 1e-4, "augment": "flip"}
+
+    again = compress(chain("prune"), "cluster", tmp_path / "again",
+                     params={**FAST, "clusters": CLUSTERS, "augment": "flip"}, data_path=tiny_archive)
+    plain = chain("pc", "cluster", source="prune", clusters=CLUSTERS)
+    mine, twin, unflipped = _kernels(run.path), _kernels(again), _kernels(plain)
+    assert all(np.array_equal(mine[k], twin[k]) for k in mine)
+    assert any(not np.array_equal(mine[k], unflipped[k]) for k in mine)
+
+
+def test_flip_feed_mirrors_a_seeded_half_of_each_batch():
+    from edgepack.fitting import augmented
+
+    x = np.random.default_rng(0).random((64, 8, 8, 3), dtype=np.float32)
+    y = np.arange(64)
+
+    def batches():
+        return [(a.numpy(), b.numpy()) for a, b in augmented(x, y, 16, "flip", 3)]
+
+    first, second = batches(), batches()
+    flipped = 0
+    for (images, labels), (images2, labels2) in zip(first, second, strict=True):
+        assert np.array_equal(images, images2) and np.array_equal(labels, labels2)
+        for image, label in zip(images, labels, strict=True):
+            mirrored = np.array_equal(image, x[label][:, ::-1])
+            assert mirrored or np.array_equal(image, x[label])
+            flipped += mirrored
+    assert sorted(np.concatenate([b for _, b in first]).tolist()) == list(range(64))
+    assert 16 <= flipped <= 48  # about half
+
+    # flip-shift: every image is a window of its reflect-padded (mirrored or not) self, and they move
+    padded = np.pad(x, [(0, 0), (4, 4), (4, 4), (0, 0)], mode="reflect")
+    offsets = set()
+    for images, labels in augmented(x, y, 16, "flip-shift", 3):
+        for image, label in zip(images.numpy(), labels.numpy(), strict=True):
+            found = [(m, dy, dx) for m in (0, 1) for dy in range(9) for dx in range(9)
+                     if np.array_equal(image, padded[label][:, ::-1 if m else 1][dy:dy + 8, dx:dx + 8])]
+            assert found, label
+            offsets.add(found[0][1:])
+    assert len(offsets) > 10

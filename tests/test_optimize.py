@@ -85,6 +85,28 @@ def test_space_switches_on_with_compress_techniques():
     assert space.schedule(steps, fake)[:len(expected)] == expected
 
 
+def test_chain_options_reach_every_step_its_control_and_its_commands():
+    """"augment" is drawn once per trial: every step of the chain fine-tunes on the same kind of images,
+    the matched control's phases say so, and the reproduce commands pass it."""
+    from optuna.trial import FixedTrial
+
+    from edgepack.compress.techniques import TECHNIQUES
+    from edgepack.optimize.final import reproduce
+
+    assert {"augment": "flip-shift"}.items() <= space.starts(TECHNIQUES)[0].items()
+    trial = FixedTrial({"chain": "prune-cluster", "augment": "flip-shift", "prune.sparsity": 0.7,
+                        "prune.epochs": 1, "prune.learning_rate": 1e-3, "prune.polish_epochs": 1,
+                        "prune.polish_learning_rate": 1e-4, "cluster.clusters": 8, "cluster.epochs": 1})
+    chain, steps = space.suggest(trial, TECHNIQUES)
+    assert [s.params["augment"] for s in steps] == ["flip-shift", "flip-shift"]
+    assert [p[4] for p in space.schedule(steps, TECHNIQUES)] == ["flip-shift"] * 3  # prune, polish, cluster
+    point = {"trial": 7, "format": "tflite-int8", "recipe": [s.as_dict() for s in steps]}
+    command = reproduce(point, "runs/base", "data.tar.gz", 0)
+    assert command.count("--augment flip-shift") == 2 and "--sparsity 0.7 " in command
+    plain = FixedTrial({**trial.params, "augment": "none"})
+    assert all("augment" not in s.params for s in space.suggest(plain, TECHNIQUES)[1])  # the default
+
+
 def test_hopeless_trial_is_pruned_and_complete_work_is_reused(tmp_path, capsys, tiny_run, tiny_archive):
     """~10 s: the explicit pruning rule stops a chain after the step that misses the goal by > 3 points;
     run_trial is a pure function of its job whose complete result is reused, never re-run."""

@@ -67,6 +67,12 @@ def test_settings_layering_and_errors(tmp_path):
          {"epochs": 2, "learning_rate": 1e-3, "distill": 0.5, "temperature": 4.0}),
         ("finetune-e2-lr0.001-kd0.5-e1-lr0.0001-kd0.5",
          {"epochs": 1, "learning_rate": 1e-4, "distill": 0.5, "temperature": 4.0})]
+    flip = tmp_path / "flip.toml"  # [finetune] augment reaches every variant and so every control
+    flip.write_text('[finetune]\naugment = "flip"\n[[variants]]\nname = "p"\ntechnique = "prune"\n')
+    s = load_settings(flip)
+    assert [(v.name, v.params) for v in s.variants if v.technique == "finetune"] == [
+        ("finetune-e2-lr0.001-flip", {"epochs": 2, "learning_rate": 1e-3, "augment": "flip"})]
+    assert s.finetune.augment == "flip"
     for text, message in (("[trian]\nepochs = 1", "unknown section"), ("epochs = ", "not valid TOML"),
                           ('[export]\nformats = ["tflite-fp64"]', "unknown export format"),
                           ('[[variants]]\nname = "x"\ntechnique = "shrink"', "unknown technique"),
@@ -110,6 +116,9 @@ def no_work(monkeypatch):
     ('[compare]\nfail_over = "3"', "compare.fail_over: must be a number from 0 to 100, got '3'"),
     ("[compare]\nmax_drop = 150", "compare.max_drop: must be a number from 0 to 100, got 150"),
     ("[compare]\nruns = 0", "compare.runs: must be a whole number >= 1, got 0"),
+    ('[finetune]\naugment = "rotate"', "finetune.augment: must be none, flip or flip-shift, got 'rotate'"),
+    ('[[variants]]\nname = "p"\ntechnique = "prune"\nparams = {augment = "mirror"}',
+     "variants[0].params: --augment must be one of none, flip, flip-shift, got 'mirror'"),
     ("[train]\nlearning_rate = nan", "train.learning_rate: must be a finite number > 0, got nan"),
     ('[export]\nformats = "onnx-fp32"', "export.formats: must be a list of tflite-fp32"),
     ("[export]\noptions = {calibration_imgs = 500}", "option 'calibration_imgs' is not accepted"),

@@ -28,6 +28,9 @@ Techniques (defaults in brackets; fine-tuning uses training images only):
 Every technique takes --distill WEIGHT (and --temperature [4]): fine-tune on (1 - WEIGHT) x the labels'
 cross-entropy + WEIGHT x the softened outputs of the chain's trained model (knowledge distillation;
 the teacher is the run the chain started from). A matched control distills the same way.
+Every technique takes --augment flip|flip-shift: fine-tune on training images of which a random half
+of each batch is mirrored left-right (flip-shift: and each image moved by up to 4 pixels, reflect-
+padded; seeded; for photographs, not for digits or text). A matched control augments the same way.
 
 From a compressed run the default variant name is the chain: <source variant>+<own>, e.g.
 prune-0.6-polish2+cluster-16+pcqat.
@@ -60,6 +63,8 @@ from edgepack.cli import (
 
 
 def register(sub) -> None:
+    from edgepack.fitting import AUGMENTATIONS
+
     p = add_command(sub, "compress", __doc__, run)
     p.add_argument("--model", required=True, metavar="RUN_DIR|FILE",
                    help="run folder (from train or compress) or model file to compress (see above)")
@@ -82,6 +87,10 @@ def register(sub) -> None:
                         "(soft targets; 0 = off, the default)")
     p.add_argument("--temperature", type=positive_float, metavar="T",
                    help="with --distill: softmax temperature of the soft targets (default 4)")
+    p.add_argument("--augment", choices=AUGMENTATIONS, metavar="|".join(AUGMENTATIONS),
+                   help="every technique: fine-tune on randomly changed training images; flip mirrors half "
+                        "of each batch left-right, flip-shift also moves each image up to 4 pixels (for "
+                        "photos, not for digits or text; default none)")
     p.add_argument("--epochs", type=positive_int, help="fine-tuning epochs (default: the technique's)")
     p.add_argument("--learning-rate", type=positive_float,
                    help="adam learning rate (default: the technique's)")
@@ -97,7 +106,7 @@ def run(args) -> int:
     params = {"sparsity": args.sparsity, "clusters": args.clusters, "keep_dense": args.keep_dense,
               "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,
               "polish_epochs": args.polish_epochs, "polish_learning_rate": args.polish_learning_rate,
-              "distill": args.distill, "temperature": args.temperature}
+              "distill": args.distill, "temperature": args.temperature, "augment": args.augment}
     out = compress(args.model, args.technique, args.out, params=params, data_path=args.data, force=args.force,
                    limit_train=args.limit_train, limit_test=args.limit_test, seed=args.seed,
                    **source_options(args))

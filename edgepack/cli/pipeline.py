@@ -39,6 +39,7 @@ SETTING_OPTIONS = {
     "--limit-test": ("data", "limit_test"),
     "--epochs": ("train", "epochs"),
     "--finetune-epochs": ("finetune", "epochs"),
+    "--augment": ("finetune", "augment"),
     "--runs": ("compare", "runs"),
     "--max-drop": ("compare", "max_drop"),
     "--fail-over": ("compare", "fail_over"),
@@ -62,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():
-        metavar = "X" if key in ("max_drop", "fail_over") else "N"
+        metavar = {"max_drop": "X", "fail_over": "X", "augment": "none|flip|flip-shift"}.get(key, "N")
         if settings is None:
             p.add_argument(flag, metavar=metavar, help=f"[{section}] {key}")
         else:

@@ -31,6 +31,7 @@ from edgepack.compress.techniques import (
 from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.fitting import (
     ROUND_TRIP_IMAGES,
+    check_augment,
     data_metadata,
     evaluate,
     fit_checked,
@@ -78,6 +79,7 @@ def resolve_params(tech: Technique, params: dict | None) -> dict:
         if key in p and not p[key] > 0:
             raise EdgepackError(f"{flag(key)} must be > 0, got {p[key]}")
     distill.check_params(p)
+    check_augment(p["augment"])
     if p.get("polish_epochs", 0) < 0:
         raise EdgepackError(f"--polish-epochs must be a whole number >= 0, got {p['polish_epochs']}")
     if "keep_dense" in p:
@@ -190,16 +192,19 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     if params.get("polish_epochs"):
         phases.append(("polish", params["polish_epochs"], params["polish_learning_rate"]))
     hist, finetune, phase_kernels = None, [], []
-    for phase, epochs, rate in phases:
+    if params["augment"] != "none":
+        print(f"{tech.name}: fine-tuning on augmented images ({params['augment']})", flush=True)
+    for i, (phase, epochs, rate) in enumerate(phases):
         # wrapped models must be (re)compiled; a new phase: a new adam
         compile_model(wrapped, rate, loss, metric)
         t0 = time.time()
         h = fit_checked(wrapped, x_train, y_fit, epochs=epochs, batch_size=params["batch_size"],
-                        callbacks=callbacks)
+                        callbacks=callbacks, augment=params["augment"], seed=seed + i)
         finetune.append({"phase": phase, "epochs": epochs, "learning_rate": rate,
                          "seconds": round(time.time() - t0, 2),
                          **({"distill": params["distill"], "temperature": params["temperature"]}
-                            if params["distill"] else {})})
+                            if params["distill"] else {}),
+                         **({"augment": params["augment"]} if params["augment"] != "none" else {})})
         hist = _joined(hist, h)
         if len(phases) > 1:  # the polish phase must hold phase 1's masks: compared below
             phase_kernels.append(inv.kernels(wrapped))  # numpy copies, read inside the wrappers

@@ -15,42 +15,52 @@ from __future__ import annotations
 from edgepack.compress.distill import DEFAULTS as DISTILL_DEFAULTS
 
 
-def phase(epochs, learning_rate, weight=0.0, temperature=DISTILL_DEFAULTS["temperature"]) -> tuple:
+def phase(epochs, learning_rate, weight=0.0, temperature=DISTILL_DEFAULTS["temperature"],
+          augment="none") -> tuple:
     """One fine-tuning phase as schedules record it: (epochs, learning rate), plus (distill weight,
-    temperature) when it distilled. A matched control must share every phase's tuple."""
-    base = (int(epochs), float(learning_rate))
-    return base + (float(weight), float(temperature)) if weight else base
+    temperature) when it distilled or augmented, plus the augmentation when it augmented (so a
+    schedule recorded before either existed reads the same). A matched control must share every
+    phase's tuple."""
+    p = (int(epochs), float(learning_rate))
+    if weight or augment != "none":
+        p += (float(weight), float(temperature))
+    return p + (str(augment),) if augment != "none" else p
 
 
 def own_phases(p: dict) -> tuple[tuple, ...]:
     """The phases of one compress step with resolved options `p`: its fine-tuning, then its polish
-    phase if any (which distills as the first phase did)."""
-    weight, temperature = p.get("distill", 0.0), p.get("temperature", DISTILL_DEFAULTS["temperature"])
-    phases = (phase(p["epochs"], p["learning_rate"], weight, temperature),)
+    phase if any (which distills and augments as the first phase did)."""
+    how = (p.get("distill", 0.0), p.get("temperature", DISTILL_DEFAULTS["temperature"]),
+           p.get("augment", "none"))
+    phases = (phase(p["epochs"], p["learning_rate"], *how),)
     if p.get("polish_epochs"):
-        phases += (phase(p["polish_epochs"], p["polish_learning_rate"], weight, temperature),)
+        phases += (phase(p["polish_epochs"], p["polish_learning_rate"], *how),)
     return phases
 
 
 def finetune_params(p: tuple) -> dict:
     """The `finetune` options of a control phase that trains like phase `p`."""
     params = {"epochs": p[0], "learning_rate": p[1]}
-    if len(p) > 2:
+    if len(p) > 2 and p[2]:
         params.update(distill=p[2], temperature=p[3])
+    if len(p) > 4:
+        params["augment"] = p[4]
     return params
 
 
 def phase_of(recorded) -> tuple:
-    """A recorded phase ([epochs, lr] or [epochs, lr, weight, temperature]) as `phase` makes it."""
+    """A recorded phase ([epochs, lr], [epochs, lr, weight, temperature] or [..., augment]) as `phase`
+    makes it."""
     return phase(*recorded)
 
 
 def phase_name(p: tuple) -> str:
-    """`e2-lr0.001`, `e2-lr0.0001-kd0.5` (and `-T2` for a temperature other than the default)."""
+    """`e2-lr0.001`, `e2-lr0.0001-kd0.5` (and `-T2` for a temperature other than the default),
+    `e2-lr0.0001-flip` (augmented)."""
     name = f"e{p[0]}-lr{p[1]:g}"
-    if len(p) > 2:
+    if len(p) > 2 and p[2]:
         name += f"-kd{p[2]:g}" + (f"-T{p[3]:g}" if p[3] != DISTILL_DEFAULTS["temperature"] else "")
-    return name
+    return name + (f"-{p[4]}" if len(p) > 4 else "")
 
 
 def control_variants(schedules) -> list[dict]:

@@ -261,7 +261,8 @@ def _check_finetune(model, params, plan):
 # --- the table
 
 def _finetune_defaults(epochs: int, learning_rate: float) -> dict:
-    return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": 32, **DISTILL_DEFAULTS}
+    return {"epochs": epochs, "learning_rate": learning_rate, "batch_size": 32, **DISTILL_DEFAULTS,
+            "augment": "none"}
 
 
 # Two-phase pruning: after `epochs` at `learning_rate` (the schedule reaches the target at the end of
@@ -281,6 +282,8 @@ def _variant(base: Callable[[dict], str], name: str) -> Callable[[dict], str]:
                 parts.append(f"plr{params['polish_learning_rate']:g}")
         if params.get("keep_dense"):
             parts.append("keep-" + "+".join(params["keep_dense"]))
+        if params.get("augment", "none") != "none":
+            parts.append(params["augment"])
         if params.get("distill"):
             parts.append(f"kd{params['distill']:g}")
             if params["temperature"] != tech.defaults["temperature"]:

@@ -110,7 +110,7 @@ def reproduce(point: dict, source_model: str, data: str, seed: int) -> str:
     lines, prev = [], source_model
     for i, s in enumerate(point["recipe"]):
         run = f"runs/opt-{point['trial']}-{i}-{s['technique']}"
-        opts = " ".join(f"{flag(k)} {v:g}" for k, v in s["params"].items())
+        opts = " ".join(f"{flag(k)} {space.option_text(v)}" for k, v in s["params"].items())
         lines.append(f"edgepack compress --model {prev} --technique {s['technique']} {opts} --data {data} "
                      f"--seed {seed} --out {run}")
         prev = run

@@ -123,7 +123,8 @@ def markdown(r: dict) -> str:
 
 def _phases(phases) -> str:
     return ", ".join(f"{p[0]} epoch(s) at {p[1]:g}"
-                     + (f" distilled ({p[2]:g}, T {p[3]:g})" if len(p) > 2 else "") for p in phases)
+                     + (f" distilled ({p[2]:g}, T {p[3]:g})" if len(p) > 2 and p[2] else "")
+                     + (f" augmented ({p[4]})" if len(p) > 4 else "") for p in phases)
 
 
 _HEAD = ("| file | recipe | val acc | change pts | KiB gzip | vs source | p50 ms (round spread) |\n"

@@ -292,8 +292,10 @@ def _tell(study, trial, result: dict, opts: SearchOptions, source: dict) -> None
 
 def recipe_text(steps: list[dict]) -> str:
     """prune(sparsity=0.8, epochs=2, learning_rate=0.001) -> pqat(epochs=1)"""
-    return " -> ".join(f"{s['technique']}({', '.join(f'{k}={v:g}' for k, v in s['params'].items())})"
-                       for s in steps)
+    def step(s: dict) -> str:
+        return f"{s['technique']}({', '.join(f'{k}={space.option_text(v)}' for k, v in s['params'].items())})"
+
+    return " -> ".join(step(s) for s in steps)
 
 
 def progress_line(result: dict, source: dict, spent: float, budget: float) -> str:
