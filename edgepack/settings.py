@@ -13,7 +13,7 @@ import copy
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -35,6 +35,7 @@ from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import ALL, FORMATS, options_for
 from edgepack.fitting import AUGMENTATIONS
+from edgepack.typed import KINDS, expected, inner_model, validate
 
 try:
     import tomllib
@@ -171,7 +172,7 @@ class Export(_Section):
             option = next((f.options[key] for f in FORMATS.values() if key in f.options), None)
             kind = type(option.default) if option else None
             if kind and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-                raise _At(f"export.options.{key}", f"must be {_KINDS[kind]}, got {value!r:.80}")
+                raise _At(f"export.options.{key}", f"must be {KINDS[kind]}, got {value!r:.80}")
         try:
             options_for(self.formats, self.options)  # keys taken by a chosen format; choices, minimums
         except EdgepackError as e:
@@ -242,9 +243,6 @@ class Resolved(Settings):
     quick: bool = Field(False, **_doc("--quick: a smoke run on a subset (command line only)"))
 
 
-_KINDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
-
-
 def _check_params(where: str, tech, params: dict, finetune: dict) -> None:
     """A variant's params: options its technique takes, of their default's type, in range (compress's
     own rules, run on the merged recipe)."""
@@ -257,7 +255,7 @@ def _check_params(where: str, tech, params: dict, finetune: dict) -> None:
             ok, want = isinstance(value, list) and all(isinstance(x, str) for x in value), "a list of strings"
         else:
             kinds = (int, float) if type(default) is float else (type(default),)
-            ok, want = isinstance(value, kinds) and not isinstance(value, bool), _KINDS[type(default)]
+            ok, want = isinstance(value, kinds) and not isinstance(value, bool), KINDS[type(default)]
         if not ok:
             raise _At(f"{where}.params.{key}", f"must be {want}, got {value!r:.80}")
     try:
@@ -327,81 +325,6 @@ def controls(variants: list[dict], finetune: dict) -> list[dict]:
     return control_variants(schedule(v, by_name, finetune) for v in variants if v["technique"] != "finetune")
 
 
-# --- one-line errors
-
-def validate(model: type[BaseModel], data: dict, where: str) -> Any:
-    """`model` from `data`, or an EdgepackError of one line naming the first problem's key."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        errors = e.errors()
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise EdgepackError(f"{where}{_describe(errors[0], model)}{more}") from None
-
-
-def _path(loc: tuple) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
-
-
-def _walk(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel] | None, FieldInfo | None]:
-    """The model that holds the last key of `loc`, and that key's field (None if unknown)."""
-    holder: type[BaseModel] | None = model
-    fi = None
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if holder is None or part not in holder.model_fields:
-            return holder, None
-        fi = holder.model_fields[part]
-        holder = _inner_model(fi.annotation)
-    return holder, fi
-
-
-def _inner_model(annotation) -> type[BaseModel] | None:
-    for t in (annotation, *get_args(annotation)):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
-    return None
-
-
-def _describe(error: dict, model: type[BaseModel]) -> str:
-    loc, kind, value = error["loc"], error["type"], error.get("input")
-    path = _path(loc)
-    if kind in ("value_error", "assertion_error"):
-        cause = error["ctx"]["error"]
-        return f"{getattr(cause, 'path', path)}: {cause}" if getattr(cause, "path", path) else str(cause)
-    if kind == "extra_forbidden":
-        holder, _ = _walk(model, loc[:-1])
-        known = ", ".join(holder.model_fields) if holder else ""
-        if len(loc) == 1:
-            return f"unknown section {loc[0]!r} (known: {known})"
-        return f"unknown key {loc[-1]!r} in [{_path(loc[:-1])}] (known: {known})"
-    if kind == "missing":
-        return f"{path}: missing (required)"
-    if kind == "model_type":
-        return f"{path} must be a table, got {value!r:.80}"
-    _, fi = _walk(model, loc)
-    return f"{path}: must be {expected(fi) if fi else 'something else'}, got {value!r:.80}"
-
-
-def expected(fi: FieldInfo) -> str:
-    """What a field accepts, in words, from its type and bounds ("a whole number >= 1")."""
-    want = (fi.json_schema_extra or {}).get("want")
-    if want:
-        return want
-    kinds = [t for t in get_args(fi.annotation) if t is not type(None)] if get_origin(fi.annotation) in (
-        Union, type(int | None)) else [fi.annotation]
-    text = _KINDS.get(kinds[0], "a value")
-    bound = {k: getattr(m, k) for m in fi.metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
-    if "le" not in bound and any(getattr(m, "allow_inf_nan", True) is False for m in fi.metadata):
-        text = text.replace("a number", "a finite number")
-    if "ge" in bound and "le" in bound:
-        return f"{text} from {bound['ge']:g} to {bound['le']:g}"
-    if "ge" in bound or "gt" in bound:
-        return f"{text} >= {bound['ge']:g}" if "ge" in bound else f"{text} > {bound['gt']:g}"
-    return text
-
-
 def field(section: str, key: str) -> FieldInfo:
     return Settings.model_fields[section].annotation.model_fields[key]
 
@@ -445,7 +368,7 @@ def markdown_table() -> str:
         rows.append(f"| `{key}` | {_show(default, fi)} | {q} | {expected(fi)} | {fi.description} |")
 
     for name, fi in Settings.model_fields.items():
-        sub = _inner_model(fi.annotation)
+        sub = inner_model(fi.annotation)
         if sub is None or name == "variants":
             row(name, fi, getattr(defaults, name), None)
         if name == "variants":
