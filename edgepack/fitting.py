@@ -89,9 +89,11 @@ def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed:
     import tensorflow as tf
 
     check_augment(augment)
-    gen = tf.random.Generator.from_seed(seed)
-
     height, width = x.shape[1:3]
+    if augment == "flip-shift" and min(height, width) <= SHIFT:
+        raise EdgepackError(f"--augment flip-shift moves images by up to {SHIFT} pixels: these are "
+                            f"{height}x{width}; use --augment flip")
+    gen = tf.random.Generator.from_seed(seed)
 
     def change(images, targets):
         n = tf.shape(images)[0]

@@ -13,6 +13,7 @@ from conftest import NO_INT8_GATE
 from edgepack.cli import main
 from edgepack.compress import compress
 from edgepack.compress import invariants as inv
+from edgepack.errors import EdgepackError
 from edgepack.rundir import load_run
 
 FAST = {"batch_size": 16, "epochs": 1}  # tiny archive: 100 training images -> 7 steps per epoch
@@ -289,3 +290,5 @@ def test_flip_feed_mirrors_a_seeded_half_of_each_batch():
             assert found, label
             offsets.add(found[0][1:])
     assert len(offsets) > 10
+    with pytest.raises(EdgepackError, match="these are 4x4; use --augment flip"):
+        augmented(x[:, :4, :4], y, 16, "flip-shift", 3)
