@@ -150,6 +150,7 @@ def test_bad_settings_are_refused_in_one_line_before_any_work(tmp_path, capsys, 
     (["--fail-over", "high"], "argument --fail-over: must be a number from 0 to 100, got 'high'"),
     (["--fail-over", "-1"], "argument --fail-over: must be a number from 0 to 100, got '-1'"),
     (["--runs", "0"], "argument --runs: must be a whole number >= 1, got '0'"),
+    (["--augment", "rotate"], "argument --augment: must be none, flip or flip-shift, got 'rotate'"),
 ])
 def test_bad_options_are_refused_by_the_settings_fields(tmp_path, capsys, no_work, argv, message):
     with pytest.raises(SystemExit) as e:
