@@ -53,7 +53,8 @@ def test_every_technique_takes_the_fine_tuning_options():
     from edgepack.cli import compress as cli_compress
 
     for name, tech in TECHNIQUES.items():
-        assert {"epochs", "learning_rate", "batch_size", "distill", "temperature"} <= set(tech.defaults)
+        every = {"epochs", "learning_rate", "batch_size", "distill", "temperature", "augment"}
+        assert every <= set(tech.defaults)
         assert name in cli_compress.__doc__
         assert tech.variant(dict(tech.defaults)).startswith(name)
 
@@ -68,6 +69,7 @@ def test_every_technique_takes_the_fine_tuning_options():
     ("finetune", {"keep_dense": ["conv1"]}, "technique finetune does not take --keep-dense"),
     ("finetune", {"distill": 1.5}, "--distill must be between 0"),
     ("prune", {"distill": 0.5, "temperature": 0}, "--temperature must be > 0"),
+    ("qat", {"augment": "rotate"}, "--augment must be one of none, flip, flip-shift, got 'rotate'"),
 ])
 def test_bad_parameters_are_refused(technique, params, message):
     from edgepack.compress import resolve_params
@@ -82,8 +84,9 @@ def test_parameters_are_normalised():
 
     p = resolve_params(TECHNIQUES["cluster"], {"clusters": 16.0, "keep_dense": "conv1", "epochs": None})
     assert p == {"clusters": 16, "keep_dense": ["conv1"], "epochs": 2, "learning_rate": 1e-4,
-                 "batch_size": 32, "distill": 0.0, "temperature": 4.0}
+                 "batch_size": 32, "distill": 0.0, "temperature": 4.0, "augment": "none"}
     assert TECHNIQUES["cluster"].variant(p) == "cluster-16-keep-conv1"
+    assert TECHNIQUES["cluster"].variant({**p, "augment": "flip"}) == "cluster-16-keep-conv1-flip"
     assert TECHNIQUES["cluster"].variant({**p, "distill": 0.5, "temperature": 2}) == \
         "cluster-16-keep-conv1-kd0.5-T2"
 
