@@ -47,6 +47,8 @@ SETTING_OPTIONS = {
 
 
 def register(sub) -> None:
+    from edgepack.fitting import AUGMENTATIONS
+
     p = add_command(sub, "pipeline", __doc__, run)
     add_data_options(p, limits=False)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (re-use it to resume)")
@@ -63,7 +65,7 @@ def register(sub) -> None:
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():
-        metavar = {"max_drop": "X", "fail_over": "X", "augment": "none|flip|flip-shift"}.get(key, "N")
+        metavar = {"max_drop": "X", "fail_over": "X", "augment": "|".join(AUGMENTATIONS)}.get(key, "N")
         if settings is None:
             p.add_argument(flag, metavar=metavar, help=f"[{section}] {key}")
         else:

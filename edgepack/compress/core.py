@@ -242,9 +242,9 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
 
 def schedule(source_meta: RunMetadata, phases: list[dict]) -> list[list]:
     """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]
-    (a distilling phase adds its weight and temperature): the source's schedule (a compressed
-    source) and then this run's phases. A matched control is fine-tuned with the same schedule
-    (edgepack.compress.schedule)."""
+    (a distilling or augmenting phase adds more: edgepack.compress.schedule.phase): the source's
+    schedule (a compressed source) and then this run's phases. A matched control is fine-tuned with
+    the same schedule (edgepack.compress.schedule)."""
     ft = source_meta.finetune or {}
     before = []
     if source_meta.kind == "compress":  # runs made before schedules were recorded: their one phase

@@ -1,10 +1,11 @@
 """Fine-tuning schedules and the matched controls built from them.
 
 A schedule is every training phase from the trained model to a compressed one, each a tuple
-(epochs, learning rate[, distill weight, temperature]) as `phase` makes it; a polish phase is a phase
-of its own. A compressed model's matched control is the uncompressed model fine-tuned with the same
-schedule, one `finetune` run per phase (each starts a fresh optimizer, as a compress phase does), so a
-gain is credited to compression only when the extra training alone does not give it.
+(epochs, learning rate[, distill weight, temperature[, augmentation]]) as `phase` makes it; a polish
+phase is a phase of its own. A compressed model's matched control is the uncompressed model
+fine-tuned with the same schedule, one `finetune` run per phase (each starts a fresh optimizer, as
+a compress phase does), so a gain is credited to compression only when the extra training alone does
+not give it.
 
 One rule, read by compress (what a run records), the pipeline (its controls), optimize (a trial's
 control) and compare (which control matches a row).

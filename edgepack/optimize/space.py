@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from edgepack.compress.schedule import own_phases
+from edgepack.fitting import AUGMENTATIONS
 
 # Technique chains (TF-MOT's collaborative optimizations; every chain ends in an int8 export).
 CHAINS: dict[str, tuple[str, ...]] = {
@@ -45,7 +46,7 @@ OPTIONS: dict[str, dict[str, tuple]] = {
 RANGES = {"sparsity"}  # options given as (low, high, step) rather than choices
 # Options of the whole chain. Augmented fine-tuning: on validation (docs/optimize.md) flip + shift lifted
 # the prune 0.7 -> cluster 16 chain by 1.7 points, flip by 0.5.
-CHAIN_OPTIONS: dict[str, tuple] = {"augment": ("none", "flip", "flip-shift")}
+CHAIN_OPTIONS: dict[str, tuple] = {"augment": AUGMENTATIONS}
 # The first trials of a new (not --quick) study, before the sampler takes over: TF-MOT's own recipes
 # made two-phase, at the sizes the issue asks about (>= 10x smaller: prune ~0.7 with 16 clusters, or
 # prune 0.8+), chosen from the guides and validation-scored trials, never from test figures; both on
