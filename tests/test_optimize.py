@@ -214,6 +214,59 @@ def test_executor_seam_gets_json_jobs_in_batches(tmp_path, tiny_run, tiny_archiv
     assert "No file is within 1 points" in (out / "report.md").read_text()
 
 
+def _study_with(out, params: dict, copies: int):
+    """A search folder whose study starts with `copies` enqueued trials of the same parameters."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from edgepack.optimize import search
+
+    out.mkdir()
+    study = optuna.create_study(storage=JournalStorage(JournalFileBackend(str(out / search.JOURNAL))),
+                                study_name=search.STUDY, directions=["maximize", "minimize"])
+    for _ in range(copies):
+        study.enqueue_trial(params)
+
+
+@pytest.mark.parametrize("batch, max_in_a_row, trials, ran, stopped_by, same", [
+    (2, 20, 2, [[0], [3]], "trials", {1: 0, 2: 0}),  # a repeat within a batch, then of a finished trial
+    (1, 2, 9, [[0]], "repeats", {1: 0, 2: 0}),  # the sampler asks only for recipes that ran: stop
+])
+def test_repeated_recipe_reuses_the_earlier_result(tmp_path, tiny_run, tiny_archive, monkeypatch, capsys,
+                                                   batch, max_in_a_row, trials, ran, stopped_by, same):
+    """~10 s: TPE may ask for parameters it has had (session 5's search trained one recipe twice); the
+    repeat gets the earlier trial's result, costs no training, and does not count as a trial run."""
+    from edgepack.optimize import SearchOptions, optimize, search
+
+    monkeypatch.setattr(search, "MAX_REPEATS_IN_A_ROW", max_in_a_row)
+    recipe = {"chain": "prune", "augment": "none", "prune.sparsity": 0.7, "prune.epochs": 1,
+              "prune.learning_rate": 1e-3, "prune.polish_epochs": 0, "prune.polish_learning_rate": 1e-4}
+    out = tmp_path / "opt"
+    _study_with(out, recipe, 3)
+    batches = []
+
+    def executor(jobs):
+        batches.append([j["number"] for j in jobs])
+        return [{"number": j["number"], "chain": j["chain"], "recipe": j["steps"], "steps": [],
+                 "status": "ok", "seconds": 5.0,
+                 "points": [{"format": "tflite-int8", "accuracy": 0.1 + j["number"] / 100, "gzip_bytes": 1000,
+                             "latency": {"p50_ms": 1.0}}]} for j in jobs]
+
+    report = optimize(SearchOptions(model=str(tiny_run), out=str(out), max_drop=100.0, objective="size",
+                                    data=str(tiny_archive), trials=trials, quick=True),
+                      executor=executor, batch=batch)
+    assert batches == ran and report["search"]["stopped_by"] == stopped_by
+    by_number = {t["number"]: t for t in report["trials"]}
+    assert {n: t["same_as"] for n, t in by_number.items() if "same_as" in t} == same
+    for n, first in same.items():
+        assert by_number[n]["state"] == "COMPLETE" and by_number[n]["seconds"] == 0
+        assert by_number[n]["drop_pts"] == by_number[first]["drop_pts"]
+    printed = capsys.readouterr().out
+    assert "the same recipe as trial 0, whose result is reused (not run)" in printed
+    assert "1 = 0, 2 = 0" in (out / "report.md").read_text()
+
+
 def test_changed_search_space_is_a_one_line_error(tmp_path):
     """A study started before compress gained techniques cannot take the new choices: say so."""
     import optuna

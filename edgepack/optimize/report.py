@@ -14,7 +14,7 @@ from pathlib import Path
 
 from edgepack import rundir
 from edgepack.optimize import final
-from edgepack.optimize.search import finished, recipe_text
+from edgepack.optimize.search import SAME_AS, finished, recipe_text
 
 CSV_FIELDS = ("id", "trial", "chain", "format", "val_accuracy", "drop_pts", "gzip_bytes", "size_ratio",
               "p50_ms", "p50_low_ms", "p50_high_ms", "on_front", "recipe")
@@ -89,7 +89,8 @@ def markdown(r: dict) -> str:
         *(["- The source was trained on these training images, validation ones included: validation "
             "figures are optimistic for every model; the goal compares each file with the source on them."]
           if src.get("saw_validation_images") else []),
-        f"- Search: {len(r['trials'])} trials, {r['search']['spent_seconds'] / 60:.1f} min spent "
+        f"- Search: {len(r['trials'])} trials{_repeats(r['trials'])}, "
+        f"{r['search']['spent_seconds'] / 60:.1f} min spent "
         f"(budget {r['budget_minutes']:g} min), stopped by {r['search']['stopped_by']}.", "",
         "## Pareto front (validation)", "",
         "| file | recipe | val acc | change pts | KiB gzip | vs source | p50 ms (round spread) |",
@@ -119,6 +120,14 @@ def markdown(r: dict) -> str:
     if not r["chosen"].get("ratio_10"):
         lines.append("No file is >= 10x smaller than the source.")
     return "\n".join(lines) + "\n"
+
+
+def _repeats(trials: list[dict]) -> str:
+    same = [t for t in trials if SAME_AS in t]
+    if not same:
+        return ""
+    pairs = ", ".join(f"{t['number']} = {t[SAME_AS]}" for t in same)
+    return f" ({len(same)} asked for a recipe already run and reused its result: {pairs})"
 
 
 def _phases(phases) -> str:

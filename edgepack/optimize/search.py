@@ -4,11 +4,12 @@ Every trial is scored on a VALIDATION split held out from the training images (e
 validation_split); the test images are read only at the end, for the picks (edgepack.optimize.report).
 The study lives in out/study.journal (Optuna JournalStorage): a killed search resumes there. Trials
 left RUNNING by a killed process are marked failed and their parameters re-enqueued; finished trials
-are never re-run. Multi-objective (maximize validation accuracy, minimize gzip'ed size or 1-thread
-batch-1 p50 latency), TPE seeded, with the accuracy goal as a constraint (Trial.set_constraint). A
-trial whose Keras validation accuracy falls more than max_drop + 3 points under the source's after
-any step is pruned (multi-objective studies have no trial.report/should_prune: the rule is explicit,
-trial.PRUNE_MARGIN_POINTS).
+are never re-run, and a trial the sampler asks with a finished trial's parameters is told that trial's
+result instead of training the same recipe again (SAME_AS). Multi-objective (maximize validation
+accuracy, minimize gzip'ed size or 1-thread batch-1 p50 latency), TPE seeded, with the accuracy goal as
+a constraint (Trial.set_constraint). A trial whose Keras validation accuracy falls more than max_drop + 3
+points under the source's after any step is pruned (multi-objective studies have no
+trial.report/should_prune: the rule is explicit, trial.PRUNE_MARGIN_POINTS).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ SETTINGS = "settings.json"
 # Batch-1 latency per file (1 thread): timed calls, untimed warm-up calls, rounds giving the spread.
 TIMING = {"runs": 300, "warmup": 30, "rounds": LATENCY_ROUNDS}
 QUICK_TIMING = {"runs": 20, "warmup": 2, "rounds": LATENCY_ROUNDS}
+# A trial whose parameters equal a finished trial's is not run again (user attribute SAME_AS); the
+# search stops when the sampler asks for this many such repeats in a row.
+SAME_AS = "same_as"
+MAX_REPEATS_IN_A_ROW = 20
 
 
 @dataclass(frozen=True)
@@ -221,20 +226,71 @@ def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, execu
     def spent() -> float:  # seconds of this search, over every run of it
         return before + time.time() - started
 
+    in_a_row = 0  # repeated recipes since the last trial that ran
     while True:
-        done = finished(study)
+        done = [t for t in finished(study) if SAME_AS not in t.user_attrs]  # repeats ran nothing
         room = batch if opts.trials is None else min(batch, opts.trials - len(done))
         if room < 1:
             return "trials", spent()
         durations = [t.user_attrs["seconds"] for t in done if "seconds" in t.user_attrs]
         if spent() + (statistics.median(durations) if durations else 0.0) > budget:
             return "budget", spent()
+        if in_a_row >= MAX_REPEATS_IN_A_ROW:
+            print(f"stopping: the sampler asked for {in_a_row} recipes in a row that had already run "
+                  "(the space looks explored)", flush=True)
+            return "repeats", spent()
         trials = [study.ask() for _ in range(room)]
-        results = executor([_job(t, out, opts, source, spec) for t in trials])
-        for trial, result in zip(trials, results, strict=True):
+        jobs = [_job(t, out, opts, source, spec) for t in trials]
+        same = _repeats(study, trials)
+        fresh = [j for j in jobs if j["number"] not in same]
+        results = iter(executor(fresh) if fresh else [])
+        for trial, job in zip(trials, jobs, strict=True):  # in order: a repeat follows what it repeats
+            if trial.number in same:
+                _tell_repeat(study, trial, same[trial.number], opts, source)
+                print(f"trial {trial.number} {recipe_text(job['steps'])}: the same recipe as trial "
+                      f"{same[trial.number]}, whose result is reused (not run)", flush=True)
+                in_a_row += 1
+                continue
+            result = next(results)
             _tell(study, trial, result, opts, source)
             study.set_user_attr("spent_seconds", spent())
             print(progress_line(result, source, spent(), budget), flush=True)
+            in_a_row = 0
+
+
+def _repeats(study, trials) -> dict[int, int]:
+    """{trial number: the earlier trial with the same parameters (the same recipe, data and seed, so
+    the same result)} for the asked `trials` that repeat a complete or pruned trial, or an earlier one
+    of the same batch. Optuna's FAQ way to skip duplicated samples: tell the earlier result again."""
+    from optuna.trial import TrialState
+
+    earlier = [t for t in finished(study) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    same = {}
+    for i, trial in enumerate(trials):
+        match = next((t.number for t in earlier if t.params == trial.params), None)
+        if match is None:
+            match = next((t.number for t in trials[:i] if t.params == trial.params and t.number not in same),
+                         None)
+        if match is not None:
+            same[trial.number] = match
+    return same
+
+
+def _tell_repeat(study, trial, number: int, opts: SearchOptions, source: dict) -> None:
+    """Tell `trial` the result of the earlier trial `number` it repeats (already told)."""
+    from optuna.trial import TrialState
+
+    first = study.get_trials(deepcopy=False)[number]
+    trial.set_user_attr(SAME_AS, number)
+    trial.set_user_attr("seconds", 0.0)
+    for key in ("status", "pruned_rule", "error", "drop_pts", "format"):
+        if key in first.user_attrs:
+            trial.set_user_attr(key, first.user_attrs[key])
+    if first.state == TrialState.COMPLETE:
+        trial.set_constraint("max_drop", first.user_attrs["drop_pts"] - opts.max_drop)
+        study.tell(trial, list(first.values))
+    else:  # pruned, or failed within this batch
+        study.tell(trial, state=first.state)
 
 
 def _job(trial, out: Path, opts: SearchOptions, source: dict, spec: dict) -> dict:
