@@ -104,7 +104,8 @@ def suggest(trial, techniques, quick: bool = False) -> tuple[str, list[Step]]:
              if any(key in techniques[t].defaults for t in CHAINS[chain])}
     steps = []
     for tech in CHAINS[chain]:
-        params = {k: v for k, v in whole.items() if k in techniques[tech].defaults and v != "none"}
+        defaults = techniques[tech].defaults  # a chain option at its default is not passed (as a user would)
+        params = {k: v for k, v in whole.items() if k in defaults and v != defaults[k]}
         for key, values in options_for(tech, techniques[tech].defaults, quick).items():
             name = f"{tech}.{key}"
             if key in RANGES:
