@@ -85,6 +85,35 @@ def test_space_switches_on_with_compress_techniques():
     assert space.schedule(steps, fake)[:len(expected)] == expected
 
 
+def test_every_start_recipe_lies_in_the_space():
+    """A start recipe is enqueued as Optuna parameters: each value must be one the space offers (FixedTrial
+    warns on a value outside its distribution; here that is an error) and must reach its step."""
+    import warnings
+
+    from optuna.trial import FixedTrial
+
+    from edgepack.compress.techniques import TECHNIQUES
+
+    starts = space.starts(TECHNIQUES)
+    assert len(starts) == len(space.STARTS)  # this toolchain has every technique the starts use
+    for start in starts:
+        params = dict(start)  # what a start leaves to the sampler gets a value of the space here
+        for tech in space.CHAINS[start["chain"]]:
+            for key, values in space.options_for(tech, TECHNIQUES[tech].defaults).items():
+                params.setdefault(f"{tech}.{key}", values[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            chain, steps = space.suggest(FixedTrial(params), TECHNIQUES)
+        assert chain == start["chain"]
+        got = {f"{s.technique}.{k}": v for s in steps for k, v in s.params.items()}
+        for key, value in start.items():
+            if key in space.CHAIN_OPTIONS:
+                takes = [s for s in steps if key in TECHNIQUES[s.technique].defaults]
+                assert takes and all(s.params.get(key) == value for s in takes)
+            elif key != "chain":
+                assert got[key] == value, key
+
+
 def test_chain_options_reach_every_step_its_control_and_its_commands():
     """"augment" is drawn once per trial: every step of the chain fine-tunes on the same kind of images,
     the matched control's phases say so, and the reproduce commands pass it."""
