@@ -226,8 +226,8 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     ctrl = _pick(entries, control, CONTROL) if control is not None else None
     started = time.time()
     if ds is None:
-        ds = data_mod.load_data(data_path, limit_test=options.limit_test, seed=options.seed,
-                                image_size=_image_size(entries))
+        ds = data_mod.load_data(data_path or _recorded_data([base, *entries]), limit_test=options.limit_test,
+                                seed=options.seed, image_size=_image_size(entries))
     _names_from_data(entries, ds)
     print(f"compare: {len(entries)} models on {len(ds.y_test)} test images from {ds.source}", flush=True)
     if base is None:
@@ -293,6 +293,16 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         raise GateFailed(f"--fail-over {limit}: {', '.join(gate['failed'])} dropped more than {limit} points "
                          f"below the baseline or failed (report in {out})", results)
     return results
+
+
+def _recorded_data(entries: list[Entry | None]) -> str | None:
+    """Without --data: the data the first run folder (the baseline first) was made from, if it is still
+    there, as compress and export do (Run.data_path); else None (edgepack.data's usual places)."""
+    for e in entries:
+        found = e.run.data_path() if e is not None and e.run is not None else None
+        if found:
+            return found
+    return None
 
 
 def _image_size(entries: list[Entry]) -> tuple[int, int] | None:
