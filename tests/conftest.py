@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import tarfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,19 @@ def write_archive(path: Path, members: dict[str, bytes], folder: str = "cifar-10
             info.size = len(raw)
             tar.addfile(info, io.BytesIO(raw))
     return path
+
+
+@pytest.fixture
+def no_data_sources(monkeypatch, tmp_path) -> Path:
+    """Nowhere to find CIFAR-10 but what a command is given: no $EDGEPACK_DATA, an empty Keras cache
+    (returned) and no network."""
+    def offline(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.delenv("EDGEPACK_DATA", raising=False)
+    monkeypatch.setattr("edgepack.data.KERAS_CACHE", tmp_path / "cache")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    return tmp_path / "cache"
 
 
 @pytest.fixture(scope="session")

@@ -219,18 +219,10 @@ def test_data_source_order(tmp_path, monkeypatch, tiny_archive):
         resolve_data_path(None, download=False)
 
 
-def test_offline_download_fails_with_a_fix(tmp_path, monkeypatch):
-    import urllib.request
-
-    def offline(*a, **k):
-        raise OSError("network unreachable")
-
-    monkeypatch.delenv("EDGEPACK_DATA", raising=False)
-    monkeypatch.setattr("edgepack.data.KERAS_CACHE", tmp_path / "cache")
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
+def test_offline_download_fails_with_a_fix(no_data_sources):
     with pytest.raises(DataError, match="download failed.*--data PATH"):
         load_cifar10(None)
-    assert not list((tmp_path / "cache").glob("*"))  # no partial download left
+    assert not list(no_data_sources.glob("*"))  # no partial download left
 
 
 def test_balanced_subset_is_seeded_and_balanced():
