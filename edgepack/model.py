@@ -1,4 +1,4 @@
-"""The seed's baseline CNN (tf_keras, i.e. Keras 2, because TF-MOT needs it) and model-file I/O."""
+"""The tutorial's baseline CNN (tf_keras, i.e. Keras 2, because TF-MOT needs it) and model-file I/O."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from edgepack.errors import EdgepackError
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
-BASELINE_PARAMS = 122_570  # the seed's network, counted by Keras
+BASELINE_PARAMS = 122_570  # the tutorial CNN, counted by Keras
 MODEL_FILE = "model.keras"  # plain (non-QAT) models; QAT models use the format compress records
 MODEL_FILES = {"keras": MODEL_FILE, "keras-qat-h5": "model.h5"}  # QAT does not round-trip .keras
 
@@ -54,7 +54,7 @@ def baseline_cnn(num_classes: int = NUM_CLASSES, input_shape: tuple[int, ...] = 
 
 
 def compile_model(model, learning_rate: float = 1e-3, loss=None, metric=None) -> None:
-    """The seed's optimiser and loss: adam, sparse categorical cross-entropy (softmax outputs).
+    """The tutorial's optimiser and loss: adam, sparse categorical cross-entropy (softmax outputs).
     `loss` and `metric` replace the loss and the accuracy metric (distillation: packed targets)."""
     k = keras()
     model.compile(optimizer=k.optimizers.Adam(learning_rate=learning_rate),

@@ -126,7 +126,7 @@ class Variant(_Section):
 
 
 def _default_variants() -> list[Variant]:
-    """The issue's variants, each with its technique's own fine-tuning recipe, and the search's."""
+    """The default variants, each with its technique's own fine-tuning recipe, and the search's."""
     return [Variant(name="prune-0.5", technique="prune", params={"sparsity": 0.5}),
             Variant(name="prune-0.8", technique="prune", params={"sparsity": 0.8}),
             Variant(name="prune-2of4", technique="prune-2of4"),

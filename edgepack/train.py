@@ -1,4 +1,4 @@
-"""Train the seed's baseline CNN and write a run folder (see edgepack.rundir for its layout;
+"""Train the tutorial's baseline CNN and write a run folder (see edgepack.rundir for its layout;
 the fit-and-write steps are edgepack.fitting's, shared with compress)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from edgepack.runtime.preprocess import scale_pixels
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The seed's recipe by default."""
+    """The tutorial's recipe by default."""
 
     epochs: int = 10  # the seed trains 10 epochs
     batch_size: int = 32  # Keras's default, as in the seed

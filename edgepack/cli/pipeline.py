@@ -1,6 +1,6 @@
 """Run the whole job: train, compress, export and compare, resumably, into one report.
 
-Trains the seed's baseline (or reuses --baseline: a run folder, or your own Keras model file),
+Trains the tutorial CNN baseline (or reuses --baseline: a run folder, or your own Keras model file),
 makes the default compressed variants (prune 0.5, prune 0.8, prune-2of4, cluster 16, qat, pqat)
 and the uncompressed fine-tuning controls, exports every model to every format
 (tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8), and compares them all on the test set

@@ -1,6 +1,6 @@
-"""Train the seed's baseline CIFAR-10 CNN and write a run folder.
+"""Train the tutorial's baseline CIFAR-10 CNN and write a run folder.
 
-The default is the seed's recipe: adam, sparse categorical cross-entropy, 10 epochs, batch 32,
+The default is the tutorial's recipe: adam, sparse categorical cross-entropy, 10 epochs, batch 32,
 pixels scaled to [0, 1]. The run folder holds model.keras, history.json, metrics.json (test
 accuracy, macro and per-class precision/recall/F1, confusion matrix) and metadata.json.
 

@@ -7,7 +7,7 @@ A technique is four small functions around a shared fine-tuning loop (edgepack.c
   variant(params)            -> a short unique name ("prune-0.8", "cluster-16", ...)
 Adding a technique is adding one entry. TensorFlow and TF-MOT are imported only when a function runs.
 
-Fine-tuning defaults are the recipes measured on the real data (../shared/TOOLCHAIN.md): pruning and
+Fine-tuning defaults are the recipes measured on the real data (docs/results.md): pruning and
 2:4 fine-tune 2 epochs at adam's 1e-3 (plus, optionally, a polish phase with the masks held:
 POLISH_DEFAULTS); clustering 2 epochs at 1e-4; QAT, PQAT, CQAT and PCQAT 1 epoch at 1e-4.
 Chains TF-MOT supports: prune -> pqat; prune -> cluster (sparsity-preserving) -> pcqat; cluster -> cqat.

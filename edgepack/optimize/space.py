@@ -44,13 +44,13 @@ OPTIONS: dict[str, dict[str, tuple]] = {
     "cqat": QAT_OPTIONS, "pcqat": QAT_OPTIONS, "pqat": QAT_OPTIONS, "qat": QAT_OPTIONS,
 }
 RANGES = {"sparsity"}  # options given as (low, high, step) rather than choices
-# Options of the whole chain. Augmented fine-tuning: on validation (docs/optimize.md) flip + shift lifted
+# Options of the whole chain. Augmented fine-tuning: on validation (docs/results.md) flip + shift lifted
 # the prune 0.7 -> cluster 16 chain by 1.7 points, flip by 0.5.
 CHAIN_OPTIONS: dict[str, tuple] = {"augment": AUGMENTATIONS}
-# The first trials of a new (not --quick) study, before the sampler takes over, at the sizes the issue
-# asks about (>= 10x and >= 15x smaller): TF-MOT's prune -> sparsity-preserving cluster -> PCQAT chain
+# The first trials of a new (not --quick) study, before the sampler takes over, at the sizes the report
+# picks out (>= 10x and >= 15x smaller): TF-MOT's prune -> sparsity-preserving cluster -> PCQAT chain
 # with the two-phase pruning recipe, on flipped and shifted images. Chosen from validation-scored runs,
-# never from test figures (docs/optimize.md, "Chains tried after the third search"): as tflite-int8,
+# never from test figures (docs/results.md, "Chains tried after the third search"): as tflite-int8,
 # prune 0.65 gave 74.08% validation at 11.5x and prune 0.8 72.34% at 15.7x, where the most accurate
 # trials of three 60-minute searches without them were 72.48% at >= 10x and 70.06% at >= 15x.
 # Optuna fills any option not given here.

@@ -1,4 +1,4 @@
-"""Issue 14's per-row explanations for `edgepack compare`: confidence of every change, and flips.
+"""Per-row explanations for `edgepack compare`: confidence of every change, and flips.
 
 compare.py keeps each row's top-1 predictions and their probabilities on the shared test images
 (`Kept`); after `derive` has chosen each row's control and the recommendation, `explain` fills the

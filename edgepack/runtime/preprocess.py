@@ -23,7 +23,7 @@ PRESETS = {
     "raw": {"divisor": 1.0, "offset": 0.0, "range": [0.0, 255.0],
             "formula": "float32(uint8_pixels): the model rescales itself"},
 }
-PIXEL_SCALING = PRESETS["unit"]  # the seed's recipe, and the default
+PIXEL_SCALING = PRESETS["unit"]  # the tutorial's recipe, and the default
 
 
 class PreprocessError(ValueError):
@@ -57,7 +57,7 @@ def parse(text: str) -> dict:
 
 def scale_pixels(images: np.ndarray, scaling: dict | float | None = None) -> np.ndarray:
     """uint8 NHWC pixels -> float32 model input by `scaling` (a spec dict; a bare number is a divisor;
-    None is the seed's [0, 1])."""
+    None is the tutorial's [0, 1])."""
     if scaling is None:
         scaling = PIXEL_SCALING
     elif not isinstance(scaling, dict):
