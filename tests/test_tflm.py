@@ -105,3 +105,78 @@ def test_missing_wheel_is_one_line(files, monkeypatch):
     monkeypatch.setitem(sys.modules, "tflite_micro", None)  # import fails as if not installed
     with pytest.raises(EdgepackError, match=r"pip install 'edgepack\[tflm\]'"):
         tflm.arena_bytes(files["tflite-int8"])
+
+
+# --- the tflm target on the real files
+
+def test_target_runs_only_fully_integer_tflite(files, tmp_path):
+    from edgepack.target import tflm as target
+
+    assert target.runs(files["tflite-int8"]) is None
+    reasons = {k: target.runs(files[k]) for k in ("tflite-dynamic", "tflite-fp32", "tflite-fp16")}
+    assert reasons["tflite-dynamic"].startswith("dynamic-range (hybrid) ops CONV_2D, FULLY_CONNECTED")
+    assert reasons["tflite-fp32"].startswith("float ops CONV_2D,")
+    assert reasons["tflite-fp16"].startswith("float ops DEQUANTIZE,")
+    assert all("\n" not in r and "export tflite-int8" in r for r in reasons.values())
+    onnx = tmp_path / "m.onnx"
+    onnx.write_bytes(b"x")
+    assert target.runs(onnx).startswith("a .onnx file: TFLM runs .tflite")
+
+
+def test_target_check_measures_on_tflm(files, tiny_ds):
+    from edgepack.target import tflm as target
+
+    lite = runtime.load(files["tflite-int8"]).predict(tiny_ds.x_test).argmax(1)
+    lines: list[str] = []
+    fig = target.check(files["tflite-int8"], tiny_ds.x_test, tiny_ds.y_test, lite, workers=1,
+                       progress=lines.append)
+    on_tflm = runtime.load(files["tflite-int8"], kernels="tflm").predict(tiny_ds.x_test).argmax(1)
+    assert fig.runs and fig.ram_bytes == allocator_total(files["tflite-int8"])
+    assert fig.flash_bytes == files["tflite-int8"].stat().st_size  # as stored, not gzip'ed
+    assert fig.accuracy == float((on_tflm == tiny_ds.y_test).mean()) and fig.num_images == len(tiny_ds.y_test)
+    assert fig.agreement == float((on_tflm == lite).mean())
+    assert lines and lines[-1].endswith(f"{len(tiny_ds.y_test)}/{len(tiny_ds.y_test)} images")
+    dyn = target.check(files["tflite-dynamic"], tiny_ds.x_test, tiny_ds.y_test, None)
+    assert not dyn.runs and dyn.ram_bytes is None and "CONV_2D" in dyn.reason
+
+
+def test_target_pool_gives_the_same_probabilities(files, tiny_ds, monkeypatch):
+    from edgepack.target import tflm as target
+
+    monkeypatch.setattr(target, "CHUNK", 7)  # 20 images: 3 tasks over 2 processes
+    x = tiny_ds.x_test
+    pooled = target.predict(files["tflite-int8"], x, workers=2, progress=lambda s: None)
+    assert np.array_equal(pooled, runtime.load(files["tflite-int8"], kernels="tflm").predict(x))
+
+
+def _compare(files, tiny_archive, out, *budget) -> int:
+    from edgepack.cli import main
+
+    return main(["compare", str(files["tflite-int8"]), str(files["tflite-dynamic"]), "--data",
+                 str(tiny_archive), "--out", str(out), "--no-latency", "--max-drop", "100",
+                 "--target", "tflm", *budget])
+
+
+def test_compare_target_tflm_end_to_end(files, tiny_archive, tmp_path, capsys):
+    import json
+
+    assert _compare(files, tiny_archive, tmp_path / "fits", "--ram", "64KiB", "--flash", "256KiB") == 0
+    res = json.loads((tmp_path / "fits" / "results.json").read_text())
+    rows = {r["format"]: r for r in res["rows"]}
+    i8, dyn = rows["tflite-int8"]["target"], rows["tflite-dynamic"]["target"]
+    assert i8["runs"] and i8["fits"] and i8["ram_bytes"] == allocator_total(files["tflite-int8"])
+    assert not dyn["runs"] and "hybrid" in dyn["reason"]
+    assert res["target"]["fitting"] == [rows["tflite-int8"]["id"]]
+    assert res["target"]["budget"] == {"ram_bytes": 65536, "flash_bytes": 262144}
+    assert res["recommended"] == rows["tflite-int8"]["id"]
+    md = (tmp_path / "fits" / "report.md").read_text()
+    assert "## Target tflm" in md and "not runnable: dynamic-range (hybrid) ops" in md
+    assert "target_ram_bytes" in (tmp_path / "fits" / "results.csv").read_text().splitlines()[0]
+    assert "id='target'" in (tmp_path / "fits" / "report.html").read_text()
+
+    capsys.readouterr()
+    assert _compare(files, tiny_archive, tmp_path / "none", "--ram", "1KiB") == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("edgepack: error: no file fits tflm within RAM 1,024 B")
+    assert f"closest: {rows['tflite-int8']['id']}" in err[0]
+    assert (tmp_path / "none" / "report.md").is_file()  # the report is written first

@@ -22,6 +22,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,11 @@ def _runtime():
     except ImportError:
         raise EdgepackError(f"TensorFlow Lite Micro is not installed: {INSTALL}") from None
     return runtime
+
+
+def require() -> None:
+    """EdgepackError (one line naming the extra) when the tflite-micro wheel is not installed."""
+    _runtime()
 
 
 def _bytes(model: Model) -> bytes:
@@ -138,19 +144,48 @@ def refusal(model: Model) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class OpFacts:
+    """One operator of a .tflite graph, read from the flatbuffer (no interpreter)."""
+
+    op: str  # builtin name ("CONV_2D") or the custom op's name
+    inputs: tuple[tuple[str, bool], ...]  # (tensor type "INT8"/"FLOAT32"/..., holds constant data)
+    outputs: tuple[str, ...]  # output tensor types
+
+
+def graph(model: Model) -> list[OpFacts]:
+    """Every operator of every subgraph, in execution order, with its tensors' types."""
+    runtime = _runtime()
+    fb = runtime.schema_fb
+    op_names = {v: k for k, v in vars(fb.BuiltinOperator).items() if not k.startswith("_")}
+    type_names = {v: k for k, v in vars(fb.TensorType).items() if not k.startswith("_")}
+    try:
+        tree = runtime.convert_bytearray_to_object(bytearray(_bytes(model)))
+    except Exception as e:  # flatbuffers raises assorted types for a file that is not a .tflite
+        raise ModelFileError(f"{_name(model)} is not a .tflite flatbuffer ({type(e).__name__})") from None
+    codes = [c.customCode.decode() if isinstance(c.customCode, bytes) else str(c.customCode)
+             if c.customCode else op_names.get(runtime.get_builtin_code_from_operator_code(c), "UNKNOWN")
+             for c in tree.operatorCodes]
+    buffers = tree.buffers or []
+    out = []
+    def const(tensor) -> bool:  # holds data in the file (a weight), not an activation
+        b = tensor.buffer
+        return 0 < b < len(buffers) and (buffers[b].data is not None and len(buffers[b].data) > 0
+                                         or bool(getattr(buffers[b], "size", 0)))
+
+    for sg in tree.subgraphs or []:
+        tensors = sg.tensors or []
+        for op in sg.operators or []:
+            ins = tuple((type_names.get(tensors[i].type, "?"), const(tensors[i]))
+                        for i in op.inputs if i >= 0)  # -1: an optional input left out
+            outs = tuple(type_names.get(tensors[i].type, "?") for i in op.outputs if i >= 0)
+            out.append(OpFacts(codes[op.opcodeIndex], ins, outs))
+    return out
+
+
 def ops(model: Model) -> list[str]:
     """The model's op kinds in graph order, each once ("CONV_2D", ...; custom ops by their name)."""
-    runtime = _runtime()
-    names = {v: k for k, v in vars(runtime.schema_fb.BuiltinOperator).items() if not k.startswith("_")}
-    tree = runtime.convert_bytearray_to_object(bytearray(_bytes(model)))
-    codes = []
-    for c in tree.operatorCodes:
-        if c.customCode:
-            codes.append(c.customCode.decode() if isinstance(c.customCode, bytes) else str(c.customCode))
-        else:
-            codes.append(names.get(runtime.get_builtin_code_from_operator_code(c), "UNKNOWN"))
-    seen = [codes[op.opcodeIndex] for sg in tree.subgraphs for op in (sg.operators or [])]
-    return list(dict.fromkeys(seen))
+    return list(dict.fromkeys(o.op for o in graph(model)))
 
 
 def _name(model: Model) -> str:
