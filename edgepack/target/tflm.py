@@ -22,6 +22,7 @@ import numpy as np
 from edgepack.errors import EdgepackError
 from edgepack.runtime import tflm
 from edgepack.target.figures import Figures, unrunnable
+from edgepack.target.tflm_lut import lut_compress
 
 NAME = "tflm"
 INTEGER = ("INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL")  # tensor types of a fully integer graph
@@ -92,12 +93,8 @@ def predict(path: Path, images: np.ndarray, workers: int = 1,
 
 
 def compressed(raw: bytes) -> tuple[bytes | None, dict]:
-    """The file after TFLM look-up-table weight compression and what was compressed; (None, why) where
-    it does not apply (weights not clustered) or this edgepack has no compressor."""
-    try:
-        from edgepack.target.tflm_lut import lut_compress  # the TFLM deployment's compressor
-    except ImportError:
-        return None, {"applies": False, "why": "TFLM look-up-table compression is not available"}
+    """The file after TFLM look-up-table weight compression (edgepack.target.tflm_lut) and what was
+    compressed; (None, why) where it does not apply (weights not clustered)."""
     try:
         result = lut_compress(raw)
     except EdgepackError as e:
