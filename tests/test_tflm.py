@@ -204,3 +204,23 @@ def test_clustered_file_fits_after_lut_compression(tiny_run, tiny_archive, tiny_
     judged = between.judge(fig)
     assert judged.fits and judged.fits_as == "compressed" and judged.over == {"flash": pytest.approx(
         fig.flash_bytes / between.flash_bytes)}
+
+
+def test_optimize_picks_only_files_that_fit_the_target(files):
+    from types import SimpleNamespace
+
+    from edgepack.optimize import SearchOptions
+    from edgepack.optimize.final import choose
+
+    def point(name, gzip):
+        return {"id": name, "file": str(files[name]), "accuracy": 0.7, "gzip_bytes": gzip, "drop_pts": 0.0,
+                "latency": None, "size_ratio": 1.0}
+
+    points = [point("tflite-dynamic", 100), point("tflite-int8", 200)]  # the dynamic file is smaller
+    assert choose(points, 1.0, "size")["pick"] == "tflite-dynamic"  # host: any file
+    mcu = SimpleNamespace(target="tflm", ram_bytes=65536, flash_bytes=262144)
+    assert choose(points, 1.0, "size", mcu)["pick"] == "tflite-int8"
+    tiny = SimpleNamespace(target="tflm", ram_bytes=1024, flash_bytes=None)
+    assert choose(points, 1.0, "size", tiny)["pick"] is None
+    with pytest.raises(EdgepackError, match="--ram/--flash are budgets of a device"):
+        SearchOptions(model="m", out="o", max_drop=1.0, objective="size", ram_bytes=1024).check()

@@ -45,6 +45,12 @@ def runs(path: Path) -> str | None:
     return reason or tflm.refusal(path)
 
 
+def memory(path: Path) -> tuple[int, int]:
+    """(tensor arena bytes from TFLM's allocator, file bytes as stored) of a file TFLM runs."""
+    raw = Path(path).read_bytes()
+    return tflm.arena_bytes(raw), len(raw)
+
+
 def integer_reason(graph: list[tflm.OpFacts]) -> str | None:
     """Why a graph is not fully integer (hybrid ops first: they are what a dynamic-range file has)."""
     hybrid = [o.op for o in graph if any(t == "FLOAT32" and not c for t, c in o.inputs)
@@ -112,12 +118,12 @@ def check(path: Path, x: np.ndarray, y: np.ndarray, row_pred: np.ndarray | None,
     ops = tflm.ops(path) if path.suffix.lower() == ".tflite" else []
     if reason:
         return unrunnable(NAME, reason, ops)
-    raw = path.read_bytes()
-    packed, how = compressed(raw)
+    ram, flash = memory(path)
+    packed, how = compressed(path.read_bytes())
     probs = predict(path, x, workers, progress)
     pred = probs.argmax(axis=1)
     return Figures(
-        NAME, runs=True, ops=ops, ram_bytes=tflm.arena_bytes(raw), flash_bytes=len(raw),
+        NAME, runs=True, ops=ops, ram_bytes=ram, flash_bytes=flash,
         compressed_flash_bytes=None if packed is None else len(packed),
         compressed_ram_bytes=None if packed is None else tflm.arena_bytes(packed), compression=how,
         accuracy=float(np.mean(pred == y)),
