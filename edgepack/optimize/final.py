@@ -11,7 +11,7 @@ from edgepack.optimize import space
 from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file, search_data
 from edgepack.report.pick import Candidate, pick
 from edgepack.report.stats import compare_predictions
-from edgepack.target import Budget, fits
+from edgepack.target import DEFAULT, Budget, fits
 
 RATIOS = (10, 15)  # report the most accurate file at least this many times smaller than the source
 
@@ -52,10 +52,10 @@ def choose(points: list[dict], max_drop: float, objective: str, opts=None) -> di
     """{"pick": id or None, "ratio_10": id, "ratio_15": id}: the pick at the goal (edgepack.report.pick,
     validation figures) and the most accurate files >= 10x / >= 15x smaller than the source. With a
     device target in `opts` (SearchOptions) the pick runs there and fits its budget."""
-    target = getattr(opts, "target", "host")
+    target = getattr(opts, "target", DEFAULT)
     budget = Budget(getattr(opts, "ram_bytes", None), getattr(opts, "flash_bytes", None))
     cands = [Candidate(p, p["accuracy"], p["gzip_bytes"], p["latency"]) for p in points
-             if p["drop_pts"] <= max_drop + 1e-9 and fits(target, budget, p["file"])]
+             if p["drop_pts"] <= max_drop + 1e-9 and (target == DEFAULT or fits(target, budget, p["file"]))]
     best = pick(cands, objective)
     chosen = {"pick": best.key["id"] if best else None}
     for r in RATIOS:
