@@ -125,3 +125,10 @@ def test_a_symlink_loop_is_one_line_wherever_data_is_resolved(tmp_path, monkeypa
     monkeypatch.setenv(ENV_VAR, str(loop))
     with pytest.raises(DataError, match=rf"\(from \${ENV_VAR}\) is a symbolic link that leads nowhere"):
         resolve_data_path(None)
+
+
+def test_data_help_names_image_folders_in_every_command():
+    for name, p in subcommands().items():
+        data = next((a for a in p._actions if "--data" in a.option_strings), None)
+        if data is not None:
+            assert "image folder" in data.help and "DIR/train/CLASS/" in data.help, name
