@@ -14,6 +14,9 @@ The one seam between edgepack's stages and a cluster. API (all another module ne
 raised an EdgepackError: a problem with the user's input is a result to report, not a crash and not
 worth retrying. Any other exception propagates. `ray_address` None falls back to the environment
 variable EDGEPACK_RAY_ADDRESS; unset or empty means in-process, and then Ray is never imported.
+A HOST:PORT address must answer within CONNECT_SECONDS (checked before Ray is imported; Ray itself
+would retry for minutes), and Ray's own connect is bounded by RAY_CONNECT_ENV: a wrong address is one
+line in seconds.
 
 In-process, jobs run one after another in list order, exactly as if called directly. On Ray, every
 job is one `ray.remote` task with its declared `num_cpus` and `memory` (bytes; 0: not declared) and
@@ -30,6 +33,8 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -41,6 +46,12 @@ ENV_VAR = "EDGEPACK_RAY_ADDRESS"
 TIMING_RESOURCE = "edgepack_timing"  # custom Ray resource: one per node, held by latency work
 MAX_RETRIES = 3  # Ray retries of a task whose worker process died (not of errors it raised)
 GIB = 1 << 30
+CONNECT_SECONDS = 10  # the most `--ray HOST:PORT` waits for the address to answer before it gives up
+# Ray's own connect budget once the address answers but is no Ray head (its defaults: 20 tries of ~35 s,
+# over 10 minutes; these: one try, ~20 s measured). Ray reads them from the environment when it is
+# imported, so they are set before that, unless the user set them.
+RAY_CONNECT_ENV = {"RAY_py_gcs_connect_timeout_s": "5", "RAY_NUM_REDIS_GET_RETRIES": "1"}
+RAY_CONNECT_SECONDS = 20  # what the error message promises for that case
 
 
 @dataclass(frozen=True)
@@ -139,6 +150,10 @@ class RayExecutor(InProcess):
         self.where = f"Ray ({address})"
 
     def __enter__(self):
+        if self.address != "auto":
+            check_reachable(self.address)  # before Ray: an address nobody answers at fails in seconds
+            for key, value in RAY_CONNECT_ENV.items():
+                os.environ.setdefault(key, value)
         ray = _import_ray()
         if not ray.is_initialized():
             self._connect(ray)
@@ -161,9 +176,12 @@ class RayExecutor(InProcess):
             else:
                 ray.init(address=self.address, **quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:
+            ray.shutdown()  # whatever a half-made connection left: nothing stays behind
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise EdgepackError(f"--ray {self.address}: cannot connect to a Ray cluster ({first[:200]}): "
-                                "start one with `ray start --head` or pass --ray auto") from None
+            within = "" if self.address == "auto" else f" within ~{RAY_CONNECT_SECONDS} s"
+            raise EdgepackError(f"--ray {self.address}: cannot connect to a Ray cluster{within} "
+                                f"({first[:200]}): start one with `ray start --head` or pass --ray auto"
+                                ) from None
 
     def __exit__(self, *exc) -> None:
         if self.started:
@@ -202,6 +220,49 @@ class RayExecutor(InProcess):
             except ray.exceptions.RayError as e:  # its worker died more than MAX_RETRIES times
                 raise EdgepackError(f"{jobs[i].name or 'a job'} failed on the Ray cluster after "
                                     f"{MAX_RETRIES} retries ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def host_port(address: str) -> tuple[str, int]:
+    """(host, port) of a Ray address "HOST:PORT", "[IPv6]:PORT" or "ray://HOST:PORT" (EdgepackError
+    naming the expected form otherwise)."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise EdgepackError(f"--ray {address}: expected HOST:PORT (e.g. 10.0.0.5:6379, the head's `ray start "
+                            "--head` address) or auto")
+    return host, int(port)
+
+
+def check_reachable(address: str, seconds: float = CONNECT_SECONDS) -> None:
+    """Fail in at most `seconds` (one line) unless something accepts a TCP connection at `address`: Ray's
+    own connect retries for ~10 minutes. A numeric host is checked without DNS; the check runs in a
+    daemon thread, so a slow name lookup cannot outlast it."""
+    host, port = host_port(address)
+    if host.replace(".", "").isdigit():  # dotted digits: an IPv4 address, or a mistake (256.1.1.1)
+        try:
+            socket.inet_aton(host)
+        except OSError:
+            raise EdgepackError(f"--ray {address}: {host} is not a valid IPv4 address: check the address "
+                                "`ray start --head` printed") from None
+    outcome: list = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=seconds).close()
+            outcome.append(None)
+        except OSError as e:
+            outcome.append(e)
+
+    thread = threading.Thread(target=probe, daemon=True, name="edgepack-ray-probe")
+    thread.start()
+    thread.join(seconds)
+    problem = outcome[0] if outcome else TimeoutError("no answer")
+    if problem is not None:
+        reason = getattr(problem, "strerror", None) or str(problem) or type(problem).__name__
+        raise EdgepackError(f"--ray {address}: nothing answers at {host}:{port} within {seconds:g} s "
+                            f"({reason}): start the head with `ray start --head`, check the address and "
+                            "firewall, or pass --ray auto")
 
 
 def _task(fn, timing: bool, args: tuple, kwargs: dict) -> Done | Failed:

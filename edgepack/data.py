@@ -81,6 +81,9 @@ def resolve_data_path(path: str | os.PathLike | None = None, download: bool = Tr
     for candidate, origin in ((path, "--data"), (os.environ.get(ENV_VAR), f"${ENV_VAR}")):
         if candidate:
             p = Path(candidate).expanduser()
+            if not p.exists() and p.is_symlink():  # exists() is False for a link loop too
+                raise DataError(f"{p} (from {origin}) is a symbolic link that leads nowhere (broken, or a "
+                                "loop): point it at the real file or folder")
             if not p.exists():
                 raise DataError(f"data not found at {p} (from {origin}): point it at a cifar-10-python."
                                 "tar.gz, an extracted cifar-10-batches-py folder or an image folder")

@@ -33,6 +33,7 @@ def data_metadata(ds: data_mod.Cifar10, scaling: dict | None = None) -> dict:
         "num_train_images": int(len(ds.y_train)),
         "num_test_images": int(len(ds.y_test)),
         "test_images_sha256": data_mod.test_set_sha256(ds),  # which test images metrics.json used
+        "split": dict(ds.split),  # how train/test were formed (the one-folder layout's seeded rule)
     }
 
 
@@ -43,6 +44,16 @@ def evaluate(model, ds: data_mod.Cifar10, scaling: dict | None = None) -> tuple[
 
     probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
     return classification_metrics(ds.y_test, probs.argmax(axis=1), ds.class_names), probs
+
+
+def warn_weak_classes(metrics: dict, where: str = "") -> None:
+    """Print edgepack.metrics' one warning line when `metrics` has weak classes (stdout, after the
+    accuracy line it qualifies)."""
+    from edgepack.metrics import imbalance_line
+
+    line = imbalance_line(metrics.get("weak_classes") or {}, metrics["accuracy"], metrics["f1_macro"], where)
+    if line:
+        print(f"warning: {line}", flush=True)
 
 
 def keras_verbosity() -> int:

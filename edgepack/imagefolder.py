@@ -69,7 +69,8 @@ def _images(class_dir: Path) -> list[Path]:
             raise DataError(f"{p}: a folder where an image file is expected: class folders hold "
                             "only .png/.jpg/.jpeg files, move it out")
         if not p.is_file():
-            raise DataError(f"{p}: not a regular file (a broken link, a pipe or a device): remove it")
+            raise DataError(f"{p}: not a regular file (a broken link or link loop, a pipe or a device): "
+                            "remove it")
         if p.suffix.lower() not in EXTENSIONS:
             raise DataError(f"{p}: not a .png, .jpg or .jpeg file: remove it from the image folder "
                             "(hidden files are skipped)")
@@ -81,6 +82,9 @@ def _classes(folder: Path) -> dict[str, list[Path]]:
     """Class name -> its image files, for a folder of class folders."""
     classes = {}
     for p in _visible(folder):
+        if p.is_symlink() and not p.exists():  # exists() is False for a link loop too
+            raise DataError(f"{p}: a symbolic link that leads nowhere (broken, or a loop) where a class "
+                            "folder is expected: remove it or point it at the real folder")
         if not p.is_dir():
             raise DataError(f"{p}: a file where a class folder is expected: {folder} must hold one "
                             "folder of images per class, move it out")

@@ -7,6 +7,12 @@ metrics.json schema (version 1):
                         (per-class accuracy is the share of that class's images classified right)
     confusion_matrix    rows = true class, columns = predicted class, in class_names order
     class_names, num_test_images
+    weak_classes        {class name: recall} of the classes WEAK_RULE flags (empty when none): a model
+                        can score a high accuracy while never predicting a minority class
+
+Weak classes (the one rule; train, compress and compare all use `weak_classes` / `imbalance_line`): a
+class with test images whose recall is 0, or below WEAK_RECALL_RATIO (1/3) of the median recall of the
+classes with test images. A class with no test images is never flagged (its recall is unknown).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 
 SCHEMA_VERSION = 1
+WEAK_RECALL_RATIO = 1 / 3  # a class below this share of the median class recall is weak
+WEAK_RULE = "recall 0 or below 1/3 of the median class recall"
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
@@ -45,7 +53,34 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,
         "confusion_matrix": cm.tolist(),
         "class_names": list(class_names),
         "num_test_images": int(y_true.size),
+        "weak_classes": weak_classes(class_names, cm.tolist()),
     }
+
+
+def weak_classes(class_names: Sequence[str], confusion: Sequence[Sequence[int]]) -> dict[str, float]:
+    """{class name: recall} of the weak classes (module docstring) from a confusion matrix whose rows
+    are true classes in `class_names` order; in class order, empty when none is weak."""
+    cm = np.asarray(confusion, dtype=np.int64)
+    support = cm.sum(axis=1)
+    has = support > 0
+    if not has.any():
+        return {}
+    recall = np.divide(np.diag(cm), support, out=np.zeros(len(support)), where=has)
+    limit = WEAK_RECALL_RATIO * float(np.median(recall[has]))
+    return {str(name): float(recall[i]) for i, name in enumerate(class_names)
+            if has[i] and (recall[i] == 0 or recall[i] < limit)}
+
+
+def imbalance_line(weak: dict[str, float], accuracy: float, f1_macro: float, where: str = "") -> str | None:
+    """The one warning line for weak classes (None when there are none): names them with their recall,
+    and sets macro F1 against the accuracy they hide. `where` prefixes the model's name."""
+    if not weak:
+        return None
+    named = ", ".join(f"{name} {100 * r:.1f}%" for name, r in weak.items())
+    return (f"{where}{len(weak)} class{'es' if len(weak) > 1 else ''} far below the others "
+            f"({WEAK_RULE}): recall {named}; accuracy {100 * accuracy:.2f}% hides "
+            f"{'them' if len(weak) > 1 else 'it'}, macro F1 {100 * f1_macro:.1f}%: add images of "
+            f"{'these classes' if len(weak) > 1 else 'this class'} or balance the training set")
 
 
 def top1_agreement(pred_a: np.ndarray, pred_b: np.ndarray) -> float:

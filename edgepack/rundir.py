@@ -126,7 +126,7 @@ def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Pat
     inside an input. `inputs` maps an option name to a path, a list of paths or None, e.g.
     {"--model": "runs/baseline"}. Returns `out` made absolute (with `..` folded, links kept).
     """
-    resolved = Path(out).resolve()
+    resolved = resolved_path(out, "--out")
     cwd = Path.cwd().resolve()
     if resolved == cwd or resolved in cwd.parents:
         raise RunFolderError(f"--out {out} is the current folder or one of its parents: "
@@ -134,13 +134,23 @@ def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Pat
     for option, given in (inputs or {}).items():
         paths = [given] if isinstance(given, str | os.PathLike) else list(given or [])
         for one in paths:
-            src = Path(one).resolve()
+            src = resolved_path(one, option)
             if resolved == src or src.is_relative_to(resolved) or resolved.is_relative_to(src):
                 how = ("is" if resolved == src else "contains" if src.is_relative_to(resolved)
                        else "lies inside")
                 raise RunFolderError(f"--out {out} {how} the input {option} {one}: writing it would "
                                      "destroy the input; choose an --out outside it")
     return Path(os.path.abspath(out))
+
+
+def resolved_path(path: str | os.PathLike, option: str) -> Path:
+    """`path` with its links followed (Path.resolve); a symbolic link loop is a one-line error naming
+    `option`, not the RuntimeError (Python < 3.13) or OSError pathlib raises."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as e:
+        raise RunFolderError(f"{option} {path}: cannot follow its symbolic links ({e}): "
+                             "point it at the real file or folder") from None
 
 
 def check_new_output(out: str | os.PathLike, force: bool) -> Path:

@@ -57,6 +57,10 @@ class RunMetadata:
     num_train_images: int | None = None
     num_test_images: int | None = None
     test_images_sha256: str | None = None  # the exact test images metrics.json was computed on
+    # how the data's training and test images were formed (edgepack.data.Dataset.split): {"rule": "given"}
+    # (CIFAR-10, train/ and test/ folders) or the one-folder rule {"rule": "stratified", "test_fraction",
+    # "seed"}; None in runs made before it was recorded
+    split: dict | None = None
     # training images held out from fitting (edgepack.data.validation_split's record), or None
     validation: dict | None = None
     # the model file (filled in by rundir when the folder is written)

@@ -19,6 +19,7 @@ from edgepack.fitting import (  # noqa: F401  (re-exported: train's helpers befo
     fit_checked,
     keras_verbosity,
     seed_everything,
+    warn_weak_classes,
     write_run,
 )
 from edgepack.runtime.preprocess import scale_pixels
@@ -82,7 +83,9 @@ def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Cifar1
                        batch_size=config.batch_size, **fit_options)
     train_seconds = time.time() - t0
     metrics, _ = evaluate(model, ds)
-    print(f"test accuracy {metrics['accuracy']:.4f} after {train_seconds:.0f} s of training", flush=True)
+    print(f"test accuracy {metrics['accuracy']:.4f}, macro F1 {metrics['f1_macro']:.4f} after "
+          f"{train_seconds:.0f} s of training", flush=True)
+    warn_weak_classes(metrics)
     metadata = {
         "kind": "train", "technique": "baseline", "variant": "baseline",
         "config": asdict(config), **data_metadata(ds), "num_train_images": int(len(fit_ds.y_train)),

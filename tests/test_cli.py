@@ -89,3 +89,46 @@ def test_cli_starts_without_the_toolchain():
             "sys.exit(main(['verify', '--help']))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "GOLDEN" in r.stdout, r.stderr[-500:]
+
+
+DATA_COMMANDS = {  # every command with --data: the arguments that get it as far as reading the data
+    "train": lambda run, out: ["train", "--out", out],
+    "compress": lambda run, out: ["compress", "--model", run, "--technique", "prune", "--out", out],
+    "export": lambda run, out: ["export", "--model", run, "--format", "tflite-fp32", "--out", out],
+    "compare": lambda run, out: ["compare", run, "--out", out],
+    "optimize": lambda run, out: ["optimize", "--model", run, "--out", out, "--max-drop", "1",
+                                  "--objective", "size"],
+    "pipeline": lambda run, out: ["pipeline", "--out", out],
+}
+
+
+@pytest.mark.parametrize("command", DATA_COMMANDS)
+def test_data_as_a_symlink_loop_is_one_line(command, tiny_run, tmp_path, capsys):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)  # resolving it raises RuntimeError (Python < 3.13) or OSError
+    out = tmp_path / "out"
+    code = main([*DATA_COMMANDS[command](str(tiny_run), str(out)), "--data", str(loop)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and err[0].startswith("edgepack: error: --data "), err
+    assert "loop" in err[0] and "point it at the real file or folder" in err[0]
+    assert not out.exists()
+
+
+def test_a_symlink_loop_is_one_line_wherever_data_is_resolved(tmp_path, monkeypatch):
+    from edgepack.data import ENV_VAR, resolve_data_path
+    from edgepack.errors import DataError
+
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(DataError, match=r"\(from --data\) is a symbolic link that leads nowhere"):
+        resolve_data_path(loop)
+    monkeypatch.setenv(ENV_VAR, str(loop))
+    with pytest.raises(DataError, match=rf"\(from \${ENV_VAR}\) is a symbolic link that leads nowhere"):
+        resolve_data_path(None)
+
+
+def test_data_help_names_image_folders_in_every_command():
+    for name, p in subcommands().items():
+        data = next((a for a in p._actions if "--data" in a.option_strings), None)
+        if data is not None:
+            assert "image folder" in data.help and "DIR/train/CLASS/" in data.help, name

@@ -194,3 +194,65 @@ def test_optimize_trials_on_ray_match_in_process(ray_cluster, tmp_path, tiny_run
     # the files embed their own paths (metadata): sizes differ by those bytes only
     assert remote_sizes == pytest.approx(local_sizes, abs=64)
     assert remote["host"]["node"] and "isa_flags" in remote["host"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # a port the kernel just handed out, closed again: nothing listens
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address, message", [
+    ("256.1.1.1:1", "256.1.1.1 is not a valid IPv4 address"),
+    ("CLOSED", "nothing answers at 127.0.0.1:{port} within 10 s"),
+    ("127.0.0.1", "expected HOST:PORT"),
+    ("ray://127.0.0.1:99999", "expected HOST:PORT"),
+])
+@pytest.mark.parametrize("command", ["pipeline", "optimize"])
+def test_an_unreachable_ray_address_fails_in_seconds_in_one_line(command, address, message, tmp_path,
+                                                                  tiny_archive, tiny_run, capsys):
+    """Ray itself retries an unreachable address for ~10 minutes; edgepack checks it first (loopback
+    only: no network needed) and leaves nothing behind."""
+    port = _closed_port()
+    address = f"127.0.0.1:{port}" if address == "CLOSED" else address
+    out = tmp_path / "out"
+    argv = (["pipeline", "--data", str(tiny_archive), "--quick"] if command == "pipeline" else
+            ["optimize", "--model", str(tiny_run), "--data", str(tiny_archive), "--max-drop", "1",
+             "--objective", "size"])
+    t0 = time.time()
+    code = main([*argv, "--out", str(out), "--ray", address])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and message.format(port=port) in err[0], err
+    assert time.time() - t0 < 15
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_an_address_that_answers_but_is_no_ray_head_fails_within_the_bound(tmp_path):
+    """~20 s: a TCP listener (on every interface: Ray turns 127.0.0.1 into this machine's address) that
+    never speaks Ray's protocol; Ray's own connect budget (RAY_CONNECT_ENV, read when Ray is imported: a
+    fresh process) ends it in one error naming the bound."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        code = (f"from edgepack.cluster import executor\nwith executor('127.0.0.1:{port}'):\n    pass\n")
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    seconds = time.time() - t0
+    assert r.returncode != 0 and "cannot connect to a Ray cluster within ~20 s" in r.stderr, r.stderr[-2000:]
+    assert seconds < cluster.RAY_CONNECT_SECONDS + 15, seconds  # + Python, Ray's import and shutdown
+
+
+def test_ray_addresses_are_parsed_host_and_port():
+    assert cluster.host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert cluster.host_port("ray://head.local:10001") == ("head.local", 10001)
+    assert cluster.host_port("[::1]:6379") == ("::1", 6379)
+    for bad in ("head", "head:", ":6379", "head:port", "head:0"):
+        with pytest.raises(EdgepackError, match="expected HOST:PORT"):
+            cluster.host_port(bad)

@@ -176,6 +176,10 @@ BAD_FOLDERS = {  # name -> (how to break a good folder, the message's key phrase
     "corrupt png": (_corrupt, r"001\.png: not a readable image"),
     "truncated png": (_truncated, r"001\.png: not a readable image"),
     "broken link": (_broken_link, r"link\.png: not a regular file"),
+    "image link loop": (lambda r: os.symlink("loop.png", r / "train" / "cat" / "loop.png"),
+                        r"loop\.png: not a regular file \(a broken link or link loop"),
+    "class link loop": (lambda r: os.symlink("loop", r / "train" / "loop"),
+                        r"train/loop: a symbolic link that leads nowhere \(broken, or a loop\)"),
     "file for a class folder": (lambda r: _png(r / "train" / "x.png", _colour(1)),
                                 r"train/x\.png: a file where a class folder is expected"),
     "folder for an image": (lambda r: (r / "test" / "cat" / "sub").mkdir(),
@@ -310,6 +314,28 @@ def test_cli_trains_on_a_32x32_image_folder(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     meta = json.loads((tmp_path / "run" / "metadata.json").read_text())
     assert meta["class_names"] == ["ant", "cat", "dog"] and meta["data_sha256"] == load_data(root).sha256
+
+
+def test_one_folder_split_rule_is_recorded_in_the_run_and_weak_classes_are_named(tmp_path, capsys):
+    """README: the one-folder layout's run records its split rule (`split`). An unequal grey set whose
+    1-epoch model can only learn the big class: train prints macro F1 and, when metrics.json names weak
+    classes, the one warning line naming them (edgepack.metrics' rule)."""
+    root = tmp_path / "set"
+    for c, (name, n) in enumerate((("big", 30), ("mid", 5), ("small", 3), ("tiny", 2))):
+        for i in range(n):
+            _png(root / name / f"{i:03d}.png", np.full((20, 20), 40 * c + i, np.uint8), "L")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--out", str(out), "--epochs", "1", "--seed", "4"]) == 0
+    printed = capsys.readouterr().out
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["split"] == {"rule": "stratified", "test_fraction": imagefolder.TEST_FRACTION, "seed": 4}
+    assert meta["input_shape"] == [20, 20, 1] and meta["num_test_images"] == 6 + 1 + 1 + 1
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"macro F1 {metrics['f1_macro']:.4f}" in printed
+    warnings = [line for line in printed.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == (1 if metrics["weak_classes"] else 0), printed
+    for name, recall in metrics["weak_classes"].items():
+        assert f"{name} {100 * recall:.1f}%" in warnings[0]
 
 
 def test_make_image_folder_script(tiny_archive, tmp_path, capsys):

@@ -64,8 +64,13 @@ def test_results_schema_every_row(report):
     assert on_disk == json.loads(json.dumps(results))
     assert on_disk["schema_version"] == 1 and on_disk["kind"] == "edgepack-compare"
     for key in ("created", "wall_seconds", "data", "options", "environment", "baseline", "control",
-                "controls", "recommended", "gate", "settings", "rows"):
+                "controls", "recommended", "gate", "settings", "rows", "imbalance"):
         assert key in on_disk
+    weak = {r["id"]: r["weak_classes"] for r in on_disk["rows"] if r["status"] == "ok"}
+    assert all(isinstance(w, dict) for w in weak.values())
+    assert (on_disk["imbalance"] is not None) == any(weak.values())  # the line exactly when a row has one
+    if on_disk["imbalance"]:
+        assert on_disk["imbalance"] in (out / "report.md").read_text()
     assert on_disk["environment"]["cpu"]["logical_cores"] >= 1
     assert set(on_disk["environment"]["cpu"]["int8_paths"]) == {"isa", "onnxruntime", "litert"}
     assert "int8 kernels on this CPU" in (out / "report.md").read_text()
@@ -168,8 +173,25 @@ def test_report_files_not_empty(report):
 
 
 def _row(rid, acc, gz, p50, status="ok"):
-    return {"id": rid, "status": status, "accuracy": acc, "delta_pts_vs_baseline": 100 * (acc - 0.70),
+    return {"id": rid, "status": status, "accuracy": acc, "f1_macro": acc,
+            "delta_pts_vs_baseline": 100 * (acc - 0.70),
             "size_gzip_bytes": gz, "latency": {"threads_1": {"p50_ms": p50}, "threads_all": None}}
+
+
+def test_imbalance_is_one_line_naming_classes_rows_and_macro_f1():
+    from edgepack.report.summary import imbalance_line, recommendation_lines
+
+    rows = [{**_row("base/keras", 0.7267, 1, 1), "f1_macro": 0.391, "weak_classes": {"cat": 0.0, "dog": 0.0}},
+            {**_row("int8/tflite-int8", 0.72, 1, 1), "f1_macro": 0.40, "weak_classes": {"cat": 0.02}},
+            {**_row("x/onnx-fp32", 0.70, 1, 1), "weak_classes": {}},
+            {**_row("bad/onnx-int8", 0.0, 1, 1, status="error"), "weak_classes": None}]
+    results = {"rows": rows, "baseline": "base/keras", "recommended": None, "options": {"max_drop": None}}
+    line = imbalance_line(results)
+    assert line == ("Class imbalance (recall 0 or below 1/3 of the median class recall): recall cat 0.0-2.0% "
+                    "(2 of 3 rows); dog 0.0% (1 of 3 rows). base/keras: accuracy 72.67% but macro F1 39.1%: "
+                    "add images of these classes or balance the training set.")
+    assert recommendation_lines(results)[-1] == line
+    assert imbalance_line({**results, "rows": rows[2:]}) is None
 
 
 def test_recommend_smallest_and_fastest_within_max_drop():
@@ -227,12 +249,12 @@ def test_latencies_from_different_cpus_are_labelled_never_ranked_together():
     assert rows[2]["speedup"] == pytest.approx(20.0) and rows[1]["speedup"] is None  # other CPU
     assert results["recommended"] == "small/tflite-int8"  # smallest; its 18x slower time is another CPU's
     table = main_table(results)[2]
-    assert table[1][10] == "0.900 [2]" and table[2][10] == "0.050 [1]"
+    assert table[1][11] == "0.900 [2]" and table[2][11] == "0.050 [1]"
     assert "Latencies come from 2 different CPUs" in " ".join(header_lines_of(results, header_lines))
     assert latency_table(results)[2][1][1].endswith("[2]")
     one = {**results, "rows": [rows[0], rows[2]]}
     derive(one)
-    assert len(one["cpu_groups"]) == 1 and main_table(one)[2][1][10] == "0.050"  # one CPU: no labels
+    assert len(one["cpu_groups"]) == 1 and main_table(one)[2][1][11] == "0.050"  # one CPU: no labels
 
 
 def header_lines_of(results: dict, header_lines) -> list[str]:

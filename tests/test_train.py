@@ -45,6 +45,28 @@ def test_metrics_against_hand_computed_values():
     assert top1_agreement(y_true, y_pred) == pytest.approx(4 / 6)
 
 
+def test_weak_classes_rule():
+    """Weak: recall 0, or below 1/3 of the median class recall; a class without test images never."""
+    from edgepack.metrics import imbalance_line, weak_classes
+
+    names = ["a", "b", "c", "d", "e"]
+    # recalls a 0.9, b 0.8, c 0.7, d 0.2 (median 0.75: below 0.25 is weak), e 0 of 0 images
+    cm = [[9, 1, 0, 0, 0], [2, 8, 0, 0, 0], [3, 0, 7, 0, 0], [4, 0, 4, 2, 0], [0, 0, 0, 0, 0]]
+    assert weak_classes(names, cm) == {"d": pytest.approx(0.2)}
+    cm[3] = [3, 0, 4, 3, 0]  # d 0.3: no longer below a third of the median (0.75)
+    assert weak_classes(names, cm) == {}
+    assert weak_classes(names[:2], [[5, 0], [5, 0]]) == {"b": 0.0}  # never predicted: always weak
+    assert weak_classes(names[:2], [[0, 5], [5, 0]]) == {"a": 0.0, "b": 0.0}
+    assert weak_classes(names[:2], [[4, 1], [1, 4]]) == {} and weak_classes(names[:2], [[0, 0], [0, 0]]) == {}
+    m = classification_metrics(np.array([0] * 8 + [1] * 2 + [2] * 2), np.array([0] * 12), names[:3])
+    assert m["weak_classes"] == {"b": 0.0, "c": 0.0}
+    line = imbalance_line(m["weak_classes"], m["accuracy"], m["f1_macro"])
+    assert line == ("2 classes far below the others (recall 0 or below 1/3 of the median class recall): "
+                    "recall b 0.0%, c 0.0%; accuracy 66.67% hides them, macro F1 26.7%: add images of "
+                    "these classes or balance the training set")
+    assert imbalance_line({}, 0.9, 0.9) is None
+
+
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     out = tmp_path / "run"
     with pytest.raises(ZeroDivisionError), rundir.atomic_dir(out) as tmp:

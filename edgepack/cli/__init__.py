@@ -55,8 +55,10 @@ def add_command(sub, name: str, doc: str, func) -> argparse.ArgumentParser:
 
 def add_data_options(p: argparse.ArgumentParser, limits: bool = True) -> None:
     p.add_argument("--data", metavar="PATH",
-                   help="cifar-10-python.tar.gz or cifar-10-batches-py folder "
-                        "(default: $EDGEPACK_DATA, then the Keras cache, then download)")
+                   help="cifar-10-python.tar.gz, cifar-10-batches-py folder, or an image folder: "
+                        "DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/..., or DIR/CLASS/*.png|jpg split "
+                        "by a seeded, stratified rule (default: $EDGEPACK_DATA, then the Keras cache, "
+                        "then download CIFAR-10)")
     if limits:
         p.add_argument("--limit-train", type=positive_int, metavar="N",
                        help="use a seeded, class-balanced subset of N training images")

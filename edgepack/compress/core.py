@@ -36,6 +36,7 @@ from edgepack.fitting import (
     evaluate,
     fit_checked,
     seed_everything,
+    warn_weak_classes,
     write_run,
 )
 from edgepack.runmeta import RunMetadata
@@ -219,6 +220,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     print(f"{variant}: {part} accuracy {metrics['accuracy']:.4f} (source: "
           f"{'not measured' if source_accuracy is None else f'{source_accuracy:.4f}'}) after "
           f"{finetune_seconds:.0f} s of fine-tuning", flush=True)
+    warn_weak_classes(metrics, f"{variant}: ")
     metadata = {
         "kind": "compress", "technique": tech.name, "variant": variant, "params": params,
         "source_run": str(src.path.resolve()), "source_kind": src.metadata.kind,

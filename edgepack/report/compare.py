@@ -21,6 +21,7 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         fine-tuning recipe (same epochs and learning rate), else with the only control.
     recommended         row id of the recommended variant (needs max_drop), or null
     gate                {fail_over, failed: [row ids], passed} or null when no fail_over was asked
+    imbalance           one line naming every row's weak classes and their recall, or null when none
     settings            what the caller (edgepack pipeline) recorded, e.g. its resolved settings; or null
     target              the device target's verdict (--target; null for host): {name, budget, runnable,
                         fitting, closest, none_fit, ...} (edgepack.report.targets documents every key)
@@ -34,6 +35,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         error = "<stage>: <what went wrong or why skipped>" (null when ok)
       accuracy, precision_macro, recall_macro, f1_macro
       per_class_accuracy  {class name: share of that class's test images classified right}
+      weak_classes      {class name: recall} of the classes edgepack.metrics flags as weak (recall 0 or
+                        below 1/3 of the median class recall), {} when none
       confusion_matrix  rows = true class, columns = predicted class
       num_test_images
       accuracy_recorded the accuracy in the run folder's own metrics.json (Keras rows), else null
@@ -309,6 +312,8 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     sheets = explain(results, kept, ds)
     results["wall_seconds"] = round(time.time() - started, 2)
     write_report(results, out, force, sheets)
+    if results["imbalance"]:
+        print(f"compare: warning: {results['imbalance']}", flush=True)
     print(f"compare: wrote {out} in {results['wall_seconds']:.0f} s", flush=True)
     gate = results["gate"]
     if gate and not gate["passed"]:

@@ -5,7 +5,7 @@ the recommendation within --max-drop (edgepack.report.pick) and the --fail-over 
 from __future__ import annotations
 
 from edgepack.compress.schedule import phase_of
-from edgepack.report import hosts, targets
+from edgepack.report import hosts, summary, targets
 from edgepack.report.notes import add_speed_notes
 from edgepack.report.pick import FAST_ENOUGH, Candidate, pick
 
@@ -44,6 +44,7 @@ def schedule_key(recipe: dict | None) -> tuple | None:
 def derive(results: dict) -> None:
     """Changes, ratios, the recommendation and the gate, from the rows' own measurements."""
     rows = results["rows"]
+    results["imbalance"] = summary.imbalance_line(results)
     by_id = {r["id"]: r for r in rows}
     base = by_id.get(results["baseline"])
     ok = [r for r in rows if r["status"] == "ok"]

@@ -28,7 +28,7 @@ THROUGHPUT_BATCH = 64  # images per call when measuring throughput
 ROW_KEYS = (
     "id", "variant", "technique", "format", "kind", "path", "status", "error",
     "accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class_accuracy", "confusion_matrix",
-    "num_test_images", "accuracy_recorded", "accuracy_check",
+    "weak_classes", "num_test_images", "accuracy_recorded", "accuracy_check",
     "agreement", "delta_pts_vs_baseline", "delta_pts_vs_control", "control_ref", "finetune_recipe",
     "size_bytes", "size_gzip_bytes", "size_ratio_gzip", "size_ratio_raw", "parameters",
     "sparsity", "sparsity_source", "source_sha256", "model_sha256",
@@ -99,7 +99,8 @@ def fill_metrics(row: dict, y_true: np.ndarray, probs: np.ndarray, class_names) 
     row.update(accuracy=m["accuracy"], precision_macro=m["precision_macro"], recall_macro=m["recall_macro"],
                f1_macro=m["f1_macro"], confusion_matrix=m["confusion_matrix"],
                num_test_images=m["num_test_images"],
-               per_class_accuracy={k: v["accuracy"] for k, v in m["per_class"].items()})
+               per_class_accuracy={k: v["accuracy"] for k, v in m["per_class"].items()},
+               weak_classes=m["weak_classes"])
     return pred
 
 

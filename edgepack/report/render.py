@@ -36,7 +36,7 @@ def _lat(row: dict, key: str) -> dict | None:
 
 
 def main_table(results: dict) -> Table:
-    headers = ["variant", "format", "size KiB", "gzip KiB", "x smaller (gzip)", "accuracy %",
+    headers = ["variant", "format", "size KiB", "gzip KiB", "x smaller (gzip)", "accuracy %", "macro F1 %",
                "exact-reference accuracy %", "change (pts)", "change vs control (pts)", "agreement %",
                "p50 ms 1 thread", "p50 ms all cores", "x faster", "images/s b64", "status"]
     out, groups = [], results.get("cpu_groups") or []
@@ -51,7 +51,8 @@ def main_table(results: dict) -> Table:
         out.append([
             name, r["format"] + (" tf.function" if r["kind"] == "run" else ""),
             _kb(r["size_bytes"]), _kb(r["size_gzip_bytes"]), _num(r["size_ratio_gzip"], ".2f"),
-            _num(r["accuracy"], ".2f", 100), _num(r.get("reference_accuracy"), ".2f", 100),
+            _num(r["accuracy"], ".2f", 100), _num(r["f1_macro"], ".1f", 100),
+            _num(r.get("reference_accuracy"), ".2f", 100),
             _signed(r["delta_pts_vs_baseline"]),
             _signed(r["delta_pts_vs_control"]), _num(r["agreement"], ".2f", 100),
             _num(one and one["p50_ms"], ".3f") + cpu, _num(allc and allc["p50_ms"], ".3f") + cpu,

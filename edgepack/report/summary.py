@@ -3,6 +3,7 @@ tables: rendered by edgepack.report.render before the detail tables. Plain strin
 
 from __future__ import annotations
 
+from edgepack.metrics import WEAK_RULE
 from edgepack.report.explain import noise_lines
 from edgepack.report.targets import none_fit_line
 
@@ -24,6 +25,12 @@ def _change_text(c: dict | None) -> str:
 
 
 def recommendation_lines(results: dict) -> list[str]:
+    """The summary's lines: the recommendation, then the class-imbalance warning if any."""
+    warning = imbalance_line(results)
+    return _recommendation(results) + ([warning] if warning else [])
+
+
+def _recommendation(results: dict) -> list[str]:
     """The recommended row's key figures and why it was picked, or why nothing was."""
     max_drop = results["options"].get("max_drop")
     rec = next((r for r in results["rows"] if r["id"] == results.get("recommended")), None)
@@ -41,7 +48,8 @@ def recommendation_lines(results: dict) -> list[str]:
     vs = conf.get("vs_baseline")
     lines = [
         f"Recommended: {rec['id']}.",
-        f"Accuracy {100 * rec['accuracy']:.2f}%, change vs the baseline {_change_text(vs)}"
+        f"Accuracy {100 * rec['accuracy']:.2f}% (macro F1 {100 * rec['f1_macro']:.1f}%), change vs the "
+        f"baseline {_change_text(vs)}"
         + (f"; vs its control {_change_text(conf['vs_control'])}" if conf.get("vs_control") else "")
         + ".",
         f"Size {rec['size_gzip_bytes'] / 1024:.1f} KiB gzip'ed"
@@ -59,6 +67,30 @@ def recommendation_lines(results: dict) -> list[str]:
         lines.append(f"On {target['name']}: {rec['target']['verdict']}; accuracy on its kernels "
                      f"{100 * rec['target']['accuracy']:.2f}%.")
     return lines
+
+
+def imbalance_line(results: dict) -> str | None:
+    """One line naming the weak classes (edgepack.metrics.WEAK_RULE) of every row, with their recall
+    (a range over the rows that have them), and the first such row's accuracy against its macro F1;
+    None when no row has one. Written to results.json as `imbalance` and shown in the summary."""
+    hit = [r for r in results["rows"] if r["status"] == "ok" and r.get("weak_classes")]
+    if not hit:
+        return None
+    ok = sum(r["status"] == "ok" for r in results["rows"])
+    recalls: dict[str, list[float]] = {}
+    for r in hit:
+        for name, recall in r["weak_classes"].items():
+            recalls.setdefault(name, []).append(recall)
+    named = "; ".join(f"{name} {_pct_range(v)} ({len(v)} of {ok} rows)" for name, v in recalls.items())
+    first = next((r for r in hit if r["id"] == results.get("baseline")), hit[0])
+    return (f"Class imbalance ({WEAK_RULE}): recall {named}. {first['id']}: accuracy "
+            f"{100 * first['accuracy']:.2f}% but macro F1 {100 * first['f1_macro']:.1f}%: add images of "
+            "these classes or balance the training set.")
+
+
+def _pct_range(values: list[float]) -> str:
+    lo, hi = 100 * min(values), 100 * max(values)
+    return f"{lo:.1f}%" if f"{lo:.1f}" == f"{hi:.1f}" else f"{lo:.1f}-{hi:.1f}%"
 
 
 def failure_rows(results: dict) -> list[list[str]]:
