@@ -16,6 +16,7 @@ example:
   edgepack compare runs/baseline runs/prune-0.8 runs/exports/baseline --out runs/report
   edgepack compare runs/baseline runs/exports/qat/tflite-int8.tflite --limit-test 1000 --runs 50 \
       --fail-over 2 --out /tmp/r
+  edgepack compare runs/exports/baseline --device-results pi5.json --out runs/report-pi5
 """
 
 from edgepack.cli import (
@@ -49,6 +50,9 @@ def register(sub) -> None:
     p.add_argument("--fail-over", type=finite_float, metavar="X",
                    help="exit 1 if a variant drops more than X points")
     p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
+    p.add_argument("--device-results", action="append", default=[], metavar="JSON",
+                   help="latencies measured on a device with `edgepack bench MODEL... --json > JSON`, shown "
+                        "per device and never ranked against this machine's (repeat for more devices)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
 
 
@@ -56,7 +60,8 @@ def run(args) -> int:
     from edgepack.report import CompareOptions, compare
 
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
-                             max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency)
+                             max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency,
+                             device_results=tuple(args.device_results))
     compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline, control=args.control,
             options=options, force=args.force, source_options=source_options(args))
     return 0

@@ -104,6 +104,9 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         is computed only against a baseline on the same CPU and the recommendation
                         ignores latency (edgepack.report.hosts)
     Latency timings also carry round_p50_ms: the medians of those 5 slices.
+    device_results      latencies users measured on their own devices (--device-results, `edgepack bench
+                        --json`), matched to rows by sha256, never ranked with the rows: schema in
+                        edgepack.report.devices ([] when none given)
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.report import devices
 from edgepack.report.derived import BASELINE, CONTROL, derive
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
@@ -138,6 +142,7 @@ class CompareOptions:
     max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
     fail_over: float | None = None  # points: GateFailed if a row drops more than this (or fails)
     seed: int = 0  # test subset seed
+    device_results: tuple[str, ...] = ()  # `edgepack bench --json` files from users' devices (reported apart)
 
     def check(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.predict_runs < 1 or self.throughput_runs < 1:
@@ -149,6 +154,7 @@ class CompareOptions:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 100:
                 raise EdgepackError(f"--{name.replace('_', '-')} is in accuracy points, 0-100; got {v}")
+        devices.read_all(self.device_results)  # a bad device file stops compare before any work
 
 
 class GateFailed(EdgepackError):
@@ -235,6 +241,9 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
               flush=True)
     order = ([base] if base else []) + [e for e in entries if e is not base]
     _unique_ids(order)
+    device_docs = devices.read_all(options.device_results)
+    device_shas = devices.match(device_docs, {e.row_id: e.path for e in order
+                                              if e.kind == "file" and e.path.is_file()})
     if any(e.kind == "run" for e in order):
         from edgepack.model import keras
 
@@ -283,6 +292,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         "recommended": None, "gate": None, "settings": settings, "rows": rows,
     }
     derive(results)
+    results["device_results"] = devices.section(device_docs, device_shas)  # apart from the ranked rows
     sheets = explain(results, kept, ds)
     results["wall_seconds"] = round(time.time() - started, 2)
     write_report(results, out, force, sheets)

@@ -11,7 +11,7 @@ import csv
 import html as html_mod
 from pathlib import Path
 
-from edgepack.report import hosts, summary
+from edgepack.report import devices, hosts, summary
 from edgepack.report.plots import PARETO
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -192,7 +192,8 @@ def markdown_table(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("recommendation", "pareto", "failures", "noise", "details")  # the page's order, summary first
+# The page's order, summary first ("devices" only when --device-results was given).
+SECTIONS = ("recommendation", "pareto", "failures", "noise", "devices", "details")
 
 
 def _failures(results: dict) -> Table:
@@ -206,8 +207,11 @@ def markdown(results: dict, images: dict[str, str]) -> str:
              *[f"- {line}" for line in summary.recommendation_lines(results)], "",
              "## Pareto front", "", f"![Accuracy vs size: the Pareto front]({PARETO})", ""]
     parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
-    parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], "",
-              "## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
+    parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], ""]
+    if results.get("device_results"):
+        parts += ["## Device results", "", *devices.lines(results), "",
+                  *[markdown_table(t).replace("## ", "### ", 1) for t in devices.tables(results)]]
+    parts += ["## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
     parts += [markdown_table(t).replace("## ", "### ", 1) for t in tables(results)]
     parts += [f"![{title}]({name})\n" for title, name in images.items()]
     parts += [f"![{r['id']}: most confident flips]({r['flip_sheet']})\n" for r in results["rows"]
@@ -261,6 +265,9 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
                   + _img(folder, PARETO, "Accuracy vs size: the Pareto front", "wide"),
         "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and skipped models</h2><p>None.</p>",
         "noise": "<h2>Changes within noise</h2>" + _items(summary.noise_text(results)),
+        "devices": "<h2>Device results</h2>" + _items(devices.lines(results))
+                   + "".join(_html_table(t) for t in devices.tables(results))
+                   if results.get("device_results") else "",
         "details": "<h2>Details</h2>" + _items(header_lines(results))
                    + "".join(_html_table(t) for t in tables(results)) + "<h3>Plots</h3>"
                    + "".join(_img(folder, name, title) for title, name in images.items())
@@ -268,7 +275,7 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
                    + "".join(_img(folder, r["flip_sheet"], f"{r['id']}: most confident flips")
                              for r in results["rows"] if r.get("flip_sheet")),
     }
-    body = "".join(f"<section id='{k}'>{sections[k]}</section>\n" for k in SECTIONS)
+    body = "".join(f"<section id='{k}'>{sections[k]}</section>\n" for k in SECTIONS if sections[k])
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>edgepack comparison</title>"
             f"<style>{_STYLE}</style></head><body><h1>edgepack comparison report</h1>\n{body}"
             "</body></html>\n")
