@@ -160,3 +160,12 @@ def test_compare_refuses_bad_device_files_before_writing(bench_doc, tiny_exports
         assert code == 1 and err.startswith(f"edgepack: error: --device-results {path}"), err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists() and not list(tmp_path.glob(f".out-{name}*")), name  # no folder, no lock
+
+
+def test_cli_starts_without_the_toolchain_extras():
+    """The runtime-only install has no pydantic: every command still registers (bench must run there)."""
+    code = ("import sys; sys.modules['pydantic'] = None; from edgepack.cli import build_parser; "
+            "build_parser().parse_args(['bench', 'm.onnx', '--json'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr

@@ -119,7 +119,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
-from edgepack.report import devices
 from edgepack.report.derived import BASELINE, CONTROL, derive
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
@@ -154,7 +153,11 @@ class CompareOptions:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 100:
                 raise EdgepackError(f"--{name.replace('_', '-')} is in accuracy points, 0-100; got {v}")
-        devices.read_all(self.device_results)  # a bad device file stops compare before any work
+        if self.device_results:
+            # here, not at the top: it needs pydantic (toolchain), the runtime-only CLI imports this module
+            from edgepack.report import devices
+
+            devices.read_all(self.device_results)  # a bad device file stops compare before any work
 
 
 class GateFailed(EdgepackError):
@@ -221,6 +224,7 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
 def _compare(inputs, out, data_path, baseline, control, options: CompareOptions, force: bool, ds,
              failures: list[dict] | None, settings: dict | None, source_options: dict | None) -> dict:
     from edgepack import data as data_mod
+    from edgepack.report import devices
     from edgepack.report import env as env_mod
     from edgepack.report.evaluate import evaluate_entry
 

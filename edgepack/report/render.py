@@ -11,7 +11,7 @@ import csv
 import html as html_mod
 from pathlib import Path
 
-from edgepack.report import devices, hosts, summary
+from edgepack.report import hosts, summary
 from edgepack.report.plots import PARETO
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -209,6 +209,8 @@ def markdown(results: dict, images: dict[str, str]) -> str:
     parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
     parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], ""]
     if results.get("device_results"):
+        from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
+
         parts += ["## Device results", "", *devices.lines(results), "",
                   *[markdown_table(t).replace("## ", "### ", 1) for t in devices.tables(results)]]
     parts += ["## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
@@ -258,6 +260,8 @@ def _items(lines) -> str:
 def html(results: dict, folder: Path, images: dict[str, str]) -> str:
     """A self-contained page, summary first (SECTIONS): recommendation, Pareto plot, failures, changes
     within noise, then the same detail tables as report.md; images embedded as base64 PNGs."""
+    from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
+
     fails = _failures(results)
     sections = {
         "recommendation": "<h2>Recommendation</h2>" + _items(summary.recommendation_lines(results)),
