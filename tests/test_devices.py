@@ -156,7 +156,8 @@ def test_compare_refuses_bad_device_files_before_writing(bench_doc, tiny_exports
         out = tmp_path / f"out-{name}"
         code = main(["compare", str(tiny_exports["tflite-int8"]), str(tiny_exports["onnx-fp32"]), "--out",
                      str(out), "--data", str(tiny_archive), "--no-latency", "--device-results", str(path)])
-        err = capsys.readouterr().err
+        out_text, err = capsys.readouterr()
+        assert "test images" not in out_text, name  # refused before the data was read
         assert code == 1 and err.startswith(f"edgepack: error: --device-results {path}"), err
         assert message in err and err.count("\n") == 1, err
         assert not out.exists() and not list(tmp_path.glob(f".out-{name}*")), name  # no folder, no lock

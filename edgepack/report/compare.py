@@ -232,6 +232,8 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         if ref is not None and not Path(ref).exists():
             raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")
     entries = expand(_with_references(inputs, baseline, control), source_options)
+    device_docs = devices.read_all(options.device_results)  # matched by sha256 before any work
+    devices.match(device_docs, [e.path for e in entries if e.kind == "file" and e.path.is_file()])
     base = _pick(entries, baseline, BASELINE)
     ctrl = _pick(entries, control, CONTROL) if control is not None else None
     started = time.time()
@@ -245,9 +247,6 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
               flush=True)
     order = ([base] if base else []) + [e for e in entries if e is not base]
     _unique_ids(order)
-    device_docs = devices.read_all(options.device_results)
-    device_shas = devices.match(device_docs, {e.row_id: e.path for e in order
-                                              if e.kind == "file" and e.path.is_file()})
     if any(e.kind == "run" for e in order):
         from edgepack.model import keras
 
@@ -296,7 +295,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         "recommended": None, "gate": None, "settings": settings, "rows": rows,
     }
     derive(results)
-    results["device_results"] = devices.section(device_docs, device_shas)  # apart from the ranked rows
+    results["device_results"] = devices.section(device_docs, rows)  # apart from the ranked rows
     sheets = explain(results, kept, ds)
     results["wall_seconds"] = round(time.time() - started, 2)
     write_report(results, out, force, sheets)

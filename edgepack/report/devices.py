@@ -112,21 +112,17 @@ def read_all(paths) -> list[tuple[str, BenchDoc]]:
     return [(str(p), read(p)) for p in paths or ()]
 
 
-def match(docs: list[tuple[str, BenchDoc]], files: dict[str, str]) -> dict[str, str]:
-    """sha256 -> compared row id for every file measured on a device; `files`: row id -> path of the
-    compared exported files. A measured file matching none of them is an EdgepackError."""
+def match(docs: list[tuple[str, BenchDoc]], paths: list[Path]) -> None:
+    """Refuse a file measured on a device that is none of the compared files (`paths`, by sha256)."""
     if not docs:
-        return {}
-    by_sha = {}
-    for row_id, path in files.items():
-        by_sha.setdefault(sha256_file(path), row_id)
+        return
+    compared = {sha256_file(p) for p in paths}
     for source, doc in docs:
         for f in doc.files:
-            if f.sha256 is not None and f.sha256 not in by_sha:
+            if f.sha256 is not None and f.sha256 not in compared:
                 raise EdgepackError(
                     f"{OPTION} {source}: {f.name} (sha256 {f.sha256[:12]}...) is none of the compared files: "
                     "compare the exact files the device timed (same bytes), or bench only those")
-    return by_sha
 
 
 def label(device: Device) -> str:
@@ -140,8 +136,10 @@ def label(device: Device) -> str:
            f"{versions}"
 
 
-def section(docs: list[tuple[str, BenchDoc]], by_sha: dict[str, str]) -> list[dict]:
-    """results["device_results"]: per device, its label and its files' figures under the row ids."""
+def section(docs: list[tuple[str, BenchDoc]], rows: list[dict]) -> list[dict]:
+    """results["device_results"]: per device, its label and its files' figures under the ids of the
+    compared rows with the same sha256."""
+    by_sha = {r["model_sha256"]: r["id"] for r in rows if r["kind"] == "file" and r["model_sha256"]}
     out = []
     for source, doc in docs:
         files = []
