@@ -9,20 +9,39 @@ The two are timed in alternating rounds (the machine's speed drifts) with edgepa
 p50 and p90 are medians over the rounds. A file that fails becomes a row with its error.
 The import time of edgepack.runtime is measured in fresh processes (median), which also check that
 TensorFlow was not imported. Nothing here imports TensorFlow.
+
+`edgepack bench --json` prints the result below (schema_version 1), which `edgepack compare
+--device-results` reads back (edgepack.report.devices) to report a device's latencies next to its own:
+    schema_version, kind ("edgepack-bench"), batch, threads, kernels, runs, warmup, rounds, input
+    device      {cpu: edgepack.runtime.cpu.describe(), os, system, machine, python,
+                 versions: {edgepack, numpy, onnxruntime, ai-edge-litert}}
+    files       one row per file, kernel choice and thread count: {file, name, sha256 (of the file's
+                bytes: how compare matches it), format, runtime, threads, kernels, status ("ok"/"error"),
+                error, edgepack and raw: {p50_ms, p90_ms, low_ms, high_ms (min-max of the round
+                medians), round_p50_ms, runs, rounds}, ratio_p50}
+    import      the runtime's import time in fresh processes
 """
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
 
+from edgepack.runtime.cpu import describe
+from edgepack.runtime.golden import sha256_file
 from edgepack.timing import measure
+
+SCHEMA_VERSION = 1  # of the --json document (read back by edgepack.report.devices)
+KIND = "edgepack-bench"
+VERSIONED = ("edgepack", "numpy", "onnxruntime", "ai-edge-litert")  # the device record's package versions
 
 ROUNDS = 10  # alternating edgepack/raw rounds per file (the machine's speed drifts)
 IMAGE_SEED = 0
@@ -75,9 +94,10 @@ def bench_file(path: str | os.PathLike, runs: int = 500, warmup: int = 50, threa
     """One row: edgepack vs raw batch-1 latency of `path` (ms), or the error that stopped it."""
     from edgepack import runtime
 
-    row = {"file": str(path), "format": None, "runtime": None, "threads": threads, "kernels": kernels,
-           "status": "ok"}
+    row = {"file": str(path), "name": Path(path).name, "sha256": None, "format": None, "runtime": None,
+           "threads": threads, "kernels": kernels, "status": "ok"}
     try:
+        row["sha256"] = sha256_file(path)
         clf = runtime.load(path, threads=threads, kernels=kernels)
         row.update(format=clf.format, runtime=clf.runtime)
         image = np.random.default_rng(IMAGE_SEED).integers(0, 256, (1, *clf.input_shape), dtype=np.uint8)
@@ -91,8 +111,10 @@ def bench_file(path: str | os.PathLike, runs: int = 500, warmup: int = 50, threa
         row.update(status="error", error=f"{type(e).__name__}: {str(e).splitlines()[0][:300]}")
         return row
     for name, lats in rounds.items():
-        row[name] = {"p50_ms": float(np.median([lat.p50_ms for lat in lats])),
+        medians = [lat.p50_ms for lat in lats]  # one per round: their min-max is the spread
+        row[name] = {"p50_ms": float(np.median(medians)),
                      "p90_ms": float(np.median([lat.p90_ms for lat in lats])),
+                     "low_ms": float(min(medians)), "high_ms": float(max(medians)), "round_p50_ms": medians,
                      "runs": per_round * ROUNDS, "rounds": ROUNDS}
     row["ratio_p50"] = row["edgepack"]["p50_ms"] / row["raw"]["p50_ms"]
     return row
@@ -133,25 +155,44 @@ def bench(paths: list[str | os.PathLike], runs: int = 500, warmup: int = 50, thr
     A kernel choice a file's engine does not offer (no-xnnpack for .onnx) is left out for that file.
     """
     from edgepack.runtime import RUNTIMES
-    from edgepack.runtime.cpu import describe
 
     thread_counts = [threads] if isinstance(threads, int) else list(threads)
-    rows = [bench_file(p, runs, warmup, t, k) for p in paths for k in kernels for t in thread_counts
+    jobs = [(p, k, t) for p in paths for k in kernels for t in thread_counts
             if k in getattr(RUNTIMES.get(Path(p).suffix.lower()), "kernel_choices", kernels)]
+    rows = []
+    for i, (p, k, t) in enumerate(jobs, 1):  # progress on stderr: stdout may be the JSON document
+        print(f"bench [{i}/{len(jobs)}] {Path(p).name} kernels {k}, {t} thread(s)", file=sys.stderr,
+              flush=True)
+        rows.append(bench_file(p, runs, warmup, t, k))
     first_ok = next((r["file"] for r in rows if r["status"] == "ok"), None)
     timed = max(1, runs // ROUNDS) * ROUNDS  # what bench_file really times per side
-    return {"batch": 1, "threads": thread_counts, "kernels": list(kernels), "runs": timed, "warmup": warmup,
-            "rounds": ROUNDS, "input": "synthetic uint8 image (seed 0)", "cpu": describe(), "files": rows,
+    return {"schema_version": SCHEMA_VERSION, "kind": KIND, "batch": 1, "threads": thread_counts,
+            "kernels": list(kernels), "runs": timed, "warmup": warmup, "rounds": ROUNDS,
+            "input": "synthetic uint8 image (seed 0)", "device": device(), "files": rows,
             "import": import_time(import_repeats, first_ok)}
+
+
+def device() -> dict:
+    """What ran the timings: CPU (model, ISA labels, int8 paths), OS, architecture and versions."""
+    versions = {}
+    for name in VERSIONED:
+        try:
+            versions[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            versions[name] = None
+    return {"cpu": describe(), "os": platform.platform(), "system": platform.system(),
+            "machine": platform.machine(), "python": platform.python_version(), "versions": versions}
 
 
 def render(result: dict) -> str:
     """The bench result as a text table."""
-    cpu = result["cpu"]
+    cpu = result["device"]["cpu"]
     paths = cpu["int8_paths"]
     head = (f"batch 1, {result['runs']} timed runs after {result['warmup']} warm-up in {result['rounds']} "
             "alternating rounds; milliseconds (median over rounds)\n"
-            f"CPU: {cpu['model']}; ISA: {', '.join(cpu['isa_flags']) or 'none detected'}\n"
+            f"CPU: {cpu['model']}; ISA: {', '.join(cpu['isa_flags']) or 'none detected'}"
+            + (" (as CPUID shows it; /proc/cpuinfo differs: an emulated CPU?)" if cpu.get("cpuid_differs")
+               else "") + "\n"
             f"int8 paths ({paths['isa']}): onnxruntime {paths['onnxruntime']['path']}; "
             f"litert {paths['litert']['path']} (kernels: default = XNNPACK on)")
     names = [Path(r["file"]).name for r in result["files"]]

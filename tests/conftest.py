@@ -126,3 +126,14 @@ def real_cifar(real_data):
     from edgepack.data import load_cifar10
 
     return load_cifar10(real_data)
+
+
+@pytest.fixture(scope="session")
+def tiny_exports(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
+    """`tiny_run` exported as tflite-int8 and onnx-fp32 (one export folder): format -> file."""
+    from edgepack.export import export
+
+    out = tmp_path_factory.mktemp("tiny-exports") / "baseline"
+    s = export(tiny_run, ["tflite-int8", "onnx-fp32"], out, data_path=tiny_archive, check_images=20,
+               options=NO_INT8_GATE)
+    return {name: out / f["file"] for name, f in s["formats"].items()}

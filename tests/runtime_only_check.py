@@ -10,7 +10,8 @@ deliberately altered copy of each float file (altered-<file>: one weight tensor 
 $EDGEPACK_RUNTIME_MODELS is set (as `make test` does); --make trains and exports a tiny model instead.
 The check: TensorFlow is not installed and never imported, the installed edgepack (not the source
 tree) loads every file and reproduces the probabilities, and `edgepack predict` / `edgepack bench`
-work with the base install (PNG/JPEG without Pillow: the one-line install hint).
+work with the base install (`bench --json` gives the device document `compare --device-results`
+reads; PNG/JPEG without Pillow: the one-line install hint).
 """
 
 from __future__ import annotations
@@ -158,6 +159,14 @@ def check(folder: Path) -> None:
                            "--import-repeats", "2"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     print(done.stdout.rstrip())
+    done = subprocess.run([str(cli), "bench", str(onnx), "--runs", "10", "--warmup", "1", "--import-repeats",
+                           "1", "--json"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads(done.stdout)  # the JSON alone on stdout: what `compare --device-results` reads
+    assert doc["kind"] == "edgepack-bench" and doc["device"]["versions"]["onnxruntime"], doc["device"]
+    assert doc["files"][0]["status"] == "ok" and len(doc["files"][0]["sha256"]) == 64, doc["files"]
+    print(f"ok  bench --json: schema {doc['schema_version']}, {doc['device']['cpu']['model']}, "
+          f"p50 {doc['files'][0]['edgepack']['p50_ms']:.3f} ms")
     if importlib.util.find_spec("PIL") is None:
         fake_png = folder / "fake.png"
         fake_png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))

@@ -382,7 +382,7 @@ def test_bench_kernel_choices_and_threads(exported, capsys):
     assert [(r["format"], r["kernels"], r["threads"]) for r in result["files"]] == [
         ("tflite-int8", "default", 1), ("tflite-int8", "default", 2), ("tflite-int8", "no-xnnpack", 1),
         ("tflite-int8", "no-xnnpack", 2), ("onnx-int8", "default", 1), ("onnx-int8", "default", 2)]
-    assert set(result["cpu"]["int8_paths"]) == {"isa", "onnxruntime", "litert"}
+    assert set(result["device"]["cpu"]["int8_paths"]) == {"isa", "onnxruntime", "litert"}
     from edgepack.bench import render
 
     assert "int8 paths (" in render(result) and "no-xnnpack" in render(result)

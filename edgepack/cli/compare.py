@@ -24,6 +24,7 @@ example:
       --fail-over 2 --out /tmp/r
   edgepack compare runs/baseline runs/exports/baseline --target tflm --ram 64KiB --flash 256KiB \
       --max-drop 1 --out runs/report-mcu
+  edgepack compare runs/exports/baseline --device-results pi5.json --out runs/report-pi5
 """
 
 import sys
@@ -61,6 +62,9 @@ def register(sub) -> None:
                    help="exit 1 if a variant drops more than X points")
     p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
     add_target_options(p)
+    p.add_argument("--device-results", action="append", default=[], metavar="JSON",
+                   help="latencies measured on a device with `edgepack bench MODEL... --json > JSON`, shown "
+                        "per device and never ranked against this machine's (repeat for more devices)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
 
 
@@ -70,7 +74,8 @@ def run(args) -> int:
 
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
                              max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency,
-                             target=args.target, ram_bytes=args.ram, flash_bytes=args.flash)
+                             target=args.target, ram_bytes=args.ram, flash_bytes=args.flash,
+                             device_results=tuple(args.device_results))
     results = compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline,
                       control=args.control, options=options, force=args.force,
                       source_options=source_options(args))

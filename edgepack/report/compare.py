@@ -113,6 +113,9 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         is computed only against a baseline on the same CPU and the recommendation
                         ignores latency (edgepack.report.hosts)
     Latency timings also carry round_p50_ms: the medians of those 5 slices.
+    device_results      latencies users measured on their own devices (--device-results, `edgepack bench
+                        --json`), matched to rows by sha256, never ranked with the rows: schema in
+                        edgepack.report.devices ([] when none given)
 """
 
 from __future__ import annotations
@@ -150,6 +153,7 @@ class CompareOptions:
     max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
     fail_over: float | None = None  # points: GateFailed if a row drops more than this (or fails)
     seed: int = 0  # test subset seed
+    device_results: tuple[str, ...] = ()  # `edgepack bench --json` files from users' devices (reported apart)
     target: str = "host"  # where the files will run (edgepack.target.TARGETS); host: this machine
     ram_bytes: int | None = None  # the target's RAM budget (--ram), bytes; None: no limit
     flash_bytes: int | None = None  # the target's flash budget (--flash), bytes; None: no limit
@@ -172,6 +176,11 @@ class CompareOptions:
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise EdgepackError(f"{name} is a size in bytes >= 1, got {v!r}")
         check_budget(self.target, self.budget)
+        if self.device_results:
+            # here, not at the top: it needs pydantic (toolchain), the runtime-only CLI imports this module
+            from edgepack.report import devices
+
+            devices.read_all(self.device_results)  # a bad device file stops compare before any work
 
 
 class GateFailed(EdgepackError):
@@ -238,6 +247,7 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
 def _compare(inputs, out, data_path, baseline, control, options: CompareOptions, force: bool, ds,
              failures: list[dict] | None, settings: dict | None, source_options: dict | None) -> dict:
     from edgepack import data as data_mod
+    from edgepack.report import devices
     from edgepack.report import env as env_mod
     from edgepack.report.evaluate import evaluate_entry
 
@@ -245,6 +255,8 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         if ref is not None and not Path(ref).exists():
             raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")
     entries = expand(_with_references(inputs, baseline, control), source_options)
+    device_docs = devices.read_all(options.device_results)  # matched by sha256 before any work
+    devices.match(device_docs, [e.path for e in entries if e.kind == "file" and e.path.is_file()])
     base = _pick(entries, baseline, BASELINE)
     ctrl = _pick(entries, control, CONTROL) if control is not None else None
     started = time.time()
@@ -309,6 +321,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     }
     targets.summarise(results, target, options.budget)
     derive(results)
+    results["device_results"] = devices.section(device_docs, rows)  # apart from the ranked rows
     sheets = explain(results, kept, ds)
     results["wall_seconds"] = round(time.time() - started, 2)
     write_report(results, out, force, sheets)

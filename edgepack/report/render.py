@@ -193,7 +193,8 @@ def markdown_table(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("recommendation", "target", "pareto", "failures", "noise", "details")  # the page's order
+# The page's order, summary first ("devices" only when --device-results was given).
+SECTIONS = ("recommendation", "target", "pareto", "failures", "noise", "devices", "details")
 
 
 def _failures(results: dict) -> Table:
@@ -208,8 +209,13 @@ def markdown(results: dict, images: dict[str, str]) -> str:
              *_target_markdown(results),
              "## Pareto front", "", f"![Accuracy vs size: the Pareto front]({PARETO})", ""]
     parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
-    parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], "",
-              "## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
+    parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], ""]
+    if results.get("device_results"):
+        from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
+
+        parts += ["## Device results", "", *devices.lines(results), "",
+                  *[markdown_table(t).replace("## ", "### ", 1) for t in devices.tables(results)]]
+    parts += ["## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
     parts += [markdown_table(t).replace("## ", "### ", 1) for t in tables(results)]
     parts += [f"![{title}]({name})\n" for title, name in images.items()]
     parts += [f"![{r['id']}: most confident flips]({r['flip_sheet']})\n" for r in results["rows"]
@@ -274,6 +280,8 @@ def _items(lines) -> str:
 def html(results: dict, folder: Path, images: dict[str, str]) -> str:
     """A self-contained page, summary first (SECTIONS): recommendation, Pareto plot, failures, changes
     within noise, then the same detail tables as report.md; images embedded as base64 PNGs."""
+    from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
+
     fails = _failures(results)
     sections = {
         "recommendation": "<h2>Recommendation</h2>" + _items(summary.recommendation_lines(results)),
@@ -282,6 +290,9 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
                   + _img(folder, PARETO, "Accuracy vs size: the Pareto front", "wide"),
         "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and skipped models</h2><p>None.</p>",
         "noise": "<h2>Changes within noise</h2>" + _items(summary.noise_text(results)),
+        "devices": "<h2>Device results</h2>" + _items(devices.lines(results))
+                   + "".join(_html_table(t) for t in devices.tables(results))
+                   if results.get("device_results") else "",
         "details": "<h2>Details</h2>" + _items(header_lines(results))
                    + "".join(_html_table(t) for t in tables(results)) + "<h3>Plots</h3>"
                    + "".join(_img(folder, name, title) for title, name in images.items())

@@ -28,6 +28,12 @@ ISA_FLAGS = {
     "asimddp": "ARM dot-product",
 }
 
+# numpy's run-time CPUID view (__cpu_features__) of the x86 flags above, by cpuinfo name. The engines
+# dispatch on CPUID, not on /proc/cpuinfo: under an emulator (qemu-user passes the host's /proc/cpuinfo
+# through) or a hypervisor that masks features the two differ, and CPUID is what the kernels see.
+CPUID_X86 = {"AVX2": "avx2", "FMA3": "fma", "AVX512F": "avx512f", "AVX512BW": "avx512bw",
+             "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16"}
+
 SATURATION_FREE_WEIGHT = 64  # max |int8 weight| for which a u8*s8 pair sum fits int16 (2*255*64 = 32640)
 
 
@@ -46,6 +52,33 @@ def read_cpuinfo() -> tuple[str | None, set[str]]:
         elif key in ("flags", "Features") and not flags:
             flags = set(value.split())
     return model, flags
+
+
+def cpuid_flags() -> set[str] | None:
+    """The CPUID_X86 flags this process sees (numpy's run-time dispatch check); None without it."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:
+        try:  # numpy 1.x
+            from numpy.core._multiarray_umath import __cpu_features__ as features
+        except ImportError:
+            return None
+    if not any(features.get(name) is not None for name in CPUID_X86):
+        return None
+    return {flag for name, flag in CPUID_X86.items() if features.get(name)}
+
+
+def seen_flags(cpuinfo: set[str], cpuid: set[str] | None) -> tuple[set[str], bool]:
+    """(the flags the engines see, whether /proc/cpuinfo disagrees with CPUID).
+
+    When the x86 flags of /proc/cpuinfo differ from CPUID's, the process runs on another CPU than the
+    one /proc/cpuinfo describes (emulated, or features masked): CPUID's flags are the truth, and flags
+    CPUID_X86 does not cover (AMX, AVX-VNNI) are dropped rather than guessed from the host."""
+    if cpuid is None or not cpuinfo or not cpuinfo & set(CPUID_X86.values()):
+        return cpuinfo, False  # not x86 (ARM lists no such flags), or nothing to compare
+    if cpuinfo & set(CPUID_X86.values()) == cpuid:
+        return cpuinfo, False
+    return set(cpuid), True
 
 
 def int8_paths(flags: set[str], machine: str | None = None) -> dict:
@@ -91,10 +124,14 @@ def int8_paths(flags: set[str], machine: str | None = None) -> dict:
 
 def describe(model: str | None = None, flags: set[str] | None = None) -> dict:
     """This machine: CPU model, ISA labels and the int8 paths (the report's and bench's header);
-    `model` and `flags` default to /proc/cpuinfo's."""
+    `model` and `flags` default to /proc/cpuinfo's, its flags checked against CPUID (seen_flags):
+    "cpuid_differs" is then true when the process sees other features than /proc/cpuinfo lists
+    (an emulated CPU: the model name is the host's, the ISA labels are what the kernels see)."""
+    differs = False
     if model is None and flags is None:
         model, flags = read_cpuinfo()
+        flags, differs = seen_flags(flags, cpuid_flags())
     flags = flags or set()
     return {"model": model or platform.processor() or None, "machine": platform.machine(),
             "isa_flags": [label for flag, label in ISA_FLAGS.items() if flag in flags],
-            "int8_paths": int8_paths(flags)}
+            "int8_paths": int8_paths(flags), "cpuid_differs": differs}
