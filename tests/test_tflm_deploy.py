@@ -127,6 +127,24 @@ def test_lut_refuses_unclustered_and_non_models(int8_files):
         lut_compress(b"not a flatbuffer at all")
 
 
+def test_lut_turns_a_compressor_refusal_into_one_line(int8_files, monkeypatch):
+    import importlib
+
+    from tflite_micro.tensorflow.lite.micro.compression.compressor import CompressionError
+
+    from edgepack.target.tflm_lut import lut_compress
+
+    module = importlib.import_module("tflite_micro.tensorflow.lite.micro.compression.compress")
+
+    def refuse(model, specs):
+        raise CompressionError("tensor 'w' must stay constant; read by PAD\nmore detail")
+
+    monkeypatch.setattr(module, "compress", refuse)
+    with pytest.raises(EdgepackError, match=r"^TFLM's compressor refused the model \(tensor 'w' must stay "
+                                            r"constant; read by PAD\): keep the int8 file$"):
+        lut_compress(int8_files["cluster"].read_bytes())
+
+
 # --- C++ sources
 
 

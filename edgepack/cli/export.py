@@ -134,8 +134,9 @@ def run_tflm(args, options: dict) -> int:
     else:
         print(f"{'TFLM LUT':<15} not applied: {lut['reason']}")
     a = r["arena"]
-    print(f"{'arena':<15} {a['kTensorArenaSize']:>9,} bytes  (TFLM measured {a['measured_bytes']:,}, "
-          f"+{a['margin']:.0%}); TFLM accuracy {r['tflm_check']['accuracy']:.2%} on "
+    decoded = f"; {a['int8_measured_bytes']:,} without LUT" if lut["applied"] else ""
+    print(f"{'arena':<15} {a['kTensorArenaSize']:>9,} bytes  (TFLM measured {a['measured_bytes']:,}"
+          f"{decoded}, +{a['margin']:.0%}); TFLM accuracy {r['tflm_check']['accuracy']:.2%} on "
           f"{r['tflm_check']['images']} held-out images")
     print(f"operators: {', '.join(r['ops'])}")
     print(f"wrote {args.out} (model.tflite, model_data.cc/.h, main.cc, golden vectors, tflm.json)")

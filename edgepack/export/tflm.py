@@ -135,7 +135,6 @@ def _deploy(folder: Path, int8_path: Path, summary: dict, pixels: np.ndarray, la
         "input": {"dtype": meta.input_dtype, "shape": list(meta.input_shape), **meta.input_quantization},
         "class_names": list(meta.class_names), "tflm_check": check,
         "int8_export": {k: summary["formats"][FORMAT][k] for k in ("bytes", "checks")},
-        "compiled_here": False,  # the C++ sources need a TFLM project; see docs/export.md
     }
 
 
