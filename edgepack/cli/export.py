@@ -13,13 +13,22 @@ one that fails is listed as failed in DIR/export.json, the others are written, a
 1; if all fail, nothing is written. DIR/export.json summarises the checks, sizes (raw and gzip'ed)
 and times.
 
+--target tflm writes a TensorFlow Lite Micro project folder instead: the tflite-int8 file (fully
+integer; with TFLM look-up-table weights when the model is clustered and that saves flash), golden
+vectors checked on TFLM, model_data.cc/.h (16-byte aligned array, arena size, input scale and zero
+point, class names) and a main.cc registering exactly the file's operators; see docs/export.md.
+
 example:
   edgepack export --model runs/baseline --format tflite-int8 onnx-int8 --out runs/export/baseline
   edgepack export --model runs/baseline --format all --option calibration_images=200 --out runs/exp --force
+  edgepack export --model runs/pc --target tflm --out runs/tflm/pc
 """
 
 from edgepack.cli import add_command, add_data_options, add_source_options, positive_int, source_options
 from edgepack.export.formats import ALL, FORMATS
+from edgepack.export.tflm import FORMAT as TFLM_FORMAT
+from edgepack.target import DEFAULT, TARGETS
+from edgepack.target.tflm import NAME as TFLM  # the --target that writes a TFLM project folder
 
 
 def _help() -> str:
@@ -36,8 +45,13 @@ def register(sub) -> None:
     p = add_command(sub, "export", __doc__.replace("{formats}", _help()), run)
     p.add_argument("--model", required=True, metavar="RUN_OR_FILE",
                    help="run folder (train/compress) or a Keras model file / SavedModel folder to export")
-    p.add_argument("--format", required=True, nargs="+", metavar="NAME", dest="formats",
-                   help=f"one or more of: {', '.join(FORMATS)}, or {ALL}")
+    p.add_argument("--format", nargs="+", metavar="NAME", dest="formats",
+                   help=f"one or more of: {', '.join(FORMATS)}, or {ALL} (required unless --target tflm)")
+    p.add_argument("--target", choices=list(TARGETS), default=DEFAULT,
+                   help=f"where the files will run (default {DEFAULT}: the formats asked; {TFLM}: a TFLM "
+                        "project folder, see above)")
+    p.add_argument("--no-lut", action="store_true",
+                   help="--target tflm: keep plain int8 weights even for a clustered model")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a format option, for every chosen format that accepts it (repeatable)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="LAYER",
@@ -69,6 +83,8 @@ def run(args) -> int:
     options = parse_options(args.options)
     if args.keep_float:
         options["keep_float"] = ",".join(args.keep_float)
+    if check_target(args) == TFLM:
+        return run_tflm(args, options)
     summary = export(args.model, args.formats, args.out, options=options,
                      data_path=args.data, force=args.force, check_images=args.check_images,
                      source_options=source_options(args))
@@ -84,6 +100,46 @@ def run(args) -> int:
     if summary["failed"]:
         print(f"failed: {', '.join(summary['failed'])} (not written; the others are)")
         return 1
+    return 0
+
+
+def check_target(args) -> str:
+    """The --target (argparse checked the name), with --format and --no-lut, before any work."""
+    from edgepack.errors import EdgepackError
+
+    if args.target == TFLM:
+        if args.formats and args.formats != [TFLM_FORMAT]:
+            raise EdgepackError(f"--target tflm builds on {TFLM_FORMAT}: drop --format "
+                                f"{' '.join(args.formats)}")
+        return TFLM
+    if not args.formats:
+        raise EdgepackError(f"give --format NAME ... ({', '.join(FORMATS)} or {ALL}), or --target tflm")
+    if args.no_lut:
+        raise EdgepackError("--no-lut applies to --target tflm only")
+    return args.target
+
+
+def run_tflm(args, options: dict) -> int:
+    from edgepack.export.tflm import export_tflm
+
+    r = export_tflm(args.model, args.out, options=options, data_path=args.data, force=args.force,
+                    check_images=args.check_images, source_options=source_options(args), lut=not args.no_lut)
+    checks = r["int8_export"]["checks"]
+    print(f"{TFLM_FORMAT:<15} {r['bytes']['int8']:>9,} bytes  {check_line(checks)}")
+    lut = r["lut"]
+    if lut["applied"]:
+        bits = ", ".join(f"{t['name']} {t['bits']} bits" for t in lut["tensors"])
+        print(f"{'TFLM LUT':<15} {r['bytes']['deployed']:>9,} bytes  ({bits}); outputs identical to int8 on "
+              f"{r['tflm_check']['images']} images on TFLM")
+    else:
+        print(f"{'TFLM LUT':<15} not applied: {lut['reason']}")
+    a = r["arena"]
+    decoded = f"; {a['int8_measured_bytes']:,} without LUT" if lut["applied"] else ""
+    print(f"{'arena':<15} {a['kTensorArenaSize']:>9,} bytes  (TFLM measured {a['measured_bytes']:,}"
+          f"{decoded}, +{a['margin']:.0%}); TFLM accuracy {r['tflm_check']['accuracy']:.2%} on "
+          f"{r['tflm_check']['images']} held-out images")
+    print(f"operators: {', '.join(r['ops'])}")
+    print(f"wrote {args.out} (model.tflite, model_data.cc/.h, main.cc, golden vectors, tflm.json)")
     return 0
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime.metadata import MetadataError, read_sidecar
 
 SCHEMA_VERSION = 1
 SUFFIX = ".golden.npz"
@@ -171,6 +172,9 @@ def verify(model_path: str | os.PathLike, golden: str | os.PathLike | None = Non
     golden = golden_path(model_path) if golden is None else golden
     g = read_golden(golden)
     meta, name = g["meta"], Path(model_path).name
+    if kernels != "tflm" and _tflm_only(model_path):
+        raise GoldenError(f"{name} has TFLM look-up-table weights and runs only on TensorFlow Lite Micro: "
+                          "verify it with --kernels tflm")
     clf = runtime.load(model_path, threads=threads, kernels=kernels)
     wrong = _identity_problem(meta, clf.metadata)
     if wrong:
@@ -192,6 +196,16 @@ def verify(model_path: str | os.PathLike, golden: str | os.PathLike | None = Non
                                   f"(max |diff| {worst:.3g}){changed}", None, worst)
     return VerifyResult(False, _fail_line(name, g, probs, bad, atol) + changed, int(np.flatnonzero(bad)[0]),
                         worst)
+
+
+def _tflm_only(model_path: str | os.PathLike) -> bool:
+    """True for a file whose metadata says only TFLM runs it (`export --target tflm` look-up tables)."""
+    if Path(model_path).suffix.lower() != ".tflite":
+        return False
+    try:
+        return tuple(read_sidecar(model_path).runs_in) == ("tflite_micro",)
+    except (FileNotFoundError, MetadataError):
+        return False  # runtime.load names the problem
 
 
 def _fail_line(name: str, g: dict, probs: np.ndarray, bad: np.ndarray, atol: float) -> str:

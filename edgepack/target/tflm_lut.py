@@ -116,23 +116,23 @@ def _channel_axis(tensor) -> int:
     return int(q.axis or 0) if q is not None and not isinstance(q.scales, float | int) else 0
 
 
-def _tflm():
-    try:  # the package's `compress` attribute is the function, not the module
-        from tflite_micro.tensorflow.lite.micro.compression import model_editor, spec, spec_builder
-        from tflite_micro.tensorflow.lite.micro.compression.compress import compress
-    except ImportError:
-        raise EdgepackError("TFLM compression needs the tflm extra (tflite-micro not installed): run "
-                            "pip install 'edgepack[tflm]'") from None
-    return compress, model_editor, spec, spec_builder
-
-
 def lut_compress(model: bytes) -> LutResult:
     """Compress the clustered int8 weights of .tflite `model` with TFLM's look-up tables.
 
     Raises EdgepackError (one line) when no weight tensor would get smaller (a model that is not
     clustered, or not int8) or the file cannot be read.
     """
-    compress, model_editor, spec, spec_builder = _tflm()
+    try:  # the package's `compress` attribute is the function, not the module
+        from tflite_micro.tensorflow.lite.micro.compression import (
+            compressor,
+            model_editor,
+            spec,
+            spec_builder,
+        )
+        from tflite_micro.tensorflow.lite.micro.compression.compress import compress
+    except ImportError:
+        raise EdgepackError("TFLM compression needs the tflm extra (tflite-micro not installed): run "
+                            "pip install 'edgepack[tflm]'") from None
     try:
         parsed = model_editor.read(bytes(model))
     except Exception as e:  # flatbuffers raises assorted types for a file that is not a .tflite
@@ -147,7 +147,11 @@ def lut_compress(model: bytes) -> LutResult:
     for p in plans:
         builder.add_tensor(subgraph=0, tensor=p.index).with_lut(index_bitwidth=p.bits,
                                                                 mode=spec.PerChannel(axis=p.axis))
-    out = bytes(compress(bytes(model), builder.build()))
+    try:
+        out = bytes(compress(bytes(model), builder.build()))
+    except compressor.CompressionError as e:  # e.g. a weight another operator needs constant at prepare time
+        raise EdgepackError(f"TFLM's compressor refused the model ({str(e).splitlines()[0][:200]}): "
+                            "keep the int8 file") from None
     if len(out) >= len(model):
         raise EdgepackError(f"TFLM look-up tables made the file larger ({len(model):,} -> {len(out):,} "
                             "bytes): keep the int8 file")
