@@ -117,6 +117,37 @@ def test_lut_keeps_predictions_and_shrinks(int8_files, tiny_archive):
     np.testing.assert_array_equal(tflm_outputs(result.model, images), tflm_outputs(raw, images))
 
 
+@pytest.fixture(scope="module")
+def cqat_int8(tmp_path_factory, tiny_archive, clustered) -> Path:
+    """tflite-int8 of a cluster-preserving QAT run: QAT writes the dense kernels quantized per tensor."""
+    from edgepack.compress import compress
+    from edgepack.export import export
+
+    root = tmp_path_factory.mktemp("tflm-cqat")
+    run = compress(clustered, "cqat", root / "cqat", data_path=tiny_archive, variant="cluster-8+cqat",
+                   params={"epochs": 1, "batch_size": 16, "learning_rate": 1e-4})
+    export(run, "tflite-int8", root / "x", data_path=tiny_archive, check_images=20, options=NO_INT8_GATE)
+    return root / "x" / "tflite-int8.tflite"
+
+
+def test_lut_tables_follow_each_tensors_quantization(cqat_int8):
+    """Per-tensor tables for per-tensor-quantized kernels, per-channel ones otherwise: TFLM's outputs stay
+    identical on any input (per-channel tables on a per-tensor dense kernel changed them by 3 quanta)."""
+    from tflite_micro.tensorflow.lite.micro.compression import model_editor
+
+    from edgepack.target.tflm_lut import lut_compress
+
+    raw = cqat_int8.read_bytes()
+    result = lut_compress(raw)
+    assert {t.axis for t in result.tensors} == {None, 0}  # the QAT dense kernels and the convs
+    from tflite_micro import runtime
+
+    shape = runtime.Interpreter.from_bytes(raw).get_input_details(0)["shape"]
+    images = np.random.default_rng(0).integers(0, 256, (40, *shape[1:]), dtype=np.uint8)  # uint8 input
+    np.testing.assert_array_equal(tflm_outputs(result.model, images), tflm_outputs(raw, images))
+    assert not any(t.name for t in model_editor.read(result.model).subgraphs[0].tensors)  # names stripped
+
+
 def test_lut_refuses_unclustered_and_non_models(int8_files):
     from edgepack.target.tflm_lut import lut_compress
 
