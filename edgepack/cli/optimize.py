@@ -54,7 +54,7 @@ def register(sub) -> None:
                    help="one epoch per step and a short latency measurement (tests)")
     p.add_argument("--seed", type=int, default=d.seed,
                    help="sampler and training seed (default: the seed of the source's validation split, "
-                        "another is refused; with --val-data 0)")
+                        "another is refused; 0 with --val-data)")
     p.add_argument("--val-fraction", type=finite_float, default=d.val_fraction, metavar="F",
                    help="the search scores on the training images the source held out (`train "
                         "--validation-split`): their fraction is the source's; another is refused")
