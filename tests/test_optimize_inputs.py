@@ -161,3 +161,15 @@ def test_half_written_last_journal_record_is_cut_off_and_the_search_resumes(tmp_
     assert "cut off a half-written last record" in capsys.readouterr().out
     assert journal.read_bytes().startswith(good)
     assert all(json.loads(line) for line in journal.read_bytes().splitlines())
+
+
+def test_resume_with_other_settings_is_refused_before_the_journal_is_touched(tmp_path, capsys,
+                                                                             tiny_split_run, tiny_archive):
+    """~10 s: the study's records stay as they were when a resume is refused."""
+    out = tmp_path / "o"
+    _search(tiny_split_run, tiny_archive, out)
+    before = (out / "study.journal").read_bytes()
+    _fails(capsys, ["--model", str(tiny_split_run), "--data", str(tiny_archive), "--out", str(out),
+                    "--max-drop", "2", "--objective", "latency", "--quick", "--trials", "1"],
+           "holds a search with other settings (max_drop, objective)")
+    assert (out / "study.journal").read_bytes() == before

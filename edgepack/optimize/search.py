@@ -109,8 +109,10 @@ def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
     with rundir.output_lock(out):
         journal.check(out / JOURNAL)
         out.mkdir(parents=True, exist_ok=True)
-        study = _study(out, opts)  # the journal first: it marks the folder as a search's (resume_marker)
-        _check_settings(out, opts)
+        _check_settings(out, opts)  # a resume with other settings is refused before the journal is touched
+        study = _study(out, opts)  # the journal, then settings.json: the journal marks a search folder
+        if not (out / SETTINGS).is_file():
+            rundir.write_json(out / SETTINGS, opts.record())
         source = _prepare_source(out, opts, src, ds, split)
         if not study.trials and not opts.quick:
             from edgepack.compress.techniques import TECHNIQUES
@@ -141,8 +143,6 @@ def _check_settings(out: Path, opts: SearchOptions) -> None:
         if diff:
             raise EdgepackError(f"{out} holds a search with other settings ({', '.join(diff)}): resume it "
                                 "with the same options or choose another --out")
-    else:
-        rundir.write_json(path, opts.record())
 
 
 def _prepare_source(out: Path, opts: SearchOptions, src, ds, split: dict) -> dict:
