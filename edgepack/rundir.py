@@ -119,12 +119,16 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RunFolderError(f"{path} is not valid JSON ({e}); re-create the run folder") from None
 
 
-def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Path:
+def check_output_path(out: str | os.PathLike, inputs: dict | None = None,
+                      resume_marker: str | None = None) -> Path:
     """Refuse, before any work, an output path whose writing would destroy something.
 
     Refused: `.`, `/`, the current folder or one of its parents, and a path that is, contains or lies
     inside an input. `inputs` maps an option name to a path, a list of paths or None, e.g.
-    {"--model": "runs/baseline"}. Returns `out` made absolute (with `..` folded, links kept).
+    {"--model": "runs/baseline"}. With `resume_marker` (a command that resumes in its folder), an
+    existing `out` must be an empty folder or hold that file (the command's own folder): another
+    command's run, export or pipeline folder is refused. Returns `out` made absolute (with `..`
+    folded, links kept).
     """
     resolved = resolved_path(out, "--out")
     cwd = Path.cwd().resolve()
@@ -140,6 +144,10 @@ def check_output_path(out: str | os.PathLike, inputs: dict | None = None) -> Pat
                        else "lies inside")
                 raise RunFolderError(f"--out {out} {how} the input {option} {one}: writing it would "
                                      "destroy the input; choose an --out outside it")
+    if resume_marker and resolved.exists() and not (resolved / resume_marker).is_file() and (
+            not resolved.is_dir() or any(resolved.iterdir())):
+        raise RunFolderError(f"--out {out} exists and is not a folder this command made (no {resume_marker}):"
+                             " choose a new or empty folder")
     return Path(os.path.abspath(out))
 
 

@@ -107,6 +107,16 @@ def tiny_run(tmp_path_factory, tiny_archive) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_split_run(tmp_path_factory, tiny_archive) -> Path:
+    """A baseline like tiny_run that held out 10% of its training images (`train --validation-split
+    0.1`, seed 0): the source `edgepack optimize` scores on those images for."""
+    from edgepack.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("runs") / "held-out"
+    return train(tiny_archive, out, TrainConfig(epochs=1, batch_size=16, validation_split=0.1))
+
+
+@pytest.fixture(scope="session")
 def tiny_compressed(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
     """Real compressed run folders made from `tiny_run` on the tiny archive (1 epoch each, ~5 s each):
     "prune" (variant prune-0.5) and its fine-tune-only control "finetune" (same recipe)."""

@@ -175,10 +175,10 @@ def test_pipeline_on_ray_killed_and_resumed_gives_the_in_process_rows(ray_cluste
 
 
 @pytest.mark.slow
-def test_optimize_trials_on_ray_match_in_process(ray_cluster, tmp_path, tiny_run, tiny_archive):
+def test_optimize_trials_on_ray_match_in_process(ray_cluster, tmp_path, tiny_split_run, tiny_archive):
     """~60 s: `optimize --ray` runs each trial as a Ray task (one per timing slot) with the in-process
     trial's figures, and records the host that timed its files."""
-    argv = ["optimize", "--model", str(tiny_run), "--data", str(tiny_archive), "--max-drop", "100",
+    argv = ["optimize", "--model", str(tiny_split_run), "--data", str(tiny_archive), "--max-drop", "100",
             "--objective", "size", "--quick", "--trials", "1"]
     assert main([*argv, "--out", str(tmp_path / "local")]) == 0
     assert main([*argv, "--out", str(tmp_path / "ray"), "--ray", ray_cluster]) == 0

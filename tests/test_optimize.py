@@ -20,6 +20,7 @@ from edgepack.optimize import final, space
 
 @pytest.mark.parametrize("args, words", [
     (["--max-drop", "-1", "--objective", "size"], "--max-drop must be >= 0"),
+    (["--max-drop", "1e9", "--objective", "size"], "<= 100 accuracy points"),
     (["--max-drop", "1", "--objective", "speed"], "--objective must be one of size, latency"),
     (["--max-drop", "1", "--objective", "size", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
     (["--max-drop", "1", "--objective", "size", "--val-fraction", "0.7"], "--val-fraction must be between"),
@@ -136,7 +137,7 @@ def test_chain_options_reach_every_step_its_control_and_its_commands():
     assert all("augment" not in s.params for s in space.suggest(plain, TECHNIQUES)[1])  # the default
 
 
-def test_hopeless_trial_is_pruned_and_complete_work_is_reused(tmp_path, capsys, tiny_run, tiny_archive):
+def test_hopeless_trial_is_pruned_and_complete_work_is_reused(tmp_path, capsys, tiny_split_run, tiny_archive):
     """~10 s: the explicit pruning rule stops a chain after the step that misses the goal by > 3 points;
     run_trial is a pure function of its job whose complete result is reused, never re-run."""
     from edgepack.optimize.search import QUICK_TIMING
@@ -146,7 +147,8 @@ def test_hopeless_trial_is_pruned_and_complete_work_is_reused(tmp_path, capsys, 
             "val_fraction": 0.1, "image_size": [32, 32]}
     job = {"number": 0, "chain": "prune-pqat", "steps": [{"technique": "prune", "params": {"epochs": 1}},
                                                          {"technique": "pqat", "params": {"epochs": 1}}],
-           "source": str(tiny_run), "data": spec, "formats": ["tflite-int8"], "out": str(tmp_path / "t0"),
+           "source": str(tiny_split_run), "data": spec, "formats": ["tflite-int8"],
+           "out": str(tmp_path / "t0"),
            "seed": 0, "timing": QUICK_TIMING, "reference_accuracy": 1.0, "max_drop": 0.0}
     [result] = run_trials([job])
     said = capsys.readouterr().out  # a step inside a search names its figures for what they are
@@ -172,12 +174,12 @@ def _cmd(run, archive, out, trials):
 
 
 @pytest.mark.slow
-def test_killed_search_resumes_and_reports(tmp_path, tiny_run, tiny_archive):
+def test_killed_search_resumes_and_reports(tmp_path, tiny_split_run, tiny_archive):
     """~90 s: a search killed (SIGKILL) in its second trial resumes; finished trials are not re-run;
     trials score on validation images only; the report has a front, a pick, its test figures."""
     out = tmp_path / "opt"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen(_cmd(tiny_run, tiny_archive, out, 2), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cmd(tiny_split_run, tiny_archive, out, 2), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (out / "trials" / "1").exists():
@@ -189,8 +191,8 @@ def test_killed_search_resumes_and_reports(tmp_path, tiny_run, tiny_archive):
     stamp = first.stat().st_mtime_ns
     assert not (out / "report.json").exists()
 
-    again = subprocess.run(_cmd(tiny_run, tiny_archive, out, 2), capture_output=True, text=True, env=env,
-                           timeout=600)
+    again = subprocess.run(_cmd(tiny_split_run, tiny_archive, out, 2), capture_output=True, text=True,
+                           env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming: trial(s) 1" in again.stdout and "trial 2 " in again.stdout
     assert "trial 0 " not in again.stdout and first.stat().st_mtime_ns == stamp  # not re-run
@@ -215,13 +217,16 @@ def test_killed_search_resumes_and_reports(tmp_path, tiny_run, tiny_archive):
     assert "vs_control" in pick and pick["control"]["phases"]
     md = (out / "report.md").read_text()
     assert "## Pareto front" in md and "TEST accuracy" in md and "Matched fine-tune control" in md
-    # tiny_run was trained on every training image: its reproduce commands cannot hold the split out
-    assert report["source"]["held_out_search_split"] is False and "trains on all training images" in md
+    # the source held out exactly the search's validation images, so its reproduce commands do too
+    assert split == rundir.load_run(tiny_split_run).metadata.validation
+    assert report["source"]["held_out_search_split"] is True and "hold out what the source held out" in md
+    src = report["source"]
+    assert 0 <= src["test_accuracy"] <= 1 and f"TEST accuracy {src['test_accuracy']:.2%}" in md
     assert (out / "pareto.png").read_bytes().startswith(b"\x89PNG")
     assert (out / "pareto.csv").read_text().startswith("id,trial,chain")
 
 
-def test_executor_seam_gets_json_jobs_in_batches(tmp_path, tiny_run, tiny_archive):
+def test_executor_seam_gets_json_jobs_in_batches(tmp_path, tiny_split_run, tiny_archive):
     """~10 s: the one seam a parallel executor replaces: batches of JSON-able jobs in, results out."""
     from edgepack.optimize import SearchOptions, optimize
 
@@ -233,8 +238,9 @@ def test_executor_seam_gets_json_jobs_in_batches(tmp_path, tiny_run, tiny_archiv
                  "status": "failed", "error": "not run", "seconds": 0.1} for j in jobs]
 
     out = tmp_path / "opt"
-    report = optimize(SearchOptions(model=str(tiny_run), out=str(out), max_drop=1.0, objective="latency",
-                                    data=str(tiny_archive), trials=3, quick=True), executor=executor, batch=2)
+    report = optimize(SearchOptions(model=str(tiny_split_run), out=str(out), max_drop=1.0,
+                                    objective="latency", data=str(tiny_archive), trials=3, quick=True),
+                      executor=executor, batch=2)
     assert [len(b) for b in batches] == [2, 1]
     numbers = [j["number"] for b in batches for j in b]
     assert numbers == [0, 1, 2] and all(j["out"] == str(out / "trials" / str(j["number"])) for b in batches
@@ -262,8 +268,9 @@ def _study_with(out, params: dict, copies: int):
     (2, 20, 2, [[0], [3]], "trials", {1: 0, 2: 0}),  # a repeat within a batch, then of a finished trial
     (1, 2, 9, [[0]], "repeats", {1: 0, 2: 0}),  # the sampler asks only for recipes that ran: stop
 ])
-def test_repeated_recipe_reuses_the_earlier_result(tmp_path, tiny_run, tiny_archive, monkeypatch, capsys,
-                                                   batch, max_in_a_row, trials, ran, stopped_by, same):
+def test_repeated_recipe_reuses_the_earlier_result(tmp_path, tiny_split_run, tiny_archive, monkeypatch,
+                                                   capsys, batch, max_in_a_row, trials, ran, stopped_by,
+                                                   same):
     """~10 s: TPE may ask for parameters it has had (session 5's search trained one recipe twice); the
     repeat gets the earlier trial's result, costs no training, and does not count as a trial run."""
     from edgepack.optimize import SearchOptions, optimize, search
@@ -282,7 +289,7 @@ def test_repeated_recipe_reuses_the_earlier_result(tmp_path, tiny_run, tiny_arch
                  "points": [{"format": "tflite-int8", "accuracy": 0.1 + j["number"] / 100, "gzip_bytes": 1000,
                              "latency": {"p50_ms": 1.0}}]} for j in jobs]
 
-    report = optimize(SearchOptions(model=str(tiny_run), out=str(out), max_drop=100.0, objective="size",
+    report = optimize(SearchOptions(model=str(tiny_split_run), out=str(out), max_drop=100.0, objective="size",
                                     data=str(tiny_archive), trials=trials, quick=True),
                       executor=executor, batch=batch)
     assert batches == ran and report["search"]["stopped_by"] == stopped_by

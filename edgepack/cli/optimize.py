@@ -3,9 +3,11 @@
 Trials chain compress techniques (prune, 2:4, cluster, prune -> cluster, cluster -> CQAT,
 prune -> PQAT, prune -> cluster -> PCQAT, QAT; those compress has) with their options (sparsity
 0.5-0.9, clusters 8-32, learning rate, epochs, polish phase), export each result to the int8
-formats and measure every file with edgepack.runtime: accuracy on a VALIDATION split held out from
-the training images (seeded, stratified, recorded), gzip'ed size, 1-thread batch-1 p50 latency in
-rounds. The test images are read only at the end, for the picks and their matched fine-tune controls.
+formats and measure every file with edgepack.runtime: accuracy on VALIDATION images the source never
+learned, gzip'ed size, 1-thread batch-1 p50 latency in rounds. The validation images are the training
+images the source held out (`edgepack train --validation-split 0.1`; compress runs made from it keep
+the record) or --val-data; any other source is refused. The test images are read only at the end, for
+the source's test accuracy, the picks and their matched fine-tune controls.
 
 DIR gets study.journal (the Optuna study: re-run the same command to resume a stopped search),
 trials/<number>/ (each trial's run folders, files and result.json), controls/, and the report:
@@ -14,6 +16,7 @@ accuracy, its change against its control and the commands that reproduce it). La
 intervals overlap are ties and never decide the pick. See docs/optimize.md.
 
 example:
+  edgepack train --validation-split 0.1 --out runs/baseline
   edgepack optimize --model runs/baseline --max-drop 1 --objective size --out runs/optimize
   edgepack optimize --model runs/baseline --max-drop 0.5 --objective latency --budget-minutes 30 \\
       --out runs/optimize-fast
@@ -39,7 +42,7 @@ def register(sub) -> None:
                    help="run folder or model file to start from")
     p.add_argument("--out", required=True, metavar="DIR", help="search folder (re-run to resume)")
     p.add_argument("--max-drop", required=True, type=finite_float, metavar="POINTS",
-                   help="accuracy points the pick may lose against the source (validation), >= 0")
+                   help="accuracy points the pick may lose against the source (validation), 0-100")
     p.add_argument("--objective", required=True, metavar="size|latency",
                    help="size: smallest gzip'ed file; latency: fastest 1-thread batch-1 p50")
     add_data_options(p)
@@ -51,9 +54,16 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="one epoch per step and a short latency measurement (tests)")
     p.add_argument("--seed", type=int, default=d.seed,
-                   help=f"split, sampler and training seed (default {d.seed})")
+                   help="sampler and training seed (default: the seed of the source's validation split, "
+                        "another is refused; 0 with --val-data)")
     p.add_argument("--val-fraction", type=finite_float, default=d.val_fraction, metavar="F",
-                   help=f"share of training images held out for validation (default {d.val_fraction:g})")
+                   help="the search scores on the training images the source held out (`train "
+                        "--validation-split`): their fraction is the source's; another is refused")
+    p.add_argument("--val-data", metavar="FOLDER_OR_ARCHIVE",
+                   help="score on these held-out images (an image folder or CIFAR-format archive, all its "
+                        "images; same class names and image size) and fine-tune on --data's training "
+                        "images: needed for a source that held none out (a model file, a run trained "
+                        "without --validation-split)")
     p.add_argument("--ray", metavar="ADDRESS",
                    help="run trials as tasks on a Ray cluster, one per host at a time (each times its "
                         "files): auto or HOST:PORT; --out must be on a filesystem every node sees "
@@ -69,7 +79,7 @@ def run(args) -> int:
     opts = SearchOptions(model=args.model, out=args.out, max_drop=args.max_drop, objective=args.objective,
                          data=args.data, budget_minutes=args.budget_minutes, trials=args.trials,
                          quick=args.quick,
-                         seed=args.seed, val_fraction=args.val_fraction,
+                         seed=args.seed, val_fraction=args.val_fraction, val_data=args.val_data,
                          formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          class_names=source_options(args)["class_names"],

@@ -8,7 +8,8 @@ from __future__ import annotations
 from edgepack import rundir
 from edgepack.compress.schedule import finetune_params, phase_name
 from edgepack.optimize import space
-from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file, search_data
+from edgepack.optimize.holdout import search_data
+from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file
 from edgepack.report.pick import Candidate, pick
 from edgepack.report.stats import compare_predictions
 from edgepack.target import DEFAULT, Budget, fits
@@ -67,12 +68,10 @@ def choose(points: list[dict], max_drop: float, objective: str, opts=None) -> di
 def test_figures(point: dict, out, source: dict, spec: dict, seed: int) -> dict:
     """The file's TEST accuracy, its matched fine-tune control's (exported to the same format) and
     the change between them (McNemar + paired bootstrap on the test images)."""
-    from edgepack import data as data_mod
     from edgepack.compress.techniques import TECHNIQUES
 
     search, _ = search_data(spec)
-    full = data_mod.load_data(spec["path"], spec.get("limit_train"), spec.get("limit_test"), spec["seed"],
-                              image_size=tuple(spec["image_size"]) if spec.get("image_size") else None)
+    full = full_data(spec)
     timing = {"runs": 1, "warmup": 0, "rounds": 1}  # accuracy only: latency is the validation figure's
     mine, pred = measure_file(point["file"], full.x_test, full.y_test, timing)
     steps = [space.Step(s["technique"], s["params"]) for s in point["recipe"]]
@@ -82,6 +81,25 @@ def test_figures(point: dict, out, source: dict, spec: dict, seed: int) -> dict:
     return {"test_accuracy": mine["accuracy"], "test_images": int(len(full.y_test)),
             "control": {"phases": phases, "file": str(control_file), "test_accuracy": ctrl["accuracy"]},
             "vs_control": compare_predictions(pred, ctrl_pred, full.y_test)}
+
+
+def full_data(spec: dict):
+    """The data set the search split, with its TEST images."""
+    from edgepack import data as data_mod
+
+    return data_mod.load_data(spec["path"], spec.get("limit_train"), spec.get("limit_test"), spec["seed"],
+                              image_size=tuple(spec["image_size"]) if spec.get("image_size") else None)
+
+
+def source_test_accuracy(source: dict, spec: dict) -> float:
+    """The source's Keras accuracy on the TEST images, shown next to its validation accuracy (the same
+    Keras model, out/source): a validation figure well above it would say the split was learned."""
+    from edgepack.fitting import evaluate
+    from edgepack.model import load_run_model
+
+    run = rundir.load_run(source["run"])
+    metrics, _ = evaluate(load_run_model(run), full_data(spec), run.metadata.pixel_scaling)
+    return float(metrics["accuracy"])
 
 
 def control(phases: list[tuple], fmt: str, out, source: dict, ds, seed: int):

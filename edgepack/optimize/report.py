@@ -23,6 +23,7 @@ CSV_FIELDS = ("id", "trial", "chain", "format", "val_accuracy", "drop_pts", "gzi
 def write_report(out: Path, opts, study, source: dict, spec: dict, split: dict, run_info: dict) -> dict:
     points = final.collect_points(study, out, source)
     chosen = final.choose(points, opts.max_drop, opts.objective, opts)
+    source = {**source, "test_accuracy": final.source_test_accuracy(source, spec)}  # reads the test images
     by_id = {p["id"]: p for p in points}
     picks = {}
     for role, pid in chosen.items():
@@ -79,16 +80,9 @@ def markdown(r: dict) -> str:
         "# edgepack optimize", "",
         f"Goal: the {'smallest' if s['objective'] == 'size' else 'fastest'} int8 file within "
         f"{s['max_drop']:g} accuracy points of `{s['model']}` on VALIDATION images.", "",
-        f"- Source: validation accuracy {src['val_accuracy']:.2%}, "
-        f"{src['gzip_bytes'] / 1024:.1f} KiB gzip'ed (Keras weights only).",
-        f"- Validation split: {split['validation_images']} of the training images (fraction "
-        f"{split['fraction']:g}, seed {split['seed']}, stratified; "
-        f"indices sha256 {split['indices_sha256'][:12]}); "
-        f"trials train on the other {split['train_images']}. The test images are read only for the "
-        "picks below.",
-        *(["- The source was trained on these training images, validation ones included: validation "
-            "figures are optimistic for every model; the goal compares each file with the source on them."]
-          if src.get("saw_validation_images") else []),
+        f"- Source (Keras): validation accuracy {src['val_accuracy']:.2%}, TEST accuracy "
+        f"{src['test_accuracy']:.2%}; {src['gzip_bytes'] / 1024:.1f} KiB gzip'ed (weights only).",
+        _split_line(split),
         f"- Search: {len(r['trials'])} trials{_repeats(r['trials'])}, "
         f"{r['search']['spent_seconds'] / 60:.1f} min spent "
         f"(budget {r['budget_minutes']:g} min), stopped by {r['search']['stopped_by']}.", "",
@@ -111,15 +105,27 @@ def markdown(r: dict) -> str:
                   f"change {v['delta_pts']:+.2f} points "
                   f"(95% CI {v['ci_pts'][0]:+.2f} to {v['ci_pts'][1]:+.2f}, McNemar p {v['p_value']:.3g}"
                   f"{', within noise' if v['within_noise'] else ''}).",
-                  ("- Reproduce (the source held out the search's validation split, so compress and export"
-                   " hold it out too: the commands fine-tune on the trial's training images):"
-                   if src.get("held_out_search_split") else
-                   "- Reproduce (trains on all training images; the search held out the validation split):"),
+                  ("- Reproduce (compress and export hold out what the source held out, so the commands "
+                   "fine-tune on the trial's training images):"),
                   "",
                   "```", pk["command"], "```", ""]
     if not r["chosen"].get("ratio_10"):
         lines.append("No file is >= 10x smaller than the source.")
     return "\n".join(lines) + "\n"
+
+
+def _split_line(split: dict) -> str:
+    if "val_data" in split:
+        held = split["held_out_by_source"]
+        return (f"- Validation images: the {split['validation_images']} images of --val-data "
+                f"`{split['val_data']}` (sha256 {split['val_data_sha256'][:12]}); trials train on "
+                f"{split['train_images']} training images of --data"
+                f"{f' (less the {held} the source held out)' if held else ''}. The test images are read "
+                "only for the source's test accuracy and the picks below.")
+    return (f"- Validation split: the {split['validation_images']} training images the source held out "
+            f"(fraction {split['fraction']:g}, seed {split['seed']}, stratified; indices sha256 "
+            f"{split['indices_sha256'][:12]}); trials train on the other {split['train_images']}. The test "
+            "images are read only for the source's test accuracy and the picks below.")
 
 
 def _repeats(trials: list[dict]) -> str:

@@ -1,7 +1,8 @@
 """`optimize()`: an Optuna search for the smallest (or fastest) int8 file within an accuracy goal.
 
-Every trial is scored on a VALIDATION split held out from the training images (edgepack.data.
-validation_split); the test images are read only at the end, for the picks (edgepack.optimize.report).
+Every trial is scored on VALIDATION images the source never learned (edgepack.optimize.holdout: the
+split its training run held out, or --val-data); the test images are read only at the end, for the
+picks (edgepack.optimize.report). Every input and option is checked before the search folder is made.
 The study lives in out/study.journal (Optuna JournalStorage): a killed search resumes there. Trials
 left RUNNING by a killed process are marked failed and their parameters re-enqueued; finished trials
 are never re-run, and a trial the sampler asks with a finished trial's parameters is told that trial's
@@ -23,8 +24,8 @@ from pathlib import Path
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
-from edgepack.optimize import space
-from edgepack.optimize.trial import run_trials, search_data
+from edgepack.optimize import holdout, journal, space
+from edgepack.optimize.trial import run_trials
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.stats import LATENCY_ROUNDS
 from edgepack.target import Budget, check_budget
@@ -54,8 +55,9 @@ class SearchOptions:
     budget_minutes: float = 60.0  # no new trial starts when it would end past this
     trials: int | None = None  # stop after this many finished trials (None: budget only)
     quick: bool = False  # tests: one epoch per step, short latency measurement
-    seed: int = 0  # validation split, sampler and training seed
-    val_fraction: float = 0.1  # share of the training images held out for validation
+    seed: int | None = None  # split, sampler and training seed (None: the source's split's, else 0)
+    val_fraction: float | None = None  # held-out share of training images (None: the source's split's)
+    val_data: str | None = None  # held-out images to score on instead (folder or CIFAR-format archive)
     formats: tuple[str, ...] = INT8_FORMATS  # int8 formats each trial is exported to
     class_names: str | None = None  # a model file's class names (edgepack.rundir.load_source)
     preprocessing: str | None = None  # a model file's pixel scaling
@@ -67,15 +69,15 @@ class SearchOptions:
 
     def check(self) -> None:
         """One-line errors for bad values, before any work."""
-        if not self.max_drop >= 0:
-            raise EdgepackError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop:g}")
+        if not 0 <= self.max_drop <= 100:  # accuracy points: 0-100
+            raise EdgepackError(f"--max-drop must be >= 0 and <= 100 accuracy points, got {self.max_drop:g}")
         if self.objective not in OBJECTIVES:
             raise EdgepackError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.budget_minutes > 0:
             raise EdgepackError(f"--budget-minutes must be > 0, got {self.budget_minutes:g}")
         if self.trials is not None and self.trials < 1:
             raise EdgepackError(f"--trials must be >= 1, got {self.trials}")
-        if not 0 < self.val_fraction < 0.5:
+        if self.val_fraction is not None and not 0 < self.val_fraction < 0.5:
             raise EdgepackError("--val-fraction must be between 0 and 0.5 (exclusive), got "
                                 f"{self.val_fraction:g}")
         bad = [f for f in self.formats if f not in INT8_FORMATS]
@@ -106,12 +108,17 @@ def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
 
     require_toolchain("edgepack optimize")
     _require_optuna()
-    out = rundir.check_output_path(opts.out, {"--model": opts.model, "--data": opts.data})
+    out = rundir.check_output_path(opts.out, {"--model": opts.model, "--data": opts.data,
+                                              "--val-data": opts.val_data}, resume_marker=JOURNAL)
+    opts, src, spec, ds, split = holdout.resolve(opts)  # refuses a source that learned the validation images
     with rundir.output_lock(out):
+        journal.check(out / JOURNAL)
         out.mkdir(parents=True, exist_ok=True)
-        _check_settings(out, opts)
-        source, spec, split = _prepare_source(out, opts)
-        study = _study(out, opts)
+        _check_settings(out, opts)  # a resume with other settings is refused before the journal is touched
+        study = _study(out, opts)  # the journal, then settings.json: the journal marks a search folder
+        if not (out / SETTINGS).is_file():
+            rundir.write_json(out / SETTINGS, opts.record())
+        source = _prepare_source(out, opts, src, ds, split)
         if not study.trials and not opts.quick:
             from edgepack.compress.techniques import TECHNIQUES
 
@@ -141,23 +148,12 @@ def _check_settings(out: Path, opts: SearchOptions) -> None:
         if diff:
             raise EdgepackError(f"{out} holds a search with other settings ({', '.join(diff)}): resume it "
                                 "with the same options or choose another --out")
-    else:
-        rundir.write_json(path, opts.record())
 
 
-def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
-    """The source as a run folder out/source (a copy evaluated on validation images), its figures,
-    the data spec every trial rebuilds the search data from, and the split record."""
-    from edgepack import data as data_mod
+def _prepare_source(out: Path, opts: SearchOptions, src, ds, split: dict) -> dict:
+    """The source as a run folder out/source (a copy evaluated on validation images) and its figures."""
     from edgepack.fitting import adopt
 
-    src = rundir.load_run(opts.model) if rundir.is_run_folder(opts.model) else rundir.load_source(
-        opts.model, class_names=opts.class_names, preprocessing=opts.preprocessing, require_names=False)
-    shape = list(src.metadata.input_shape or [])
-    spec = {"path": str(data_mod.resolve_data_path(src.data_path(opts.data))), "seed": opts.seed,
-            "limit_train": opts.limit_train, "limit_test": opts.limit_test, "val_fraction": opts.val_fraction,
-            "image_size": shape[:2] if len(shape) == 3 else None}
-    ds, split = search_data(spec)
     folder = out / "source"
     if not rundir.is_run_folder(folder):
         adopt(opts.model, folder, ds, class_names=opts.class_names, preprocessing=opts.preprocessing)
@@ -165,17 +161,13 @@ def _prepare_source(out: Path, opts: SearchOptions) -> tuple[dict, dict, dict]:
 
     run = rundir.load_run(folder)
     raw, gz = sizes(run.model_path)  # weights only: edgepack saves models without optimizer state
-    # A source trained on the whole training set has seen the validation images: its validation
-    # figures (and its descendants') are optimistic. Said in the report; a source trained without the
-    # split would avoid it.
     held = src.metadata.validation or {}
-    saw = src.metadata.data_sha256 == ds.sha256 and held.get("indices_sha256") != split["indices_sha256"]
-    source = {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
-              "bytes": raw, "gzip_bytes": gz, "saw_validation_images": bool(saw),
-              # compress and export hold out what the source held out (edgepack.sources.held_out_like):
-              # then the reproduce commands fine-tune on exactly the trials' training images
-              "held_out_search_split": held.get("indices_sha256") == split["indices_sha256"]}
-    return source, spec, split
+    return {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
+            "bytes": raw, "gzip_bytes": gz,
+            # compress and export hold out what the source held out (edgepack.sources.held_out_like):
+            # then the reproduce commands fine-tune on exactly the trials' training images
+            "held_out_search_split": bool(held) and (held.get("indices_sha256") == split.get("indices_sha256")
+                                                     or bool(opts.val_data))}
 
 
 def _study(out: Path, opts: SearchOptions):
@@ -185,9 +177,13 @@ def _study(out: Path, opts: SearchOptions):
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
-    study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True,
-                                directions=["maximize", "minimize"])
+    try:  # journal.check passed every line as JSON; a record Optuna cannot replay is damage too
+        storage = JournalStorage(JournalFileBackend(str(out / JOURNAL)))
+        study = optuna.create_study(storage=storage, study_name=STUDY, load_if_exists=True,
+                                    directions=["maximize", "minimize"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise EdgepackError(f"{out / JOURNAL} is damaged ({type(e).__name__}: {str(e)[:100]}): move it away "
+                            "to start the search again, or choose another --out") from None
     # Seeded by the trials already in the study: a resumed search does not replay the same draws.
     # The accuracy goal is a constraint each trial sets (Trial.set_constraint, optuna >= 5).
     study.sampler = optuna.samplers.TPESampler(seed=opts.seed + len(study.trials), multivariate=True,

@@ -10,8 +10,6 @@ A trial folder (out/trials/<number>/):
 
 from __future__ import annotations
 
-import functools
-import json
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
+from edgepack.optimize.holdout import search_data
 from edgepack.report.evaluate import sizes
 from edgepack.report.stats import latency_interval
 from edgepack.timing import measure
@@ -28,22 +27,6 @@ RESULT = "result.json"
 # export's own gate (a file against its own Keras model) is turned off: it would drop trials by another rule.
 EXPORT_OPTIONS = {"max_drop": 100.0, "min_agreement": 0.0}
 PRUNE_MARGIN_POINTS = 3.0  # a step this far beyond the goal (Keras, validation) stops its trial
-
-
-@functools.lru_cache(maxsize=2)
-def _search_data(spec_json: str):
-    from edgepack import data as data_mod
-
-    spec = json.loads(spec_json)
-    full = data_mod.load_data(spec["path"], spec.get("limit_train"), spec.get("limit_test"), spec["seed"],
-                              image_size=tuple(spec["image_size"]) if spec.get("image_size") else None)
-    return data_mod.validation_split(full, spec["val_fraction"], spec["seed"])
-
-
-def search_data(spec: dict):
-    """(search Dataset, split record) for a data spec (path, limits, seed, val_fraction, image_size);
-    cached: in-process trials read the data once."""
-    return _search_data(json.dumps(spec, sort_keys=True))
 
 
 def measure_file(path: Path, x: np.ndarray, y: np.ndarray, timing: dict) -> dict:
