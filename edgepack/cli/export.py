@@ -13,13 +13,21 @@ one that fails is listed as failed in DIR/export.json, the others are written, a
 1; if all fail, nothing is written. DIR/export.json summarises the checks, sizes (raw and gzip'ed)
 and times.
 
+--target browser writes a self-contained web page folder that classifies images with onnxruntime-web
+(WASM) instead: of an exported .onnx file (--model FILE.onnx, no --format), or of a run folder's ONNX
+formats (--format onnx-fp32 onnx-int8; default onnx-fp32), one sub-folder each. onnxruntime-web is
+copied from `make browser-deps` (or --ort-web DIR). Measure it with `edgepack bench --target browser`.
+
 example:
   edgepack export --model runs/baseline --format tflite-int8 onnx-int8 --out runs/export/baseline
   edgepack export --model runs/baseline --format all --option calibration_images=200 --out runs/exp --force
+  edgepack export --model runs/export/baseline/model.onnx-int8.onnx --target browser --out runs/web
 """
 
 from edgepack.cli import add_command, add_data_options, add_source_options, positive_int, source_options
 from edgepack.export.formats import ALL, FORMATS
+
+EXPORT_TARGETS = ("browser",)  # --target: what else an export can be packed as
 
 
 def _help() -> str:
@@ -36,8 +44,8 @@ def register(sub) -> None:
     p = add_command(sub, "export", __doc__.replace("{formats}", _help()), run)
     p.add_argument("--model", required=True, metavar="RUN_OR_FILE",
                    help="run folder (train/compress) or a Keras model file / SavedModel folder to export")
-    p.add_argument("--format", required=True, nargs="+", metavar="NAME", dest="formats",
-                   help=f"one or more of: {', '.join(FORMATS)}, or {ALL}")
+    p.add_argument("--format", nargs="+", metavar="NAME", dest="formats",
+                   help=f"one or more of: {', '.join(FORMATS)}, or {ALL} (required without --target)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
                    help="a format option, for every chosen format that accepts it (repeatable)")
     p.add_argument("--keep-float", nargs="+", default=[], metavar="LAYER",
@@ -49,6 +57,11 @@ def register(sub) -> None:
     p.add_argument("--check-images", type=positive_int, default=1000, metavar="N",
                    help="held-out test images each file is checked on (default 1000)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
+    p.add_argument("--target", choices=EXPORT_TARGETS,
+                   help="browser: a web page folder running the ONNX file(s) with onnxruntime-web")
+    p.add_argument("--ort-web", metavar="DIR",
+                   help="--target browser: where `npm ci` installed onnxruntime-web (default: "
+                        "$EDGEPACK_ORT_WEB, then the folder `make browser-deps` fills)")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -64,8 +77,13 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def run(args) -> int:
+    from edgepack.errors import EdgepackError
     from edgepack.export import export
 
+    if args.target:
+        return run_browser(args)
+    if not args.formats:
+        raise EdgepackError("--format is required: name one or more formats (or all), see --help")
     options = parse_options(args.options)
     if args.keep_float:
         options["keep_float"] = ",".join(args.keep_float)
@@ -83,6 +101,21 @@ def run(args) -> int:
     print(f"wrote {args.out}")
     if summary["failed"]:
         print(f"failed: {', '.join(summary['failed'])} (not written; the others are)")
+        return 1
+    return 0
+
+
+def run_browser(args) -> int:
+    from edgepack.target.browser import export_folders
+
+    options = parse_options(args.options)
+    folders, failed = export_folders(
+        args.model, args.formats, args.out, force=args.force, ort_web=args.ort_web, options=options,
+        data_path=args.data, check_images=args.check_images, source_options=source_options(args))
+    for folder in folders:
+        print(f"wrote {folder} (serve it, e.g. python -m http.server -d {folder}, and open index.html)")
+    if failed:
+        print(f"failed: {', '.join(failed)} (not written; the others are)")
         return 1
     return 0
 
