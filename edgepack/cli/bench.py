@@ -68,9 +68,7 @@ def run_browser(args) -> int:
     for folder in args.models:  # every folder checked before the data is loaded
         read_folder(folder)
     ds = load_data(args.data, limit_test=args.images)
-    rows = []
-    for folder in args.models:
-        rows += measure(folder, ds.x_test, ds.y_test, threads=args.threads or [1, ALL_CORES], runs=args.runs,
-                        warmup=args.warmup, executable=args.chromium)
+    rows = measure(args.models, ds.x_test, ds.y_test, threads=args.threads or [1, ALL_CORES], runs=args.runs,
+                   warmup=args.warmup, executable=args.chromium)
     print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else render(rows))
     return 0

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import rundir
+from edgepack import rundir, timing
 from edgepack.runtime import metadata as md
 from edgepack.target import chromium
 from edgepack.target.chromium import BrowserError
@@ -183,6 +183,7 @@ class BrowserRow:
     max_abs_diff: float  # largest probability difference from native ONNX Runtime
     latency_p50_ms: float  # batch-1 session.run in the page, median over `runs`
     latency_p90_ms: float
+    native_p50_ms: float  # native ONNX Runtime, 1 thread, batch-1 session.run, median (same machine)
     runs: int  # timed calls (after warm-up)
     isolated: bool  # the page was cross-origin isolated (SharedArrayBuffer: threads possible)
     seconds: float  # wall time of this row's page (load, classify, time)
@@ -191,44 +192,55 @@ class BrowserRow:
         return asdict(self)
 
 
-def native(model: Path, images: np.ndarray) -> np.ndarray:
-    """Probabilities of native ONNX Runtime through edgepack.runtime (the app's path)."""
+def native(model: Path, images: np.ndarray, runs: int, warmup: int) -> tuple[np.ndarray, float]:
+    """Native ONNX Runtime through edgepack.runtime (the app's path, 1 thread): probabilities of
+    `images` and the median ms of batch-1 engine calls on the first image (like the page's timing)."""
     from edgepack import runtime
+    from edgepack.bench import raw_call
 
-    return runtime.load(model).predict(images)
+    clf = runtime.load(model, threads=1)
+    latency = timing.measure(raw_call(clf, clf.prepare(images[:1])), runs, warmup)
+    return clf.predict(images), float(latency.p50_ms)
 
 
-def measure(folder: str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+def measure(folders: str | os.PathLike | Sequence[str | os.PathLike], images: np.ndarray, labels: np.ndarray,
             threads: Sequence[int] = (1, ALL_CORES), runs: int = 200, warmup: int = 20,
             executable: str | os.PathLike | None = None,
             progress: Callable[[str], None] = print) -> list[BrowserRow]:
-    """Classify `images` (uint8 RGB, NHWC) in the folder's page at each thread count and time batch 1."""
-    model, _ = read_folder(folder)
+    """Classify `images` (uint8 RGB, NHWC) in each folder's page at each thread count and time batch 1
+    there, in one headless Chromium; one row per folder and thread count."""
+    folders = [folders] if isinstance(folders, str | os.PathLike) else list(folders)
+    models = [read_folder(f)[0] for f in folders]  # every folder checked before Chromium starts
     images, labels = np.asarray(images, dtype=np.uint8), np.asarray(labels)
-    reference = native(model, images)
-    ref_top1 = reference.argmax(axis=1)
     rows = []
-    with chromium.serve(Path(folder)) as url, chromium.chromium(executable) as browser:
-        for n in threads:
-            t0 = time.perf_counter()
-            page = chromium.Page(browser, url, n)
-            probs = page.predict(images)
-            ms = page.time(images[0], runs, warmup)
-            page.close()
-            top1 = probs.argmax(axis=1)
-            info = page.info
-            rows.append(BrowserRow(
-                browser=f"Chromium {browser.version}", engine=f"onnxruntime-web {info['engine']}",
-                backend="wasm", threads=int(info["threads"]), file=model.name, format=info["format"],
-                num_images=len(images), accuracy=float(np.mean(top1 == labels)),
-                native_accuracy=float(np.mean(ref_top1 == labels)),
-                agreement=float(np.mean(top1 == ref_top1)),
-                max_abs_diff=float(np.abs(probs - reference).max()),
-                latency_p50_ms=float(np.median(ms)), latency_p90_ms=float(np.percentile(ms, 90)),
-                runs=runs, isolated=bool(info["isolated"]), seconds=round(time.perf_counter() - t0, 2)))
-            progress(f"browser: {model.name} on {rows[-1].threads} thread(s) (isolated: {rows[-1].isolated}) "
-                     f"in {rows[-1].seconds:.1f} s")
+    with chromium.chromium(executable) as browser:
+        for folder, model in zip(folders, models, strict=True):
+            reference, native_ms = native(model, images, runs, warmup)
+            with chromium.serve(Path(folder)) as url:
+                for n in threads:
+                    rows.append(_row(browser, url, n, model, images, labels, reference, native_ms, runs,
+                                     warmup))
+                    progress(f"browser: {model.name} on {rows[-1].threads} thread(s) "
+                             f"(isolated: {rows[-1].isolated}) in {rows[-1].seconds:.1f} s")
     return rows
+
+
+def _row(browser, url: str, threads: int, model: Path, images, labels, reference: np.ndarray,
+         native_ms: float, runs: int, warmup: int) -> BrowserRow:
+    t0 = time.perf_counter()
+    page = chromium.Page(browser, url, threads)
+    probs = page.predict(images)
+    ms = page.time(images[0], runs, warmup)
+    page.close()
+    top1, ref_top1 = probs.argmax(axis=1), reference.argmax(axis=1)
+    return BrowserRow(
+        browser=f"Chromium {browser.version}", engine=f"onnxruntime-web {page.info['engine']}",
+        backend="wasm", threads=int(page.info["threads"]), file=model.name, format=page.info["format"],
+        num_images=len(images), accuracy=float(np.mean(top1 == labels)),
+        native_accuracy=float(np.mean(ref_top1 == labels)), agreement=float(np.mean(top1 == ref_top1)),
+        max_abs_diff=float(np.abs(probs - reference).max()), latency_p50_ms=float(np.median(ms)),
+        latency_p90_ms=float(np.percentile(ms, 90)), native_p50_ms=native_ms, runs=runs,
+        isolated=bool(page.info["isolated"]), seconds=round(time.perf_counter() - t0, 2))
 
 
 def render(rows: list[BrowserRow]) -> str:
@@ -236,11 +248,12 @@ def render(rows: list[BrowserRow]) -> str:
     if not rows:
         return "no rows"
     lines = [f"{rows[0].browser} (headless), {rows[0].engine}, backend wasm; batch-1 latency in ms "
-             f"(median and p90 of {rows[0].runs} runs); agreement = same top-1 as native ONNX Runtime",
+             f"(median and p90 of {rows[0].runs} runs; native = ONNX Runtime in Python, 1 thread); "
+             "agreement = same top-1 as native ONNX Runtime",
              f"{'file':<28} {'format':<10} {'thr':>3} {'images':>6} {'accuracy':>8} {'native':>8} "
-             f"{'agree':>7} {'max diff':>9} {'p50 ms':>8} {'p90 ms':>8}"]
+             f"{'agree':>7} {'max diff':>9} {'p50 ms':>8} {'p90 ms':>8} {'native p50':>10}"]
     for r in rows:
         lines.append(f"{r.file:<28} {r.format:<10} {r.threads:>3} {r.num_images:>6} {r.accuracy:>8.2%} "
                      f"{r.native_accuracy:>8.2%} {r.agreement:>7.2%} {r.max_abs_diff:>9.2g} "
-                     f"{r.latency_p50_ms:>8.3f} {r.latency_p90_ms:>8.3f}")
+                     f"{r.latency_p50_ms:>8.3f} {r.latency_p90_ms:>8.3f} {r.native_p50_ms:>10.3f}")
     return "\n".join(lines)
