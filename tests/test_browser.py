@@ -136,12 +136,8 @@ def test_measuring_a_folder_without_its_model_is_one_line(tmp_path, fake_ort_web
 
 @pytest.fixture(scope="module")
 def browser_ready() -> None:
-    from edgepack.target import chromium
-
     try:
-        chromium.find_chromium()
-        browser.ort_web_dist()
-        chromium._playwright()
+        browser.ready()
     except BrowserError as e:
         if os.environ.get("CI"):
             pytest.fail(f"the browser target cannot run: {e}")
@@ -191,3 +187,15 @@ def test_exported_run_classifies_like_onnx_runtime(browser_ready, tiny_run, tiny
         rows = browser.measure(folder, ds.x_test, ds.y_test, runs=5, warmup=1, progress=lambda s: None)
         assert len(rows) == 2 and {r.format for r in rows} == {folder.name}
         rows_agree(rows, atol=1e-5 if folder.name == "onnx-fp32" else 0.05)
+    # the registry's check (compare --target browser): the page's accuracy, agreement with the row
+    from edgepack import runtime
+    from edgepack.target import TARGETS
+
+    model = folders[0] / "onnx-fp32.onnx"
+    native_top1 = runtime.load(model).predict(ds.x_test).argmax(axis=1)
+    fig = TARGETS["browser"].check(model, ds.x_test, ds.y_test, native_top1, 1, lambda s: None)
+    assert fig.runs and fig.agreement == 1.0 and fig.num_images == len(ds.y_test)
+    assert fig.accuracy == float(np.mean(native_top1 == ds.y_test))
+    assert fig.flash_bytes == model.stat().st_size
+    other = model.with_suffix(".tflite")
+    assert not TARGETS["browser"].check(other, ds.x_test, ds.y_test, None, 1, print).runs

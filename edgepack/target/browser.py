@@ -32,6 +32,7 @@ from edgepack import rundir, timing
 from edgepack.runtime import metadata as md
 from edgepack.target import chromium
 from edgepack.target.chromium import BrowserError
+from edgepack.target.figures import Figures, unrunnable
 
 NAME = "browser"
 ORT_WEB_VERSION = "1.31.1"  # pinned in browser_page/package.json and its lock file
@@ -241,6 +242,33 @@ def _row(browser, url: str, threads: int, model: Path, images, labels, reference
         max_abs_diff=float(np.abs(probs - reference).max()), latency_p50_ms=float(np.median(ms)),
         latency_p90_ms=float(np.percentile(ms, 90)), native_p50_ms=native_ms, runs=runs,
         isolated=bool(page.info["isolated"]), seconds=round(time.perf_counter() - t0, 2))
+
+
+def ready() -> None:
+    """Chromium, Playwright and the pinned onnxruntime-web are all here (one-line BrowserError if not)."""
+    chromium.find_chromium()
+    chromium.require_playwright()
+    ort_web_dist()
+
+
+def check(path: Path, x: np.ndarray, y: np.ndarray, row_pred: np.ndarray | None, workers: int = 1,
+          progress: Callable[[str], None] = print) -> Figures:
+    """The registry's check of one exported file: accuracy on `x` in the page (1 WASM thread) and
+    top-1 agreement with the row's own runtime (`row_pred`); latency is `measure`'s (not in Figures)."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    reason = runs(path)
+    if reason:
+        return unrunnable(NAME, reason)
+    with tempfile.TemporaryDirectory(prefix=".edgepack-browser-") as scratch:
+        folder = write_folder(path, Path(scratch) / "page")
+        progress(f"browser: {path.name} on {len(x)} images in headless Chromium")
+        with chromium.serve(folder) as url, chromium.chromium() as browser:
+            page = chromium.Page(browser, url, 1)
+            pred = page.predict(x).argmax(axis=1)
+    return Figures(NAME, runs=True, flash_bytes=path.stat().st_size, accuracy=float(np.mean(pred == y)),
+                   agreement=None if row_pred is None else float(np.mean(pred == row_pred)),
+                   num_images=int(len(y)), seconds=round(time.perf_counter() - t0, 2))
 
 
 def render(rows: list[BrowserRow]) -> str:

@@ -74,7 +74,7 @@ def find_chromium(executable: str | os.PathLike | None = None) -> Path:
     return Path(found)
 
 
-def _playwright():
+def require_playwright():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
@@ -87,7 +87,7 @@ def _playwright():
 def chromium(executable: str | os.PathLike | None = None) -> Iterator[object]:
     """A headless Chromium (Playwright Browser) with a new empty profile; closed after the block."""
     exe = find_chromium(executable)
-    with _playwright()() as p:
+    with require_playwright()() as p:
         try:
             browser = p.chromium.launch(executable_path=str(exe), headless=True, args=ARGS)
         except Exception as e:  # Playwright raises its own Error types: keep the first line
