@@ -120,6 +120,8 @@ def test_formats_must_be_onnx(tmp_path, fake_ort_web, capsys):
     line = one_line_error(capsys, ["export", "--model", str(model), "--target", "browser", "--format",
                                    "onnx-fp32", "--out", str(tmp_path / "web")])
     assert "--format does not apply to an exported file" in line
+    line = one_line_error(capsys, ["export", "--model", str(model), "--out", str(tmp_path / "web")])
+    assert "--format is required" in line  # optional only with --target
 
 
 def test_measuring_a_folder_without_its_model_is_one_line(tmp_path, fake_ort_web, capsys):
