@@ -19,6 +19,7 @@ example:
 """
 
 import json
+import sys
 
 from edgepack.cli import add_command, add_data_options, positive_int
 from edgepack.runtime.backends import KERNELS
@@ -69,6 +70,7 @@ def run_browser(args) -> int:
         read_folder(folder)
     ds = load_data(args.data, limit_test=args.images)
     rows = measure(args.models, ds.x_test, ds.y_test, threads=args.threads or [1, ALL_CORES], runs=args.runs,
-                   warmup=args.warmup, executable=args.chromium)
+                   warmup=args.warmup, executable=args.chromium,
+                   progress=lambda line: print(line, file=sys.stderr))  # stdout: the table or JSON
     print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else render(rows))
     return 0
