@@ -175,7 +175,8 @@ class BrowserRow:
     engine: str  # e.g. "onnxruntime-web 1.31.1"
     backend: str  # "wasm" (SIMD build)
     threads: int  # WASM threads the session ran on
-    file: str  # the .onnx file's name
+    folder: str  # the browser folder measured
+    file: str  # the .onnx file's name in it
     format: str  # its export format, e.g. "onnx-int8"
     num_images: int  # images classified in the page
     accuracy: float  # top-1 accuracy in the browser
@@ -236,7 +237,8 @@ def _row(browser, url: str, threads: int, model: Path, images, labels, reference
     top1, ref_top1 = probs.argmax(axis=1), reference.argmax(axis=1)
     return BrowserRow(
         browser=f"Chromium {browser.version}", engine=f"onnxruntime-web {page.info['engine']}",
-        backend="wasm", threads=int(page.info["threads"]), file=model.name, format=page.info["format"],
+        backend="wasm", threads=int(page.info["threads"]), folder=str(model.parent), file=model.name,
+        format=page.info["format"],
         num_images=len(images), accuracy=float(np.mean(top1 == labels)),
         native_accuracy=float(np.mean(ref_top1 == labels)), agreement=float(np.mean(top1 == ref_top1)),
         max_abs_diff=float(np.abs(probs - reference).max()), latency_p50_ms=float(np.median(ms)),
@@ -279,10 +281,11 @@ def render(rows: list[BrowserRow]) -> str:
     lines = [f"{rows[0].browser} (headless), {rows[0].engine}, backend wasm; batch-1 latency in ms "
              f"(median and p90 of {rows[0].runs} runs; native = ONNX Runtime in Python, 1 thread); "
              "agreement = same top-1 as native ONNX Runtime",
-             f"{'file':<28} {'format':<10} {'thr':>3} {'images':>6} {'accuracy':>8} {'native':>8} "
+             f"{'folder/file':<36} {'format':<10} {'thr':>3} {'images':>6} {'accuracy':>8} {'native':>8} "
              f"{'agree':>7} {'max diff':>9} {'p50 ms':>8} {'p90 ms':>8} {'native p50':>10} {'p90':>7}"]
     for r in rows:
-        lines.append(f"{r.file:<28} {r.format:<10} {r.threads:>3} {r.num_images:>6} {r.accuracy:>8.2%} "
+        name = f"{Path(r.folder).name}/{r.file}"
+        lines.append(f"{name:<36} {r.format:<10} {r.threads:>3} {r.num_images:>6} {r.accuracy:>8.2%} "
                      f"{r.native_accuracy:>8.2%} {r.agreement:>7.2%} {r.max_abs_diff:>9.2g} "
                      f"{r.latency_p50_ms:>8.3f} {r.latency_p90_ms:>8.3f} {r.native_p50_ms:>10.3f} "
                      f"{r.native_p90_ms:>7.3f}")
