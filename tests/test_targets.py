@@ -111,3 +111,16 @@ def test_host_target_adds_nothing():
     report_targets.summarise(res, TARGETS["host"], Budget())
     assert res["target"] is None and report_targets.section(res) is None
     assert report_targets.allowed(res)(res["rows"][0]) and report_targets.none_fit_line(res) is None
+
+
+def test_pipeline_settings_check_target_and_budgets():
+    from edgepack.settings import load_settings
+
+    c = load_settings(None, False, {"compare": {"target": "tflm", "ram": "64KiB", "flash": "1MB"}}).compare
+    assert (c.target, Budget.parse(c.ram, c.flash)) == ("tflm", Budget(65536, 1_000_000))
+    assert load_settings().compare.target == "host"
+    for bad, message in (({"target": "tflm", "ram": "64 kB"}, "compare.ram: '64 kB' is not a size"),
+                         ({"ram": "64KiB"}, "compare.ram: --ram/--flash are budgets of a device"),
+                         ({"target": "esp32"}, "compare.target: must be host or tflm")):
+        with pytest.raises(EdgepackError, match=message):
+            load_settings(None, False, {"compare": bad})

@@ -180,3 +180,47 @@ def test_compare_target_tflm_end_to_end(files, tiny_archive, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("edgepack: error: no file fits tflm within RAM 1,024 B")
     assert f"closest: {rows['tflite-int8']['id']}" in err[0]
     assert (tmp_path / "none" / "report.md").is_file()  # the report is written first
+
+
+@pytest.mark.slow  # clusters and exports a model of its own (~20 s on a quiet machine)
+def test_clustered_file_fits_after_lut_compression(tiny_run, tiny_archive, tiny_ds, tmp_path):
+    """A clustered int8 file: flash after TFLM's look-up tables is smaller, its arena measured too, and
+    a flash budget between the two sizes fits only the compressed form."""
+    from edgepack.compress import compress
+    from edgepack.export import export
+    from edgepack.target import Budget
+    from edgepack.target import tflm as target
+
+    run = compress(tiny_run, "cluster", tmp_path / "cluster", params={"clusters": 16, "epochs": 1,
+                   "batch_size": 16}, data_path=tiny_archive, variant="cluster-16")
+    s = export(run, ["tflite-int8"], tmp_path / "x", options=NO_INT8_GATE, check_images=10, ds=tiny_ds)
+    path = tmp_path / "x" / s["formats"]["tflite-int8"]["file"]
+    x, y = tiny_ds.x_test[:4], tiny_ds.y_test[:4]
+    fig = target.check(path, x, y, None, progress=lambda s: None)
+    assert fig.compression["applies"] and fig.compressed_flash_bytes < fig.flash_bytes
+    packed, _ = target.compressed(path.read_bytes())
+    assert fig.compressed_ram_bytes == tflm.arena_bytes(packed) >= fig.ram_bytes  # decoded in the arena
+    between = Budget(fig.compressed_ram_bytes, (fig.flash_bytes + fig.compressed_flash_bytes) // 2)
+    judged = between.judge(fig)
+    assert judged.fits and judged.fits_as == "compressed" and judged.over == {"flash": pytest.approx(
+        fig.flash_bytes / between.flash_bytes)}
+
+
+def test_optimize_picks_only_files_that_fit_the_target(files):
+    from types import SimpleNamespace
+
+    from edgepack.optimize import SearchOptions
+    from edgepack.optimize.final import choose
+
+    def point(name, gzip):
+        return {"id": name, "file": str(files[name]), "accuracy": 0.7, "gzip_bytes": gzip, "drop_pts": 0.0,
+                "latency": None, "size_ratio": 1.0}
+
+    points = [point("tflite-dynamic", 100), point("tflite-int8", 200)]  # the dynamic file is smaller
+    assert choose(points, 1.0, "size")["pick"] == "tflite-dynamic"  # host: any file
+    mcu = SimpleNamespace(target="tflm", ram_bytes=65536, flash_bytes=262144)
+    assert choose(points, 1.0, "size", mcu)["pick"] == "tflite-int8"
+    tiny = SimpleNamespace(target="tflm", ram_bytes=1024, flash_bytes=None)
+    assert choose(points, 1.0, "size", tiny)["pick"] is None
+    with pytest.raises(EdgepackError, match="--ram/--flash are budgets of a device"):
+        SearchOptions(model="m", out="o", max_drop=1.0, objective="size", ram_bytes=1024).check()

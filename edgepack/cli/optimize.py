@@ -23,6 +23,7 @@ from edgepack.cli import (
     add_command,
     add_data_options,
     add_source_options,
+    add_target_options,
     finite_float,
     positive_int,
     source_options,
@@ -59,6 +60,7 @@ def register(sub) -> None:
                         "(default: $EDGEPACK_RAY_ADDRESS, else in-process; see docs/cluster.md)")
     p.add_argument("--formats", default=",".join(INT8_FORMATS), metavar="A,B",
                    help=f"int8 formats every trial is exported to (default {','.join(INT8_FORMATS)})")
+    add_target_options(p)  # the pick must run on the target and fit --ram/--flash
 
 
 def run(args) -> int:
@@ -71,7 +73,8 @@ def run(args) -> int:
                          formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          class_names=source_options(args)["class_names"],
-                         preprocessing=source_options(args)["preprocessing"])
+                         preprocessing=source_options(args)["preprocessing"],
+                         target=args.target, ram_bytes=args.ram, flash_bytes=args.flash)
     from edgepack.cluster import executor
     from edgepack.optimize.trial import on_cluster, run_trials
 

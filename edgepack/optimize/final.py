@@ -11,6 +11,7 @@ from edgepack.optimize import space
 from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file, search_data
 from edgepack.report.pick import Candidate, pick
 from edgepack.report.stats import compare_predictions
+from edgepack.target import DEFAULT, Budget, fits
 
 RATIOS = (10, 15)  # report the most accurate file at least this many times smaller than the source
 
@@ -47,11 +48,14 @@ def mark_front(points: list[dict]) -> None:
         p["on_front"] = not any(_dominates(q, p) for q in points if q is not p)
 
 
-def choose(points: list[dict], max_drop: float, objective: str) -> dict:
+def choose(points: list[dict], max_drop: float, objective: str, opts=None) -> dict:
     """{"pick": id or None, "ratio_10": id, "ratio_15": id}: the pick at the goal (edgepack.report.pick,
-    validation figures) and the most accurate files >= 10x / >= 15x smaller than the source."""
+    validation figures) and the most accurate files >= 10x / >= 15x smaller than the source. With a
+    device target in `opts` (SearchOptions) the pick runs there and fits its budget."""
+    target = getattr(opts, "target", DEFAULT)
+    budget = Budget(getattr(opts, "ram_bytes", None), getattr(opts, "flash_bytes", None))
     cands = [Candidate(p, p["accuracy"], p["gzip_bytes"], p["latency"]) for p in points
-             if p["drop_pts"] <= max_drop + 1e-9]
+             if p["drop_pts"] <= max_drop + 1e-9 and (target == DEFAULT or fits(target, budget, p["file"]))]
     best = pick(cands, objective)
     chosen = {"pick": best.key["id"] if best else None}
     for r in RATIOS:

@@ -22,7 +22,7 @@ CSV_FIELDS = ("id", "trial", "chain", "format", "val_accuracy", "drop_pts", "gzi
 
 def write_report(out: Path, opts, study, source: dict, spec: dict, split: dict, run_info: dict) -> dict:
     points = final.collect_points(study, out, source)
-    chosen = final.choose(points, opts.max_drop, opts.objective)
+    chosen = final.choose(points, opts.max_drop, opts.objective, opts)
     by_id = {p["id"]: p for p in points}
     picks = {}
     for role, pid in chosen.items():

@@ -27,6 +27,7 @@ from edgepack.optimize import space
 from edgepack.optimize.trial import run_trials, search_data
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.stats import LATENCY_ROUNDS
+from edgepack.target import Budget, check_budget
 
 INT8_FORMATS = ("tflite-int8", "onnx-int8")
 STUDY = "edgepack-optimize"
@@ -60,6 +61,9 @@ class SearchOptions:
     preprocessing: str | None = None  # a model file's pixel scaling
     limit_train: int | None = None  # class-balanced subsets (tests)
     limit_test: int | None = None
+    target: str = "host"  # the pick must run there and fit (edgepack.target); host: any file
+    ram_bytes: int | None = None  # the target's RAM budget (--ram)
+    flash_bytes: int | None = None  # the target's flash budget (--flash)
 
     def check(self) -> None:
         """One-line errors for bad values, before any work."""
@@ -78,11 +82,12 @@ class SearchOptions:
         if bad or not self.formats:
             raise EdgepackError(f"--formats takes int8 formats only ({', '.join(INT8_FORMATS)}), got "
                                 f"{', '.join(bad) or 'none'}")
+        check_budget(self.target, Budget(self.ram_bytes, self.flash_bytes))
 
     def record(self) -> dict:
         """The settings a resumed search must share (budget and trials may change between runs)."""
         d = dataclasses.asdict(self)
-        for key in ("budget_minutes", "trials", "out"):
+        for key in ("budget_minutes", "trials", "out", "target", "ram_bytes", "flash_bytes"):  # pick only
             d.pop(key)
         d["formats"] = list(self.formats)
         return d

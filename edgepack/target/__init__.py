@@ -36,6 +36,7 @@ class Target:
     kernels: str  # whose kernels prove accuracy there (edgepack.runtime.load's kernels=, or "row")
     ram: str  # how RAM is measured, for the report
     flash: str  # how flash (storage) is measured, for the report
+    memory: Callable[[Path], tuple[int | None, int | None]] | None  # a runnable file's (RAM, flash) bytes
     budgets: bool  # --ram / --flash apply
     ready: Callable[[], None] = lambda: None  # raises EdgepackError (one line) if its checks cannot run
 
@@ -50,19 +51,19 @@ def _table() -> dict[str, Target]:
     return {
         "host": Target("host", "this machine: every exported file on LiteRT / ONNX Runtime (the default)",
                        runs=_host_runs, check=None, kernels="row", ram="process RSS (memory column)",
-                       flash="file size", budgets=False),
+                       flash="file size", memory=None, budgets=False),
         "tflm": Target("tflm", "Cortex-M class microcontrollers through TensorFlow Lite Micro: fully "
                        "integer int8 .tflite files, int8 or uint8 input/output",
                        runs=tflm.runs, check=tflm.check, kernels="tflm",
                        ram="tensor arena: TFLM's RecordingMicroAllocator total after one invoke",
                        flash="the .tflite file as stored (and after TFLM LUT weight compression)",
-                       budgets=True, ready=tflm.ready),
+                       memory=tflm.memory, budgets=True, ready=tflm.ready),
         "browser": Target("browser", "web pages: .onnx files (fp32 and int8) on onnxruntime-web's WASM "
                           "backend in headless Chromium",
                           runs=browser.runs, check=browser.check, kernels="onnxruntime-web (wasm)",
                           ram="not measured (the browser tab's memory)",
                           flash="the .onnx file as downloaded (plus onnxruntime-web's WASM, ~15 MB)",
-                          budgets=False, ready=browser.ready),
+                          memory=None, budgets=False, ready=browser.ready),
     }
 
 
@@ -76,6 +77,17 @@ def get(name: str) -> Target:
     return TARGETS[name]
 
 
+def fits(target: str, budget: Budget, path: Path) -> bool:
+    """The file runs on the target and fits the budget as stored (RAM and flash only: no accuracy
+    pass; for choosing among many files, e.g. a search's)."""
+    t = get(target)
+    if t.memory is None:
+        return True
+    if t.runs(Path(path)) is not None:
+        return False
+    return not budget.overs(*t.memory(Path(path)))
+
+
 def check_budget(target: str, budget: Budget) -> None:
     """The target exists, its checks can run here, and budgets are given only to a device target."""
     get(target).ready()
@@ -84,5 +96,5 @@ def check_budget(target: str, budget: Budget) -> None:
                             f"{' or '.join(n for n, t in TARGETS.items() if t.budgets)}")
 
 
-__all__ = ["Budget", "DEFAULT", "Figures", "TARGETS", "Target", "check_budget", "get", "parse_bytes",
+__all__ = ["Budget", "DEFAULT", "Figures", "TARGETS", "Target", "check_budget", "fits", "get", "parse_bytes",
            "show_bytes"]

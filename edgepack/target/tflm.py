@@ -22,6 +22,7 @@ import numpy as np
 from edgepack.errors import EdgepackError
 from edgepack.runtime import tflm
 from edgepack.target.figures import Figures, unrunnable
+from edgepack.target.tflm_lut import lut_compress
 
 NAME = "tflm"
 INTEGER = ("INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL")  # tensor types of a fully integer graph
@@ -42,6 +43,12 @@ def runs(path: Path) -> str | None:
         return f"a {path.suffix or 'suffix-less'} file: TFLM runs .tflite flatbuffers ({ONNX_HINT})"
     reason = integer_reason(tflm.graph(path))
     return reason or tflm.refusal(path)
+
+
+def memory(path: Path) -> tuple[int, int]:
+    """(tensor arena bytes from TFLM's allocator, file bytes as stored) of a file TFLM runs."""
+    raw = Path(path).read_bytes()
+    return tflm.arena_bytes(raw), len(raw)
 
 
 def integer_reason(graph: list[tflm.OpFacts]) -> str | None:
@@ -92,12 +99,8 @@ def predict(path: Path, images: np.ndarray, workers: int = 1,
 
 
 def compressed(raw: bytes) -> tuple[bytes | None, dict]:
-    """The file after TFLM look-up-table weight compression and what was compressed; (None, why) where
-    it does not apply (weights not clustered) or this edgepack has no compressor."""
-    try:
-        from edgepack.target.tflm_lut import lut_compress  # the TFLM deployment's compressor
-    except ImportError:
-        return None, {"applies": False, "why": "TFLM look-up-table compression is not available"}
+    """The file after TFLM look-up-table weight compression (edgepack.target.tflm_lut) and what was
+    compressed; (None, why) where it does not apply (weights not clustered)."""
     try:
         result = lut_compress(raw)
     except EdgepackError as e:
@@ -115,12 +118,12 @@ def check(path: Path, x: np.ndarray, y: np.ndarray, row_pred: np.ndarray | None,
     ops = tflm.ops(path) if path.suffix.lower() == ".tflite" else []
     if reason:
         return unrunnable(NAME, reason, ops)
-    raw = path.read_bytes()
-    packed, how = compressed(raw)
+    ram, flash = memory(path)
+    packed, how = compressed(path.read_bytes())
     probs = predict(path, x, workers, progress)
     pred = probs.argmax(axis=1)
     return Figures(
-        NAME, runs=True, ops=ops, ram_bytes=tflm.arena_bytes(raw), flash_bytes=len(raw),
+        NAME, runs=True, ops=ops, ram_bytes=ram, flash_bytes=flash,
         compressed_flash_bytes=None if packed is None else len(packed),
         compressed_ram_bytes=None if packed is None else tflm.arena_bytes(packed), compression=how,
         accuracy=float(np.mean(pred == y)),
