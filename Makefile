@@ -15,7 +15,7 @@ RUNTIME_MODELS := runs/runtime-check
 # which TF-MOT refuses in .venv.
 MEDIAPIPE_VENV := .venv-mediapipe
 
-.PHONY: run test lint venv clean runtime-check mediapipe-check
+.PHONY: run test lint venv clean runtime-check mediapipe-check browser-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,20 @@ $(MEDIAPIPE_VENV)/.installed: pyproject.toml
 mediapipe-check: $(MEDIAPIPE_VENV)/.installed | $(BIN)/python
 	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
 	$(MEDIAPIPE_VENV)/bin/python tests/mediapipe_check.py $(RUNTIME_MODELS)
+
+# The browser target (docs/browser.md): onnxruntime-web at the version pinned in the page's
+# package-lock.json, installed with `npm ci` into the user cache where edgepack looks for it (~15 s,
+# 150 MB), and Playwright (the browser extra) in .venv. Needs node and npm; measuring also needs a
+# system Chromium (Debian: apt-get install chromium).
+BROWSER_PAGE := edgepack/target/browser_page
+ORT_WEB_VERSION := $(shell sed -n 's/.*"onnxruntime-web": "\(.*\)".*/\1/p' $(BROWSER_PAGE)/package.json)
+ORT_WEB_DIR ?= $(or $(EDGEPACK_ORT_WEB),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgepack/onnxruntime-web-$(ORT_WEB_VERSION))
+
+browser-deps: venv
+	mkdir -p $(ORT_WEB_DIR)
+	cp $(BROWSER_PAGE)/package.json $(BROWSER_PAGE)/package-lock.json $(ORT_WEB_DIR)/
+	cd $(ORT_WEB_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	$(BIN)/python -m pip install --quiet -e ".[browser]"
 
 clean:
 	rm -rf $(VENV) .venv-runtime $(MEDIAPIPE_VENV) .pytest_cache .ruff_cache

@@ -14,7 +14,7 @@ from edgepack.target.figures import unrunnable
 
 
 def test_registry_declares_every_target_the_same_way():
-    assert list(TARGETS) == ["host", "tflm"]
+    assert list(TARGETS) == ["host", "tflm", "browser"]
     for name, t in TARGETS.items():
         assert isinstance(t, Target) and t.name == name and t.summary and t.ram and t.flash
         with pytest.raises(dataclasses.FrozenInstanceError):

@@ -18,17 +18,26 @@ integer; with TFLM look-up-table weights when the model is clustered and that sa
 vectors checked on TFLM, model_data.cc/.h (16-byte aligned array, arena size, input scale and zero
 point, class names) and a main.cc registering exactly the file's operators; see docs/export.md.
 
+--target browser writes a self-contained web page folder that classifies images with onnxruntime-web
+(WASM) instead: of an exported .onnx file (--model FILE.onnx, no --format), or of a run folder's ONNX
+formats (--format onnx-fp32 onnx-int8; default onnx-fp32), one sub-folder each. onnxruntime-web is
+copied from `make browser-deps` (or --ort-web DIR). Measure it with `edgepack bench --target browser`.
+
 example:
   edgepack export --model runs/baseline --format tflite-int8 onnx-int8 --out runs/export/baseline
   edgepack export --model runs/baseline --format all --option calibration_images=200 --out runs/exp --force
   edgepack export --model runs/pc --target tflm --out runs/tflm/pc
+  edgepack export --model runs/export/baseline/model.onnx-int8.onnx --target browser --out runs/web
 """
 
 from edgepack.cli import add_command, add_data_options, add_source_options, positive_int, source_options
 from edgepack.export.formats import ALL, FORMATS
 from edgepack.export.tflm import FORMAT as TFLM_FORMAT
-from edgepack.target import DEFAULT, TARGETS
+from edgepack.target import DEFAULT
 from edgepack.target.tflm import NAME as TFLM  # the --target that writes a TFLM project folder
+
+BROWSER = "browser"
+EXPORT_TARGETS = (DEFAULT, TFLM, BROWSER)  # --target: what an export can be packed as
 
 
 def _help() -> str:
@@ -46,10 +55,12 @@ def register(sub) -> None:
     p.add_argument("--model", required=True, metavar="RUN_OR_FILE",
                    help="run folder (train/compress) or a Keras model file / SavedModel folder to export")
     p.add_argument("--format", nargs="+", metavar="NAME", dest="formats",
-                   help=f"one or more of: {', '.join(FORMATS)}, or {ALL} (required unless --target tflm)")
-    p.add_argument("--target", choices=list(TARGETS), default=DEFAULT,
-                   help=f"where the files will run (default {DEFAULT}: the formats asked; {TFLM}: a TFLM "
-                        "project folder, see above)")
+                   help=f"one or more of: {', '.join(FORMATS)}, or {ALL} (required unless --target tflm or "
+                        "browser)")
+    p.add_argument("--target", choices=EXPORT_TARGETS, default=DEFAULT,
+                   help=f"what to write (default {DEFAULT}: the formats asked; {TFLM}: a TFLM project "
+                        f"folder; {BROWSER}: a page folder running the ONNX file(s) in onnxruntime-web; "
+                        "see above)")
     p.add_argument("--no-lut", action="store_true",
                    help="--target tflm: keep plain int8 weights even for a clustered model")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", dest="options",
@@ -63,6 +74,9 @@ def register(sub) -> None:
     p.add_argument("--check-images", type=positive_int, default=1000, metavar="N",
                    help="held-out test images each file is checked on (default 1000)")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
+    p.add_argument("--ort-web", metavar="DIR",
+                   help="--target browser: where `npm ci` installed onnxruntime-web (default: "
+                        "$EDGEPACK_ORT_WEB, then the folder `make browser-deps` fills)")
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -80,6 +94,8 @@ def parse_options(pairs: list[str]) -> dict:
 def run(args) -> int:
     from edgepack.export import export
 
+    if args.target == BROWSER:
+        return run_browser(args)
     options = parse_options(args.options)
     if args.keep_float:
         options["keep_float"] = ",".join(args.keep_float)
@@ -113,7 +129,8 @@ def check_target(args) -> str:
                                 f"{' '.join(args.formats)}")
         return TFLM
     if not args.formats:
-        raise EdgepackError(f"give --format NAME ... ({', '.join(FORMATS)} or {ALL}), or --target tflm")
+        raise EdgepackError(f"--format is required: give --format NAME ... ({', '.join(FORMATS)} or {ALL}), "
+                            f"or --target {TFLM} or {BROWSER}")
     if args.no_lut:
         raise EdgepackError("--no-lut applies to --target tflm only")
     return args.target
@@ -140,6 +157,21 @@ def run_tflm(args, options: dict) -> int:
           f"{r['tflm_check']['images']} held-out images")
     print(f"operators: {', '.join(r['ops'])}")
     print(f"wrote {args.out} (model.tflite, model_data.cc/.h, main.cc, golden vectors, tflm.json)")
+    return 0
+
+
+def run_browser(args) -> int:
+    from edgepack.target.browser import export_folders
+
+    options = parse_options(args.options)
+    folders, failed = export_folders(
+        args.model, args.formats, args.out, force=args.force, ort_web=args.ort_web, options=options,
+        data_path=args.data, check_images=args.check_images, source_options=source_options(args))
+    for folder in folders:
+        print(f"wrote {folder} (serve it, e.g. python -m http.server -d {folder}, and open index.html)")
+    if failed:
+        print(f"failed: {', '.join(failed)} (not written; the others are)")
+        return 1
     return 0
 
 

@@ -6,6 +6,7 @@ measured, and which runtime's kernels prove a file's accuracy there. `edgepack c
 
     host   this machine, as edgepack always measured: every file, LiteRT / ONNX Runtime (the default)
     tflm   Cortex-M class microcontrollers through TensorFlow Lite Micro (edgepack.target.tflm)
+    browser web pages: .onnx files on onnxruntime-web in headless Chromium (edgepack.target.browser)
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _host_runs(path: Path) -> str | None:
 
 
 def _table() -> dict[str, Target]:
-    from edgepack.target import tflm
+    from edgepack.target import browser, tflm
 
     return {
         "host": Target("host", "this machine: every exported file on LiteRT / ONNX Runtime (the default)",
@@ -57,6 +58,12 @@ def _table() -> dict[str, Target]:
                        ram="tensor arena: TFLM's RecordingMicroAllocator total after one invoke",
                        flash="the .tflite file as stored (and after TFLM LUT weight compression)",
                        memory=tflm.memory, budgets=True, ready=tflm.ready),
+        "browser": Target("browser", "web pages: .onnx files (fp32 and int8) on onnxruntime-web's WASM "
+                          "backend in headless Chromium",
+                          runs=browser.runs, check=browser.check, kernels="onnxruntime-web (wasm)",
+                          ram="not measured (the browser tab's memory)",
+                          flash="the .onnx file as downloaded (plus onnxruntime-web's WASM, ~15 MB)",
+                          memory=None, budgets=False, ready=browser.ready),
     }
 
 
