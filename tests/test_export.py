@@ -222,13 +222,15 @@ def test_onnx_has_named_input_and_dynamic_batch(exported):
 
 def test_portable_int8_cannot_saturate_and_full_range_can(exported, clear_run, tiny_ds, tmp_path):
     """The file property behind "exact on every CPU", read from the files (no CPU involved): the default
-    scheme's weights stay within [-64, 64], so no u8*s8 pair sum leaves int16 (2*255*64 = 32640);
-    full-range weights reach 127, which VPMADDUBSW kernels (x86-64 without VNNI) can saturate."""
+    (portable) file of this clear model is the first scheme tried, whose weights stay within [-64, 64],
+    so no u8*s8 pair sum leaves int16 (2*255*64 = 32640); full-range weights reach 127, which
+    VPMADDUBSW kernels (x86-64 without VNNI) can saturate."""
     from edgepack.export.to_onnx import weight_range
 
     meta = read_meta(exported[0] / "onnx-int8.onnx")
     scheme = meta["int8_scheme"]
-    assert (scheme["name"], scheme["weight_bits"], scheme["saturation_free"]) == ("portable", 7, True)
+    assert (scheme["name"], scheme["weight_bits"], scheme["saturation_free"]) == ("s8s8-7bit", 7, True)
+    assert exported[1]["formats"]["onnx-int8"]["trials"][0]["passed"] and "refused_before" not in scheme
     assert 32 < scheme["max_abs_weight"] <= 64
     assert scheme["max_abs_weight"] == weight_range(exported[0] / "onnx-int8.onnx")["max_abs_weight"]
     assert "without VNNI" in scheme["accurate_on"] and meta["runs_in"][0] == "onnxruntime"
@@ -236,8 +238,9 @@ def test_portable_int8_cannot_saturate_and_full_range_can(exported, clear_run, t
                check_images=CHECK, ds=tiny_ds)
     full = read_meta(tmp_path / "full" / "onnx-int8.onnx")["int8_scheme"]
     assert (full["weight_bits"], full["saturation_free"]) == (8, False) and full["max_abs_weight"] > 64
-    assert "NOT x86-64 without VNNI" in full["accurate_on"]
+    assert "NOT x86-64 without VNNI" in full["accurate_on"] and not full["portable"]
     assert s["formats"]["onnx-int8"]["options"]["scheme"] == "full-range"
+    assert "trials" not in s["formats"]["onnx-int8"]  # one scheme asked: one file tried
 
 
 def test_opset_19_runs_in_onnx_reference(clear_run, tiny_ds, tmp_path):
