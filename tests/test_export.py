@@ -222,13 +222,15 @@ def test_onnx_has_named_input_and_dynamic_batch(exported):
 
 def test_portable_int8_cannot_saturate_and_full_range_can(exported, clear_run, tiny_ds, tmp_path):
     """The file property behind "exact on every CPU", read from the files (no CPU involved): the default
-    scheme's weights stay within [-64, 64], so no u8*s8 pair sum leaves int16 (2*255*64 = 32640);
-    full-range weights reach 127, which VPMADDUBSW kernels (x86-64 without VNNI) can saturate."""
+    (portable) file of this clear model is the first scheme tried, whose weights stay within [-64, 64],
+    so no u8*s8 pair sum leaves int16 (2*255*64 = 32640); full-range weights reach 127, which
+    VPMADDUBSW kernels (x86-64 without VNNI) can saturate."""
     from edgepack.export.to_onnx import weight_range
 
     meta = read_meta(exported[0] / "onnx-int8.onnx")
     scheme = meta["int8_scheme"]
-    assert (scheme["name"], scheme["weight_bits"], scheme["saturation_free"]) == ("portable", 7, True)
+    assert (scheme["name"], scheme["weight_bits"], scheme["saturation_free"]) == ("s8s8-7bit", 7, True)
+    assert exported[1]["formats"]["onnx-int8"]["trials"][0]["passed"] and "refused_before" not in scheme
     assert 32 < scheme["max_abs_weight"] <= 64
     assert scheme["max_abs_weight"] == weight_range(exported[0] / "onnx-int8.onnx")["max_abs_weight"]
     assert "without VNNI" in scheme["accurate_on"] and meta["runs_in"][0] == "onnxruntime"
@@ -236,8 +238,9 @@ def test_portable_int8_cannot_saturate_and_full_range_can(exported, clear_run, t
                check_images=CHECK, ds=tiny_ds)
     full = read_meta(tmp_path / "full" / "onnx-int8.onnx")["int8_scheme"]
     assert (full["weight_bits"], full["saturation_free"]) == (8, False) and full["max_abs_weight"] > 64
-    assert "NOT x86-64 without VNNI" in full["accurate_on"]
+    assert "NOT x86-64 without VNNI" in full["accurate_on"] and not full["portable"]
     assert s["formats"]["onnx-int8"]["options"]["scheme"] == "full-range"
+    assert "trials" not in s["formats"]["onnx-int8"]  # one scheme asked: one file tried
 
 
 def test_opset_19_runs_in_onnx_reference(clear_run, tiny_ds, tmp_path):
@@ -524,3 +527,111 @@ def test_a_full_disk_still_stops_everything(clear_run, tiny_ds, tmp_path, monkey
     with pytest.raises(OSError):
         export(clear_run, ["tflite-fp32", "onnx-fp32"], tmp_path / "full", check_images=CHECK, ds=tiny_ds)
     assert list(tmp_path.iterdir()) == []
+
+
+def _break_schemes(real, broken: set[str]):
+    """onnx-int8's converter, converting a model that always says class 0 for the schemes in `broken`."""
+    def convert(ctx, path):
+        if ctx.options["scheme"] not in broken:
+            return real(ctx, path)
+        model = ctx.model
+        weights = model.get_weights()
+        weights[-1] = weights[-1] + np.eye(weights[-1].size, dtype=np.float32)[0] * 100
+        clone = type(model).from_config(model.get_config())
+        clone.set_weights(weights)
+        real(dataclasses.replace(ctx, model=clone, cache={}), path)  # its own fp32 ONNX, not the shared one
+    return convert
+
+
+def test_portable_falls_back_to_the_next_scheme_and_records_why(clear_run, tiny_ds, tmp_path, monkeypatch):
+    """A file refused under s8s8-7bit: the u8u8 file is kept, and export.json and the file say why."""
+    from edgepack.export.to_onnx import weight_range
+
+    fmt = FORMATS["onnx-int8"]
+    monkeypatch.setitem(FORMATS, "onnx-int8", dataclasses.replace(fmt, convert=_break_schemes(fmt.convert,
+                                                                                                {"s8s8-7bit"})))
+    out = tmp_path / "o"
+    entry = export(clear_run, "onnx-int8", out, check_images=CHECK, ds=tiny_ds)["formats"]["onnx-int8"]
+    assert entry["status"] == "ok" and entry["options"]["scheme"] == "u8u8" and entry["checks"]["passed"]
+    refused, kept = entry["trials"]
+    assert refused["options"] == {"scheme": "s8s8-7bit"} and not refused["passed"]
+    assert "(option max_drop)" in refused["refused_by"] and refused["top1_agreement"] < 0.95
+    assert kept["options"] == {"scheme": "u8u8"} and kept["passed"] and kept["refused_by"] is None
+    scheme = read_meta(out / "onnx-int8.onnx")["int8_scheme"]
+    assert (scheme["name"], scheme["weights"], scheme["activations"]) == ("u8u8", "uint8", "uint8")
+    assert scheme["saturation_free"] and scheme["portable"] and scheme["max_abs_weight"] is None
+    assert scheme["uint8_weights"] == weight_range(out / "onnx-int8.onnx")["uint8_weights"] > 0
+    assert scheme["refused_before"][0]["scheme"] == "s8s8-7bit"
+    assert read_meta(out / "onnx-int8.onnx")["options"]["scheme"] == "u8u8"  # re-exporting makes this file
+
+
+def test_uint8_weights_with_int8_activations_are_not_called_saturation_free(tmp_path):
+    """weight_range's proof, read from a hand-made file: uint8 weights are safe only beside uint8
+    activations (U8U8 kernels); an int8 weight beyond 64 is not."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepack.export.to_onnx import weight_range
+
+    def model(weight: np.ndarray, act_zp: np.ndarray) -> Path:
+        inits = [numpy_helper.from_array(weight, "w_q"), numpy_helper.from_array(np.float32(0.1), "s"),
+                 numpy_helper.from_array(np.zeros((), weight.dtype), "w_zp"),
+                 numpy_helper.from_array(act_zp, "x_zp")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "s", "x_zp"], ["xq"]),
+                 helper.make_node("DequantizeLinear", ["xq", "s", "x_zp"], ["xd"]),
+                 helper.make_node("DequantizeLinear", ["w_q", "s", "w_zp"], ["w"]),
+                 helper.make_node("MatMul", ["xd", "w"], ["y"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+        path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.onnx"
+        onnx.save(helper.make_model(graph), str(path))
+        return path
+
+    u8 = np.full((2, 2), 200, np.uint8)
+    assert weight_range(model(u8, np.uint8(0))) == {"max_abs_weight": None, "uint8_weights": 1,
+                                                    "saturation_free": True}
+    assert not weight_range(model(u8, np.int8(0)))["saturation_free"]
+    assert weight_range(model(np.full((2, 2), 64, np.int8), np.int8(0)))["saturation_free"]
+    assert weight_range(model(np.full((2, 2), 65, np.int8), np.int8(0)))["max_abs_weight"] == 65
+    assert not weight_range(model(np.full((2, 2), 65, np.int8), np.int8(0)))["saturation_free"]
+
+
+@pytest.fixture()
+def no_portable_scheme(monkeypatch):
+    """onnx-int8 with every portable scheme refused; only the ONNX formats (quick `all`)."""
+    fmt = FORMATS["onnx-int8"]
+    portable = {"s8s8-7bit", "u8u8", "u8u8-float-ends"}
+    monkeypatch.setitem(FORMATS, "onnx-int8", dataclasses.replace(fmt, convert=_break_schemes(fmt.convert,
+                                                                                                portable)))
+    for name in [n for n in FORMATS if n.startswith("tflite")]:
+        monkeypatch.delitem(FORMATS, name)
+
+
+def test_when_no_scheme_passes_each_try_is_named_with_its_figures(clear_run, tiny_ds, tmp_path,
+                                                                  no_portable_scheme):
+    out = tmp_path / "none"
+    with pytest.raises(EdgepackError) as e:
+        export(clear_run, "onnx-int8", out, check_images=CHECK, ds=tiny_ds)
+    text = str(e.value)
+    assert text.startswith(f"onnx-int8: none of 3 files passed its check on {CHECK} held-out images (")
+    assert all(f"scheme={s}: accuracy fell" in text for s in ("s8s8-7bit", "u8u8", "u8u8-float-ends"))
+    assert "could help: --option keep_float=LAYER" in text and "scheme=full-range" in text
+    assert "\n" not in text and not out.exists()
+    s = export(clear_run, ["onnx-fp32", "onnx-int8"], out, check_images=CHECK, ds=tiny_ds)
+    bad = s["formats"]["onnx-int8"]
+    assert s["failed"] == ["onnx-int8"] and bad["status"] == "error" and bad["file"] is None
+    assert [t["options"]["scheme"] for t in bad["trials"]] == ["s8s8-7bit", "u8u8", "u8u8-float-ends"]
+    assert all(not t["passed"] and t["accuracy"] < t["source_accuracy"] for t in bad["trials"])
+    assert not (out / "onnx-int8.onnx").exists()
+
+
+def test_format_all_lists_a_failed_format_and_exits_0_a_named_one_exits_1(tiny_run, tiny_archive, tmp_path,
+                                                                          no_portable_scheme, capsys):
+    base = ["export", "--model", str(tiny_run), "--data", str(tiny_archive), "--check-images", "20"]
+    assert main([*base, "--format", "all", "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "onnx-int8       FAILED: onnx-int8: none of 3 files passed" in out and "failed: onnx-int8" in out
+    assert json.loads((tmp_path / "all" / SUMMARY).read_text())["all"] is True
+    assert main([*base, "--format", "onnx-int8", "--out", str(tmp_path / "one")]) == 1  # named: a failure
+    assert "could help: --option keep_float" in capsys.readouterr().err
+    assert not (tmp_path / "one").exists()

@@ -474,3 +474,31 @@ def test_html_reads_summary_first(report):
     order = [md.index(h) for h in ("## Recommendation", "## Pareto front", "## Failures and skipped models",
                                    "## Changes within noise", "## Details", "### Variants")]
     assert order == sorted(order) and "broken/tflite-fp32" in md[order[2]:order[3]]
+
+
+def test_formats_an_export_did_not_write_are_failure_rows(tiny_run, tiny_archive, tmp_path):
+    """A format export.json records as failed (e.g. no int8 scheme passed), skipped (not applicable) or
+    written but missing is a row with its reason: never "Failures: None" while files are missing."""
+    from edgepack.export import export
+    from edgepack.report.render import failure_lines
+
+    folder = tmp_path / "exports"
+    export(tiny_run, ["onnx-fp32"], folder, data_path=tiny_archive, check_images=20)
+    summary = json.loads((folder / "export.json").read_text())
+    why = "onnx-int8: none of 3 files passed its check on 20 held-out images (scheme=s8s8-7bit: ...)"
+    summary["formats"]["onnx-int8"] = {"file": None, "status": "error", "error": why, "trials": []}
+    summary["formats"]["tflite-int8"] = {**summary["formats"]["onnx-fp32"], "file": "tflite-int8.tflite"}
+    summary["skipped"] = {"tflite-fp16": "QAT source: only integer formats apply"}
+    (folder / "export.json").write_text(json.dumps(summary))
+    results = compare([tiny_run, folder], tmp_path / "report", data_path=tiny_archive, options=FAST)
+    rows = by_id(results)
+    assert rows["baseline/onnx-fp32"]["status"] == "ok"
+    bad = rows["baseline/onnx-int8"]
+    assert (bad["status"], bad["error"]) == ("error", f"export: {why}")
+    assert "is recorded in export.json but missing" in rows["baseline/tflite-int8"]["error"]
+    assert rows["baseline/tflite-fp16"]["status"] == "skipped"
+    assert rows["baseline/onnx-int8"]["path"] == str(folder / "export.json")
+    report = (tmp_path / "report" / "report.md").read_text()
+    failures = report.split("## Failures and skipped models")[1].split("## ")[0]
+    assert "None." not in failures and "none of 3 files passed" in failures
+    assert failure_lines(results)[0] == "2 of 5 rows FAILED:"

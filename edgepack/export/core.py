@@ -5,8 +5,10 @@ Output folder (written under a temporary name, renamed when every format is done
                             TFLite: the standard TFLite metadata with labels and normalization)
     <file>.json             TFLite edgepack metadata sidecar (edgepack.runtime.metadata.FileMetadata)
     <file>.golden.npz       golden vectors for `edgepack verify` (edgepack.runtime.golden)
-    export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds;
-                            a format that failed (of several asked) is {"status": "error", "error": why}
+    export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds,
+                            trials (formats that try several files, e.g. onnx-int8's portable schemes:
+                            each one's options, verdict and figures, in the order tried); a format that
+                            failed (of several asked) is {"status": "error", "error": why, "trials"}
                             and its file is not written
 """
 
@@ -94,6 +96,7 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
                   "source_accuracy": _accuracy(reference, y_check)},
         "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
         "formats": {}, "skipped": skipped, "failed": [],
+        "all": ALL in asked,  # `all`: a failed format is listed, the command still succeeds (cli.export)
     }
     with rundir.atomic_dir(out, force) as tmp:
         scratch = tmp / ".scratch"
@@ -102,11 +105,11 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
         for name in names:
             ctx.options = opts[name]
             try:
-                entry = export_one(FORMATS[name], ctx, tmp, base_meta, x_check, y_check, reference)
+                entry = export_format(FORMATS[name], ctx, tmp, base_meta, x_check, y_check, reference)
             except EdgepackError as e:  # the format's own failure; OSError/MemoryError stop everything
                 if len(names) == 1 or len(summary["failed"]) == len(names) - 1:
                     raise  # nothing would be kept: fail as a whole, leaving no folder
-                entry = failed_entry(FORMATS[name], tmp, ctx.options, e)
+                entry = failed_entry(FORMATS[name], tmp, opts[name], e)
                 summary["failed"].append(name)
             summary["formats"][name] = entry
         shutil.rmtree(scratch)
@@ -115,12 +118,86 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
     return summary
 
 
-def failed_entry(fmt: Format, folder: Path, options: dict, error: EdgepackError) -> dict:
-    """export.json's entry for a format that failed; its unchecked file and sidecar are removed."""
+class FormatFailed(EdgepackError):
+    """No file of the format passed its check: `trials` says what each one tried measured."""
+
+    def __init__(self, message: str, trials: list[dict]):
+        super().__init__(message)
+        self.trials = trials
+
+
+class CheckFailed(EdgepackError):
+    """A converted file failed its check against the source (`checks` holds the figures)."""
+
+    def __init__(self, message: str, checks: dict):
+        super().__init__(message)
+        self.checks = checks
+
+
+def remove_file(fmt: Format, folder: Path) -> None:
+    """A failed file's leftovers (the unchecked file and its sidecar)."""
     for leftover in (folder / fmt.filename, md.sidecar_path(folder / fmt.filename)):
         leftover.unlink(missing_ok=True)
+
+
+def failed_entry(fmt: Format, folder: Path, options: dict, error: EdgepackError) -> dict:
+    """export.json's entry for a format that failed; its unchecked file and sidecar are removed."""
+    remove_file(fmt, folder)
     return {"file": None, "runtime": fmt.runtime, "options": dict(options), "status": "error",
-            "error": str(error)}
+            "error": str(error), "trials": getattr(error, "trials", None)}
+
+
+TRIAL_FIGURES = ("accuracy", "source_accuracy", "drop_points", "top1_agreement", "refused_by")
+
+
+def _trial(options: dict, asked: dict, error: EdgepackError | None, checks: dict | None) -> dict:
+    """One tried file in export.json: the options that differ from the asked ones, verdict, figures."""
+    changed = {k: v for k, v in options.items() if asked.get(k) != v}
+    figures = {k: (checks or {}).get(k) for k in TRIAL_FIGURES}
+    return {"options": changed, "passed": error is None, **figures,
+            "error": None if error is None or checks else str(error)}
+
+
+def export_format(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check: np.ndarray,
+                  y_check: np.ndarray, reference: np.ndarray) -> dict:
+    """Make the format's file from each of its candidates (Format.candidates) in order, keeping the first
+    that passes its check; if none does, FormatFailed names each one's figures and what could help."""
+    asked = dict(ctx.options)
+    options_list = fmt.candidates(asked)
+    trials: list[dict] = []
+    try:
+        for options in options_list:
+            ctx.options = options
+            try:
+                entry = export_one(fmt, ctx, folder, base_meta, x_check, y_check, reference, trials)
+            except EdgepackError as e:  # its conversion or check failed: the next candidate may pass
+                if len(options_list) == 1:
+                    trial = _trial(options, asked, e, getattr(e, "checks", None))
+                    raise FormatFailed(_with_help(str(e), fmt, ctx), [trial]) from None
+                remove_file(fmt, folder)
+                trials.append(_trial(options, asked, e, getattr(e, "checks", None)))
+                continue
+            if len(options_list) > 1:
+                entry["trials"] = [*trials, _trial(options, asked, None, entry["checks"])]
+            return entry
+    finally:
+        ctx.options = asked
+    tried = "; ".join(f"{_label(t)}: {t['refused_by'] or t['error']}" for t in trials)
+    raise FormatFailed(_with_help(f"{fmt.name}: none of {len(trials)} files passed its check on "
+                                  f"{len(x_check)} held-out images ({tried}); the export was not written",
+                                  fmt, ctx), trials)
+
+
+def _label(trial: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in trial["options"].items()) or "as asked"
+
+
+def _with_help(message: str, fmt: Format, ctx: Context) -> str:
+    """The failure line ending with the options that could make the file pass (and QAT's own route)."""
+    hints = [fmt.help_when_failed] if fmt.help_when_failed else []
+    if ctx.qat and fmt.runtime == "onnx":
+        hints.append("tflite-int8 (it keeps the QAT model's learned ranges)")
+    return message + (f"; could help: {'; '.join(hints)}" if hints else "")
 
 
 def source_metadata(run, ds, model) -> dict:
@@ -143,8 +220,9 @@ def source_metadata(run, ds, model) -> dict:
 
 
 def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check: np.ndarray,
-               y_check: np.ndarray, reference: np.ndarray) -> dict:
-    """Convert, annotate and check one format in `folder`; returns its export.json entry."""
+               y_check: np.ndarray, reference: np.ndarray, tried: list[dict] | None = None) -> dict:
+    """Convert, annotate and check one file of the format in `folder`; returns its export.json entry.
+    `tried`: the candidates refused before it (recorded in an ONNX file's int8_scheme)."""
     t0 = time.perf_counter()
     path = folder / fmt.filename
     try:
@@ -156,16 +234,19 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
     family = FAMILIES[fmt.runtime]
     structural = family.check(path)
     io = family.io(path)
+    facts = family.describe(path, ctx.options, x_check)
+    if facts.get("int8_scheme") and tried:  # why this scheme: the ones refused before it
+        facts["int8_scheme"]["refused_before"] = [
+            {"scheme": t["options"].get("scheme"), "refused_by": t["refused_by"] or t["error"]}
+            for t in tried]
     meta = FileMetadata(**base_meta, format=fmt.name, input_dtype=io.input_dtype,
                         input_quantization=io.input_quantization, output_quantization=io.output_quantization,
-                        options=dict(ctx.options), **family.describe(path, ctx.options, x_check))
+                        options=dict(ctx.options), **facts)
     meta_file = family.attach(path, meta)
     checks = {**structural, **check_file(fmt, path, x_check, y_check, reference, ctx.options)}
     if not checks["passed"]:
-        hint = " (ORT's int8 grid is not TF-MOT's: export QAT models to tflite-int8)" if (
-            ctx.qat and fmt.runtime == "onnx") else ""
-        raise EdgepackError(f"{fmt.name}: check failed on {checks['images']} held-out images: "
-                            f"{checks['refused_by']}; the export was not written{hint}")
+        raise CheckFailed(f"{fmt.name}: check failed on {checks['images']} held-out images: "
+                          f"{checks['refused_by']}; the export was not written", checks)
     golden.write_for(path, x_check, y_check)  # <file>.golden.npz: `edgepack verify` on a device
     return {
         "file": path.name, "metadata_file": meta_file.name, "bytes": path.stat().st_size,

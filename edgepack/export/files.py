@@ -125,9 +125,10 @@ def onnx_describe(path: Path, options: dict, x: np.ndarray) -> dict:
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     out: dict = {"opset": opset, "runs_in": ["onnxruntime"], "does_not_run_in": {}}
     if "scheme" in options:
-        reduce_range, accurate_on = to_onnx.SCHEMES[options["scheme"]]
-        out["int8_scheme"] = {"name": options["scheme"], "weight_bits": 7 if reduce_range else 8,
-                              "activations": "int8", "accurate_on": accurate_on,
+        scheme = to_onnx.SCHEMES[options["scheme"]]
+        out["int8_scheme"] = {"name": options["scheme"], "weight_bits": 7 if scheme.reduce_range else 8,
+                              "weights": scheme.weights, "activations": scheme.activations,
+                              "portable": scheme.portable, "accurate_on": scheme.accurate_on,
                               **to_onnx.weight_range(path)}
     sample = x[:REFERENCE_IMAGES]
     so = ort.SessionOptions()

@@ -89,6 +89,9 @@ class Format:
     summary: str  # one line for --help
     qat: bool  # accepts QAT / PQAT sources (their float formats would not be their float model)
     options: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # name -> Option
+    # options -> the options of each file to try in order (the first that passes its check is kept)
+    candidates: Callable[[dict], list[dict]] = lambda options: [dict(options)]
+    help_when_failed: str = ""  # what could make a file that failed its check pass (the error's end)
 
     @property
     def filename(self) -> str:
@@ -109,8 +112,10 @@ CALIBRATION = Option(500, "class-balanced training images used for calibration",
 OPSET = Option(17, "ONNX opset", choices=(13, 14, 15, 16, 17, 18))
 INT8_OPSET = Option(17, "ONNX opset (19, 21: also runs in onnx.reference)",
                     choices=(13, 14, 15, 16, 17, 18, 19, 21))
-SCHEME = Option("portable", "int8 scheme: portable (7-bit weights, exact on every CPU) or full-range "
-                "(8-bit weights, only for CPUs with VNNI/AMX/ARM)", choices=("portable", "full-range"))
+SCHEME = Option("portable", "int8 scheme: portable (the first of s8s8-7bit, u8u8, u8u8-float-ends whose "
+                "file passes its check; each exact on every CPU), one of those, or full-range (8-bit S8S8 "
+                "weights, only for CPUs with VNNI/AMX/ARM)",
+                choices=("portable", "s8s8-7bit", "u8u8", "u8u8-float-ends", "full-range"))
 
 # Layers left in float (edgepack.explain.selective); TFLite files made so have float32 input/output.
 KEEP_FLOAT = Option("", "comma-separated layer names kept in float, as `edgepack explain` lists them")
@@ -139,10 +144,14 @@ def _table() -> dict[str, Format]:
                "ONNX via tf2onnx, float32, dynamic batch, input named 'image'", False,
                MappingProxyType({"opset": OPSET})),
         Format("onnx-int8", ".onnx", "onnx", to_onnx.int8, QUANTIZED,
-               "ONNX Runtime static quantization (QDQ, per-channel int8) of the fp32 ONNX, calibrated; "
-               "7-bit weights by default, exact on every CPU",
+               "ONNX Runtime static quantization (QDQ, per-channel) of the fp32 ONNX, calibrated; "
+               "by default the first portable scheme that passes its check (exact on every CPU)",
                True, MappingProxyType({"opset": INT8_OPSET, "calibration_images": CALIBRATION,
-                                       "scheme": SCHEME, "keep_float": KEEP_FLOAT, **QUANTIZED_RULES})),
+                                       "scheme": SCHEME, "keep_float": KEEP_FLOAT, **QUANTIZED_RULES}),
+               candidates=to_onnx.candidates,
+               help_when_failed="--option keep_float=LAYER (see `edgepack explain --auto`), --option "
+                                "scheme=full-range (only for CPUs with VNNI/AMX/ARM), or looser --option "
+                                "min_agreement / max_drop"),
     ]
     return {f.name: f for f in formats}
 

@@ -48,7 +48,7 @@ def blank_row(entry: Entry) -> dict:
                latency={"method": None, "threads_1": None, "threads_all": None, "predict_threads_all": None,
                         "error": None})
     if entry.error:
-        row.update(status="error", error=f"open: {entry.error}")
+        row.update(status=entry.status, error=f"{entry.stage}: {entry.error}")
     return row
 
 

@@ -2,7 +2,8 @@
 
 Inputs are run folders (a Keras model: `metadata.json` + `metrics.json`), exported files (`.tflite`
 with its sidecar `<file>.json`, `.onnx` with `metadata_props["edgepack"]`) and export folders
-(a folder with `export.json`: expanded to the model files inside, sorted by name). An input that
+(a folder with `export.json`: expanded to the model files inside, sorted by name, then one entry per
+format its export.json records as failed or skipped, or as written but missing). An input that
 cannot be opened still becomes an entry, with its error, so it ends up a row and not a crash.
 """
 
@@ -36,8 +37,10 @@ class Entry:
     metadata: RunMetadata | None = None  # run folders: metadata.json (edgepack.runmeta)
     file_metadata: FileMetadata | None = None  # exported files: their edgepack metadata
     run: object = None  # edgepack.rundir.Run for run folders
-    error: str | None = None  # why it could not be opened (the row reports it)
+    error: str | None = None  # why it could not be opened or made (the row reports it)
     id_suffix: str = ""  # set when two inputs share variant and format
+    stage: str = "open"  # where `error` happened: "open", or "export" (recorded in export.json)
+    status: str = "error"  # the row's status when `error` is set: "error", or "skipped" (not applicable)
 
     @property
     def row_id(self) -> str:
@@ -55,20 +58,50 @@ def expand(inputs: list[str | os.PathLike], source_options: dict | None = None) 
         path = Path(raw)
         if not path.exists():
             raise EdgepackError(f"{path} does not exist: pass run folders, exported files or export folders")
-        targets = _export_files(path) if (path / EXPORT_MANIFEST).is_file() else [path]
+        manifest = path / EXPORT_MANIFEST
+        targets = _export_files(path) if manifest.is_file() else [path]
         for target in targets:
             key = target.resolve()
             if key not in seen:  # the same file given twice is one row
                 seen.add(key)
                 entries.append(open_entry(target, source_options))
+        if manifest.is_file():
+            entries += recorded_failures(path)
     return entries
 
 
 def _export_files(folder: Path) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
-    if not files:
+    if not files and not recorded_failures(folder):
         raise EdgepackError(f"{folder} has {EXPORT_MANIFEST} but no .tflite/.onnx files: re-run the export")
     return files
+
+
+def recorded_failures(folder: Path) -> list[Entry]:
+    """An export folder's formats that are not there, from its export.json: failed (its error, e.g. every
+    int8 scheme tried with its figures), skipped (not applicable to the source) or written but missing."""
+    from edgepack.rundir import read_json
+
+    try:
+        summary = read_json(folder / EXPORT_MANIFEST)
+    except EdgepackError as e:
+        return [Entry(folder / EXPORT_MANIFEST, "file", "export", folder.name, "unknown", error=str(e))]
+    variant = str(summary.get("variant") or folder.name)
+    technique = str(summary.get("technique") or "unknown")
+    out = []
+
+    def add(name: str, error: str, status: str = "error") -> None:  # the row's path: the record
+        out.append(Entry(folder / EXPORT_MANIFEST, "file", name, variant, technique, error=error,
+                         stage="export", status=status))
+
+    for name, entry in (summary.get("formats") or {}).items():
+        if entry.get("status") != "ok":
+            add(name, str(entry.get("error") or "failed"))
+        elif not (folder / str(entry.get("file"))).is_file():
+            add(name, f"{entry.get('file')} is recorded in {EXPORT_MANIFEST} but missing: re-run the export")
+    for name, reason in (summary.get("skipped") or {}).items():
+        add(name, str(reason), "skipped")
+    return out
 
 
 def open_entry(path: Path, source_options: dict | None = None) -> Entry:

@@ -116,7 +116,7 @@ def int8_paths(flags: set[str], machine: str | None = None) -> dict:
     ort = {"path": ort_path, "exact": vnni or amx,
            "exact_for": "every int8 file" if vnni or amx else
            f"files whose weights stay within [-{SATURATION_FREE_WEIGHT}, {SATURATION_FREE_WEIGHT}] "
-           "(edgepack's portable scheme)"}
+           "or with uint8 weights and activations (U8U8 kernels): edgepack's portable schemes"}
     lite = {"path": "XNNPACK " + ("VNNI" if vnni else "16-bit widening (VPMADDWD)") + " int8 kernels",
             "exact": True, "fast": vnni}
     return {"isa": isa, "onnxruntime": ort, "litert": lite}
