@@ -502,3 +502,17 @@ def test_formats_an_export_did_not_write_are_failure_rows(tiny_run, tiny_archive
     failures = report.split("## Failures and skipped models")[1].split("## ")[0]
     assert "None." not in failures and "none of 3 files passed" in failures
     assert failure_lines(results)[0] == "2 of 5 rows FAILED:"
+
+
+def test_a_device_target_ranks_by_flash_there_never_by_this_machines_latency():
+    from edgepack.report.targets import deployed_bytes
+
+    fast = _row("fast", 0.70, 40_000, 0.05)  # smaller gzip'ed and 10x faster here
+    small = _row("small", 0.71, 44_000, 0.5)
+    fast["target"] = {"fits_as": "stored", "flash_bytes": 134_000, "compressed_flash_bytes": 59_000}
+    small["target"] = {"fits_as": "compressed", "flash_bytes": 134_000, "compressed_flash_bytes": 59_000}
+    assert recommend([fast, small], 1.0)["id"] == "fast"  # the host's rule
+    assert recommend([fast, small], 1.0, by_latency=False, size=deployed_bytes)["id"] == "small"
+    no_flash = _row("web", 0.70, 30_000, 0.9)
+    no_flash["target"] = {"fits_as": "stored", "flash_bytes": None}
+    assert recommend([small, no_flash], 1.0, by_latency=False, size=deployed_bytes)["id"] == "web"  # gzip'ed

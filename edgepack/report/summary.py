@@ -60,9 +60,13 @@ def _recommendation(results: dict) -> list[str]:
     if rec.get("flips"):
         lines.append(f"{rec['flips']['changed']} of {rec['num_test_images']} test images changed prediction "
                      "against the baseline.")
-    lines.append(f"Why: the smallest gzip'ed file among the rows within {max_drop:g} accuracy points of the "
-                 "baseline whose latency is within 1.25x of the fastest of them"
-                 + (f", among the files that run on {target['name']} and fit its budget." if target else "."))
+    if target:  # this machine's latency says nothing about the device: size on the device decides
+        lines.append(f"Why: the file taking the least flash on {target['name']} (in the form that fits; "
+                     "gzip'ed size where the target has no flash figure) among the files that run there and "
+                     f"fit its budget, within {max_drop:g} accuracy points of the baseline.")
+    else:
+        lines.append(f"Why: the smallest gzip'ed file among the rows within {max_drop:g} accuracy points of "
+                     "the baseline whose latency is within 1.25x of the fastest of them.")
     if target:
         lines.append(f"On {target['name']}: {rec['target']['verdict']}; accuracy on its kernels "
                      f"{100 * rec['target']['accuracy']:.2f}%.")

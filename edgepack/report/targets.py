@@ -77,6 +77,15 @@ def allowed(results: dict) -> Callable[[dict], bool]:
     return lambda r: r["id"] in fitting
 
 
+def deployed_bytes(row: dict) -> int | None:
+    """Flash of the row's file on the target in the form that fits (as stored, or after the target's
+    compression); None where the target gives no flash figure."""
+    t = row.get("target") or {}
+    if t.get("fits_as") == "compressed":
+        return t.get("compressed_flash_bytes")
+    return t.get("flash_bytes")
+
+
 def none_fit_line(results: dict) -> str | None:
     """One line when a target was given and no file fits it (naming the closest), else None."""
     t = results.get("target")
