@@ -1,0 +1,162 @@
+"""Every exported file on aarch64 ONNX Runtime / LiteRT (emulated) against the same file run here.
+
+    from edgepack.target import arm64_check
+    result = arm64_check.evaluate(["model.onnx", "model.tflite"], images, labels)
+
+One emulated Python runs all files (edgepack.target.arm64); this machine runs them meanwhile with
+its own engines. Each file gets a row: accuracy on both (with labels), top-1 agreement, the largest
+output difference. A file that fails under emulation is a row with its error, not a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.metrics import top1_agreement
+from edgepack.target import arm64
+
+MODEL_SUFFIXES = (".onnx", ".tflite")
+
+
+@dataclass(frozen=True)
+class FileResult:
+    """One file on the emulated ARM64 CPU against this machine (a results JSON row)."""
+
+    file: str  # the exported file
+    runs: bool  # it loaded and ran under emulation
+    error: str | None = None  # one line: why it did not (runs False)
+    runtime: str | None = None  # onnxruntime or litert
+    num_images: int = 0  # images compared
+    accuracy: float | None = None  # top-1 accuracy on the ARM64 kernels (null without labels)
+    native_accuracy: float | None = None  # the same file on this machine's kernels
+    agreement: float | None = None  # share of images with the same top-1 on both
+    max_abs_diff: float | None = None  # largest |probability difference| over all images and classes
+    identical: bool | None = None  # every output bit-identical
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One `evaluate` call: the emulated CPU, its engines and a row per file."""
+
+    cpu: str  # CPUS key
+    guest: dict  # the emulated Python's versions and hwcaps
+    files: list[FileResult] = field(default_factory=list)
+    num_images: int = 0
+    seconds: float = 0.0  # wall time of the whole check (emulation is slow; never a latency figure)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(native: np.ndarray, emulated: np.ndarray, labels: np.ndarray | None) -> dict:
+    """The figures of FileResult from two runs' probabilities (N, classes) and optional labels."""
+    native, emulated = np.asarray(native, np.float32), np.asarray(emulated, np.float32)
+    if native.shape != emulated.shape or native.ndim != 2 or not len(native):
+        raise ValueError(f"outputs differ in shape: {native.shape} here vs {emulated.shape} emulated")
+    a, b = native.argmax(1), emulated.argmax(1)
+    figures = {"num_images": len(native), "agreement": top1_agreement(a, b),
+               "max_abs_diff": float(np.abs(native - emulated).max()),
+               "identical": bool(np.array_equal(native, emulated))}
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)
+        if len(labels) != len(native):
+            raise ValueError(f"{len(labels)} labels for {len(native)} images")
+        figures |= {"accuracy": float(np.mean(b == labels)), "native_accuracy": float(np.mean(a == labels))}
+    return figures
+
+
+def model_files(paths: list[str | os.PathLike]) -> list[Path]:
+    """Files as given and every .onnx / .tflite directly inside given folders (sorted)."""
+    found = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found += sorted(f for f in p.iterdir() if f.suffix.lower() in MODEL_SUFFIXES)
+        elif p.suffix.lower() in MODEL_SUFFIXES and p.is_file():
+            found.append(p)
+        else:
+            raise EdgepackError(f"{p}: not an exported .onnx/.tflite file or a folder of them")
+    if not found:
+        raise EdgepackError(f"no .onnx or .tflite files in {', '.join(map(str, paths))}")
+    return found
+
+
+def native_probs(path: Path, images: np.ndarray, threads: int | None) -> np.ndarray | None:
+    """The file on this machine's engines (their default kernels), or None if it does not load."""
+    from edgepack import runtime
+
+    try:
+        return runtime.load(path, threads=threads).predict(images)
+    except EdgepackError:
+        return None
+
+
+def evaluate(files: list[Path], images: np.ndarray, labels: np.ndarray | None = None,
+             root: Path | None = None, cpu: str = arm64.DEFAULT_CPU, threads: int = 1,
+             progress: Callable[[str], None] = print) -> Evaluation:
+    """Run `files` on `images` (uint8 NHWC) under the emulated `cpu` and here; a row per file."""
+    start = time.perf_counter()
+    arm64.get_cpu(cpu)
+    root = arm64.build_root(root, progress)
+    images = np.ascontiguousarray(images)
+    with tempfile.TemporaryDirectory(prefix="edgepack-arm64-out-") as tmp:
+        out = Path(tmp)
+        np.save(out / "images.npy", images)
+        request = {"files": [str(Path(f).resolve()) for f in files], "images": str(out / "images.npy"),
+                   "out": str(out), "threads": threads}
+        (out / "request.json").write_text(json.dumps(request))
+        progress(f"arm64: {len(files)} files x {len(images)} images under qemu-aarch64 -cpu {cpu}")
+        with ThreadPoolExecutor(1) as pool:  # the emulated run and this machine's run side by side
+            guest = pool.submit(arm64.run_guest, root, [str(out / "request.json")], cpu, None, progress)
+            native = [native_probs(Path(f), images, threads) for f in files]
+            guest.result()
+        result = json.loads((out / "results.json").read_text())
+        rows = [_row(r, out, nat, labels) for r, nat in zip(result["files"], native, strict=True)]
+    return Evaluation(cpu, result["guest"], rows, len(images), round(time.perf_counter() - start, 1))
+
+
+def _row(guest: dict, out: Path, native: np.ndarray | None, labels: np.ndarray | None) -> FileResult:
+    if not guest["ok"]:
+        return FileResult(guest["file"], runs=False, error=guest["error"])
+    if native is None:
+        return FileResult(guest["file"], runs=True, runtime=guest["runtime"],
+                          error="does not load on this machine: nothing to compare with")
+    emulated = np.load(out / guest["probs"], allow_pickle=False)
+    return FileResult(guest["file"], runs=True, runtime=guest["runtime"],
+                      **compare(native, emulated, labels))
+
+
+def write_json(evaluation: Evaluation, path: Path) -> None:
+    """The evaluation as JSON, written under a temporary name then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(evaluation.as_dict(), indent=1))
+    tmp.replace(path)
+
+
+def table(evaluation: Evaluation) -> str:
+    """The rows for a terminal: accuracy here and on ARM64, agreement, largest difference."""
+    pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+    lines = [f"{'file':<32} {'runtime':<12} {'images':>7} {'x86-64':>8} {'arm64':>8} {'agree':>8} "
+             f"{'max diff':>9}"]
+    for r in evaluation.files:
+        name = Path(r.file).name
+        if r.error:
+            lines.append(f"{name:<32} {r.runtime or '-':<12} {'':>7} {r.error}")
+            continue
+        lines.append(f"{name:<32} {r.runtime:<12} {r.num_images:>7} {pct(r.native_accuracy):>8} "
+                     f"{pct(r.accuracy):>8} {pct(r.agreement):>8} {r.max_abs_diff:>9.2g}")
+    g = evaluation.guest
+    lines.append(f"emulated aarch64 -cpu {evaluation.cpu} ({', '.join(g.get('hwcaps', []))}): onnxruntime "
+                 f"{g.get('onnxruntime')}, ai-edge-litert {g.get('ai_edge_litert')}; "
+                 f"{evaluation.seconds:.0f} s (emulated: accuracy only, no latency)")
+    return "\n".join(lines)
