@@ -15,7 +15,7 @@ RUNTIME_MODELS := runs/runtime-check
 # which TF-MOT refuses in .venv.
 MEDIAPIPE_VENV := .venv-mediapipe
 
-.PHONY: run test lint venv clean runtime-check mediapipe-check
+.PHONY: run test lint venv clean runtime-check mediapipe-check arm64-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,14 @@ $(MEDIAPIPE_VENV)/.installed: pyproject.toml
 mediapipe-check: $(MEDIAPIPE_VENV)/.installed | $(BIN)/python
 	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
 	$(MEDIAPIPE_VENV)/bin/python tests/mediapipe_check.py $(RUNTIME_MODELS)
+
+# The runtime-check files (made here if missing; not their altered copies) on aarch64 ONNX Runtime and
+# LiteRT under qemu-user, against this machine (edgepack target-check --target arm64, docs/arm64.md).
+# Builds the emulated Python into ~/.cache/edgepack on first use; needs root, qemu-user, apt, unshare.
+arm64-check: venv
+	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
+	$(BIN)/edgepack target-check --target arm64 --images $(RUNTIME_MODELS)/images.npy \
+		--out $(RUNTIME_MODELS)/arm64.json $$(ls $(RUNTIME_MODELS)/*.onnx $(RUNTIME_MODELS)/*.tflite | grep -v /altered-)
 
 clean:
 	rm -rf $(VENV) .venv-runtime $(MEDIAPIPE_VENV) .pytest_cache .ruff_cache

@@ -146,14 +146,14 @@ def write_json(evaluation: Evaluation, path: Path) -> None:
 def table(evaluation: Evaluation) -> str:
     """The rows for a terminal: accuracy here and on ARM64, agreement, largest difference."""
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-    lines = [f"{'file':<32} {'runtime':<12} {'images':>7} {'x86-64':>8} {'arm64':>8} {'agree':>8} "
+    lines = [f"{'file':<40} {'runtime':<12} {'images':>7} {'x86-64':>8} {'arm64':>8} {'agree':>8} "
              f"{'max diff':>9}"]
     for r in evaluation.files:
-        name = Path(r.file).name
+        name = "/".join(Path(r.file).parts[-2:])  # exports of several models share file names
         if r.error:
-            lines.append(f"{name:<32} {r.runtime or '-':<12} {'':>7} {r.error}")
+            lines.append(f"{name:<40} {r.runtime or '-':<12} {'':>7} {r.error}")
             continue
-        lines.append(f"{name:<32} {r.runtime:<12} {r.num_images:>7} {pct(r.native_accuracy):>8} "
+        lines.append(f"{name:<40} {r.runtime:<12} {r.num_images:>7} {pct(r.native_accuracy):>8} "
                      f"{pct(r.accuracy):>8} {pct(r.agreement):>8} {r.max_abs_diff:>9.2g}")
     g = evaluation.guest
     lines.append(f"emulated aarch64 -cpu {evaluation.cpu} ({', '.join(g.get('hwcaps', []))}): onnxruntime "
