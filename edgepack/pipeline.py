@@ -30,6 +30,7 @@ from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, schedule
 from edgepack.sources import held_out_like
 from edgepack.stagejobs import RESOURCES
+from edgepack.target import Budget
 
 
 @dataclass
@@ -375,8 +376,10 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
     from edgepack.report.compare import CompareOptions, GateFailed
 
     c = settings["compare"]
+    budget = Budget.parse(c["ram"], c["flash"])  # checked with the settings
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
-                          fail_over=c["fail_over"])
+                          fail_over=c["fail_over"], target=c["target"], ram_bytes=budget.ram_bytes,
+                          flash_bytes=budget.flash_bytes)
     path = out / "report"
     inputs = [*runs.values(), *exports]
     # The run keys chain every upstream setting (data, training, fine-tuning); exports add their own.

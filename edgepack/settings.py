@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -35,6 +36,8 @@ from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import ALL, FORMATS, options_for
 from edgepack.fitting import AUGMENTATIONS
+from edgepack.target import DEFAULT as DEFAULT_TARGET
+from edgepack.target import TARGETS, Budget, check_budget, parse_bytes
 from edgepack.typed import KINDS, expected, inner_model, validate
 
 try:
@@ -180,6 +183,19 @@ class Export(_Section):
         return self
 
 
+def _size(text: str) -> str:
+    """A budget such as "64KiB", checked (edgepack.target.budget) and kept as written."""
+    try:
+        parse_bytes(text)
+    except EdgepackError as e:
+        raise ValueError(str(e)) from None
+    return text
+
+
+Size = Annotated[str, AfterValidator(_size)]
+SIZE_WANT = "a size such as \"64KiB\" (a whole number and B, KiB, MiB, kB or MB, no space)"
+
+
 class Compare(_Section):
     runs: int = Field(200, ge=1, **_doc("timed batch-1 runs per model and thread setting"))
     warmup: int = Field(20, ge=0, **_doc("untimed runs before timing"))
@@ -188,6 +204,22 @@ class Compare(_Section):
         unset="no recommendation"))
     fail_over: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, **_doc(
         "exit 1 when a variant drops more than this many accuracy points", unset="no gate"))
+    target: Literal[tuple(TARGETS)] = Field(DEFAULT_TARGET, **_doc(
+        "where the files will run (docs/targets.md): tflm checks every file on TensorFlow Lite Micro",
+        want=" or ".join(TARGETS)))
+    ram: Size | None = Field(None, **_doc(
+        "the target's RAM budget for the tensor arena, e.g. \"64KiB\" (B, KiB, MiB, kB, MB; no space)",
+        unset="no limit", want=SIZE_WANT))
+    flash: Size | None = Field(None, **_doc(
+        "the target's flash budget for the model file, e.g. \"256KiB\"", unset="no limit", want=SIZE_WANT))
+
+    @model_validator(mode="after")
+    def _budgets_on_a_device(self):
+        try:
+            check_budget(self.target, Budget.parse(self.ram, self.flash))
+        except EdgepackError as e:
+            raise _At("compare.ram" if self.ram else "compare.flash", str(e)) from None
+        return self
 
 
 class Settings(_Section):

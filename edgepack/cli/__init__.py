@@ -13,6 +13,8 @@ import sys
 
 from edgepack import __version__
 from edgepack.errors import EdgepackError
+from edgepack.target import DEFAULT, TARGETS
+from edgepack.target.budget import UNITS, parse_bytes
 
 # Subcommands in the order `edgepack --help` lists them (module edgepack.cli.<name>, "-" as "_").
 COMMANDS = ("train", "compress", "export", "predict", "verify", "compare", "pipeline", "optimize", "bench",
@@ -117,6 +119,26 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
+
+
+def add_target_options(p: argparse.ArgumentParser) -> None:
+    """--target, --ram, --flash (edgepack.target; docs/targets.md)."""
+    where = "; ".join(f"{n}: {t.summary}" for n, t in TARGETS.items())
+    p.add_argument("--target", choices=list(TARGETS), default=DEFAULT,
+                   help=f"where the files will run: {where} (default {DEFAULT})")
+    p.add_argument("--ram", type=byte_size, metavar="SIZE",
+                   help=f"the target's RAM for the tensor arena, e.g. 64KiB (units {', '.join(UNITS)}; "
+                        "no space)")
+    p.add_argument("--flash", type=byte_size, metavar="SIZE",
+                   help="the target's flash for the model file, e.g. 256KiB")
+
+
+def byte_size(text: str) -> int:
+    """argparse type: "64KiB" -> 65536 (edgepack.target.budget.parse_bytes)."""
+    try:
+        return parse_bytes(text)
+    except EdgepackError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:

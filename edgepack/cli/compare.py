@@ -12,16 +12,27 @@ its error.
 baseline); --fail-over X exits with status 1 when a variant drops more than X points (or fails),
 after writing the report.
 
+--target tflm checks every file on TensorFlow Lite Micro (pip install 'edgepack[tflm]'): which files
+it runs (fully integer int8 .tflite), tensor arena and flash bytes, accuracy on TFLM's kernels for
+every test image; --ram/--flash are the part's budgets: the recommendation considers only files that
+fit, and when none does the command says so, names the closest and exits with status 3
+(docs/targets.md).
+
 example:
   edgepack compare runs/baseline runs/prune-0.8 runs/exports/baseline --out runs/report
   edgepack compare runs/baseline runs/exports/qat/tflite-int8.tflite --limit-test 1000 --runs 50 \
       --fail-over 2 --out /tmp/r
+  edgepack compare runs/baseline runs/exports/baseline --target tflm --ram 64KiB --flash 256KiB \
+      --max-drop 1 --out runs/report-mcu
 """
+
+import sys
 
 from edgepack.cli import (
     add_command,
     add_data_options,
     add_source_options,
+    add_target_options,
     finite_float,
     positive_int,
     source_options,
@@ -49,14 +60,22 @@ def register(sub) -> None:
     p.add_argument("--fail-over", type=finite_float, metavar="X",
                    help="exit 1 if a variant drops more than X points")
     p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
+    add_target_options(p)
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
 
 
 def run(args) -> int:
     from edgepack.report import CompareOptions, compare
+    from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
 
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
-                             max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency)
-    compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline, control=args.control,
-            options=options, force=args.force, source_options=source_options(args))
+                             max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency,
+                             target=args.target, ram_bytes=args.ram, flash_bytes=args.flash)
+    results = compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline,
+                      control=args.control, options=options, force=args.force,
+                      source_options=source_options(args))
+    line = none_fit_line(results)
+    if line:
+        print(f"edgepack: error: {line} (report in {args.out})", file=sys.stderr)
+        return EXIT_NONE_FITS
     return 0

@@ -10,7 +10,9 @@ Settings: defaults < --config FILE (TOML; sections data, train, finetune, varian
 complete; a run that was killed resumes where it stopped. --quick is a few-minute smoke run on a
 subset, labelled as such.
 A model that cannot be made or fails its checks is a row with its error; the run ends with a list of
-them and exits 1 (use --allow-failed to exit 0 anyway). A stage that fails for the machine's reason
+them and exits 1 (use --allow-failed to exit 0 anyway). --target tflm --ram 64KiB --flash 256KiB
+checks every file on TensorFlow Lite Micro and recommends only files that fit; when none fits the
+run exits 3 (docs/targets.md). A stage that fails for the machine's reason
 (disk full, permissions, memory) stops the run at once with exit 1.
 
 example:
@@ -25,6 +27,8 @@ import sys
 
 from edgepack.cli import add_command, add_data_options, add_source_options, source_options
 from edgepack.errors import require_toolchain
+from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
+from edgepack.target import TARGETS
 
 try:
     from edgepack import settings  # pydantic comes with the toolchain extra
@@ -43,6 +47,9 @@ SETTING_OPTIONS = {
     "--runs": ("compare", "runs"),
     "--max-drop": ("compare", "max_drop"),
     "--fail-over": ("compare", "fail_over"),
+    "--target": ("compare", "target"),
+    "--ram": ("compare", "ram"),
+    "--flash": ("compare", "flash"),
 }
 
 
@@ -65,7 +72,8 @@ def register(sub) -> None:
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():
-        metavar = {"max_drop": "X", "fail_over": "X", "augment": "|".join(AUGMENTATIONS)}.get(key, "N")
+        metavar = {"max_drop": "X", "fail_over": "X", "augment": "|".join(AUGMENTATIONS), "ram": "SIZE",
+                   "flash": "SIZE", "target": "|".join(TARGETS)}.get(key, "N")
         if settings is None:
             p.add_argument(flag, metavar=metavar, help=f"[{section}] {key}")
         else:
@@ -102,4 +110,8 @@ def run(args) -> int:
         print(f"edgepack: error: {len(failed)} rows failed (listed above; report written): exit 1, "
               "or pass --allow-failed to accept them", file=sys.stderr)
         return 1
+    line = none_fit_line(results)
+    if line:
+        print(f"edgepack: error: {line} (report in {args.out})", file=sys.stderr)
+        return EXIT_NONE_FITS
     return 0

@@ -22,6 +22,8 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
     recommended         row id of the recommended variant (needs max_drop), or null
     gate                {fail_over, failed: [row ids], passed} or null when no fail_over was asked
     settings            what the caller (edgepack pipeline) recorded, e.g. its resolved settings; or null
+    target              the device target's verdict (--target; null for host): {name, budget, runnable,
+                        fitting, closest, none_fit, ...} (edgepack.report.targets documents every key)
     rows                one object per model, baseline first:
       id                "<variant>/<format>", e.g. "prune-0.8/tflite-int8", "baseline/keras"
       variant, technique  from the model's metadata
@@ -99,6 +101,10 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
                         row), or null
       host              the machine that evaluated and timed the row: {node, model, machine, isa_flags,
                         int8_paths} (edgepack.report.env.host), or null (failed before compare)
+      target            --target other than host: the file on that target (edgepack.target.Figures: runs,
+                        reason, ops, ram_bytes, flash_bytes (as stored), compressed_flash_bytes,
+                        compressed_ram_bytes, compression, accuracy and agreement on the target's
+                        kernels, num_images, seconds, fits, fits_as, verdict, over); null for host
     cpu_groups          the distinct CPUs (model + ISA labels) of the rows: [{label, model, isa_flags,
                         int8_paths, nodes}]; with more than one, latencies are labelled by group, speedup
                         is computed only against a baseline on the same CPU and the recommendation
@@ -116,9 +122,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.report import targets
 from edgepack.report.derived import BASELINE, CONTROL, derive
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
+from edgepack.target import Budget, check_budget
+from edgepack.target import get as get_target
 
 SCHEMA_VERSION = 1
 FULL_TEST = 10_000  # CIFAR-10's test set: fewer images is a subset, and the report says so
@@ -138,6 +147,13 @@ class CompareOptions:
     max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
     fail_over: float | None = None  # points: GateFailed if a row drops more than this (or fails)
     seed: int = 0  # test subset seed
+    target: str = "host"  # where the files will run (edgepack.target.TARGETS); host: this machine
+    ram_bytes: int | None = None  # the target's RAM budget (--ram), bytes; None: no limit
+    flash_bytes: int | None = None  # the target's flash budget (--flash), bytes; None: no limit
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(self.ram_bytes, self.flash_bytes)
 
     def check(self) -> None:
         if self.runs < 1 or self.warmup < 0 or self.predict_runs < 1 or self.throughput_runs < 1:
@@ -149,6 +165,10 @@ class CompareOptions:
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 100:
                 raise EdgepackError(f"--{name.replace('_', '-')} is in accuracy points, 0-100; got {v}")
+        for name, v in (("--ram", self.ram_bytes), ("--flash", self.flash_bytes)):
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise EdgepackError(f"{name} is a size in bytes >= 1, got {v!r}")
+        check_budget(self.target, self.budget)
 
 
 class GateFailed(EdgepackError):
@@ -242,6 +262,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     all_threads = env_mod.usable_cores()
     host = env_mod.host()  # one process times every row: they share it (edgepack.report.hosts)
     rows, base_pred, kept = [], None, {}
+    target = get_target(options.target)
     t_rows = time.time()
     for i, entry in enumerate(order, 1):
         done = time.time() - t_rows
@@ -258,6 +279,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
             from edgepack.metrics import top1_agreement
 
             row["agreement"] = top1_agreement(pred, base_pred)
+        row["target"] = targets.row_figures(target, options.budget, entry, row, ds, pred, all_threads)
         rows.append(row)
         status = "ok" if row["status"] == "ok" else f"ERROR {row['error']}"
         print(f"      accuracy {_fmt(row['accuracy'])} {status}", flush=True)
@@ -282,6 +304,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
                      and (ctrl is None or r["path"] == str(ctrl.path))],
         "recommended": None, "gate": None, "settings": settings, "rows": rows,
     }
+    targets.summarise(results, target, options.budget)
     derive(results)
     sheets = explain(results, kept, ds)
     results["wall_seconds"] = round(time.time() - started, 2)

@@ -5,7 +5,7 @@ the recommendation within --max-drop (edgepack.report.pick) and the --fail-over 
 from __future__ import annotations
 
 from edgepack.compress.schedule import phase_of
-from edgepack.report import hosts
+from edgepack.report import hosts, targets
 from edgepack.report.notes import add_speed_notes
 from edgepack.report.pick import FAST_ENOUGH, Candidate, pick
 
@@ -77,8 +77,9 @@ def derive(results: dict) -> None:
     else:
         add_speed_notes(rows, cpu.get("int8_paths") or {}, FAST_ENOUGH)
     opts = results["options"]
+    may_pick = targets.allowed(results)  # with a device target: files that run there and fit
     if opts.get("max_drop") is not None and base and base["status"] == "ok":
-        pick = recommend(rows, opts["max_drop"], by_latency=not mixed)
+        pick = recommend([r for r in rows if may_pick(r)], opts["max_drop"], by_latency=not mixed)
         if pick is not None:
             pick["recommended"] = True
             results["recommended"] = pick["id"]

@@ -37,6 +37,7 @@ ROW_KEYS = (
     "kernel_facts",
     "confidence", "flips", "flip_sheet",  # edgepack.report.explain
     "host",  # edgepack.report.hosts
+    "target",  # edgepack.report.targets
 )
 
 

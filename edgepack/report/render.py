@@ -11,7 +11,7 @@ import csv
 import html as html_mod
 from pathlib import Path
 
-from edgepack.report import hosts, summary
+from edgepack.report import hosts, summary, targets
 from edgepack.report.plots import PARETO
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -192,7 +192,7 @@ def markdown_table(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-SECTIONS = ("recommendation", "pareto", "failures", "noise", "details")  # the page's order, summary first
+SECTIONS = ("recommendation", "target", "pareto", "failures", "noise", "details")  # the page's order
 
 
 def _failures(results: dict) -> Table:
@@ -204,6 +204,7 @@ def markdown(results: dict, images: dict[str, str]) -> str:
     fails = _failures(results)
     parts = ["# edgepack comparison report", "", "## Recommendation", "",
              *[f"- {line}" for line in summary.recommendation_lines(results)], "",
+             *_target_markdown(results),
              "## Pareto front", "", f"![Accuracy vs size: the Pareto front]({PARETO})", ""]
     parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
     parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], "",
@@ -213,6 +214,24 @@ def markdown(results: dict, images: dict[str, str]) -> str:
     parts += [f"![{r['id']}: most confident flips]({r['flip_sheet']})\n" for r in results["rows"]
               if r.get("flip_sheet")]
     return "\n".join(parts)
+
+
+def _target_markdown(results: dict) -> list[str]:
+    got = targets.section(results)
+    if got is None:
+        return []
+    lines, table = got
+    heading, _, rows = markdown_table(table).partition("\n\n")  # "## Target tflm", then the table
+    return [heading, "", *[f"- {line}" for line in lines], "", rows]
+
+
+def _target_html(results: dict) -> str:
+    got = targets.section(results)
+    if got is None:
+        return ""
+    lines, table = got
+    heading, _, rows = _html_table(table, 2).partition("\n")
+    return heading + _items(lines) + rows
 
 
 def _html_table(t: Table, level: int = 3) -> str:
@@ -257,6 +276,7 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
     fails = _failures(results)
     sections = {
         "recommendation": "<h2>Recommendation</h2>" + _items(summary.recommendation_lines(results)),
+        "target": _target_html(results),
         "pareto": "<h2>Pareto front</h2>"
                   + _img(folder, PARETO, "Accuracy vs size: the Pareto front", "wide"),
         "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and skipped models</h2><p>None.</p>",
@@ -268,7 +288,7 @@ def html(results: dict, folder: Path, images: dict[str, str]) -> str:
                    + "".join(_img(folder, r["flip_sheet"], f"{r['id']}: most confident flips")
                              for r in results["rows"] if r.get("flip_sheet")),
     }
-    body = "".join(f"<section id='{k}'>{sections[k]}</section>\n" for k in SECTIONS)
+    body = "".join(f"<section id='{k}'>{sections[k]}</section>\n" for k in SECTIONS if sections[k])
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>edgepack comparison</title>"
             f"<style>{_STYLE}</style></head><body><h1>edgepack comparison report</h1>\n{body}"
             "</body></html>\n")
@@ -293,6 +313,7 @@ def flat_row(row: dict) -> dict:
         flat[f"p_value_{ref}"], flat[f"within_noise_{ref}"] = c.get("p_value"), c.get("within_noise")
         flat[f"ci_low_pts_{ref}"], flat[f"ci_high_pts_{ref}"] = (c.get("ci_pts") or [None, None])
     flat["images_changed"] = (row.get("flips") or {}).get("changed")
+    flat.update(targets.flat(row))
     return flat
 
 

@@ -4,6 +4,7 @@ tables: rendered by edgepack.report.render before the detail tables. Plain strin
 from __future__ import annotations
 
 from edgepack.report.explain import noise_lines
+from edgepack.report.targets import none_fit_line
 
 Table = tuple[str, list[str], list[list[str]]]
 
@@ -26,11 +27,15 @@ def recommendation_lines(results: dict) -> list[str]:
     """The recommended row's key figures and why it was picked, or why nothing was."""
     max_drop = results["options"].get("max_drop")
     rec = next((r for r in results["rows"] if r["id"] == results.get("recommended")), None)
+    target = results.get("target")
+    if target and target["none_fit"]:
+        return [none_fit_line(results)]
     if rec is None:
         if max_drop is None:
             return ["No recommendation: pass --max-drop POINTS to pick the smallest, fastest row within "
                     "that many points of the baseline."]
-        return [f"No recommendation: no row is within {max_drop:g} points of the baseline "
+        among = f"file that runs on {target['name']} and fits" if target else "row"
+        return [f"No recommendation: no {among} is within {max_drop:g} points of the baseline "
                 f"({results.get('baseline') or 'none found'})."]
     conf = rec.get("confidence") or {}
     vs = conf.get("vs_baseline")
@@ -48,7 +53,11 @@ def recommendation_lines(results: dict) -> list[str]:
         lines.append(f"{rec['flips']['changed']} of {rec['num_test_images']} test images changed prediction "
                      "against the baseline.")
     lines.append(f"Why: the smallest gzip'ed file among the rows within {max_drop:g} accuracy points of the "
-                 "baseline whose latency is within 1.25x of the fastest of them.")
+                 "baseline whose latency is within 1.25x of the fastest of them"
+                 + (f", among the files that run on {target['name']} and fit its budget." if target else "."))
+    if target:
+        lines.append(f"On {target['name']}: {rec['target']['verdict']}; accuracy on its kernels "
+                     f"{100 * rec['target']['accuracy']:.2f}%.")
     return lines
 
 

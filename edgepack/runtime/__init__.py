@@ -5,6 +5,7 @@
     clf = runtime.load("model.onnx")           # or "model.tflite" (with model.tflite.json next to it)
     probs = clf.predict(images)                # uint8 (N, 32, 32, 3) -> float32 (N, 10)
     clf.classify(image, top_k=3)               # [[Prediction(label='cat', class_id=3, score=0.81), ...]]
+    runtime.load("model.tflite", kernels="tflm")  # on TensorFlow Lite Micro (pip install 'edgepack[tflm]')
 
 Importing this package loads numpy only; ONNX Runtime or LiteRT is imported by the first `load()`
 of a file of its kind. Nothing here may import TensorFlow (a test and `make runtime-check` enforce it).
@@ -18,6 +19,7 @@ from edgepack.runtime.classifier import (
     ModelNotFoundError,
     Prediction,
 )
+from edgepack.runtime.tflm import TflmClassifier
 
 __all__ = ["KERNELS", "RUNTIMES", "Classifier", "InputError", "LiteRTClassifier", "ModelFileError",
-           "ModelNotFoundError", "OnnxClassifier", "Prediction", "load"]
+           "ModelNotFoundError", "OnnxClassifier", "Prediction", "TflmClassifier", "load"]

@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.runtime import metadata as md
-from edgepack.runtime.classifier import Classifier, ModelFileError, ModelNotFoundError
+from edgepack.runtime.classifier import (
+    Classifier,
+    ModelFileError,
+    ModelNotFoundError,
+    check_io,
+    checked_metadata,
+    first_line,
+)
+from edgepack.runtime.tflm import TflmClassifier
 
 ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8)": "uint8"}
 
@@ -25,38 +33,6 @@ ONNX_DTYPES = {"tensor(float)": "float32", "tensor(int8)": "int8", "tensor(uint8
 # optimized builtin kernels without the XNNPACK delegate. Export checks and reports use "reference"
 # to judge an int8 file on any machine.
 KERNELS = ("default", "reference", "no-xnnpack")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
-def _checked_metadata(read) -> md.FileMetadata:
-    """`read()`'s metadata, its MetadataError turned into the runtime's ModelFileError."""
-    try:
-        return read()
-    except md.MetadataError as e:
-        raise ModelFileError(str(e)) from None
-    except FileNotFoundError as e:
-        raise ModelNotFoundError(str(e)) from None
-
-
-def _check_io(path: Path, meta: md.FileMetadata, in_dtype: str, in_shape, out_shape) -> None:
-    """The file's input/output tensors must be what its metadata describes."""
-    if in_dtype != meta.input_dtype:
-        raise ModelFileError(f"{path}: metadata says {meta.input_dtype} input but the model takes "
-                             f"{in_dtype}: the metadata belongs to another file, re-export it")
-    known = [d if isinstance(d, int) and d > 0 else None for d in in_shape]
-    want = list(meta.input_shape)
-    if len(known) != len(want) + 1 or any(
-            k is not None and k != w for k, w in zip(known[1:], want, strict=True)):
-        raise ModelFileError(f"{path}: the model takes input {list(in_shape)}, its metadata says "
-                             f"[N, {', '.join(map(str, want))}]: re-export it")
-    classes = out_shape[-1] if out_shape else None
-    if isinstance(classes, int) and classes != len(meta.class_names):
-        raise ModelFileError(f"{path}: the model gives {classes} outputs but its metadata names "
-                             f"{len(meta.class_names)} classes: re-export it")
 
 
 class OnnxClassifier(Classifier):
@@ -71,13 +47,13 @@ class OnnxClassifier(Classifier):
         self.kernels = kernels
         self.session = ort.InferenceSession(str(path), session_options(threads, kernels),
                                             providers=["CPUExecutionProvider"])
-        meta = _checked_metadata(lambda: md.from_onnx_session(self.session, str(path)))
+        meta = checked_metadata(lambda: md.from_onnx_session(self.session, str(path)))
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{path} has {len(inputs)} inputs and {len(outputs)} outputs, "
                                  "expected one of each: not an edgepack classifier")
         in_dtype = ONNX_DTYPES.get(inputs[0].type, inputs[0].type)
-        _check_io(path, meta, in_dtype, inputs[0].shape, outputs[0].shape)
+        check_io(path, meta, in_dtype, inputs[0].shape, outputs[0].shape)
         batch = inputs[0].shape[0]
         self._in_name, self._out_names = inputs[0].name, [outputs[0].name]
         super().__init__(path, meta, threads, batch if isinstance(batch, int) and batch > 0 else None,
@@ -109,7 +85,7 @@ class LiteRTClassifier(Classifier):
     kernel_choices = KERNELS
 
     def __init__(self, path: Path, threads: int | None = None, kernels: str = "default"):
-        meta = _checked_metadata(lambda: md.read_sidecar(path))
+        meta = checked_metadata(lambda: md.read_sidecar(path))
         self.kernels = kernels
         self.interpreter = new_interpreter(path, threads, kernels)
         inp = self.interpreter.get_input_details()
@@ -119,7 +95,7 @@ class LiteRTClassifier(Classifier):
                                  "expected one of each: not an edgepack classifier")
         inp, out = inp[0], out[0]
         signature = [int(d) for d in inp["shape_signature"]]
-        _check_io(path, meta, np.dtype(inp["dtype"]).name, signature, [int(d) for d in out["shape"]])
+        check_io(path, meta, np.dtype(inp["dtype"]).name, signature, [int(d) for d in out["shape"]])
         self._in_index, self._out_index = inp["index"], out["index"]
         self._batch = int(inp["shape"][0])  # the size the tensors are allocated for now
         self._lock = threading.Lock()
@@ -153,6 +129,14 @@ def new_interpreter(path: Path, threads: int | None, kernels: str = "default"):
 
 # File suffix -> backend. The suffix picks the engine; the file's own metadata says what it is.
 RUNTIMES: dict[str, type[Classifier]] = {".onnx": OnnxClassifier, ".tflite": LiteRTClassifier}
+# (suffix, kernels) -> the backend when those kernels belong to another engine than the suffix's:
+# "tflm" runs a .tflite file on TensorFlow Lite Micro (edgepack.runtime.tflm; `edgepack[tflm]`).
+ENGINES: dict[tuple[str, str], type[Classifier]] = {(".tflite", "tflm"): TflmClassifier}
+
+
+def kernel_choices(suffix: str) -> tuple[str, ...]:
+    """Every `kernels=` value `load()` accepts for files with this suffix."""
+    return (*RUNTIMES[suffix].kernel_choices, *(k for s, k in ENGINES if s == suffix))
 
 
 def load(path: str | os.PathLike, threads: int | None = None, kernels: str = "default") -> Classifier:
@@ -160,17 +144,19 @@ def load(path: str | os.PathLike, threads: int | None = None, kernels: str = "de
 
     `threads`: intra-op threads (None = the engine's default: ONNX Runtime one per physical core,
     LiteRT 1). `kernels`: one of KERNELS ("reference" gives the CPU-independent result of an int8
-    file, slower). Raises ModelNotFoundError / ModelFileError (both EdgepackError) naming the file.
+    file, slower), or "tflm" for a .tflite file on TensorFlow Lite Micro (edgepack.runtime.tflm).
+    Raises ModelNotFoundError / ModelFileError (both EdgepackError) naming the file.
     """
     path = Path(path)
-    backend = RUNTIMES.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    backend = ENGINES.get((suffix, kernels), RUNTIMES.get(suffix))
     if backend is None:
         raise ModelFileError(f"{path}: unknown model file type {path.suffix or '(no suffix)'!r}, "
                              f"expected one of {', '.join(RUNTIMES)}")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ValueError(f"threads must be a whole number >= 1 or None, got {threads!r}")
     if kernels not in backend.kernel_choices:
-        raise ValueError(f"kernels must be one of {', '.join(backend.kernel_choices)} for "
+        raise ValueError(f"kernels must be one of {', '.join(kernel_choices(suffix))} for "
                          f"{path.suffix} files, got {kernels!r}")
     if not path.exists():
         raise ModelNotFoundError(f"model file {path} not found")
@@ -182,4 +168,4 @@ def load(path: str | os.PathLike, threads: int | None = None, kernels: str = "de
         raise
     except Exception as e:  # the engines raise assorted types for corrupt or truncated files
         raise ModelFileError(f"{path} is not a valid {path.suffix[1:]} model file, or is truncated "
-                             f"({type(e).__name__}: {_first_line(e)}): re-export it") from None
+                             f"({type(e).__name__}: {first_line(e)}): re-export it") from None

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import CHANNEL_ORDER, FileMetadata
 from edgepack.runtime.preprocess import scale_pixels
 
@@ -40,6 +41,38 @@ class Prediction:
     label: str  # class name from the model's metadata
     class_id: int  # index into class_names
     score: float  # probability in [0, 1]
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+def checked_metadata(read) -> md.FileMetadata:
+    """`read()`'s metadata, its MetadataError turned into the runtime's ModelFileError."""
+    try:
+        return read()
+    except md.MetadataError as e:
+        raise ModelFileError(str(e)) from None
+    except FileNotFoundError as e:
+        raise ModelNotFoundError(str(e)) from None
+
+
+def check_io(path: Path, meta: md.FileMetadata, in_dtype: str, in_shape, out_shape) -> None:
+    """The file's input/output tensors must be what its metadata describes."""
+    if in_dtype != meta.input_dtype:
+        raise ModelFileError(f"{path}: metadata says {meta.input_dtype} input but the model takes "
+                             f"{in_dtype}: the metadata belongs to another file, re-export it")
+    known = [d if isinstance(d, int) and d > 0 else None for d in in_shape]
+    want = list(meta.input_shape)
+    if len(known) != len(want) + 1 or any(
+            k is not None and k != w for k, w in zip(known[1:], want, strict=True)):
+        raise ModelFileError(f"{path}: the model takes input {list(in_shape)}, its metadata says "
+                             f"[N, {', '.join(map(str, want))}]: re-export it")
+    classes = out_shape[-1] if out_shape else None
+    if isinstance(classes, int) and classes != len(meta.class_names):
+        raise ModelFileError(f"{path}: the model gives {classes} outputs but its metadata names "
+                             f"{len(meta.class_names)} classes: re-export it")
 
 
 class Classifier:

@@ -102,18 +102,21 @@ def write_golden(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray
     return path
 
 
-def write_for(model_path: str | os.PathLike, x_check: np.ndarray, y_check: np.ndarray) -> Path:
-    """Export's hook: golden vectors for a file that passed its check, from its float check images."""
+def write_for(model_path: str | os.PathLike, x_check: np.ndarray, y_check: np.ndarray,
+              kernels: str = "reference") -> Path:
+    """Export's hook: golden vectors for a file that passed its check, from its float check images.
+    The expected outputs come from `kernels` (runtime.load's): the engine's reference kernels, or
+    "tflm" for a file meant for TensorFlow Lite Micro (a look-up-table file runs nowhere else)."""
     from edgepack import runtime
 
-    ref = runtime.load(model_path, kernels="reference")
+    ref = runtime.load(model_path, kernels=kernels)
     meta = ref.metadata
     idx = balanced(y_check)
     images = pixels_from_input(x_check[idx], meta.pixel_scaling)
     return write_golden(golden_path(model_path), images, y_check[idx], ref.predict(images), {
         "format": meta.format, "variant": meta.variant, "source_sha256": meta.source_sha256,
         "model_sha256": sha256_file(model_path), "class_names": list(meta.class_names),
-        "atol": tolerance_for(meta.format), "kernels": "reference",
+        "atol": tolerance_for(meta.format), "kernels": kernels,
         "edgepack_version": meta.edgepack_version})
 
 
@@ -158,17 +161,17 @@ def _identity_problem(meta: dict, model) -> str | None:
     return None
 
 
-def verify(model_path: str | os.PathLike, golden: str | os.PathLike | None = None, threads: int | None = None
-           ) -> VerifyResult:
-    """Run `model_path` on the golden images (default kernels: what an app runs) and judge by RULE;
-    `golden` defaults to the file beside it (golden_path). Raises GoldenError / ModelFileError for
-    files that cannot be used."""
+def verify(model_path: str | os.PathLike, golden: str | os.PathLike | None = None, threads: int | None = None,
+           kernels: str = "default") -> VerifyResult:
+    """Run `model_path` on the golden images with `kernels` (runtime.load's; "default" is what an app
+    runs, "tflm" TensorFlow Lite Micro) and judge by RULE; `golden` defaults to the file beside it
+    (golden_path). Raises GoldenError / ModelFileError for files that cannot be used."""
     from edgepack import runtime
 
     golden = golden_path(model_path) if golden is None else golden
     g = read_golden(golden)
     meta, name = g["meta"], Path(model_path).name
-    clf = runtime.load(model_path, threads=threads)
+    clf = runtime.load(model_path, threads=threads, kernels=kernels)
     wrong = _identity_problem(meta, clf.metadata)
     if wrong:
         return VerifyResult(False, f"FAIL {name}: {golden} is another model's golden file ({wrong})",

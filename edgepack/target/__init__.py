@@ -1,0 +1,81 @@
+"""Deployment targets: where an exported file will run, in one name-keyed table (like FORMATS).
+
+A target declares which exported files it runs (and why not the others), how its RAM and flash are
+measured, and which runtime's kernels prove a file's accuracy there. `edgepack compare/pipeline
+--target NAME [--ram SIZE] [--flash SIZE]` check every file against it (edgepack.report.targets).
+
+    host   this machine, as edgepack always measured: every file, LiteRT / ONNX Runtime (the default)
+    tflm   Cortex-M class microcontrollers through TensorFlow Lite Micro (edgepack.target.tflm)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgepack.errors import EdgepackError
+from edgepack.target.budget import Budget, parse_bytes, show_bytes
+from edgepack.target.figures import Figures
+
+# check(path, x_test uint8, y_test, row_top1 or None, workers, progress) -> Figures
+Check = Callable[[Path, np.ndarray, np.ndarray, "np.ndarray | None", int, Callable[[str], None]], Figures]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One place exported files run."""
+
+    name: str  # --target NAME
+    summary: str  # one line for --help and the report
+    runs: Callable[[Path], str | None]  # None if the target runs the file, else one line saying why not
+    check: Check | None  # measures a file it runs (None: the rows' own figures are the target's)
+    kernels: str  # whose kernels prove accuracy there (edgepack.runtime.load's kernels=, or "row")
+    ram: str  # how RAM is measured, for the report
+    flash: str  # how flash (storage) is measured, for the report
+    budgets: bool  # --ram / --flash apply
+    ready: Callable[[], None] = lambda: None  # raises EdgepackError (one line) if its checks cannot run
+
+
+def _host_runs(path: Path) -> str | None:
+    return None
+
+
+def _table() -> dict[str, Target]:
+    from edgepack.target import tflm
+
+    return {
+        "host": Target("host", "this machine: every exported file on LiteRT / ONNX Runtime (the default)",
+                       runs=_host_runs, check=None, kernels="row", ram="process RSS (memory column)",
+                       flash="file size", budgets=False),
+        "tflm": Target("tflm", "Cortex-M class microcontrollers through TensorFlow Lite Micro: fully "
+                       "integer int8 .tflite files, int8 or uint8 input/output",
+                       runs=tflm.runs, check=tflm.check, kernels="tflm",
+                       ram="tensor arena: TFLM's RecordingMicroAllocator total after one invoke",
+                       flash="the .tflite file as stored (and after TFLM LUT weight compression)",
+                       budgets=True, ready=tflm.ready),
+    }
+
+
+TARGETS: dict[str, Target] = _table()
+DEFAULT = "host"
+
+
+def get(name: str) -> Target:
+    if name not in TARGETS:
+        raise EdgepackError(f"unknown target {name!r}: choose one of {', '.join(TARGETS)}")
+    return TARGETS[name]
+
+
+def check_budget(target: str, budget: Budget) -> None:
+    """The target exists, its checks can run here, and budgets are given only to a device target."""
+    get(target).ready()
+    if budget.given and not get(target).budgets:
+        raise EdgepackError(f"--ram/--flash are budgets of a device: add --target "
+                            f"{' or '.join(n for n, t in TARGETS.items() if t.budgets)}")
+
+
+__all__ = ["Budget", "DEFAULT", "Figures", "TARGETS", "Target", "check_budget", "get", "parse_bytes",
+           "show_bytes"]

@@ -1,0 +1,212 @@
+"""C++ sources for a TensorFlow Lite Micro project: the model as a C array, its facts, and a main.cc.
+
+    model_data.h   declarations: g_model_data / g_model_data_len, kTensorArenaSize, the input's
+                   shape, scale and zero point, the class names, one sample input and its class
+    model_data.cc  the .tflite bytes as a 16-byte aligned `const unsigned char` array (TFLM reads
+                   the flatbuffer in place; its buffers need that alignment), the class names and the
+                   sample input
+    main.cc        registers exactly the file's operators in a tflite::MicroMutableOpResolver<N>,
+                   allocates the arena, runs the sample input once and prints the predicted class
+
+Plain text generation, no TFLM headers needed here; the sources compile inside a TFLM project.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from edgepack import __version__
+from edgepack.errors import EdgepackError
+
+DECODE_OP = "TFLM_DECODE"  # the custom operator TFLM's compressor inserts for look-up-table weights
+# TFLite operator name -> the tflite::MicroMutableOpResolver method that registers its kernel.
+# Explicit rather than derived from the name: several do not follow one spelling rule (PadV2, CumSum),
+# and an operator missing here must fail loudly instead of producing a call that does not exist.
+RESOLVER_CALLS = {
+    "ABS": "AddAbs", "ADD": "AddAdd", "ADD_N": "AddAddN", "ARG_MAX": "AddArgMax", "ARG_MIN": "AddArgMin",
+    "AVERAGE_POOL_2D": "AddAveragePool2D", "BATCH_MATMUL": "AddBatchMatMul",
+    "BATCH_TO_SPACE_ND": "AddBatchToSpaceNd", "CAST": "AddCast", "CONCATENATION": "AddConcatenation",
+    "CONV_2D": "AddConv2D", "CUMSUM": "AddCumSum", "DEPTH_TO_SPACE": "AddDepthToSpace",
+    "DEPTHWISE_CONV_2D": "AddDepthwiseConv2D", "DEQUANTIZE": "AddDequantize", "DIV": "AddDiv",
+    "ELU": "AddElu", "EXP": "AddExp", "EXPAND_DIMS": "AddExpandDims", "FILL": "AddFill",
+    "FLOOR": "AddFloor", "FULLY_CONNECTED": "AddFullyConnected", "GATHER": "AddGather",
+    "HARD_SWISH": "AddHardSwish", "L2_NORMALIZATION": "AddL2Normalization", "LEAKY_RELU": "AddLeakyRelu",
+    "LOG_SOFTMAX": "AddLogSoftmax", "LOGISTIC": "AddLogistic", "MAX_POOL_2D": "AddMaxPool2D",
+    "MAXIMUM": "AddMaximum", "MEAN": "AddMean", "MINIMUM": "AddMinimum", "MUL": "AddMul", "PACK": "AddPack",
+    "PAD": "AddPad", "PADV2": "AddPadV2", "PRELU": "AddPrelu", "QUANTIZE": "AddQuantize",
+    "REDUCE_MAX": "AddReduceMax", "RELU": "AddRelu", "RELU6": "AddRelu6", "RESHAPE": "AddReshape",
+    "RESIZE_BILINEAR": "AddResizeBilinear", "RESIZE_NEAREST_NEIGHBOR": "AddResizeNearestNeighbor",
+    "SHAPE": "AddShape", "SLICE": "AddSlice", "SOFTMAX": "AddSoftmax", "SPLIT": "AddSplit",
+    "SPLIT_V": "AddSplitV", "SQUEEZE": "AddSqueeze", "STRIDED_SLICE": "AddStridedSlice", "SUB": "AddSub",
+    "SUM": "AddSum", "TANH": "AddTanh", "TRANSPOSE": "AddTranspose", "TRANSPOSE_CONV": "AddTransposeConv",
+    "UNPACK": "AddUnpack", DECODE_OP: "AddDecode",
+}
+BYTES_PER_LINE = 12
+ALIGNMENT = 16  # bytes; what TFLM's generate_cc_arrays.py uses for model arrays
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The facts a TFLM program needs besides the model bytes."""
+
+    model: bytes  # the .tflite file
+    ops: tuple[str, ...]  # distinct operator names in the file ("CONV_2D", ..., "TFLM_DECODE")
+    arena_bytes: int  # kTensorArenaSize: measured arena plus the margin
+    arena_note: str  # how arena_bytes was obtained, for the header's comment
+    input_shape: tuple[int, ...]  # one image, (height, width, channels)
+    input_dtype: str  # "int8" or "uint8"
+    input_scale: float  # q = round(x / scale) + zero_point, x the scaled pixel
+    input_zero_point: int
+    class_names: tuple[str, ...]
+    sample_input: bytes  # one held-out image, already quantized to the input tensor's bytes
+    sample_class: int  # the class TFLM predicts for it at export
+    source: str  # what it was exported from (variant), for the comments
+
+
+def resolver_calls(ops: tuple[str, ...] | list[str]) -> list[str]:
+    """One MicroMutableOpResolver method per distinct operator, in the given order."""
+    unknown = [op for op in ops if op not in RESOLVER_CALLS]
+    if unknown:
+        raise EdgepackError(f"operator {unknown[0]} has no MicroMutableOpResolver call known to edgepack: "
+                            "TFLM may not support it; export a model without it")
+    return [RESOLVER_CALLS[op] for op in dict.fromkeys(ops)]
+
+
+def c_bytes(data: bytes, indent: str = "    ") -> str:
+    """The body of a C array initializer: `0x..` hex bytes, BYTES_PER_LINE to a line."""
+    lines = []
+    for i in range(0, len(data), BYTES_PER_LINE):
+        lines.append(indent + ", ".join(f"0x{b:02x}" for b in data[i:i + BYTES_PER_LINE]) + ",")
+    return "\n".join(lines)
+
+
+def _c_string(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def header(d: Deployment) -> str:
+    h, w, c = d.input_shape
+    return f"""// Generated by edgepack {__version__} from {d.source}. Do not edit: re-export instead.
+#ifndef EDGEPACK_MODEL_DATA_H_
+#define EDGEPACK_MODEL_DATA_H_
+
+#include <cstddef>
+
+// The .tflite file ({len(d.model):,} bytes), {ALIGNMENT}-byte aligned: pass it to tflite::GetModel().
+extern const unsigned char g_model_data[];
+extern const unsigned int g_model_data_len;
+
+// Bytes to give tflite::MicroInterpreter: {d.arena_note}.
+constexpr size_t kTensorArenaSize = {d.arena_bytes};
+
+// Input: {d.input_dtype} tensor [1, {h}, {w}, {c}] (NHWC, RGB). A pixel p in 0..255 is first scaled as the
+// model was trained (x), then quantized: q = round(x / kInputScale) + kInputZeroPoint.
+constexpr int kInputHeight = {h};
+constexpr int kInputWidth = {w};
+constexpr int kInputChannels = {c};
+constexpr float kInputScale = {d.input_scale:.9g}f;
+constexpr int kInputZeroPoint = {d.input_zero_point};
+
+// Output: one score per class, index = class id.
+constexpr int kNumClasses = {len(d.class_names)};
+extern const char* const kClassNames[kNumClasses];
+
+// One held-out test image, already quantized (the input tensor's bytes), and the class TFLM gave it.
+extern const unsigned char g_sample_input[];
+extern const unsigned int g_sample_input_len;
+constexpr int kSampleExpectedClass = {d.sample_class};
+
+#endif  // EDGEPACK_MODEL_DATA_H_
+"""
+
+
+def source(d: Deployment) -> str:
+    names = ",\n".join(f"    {_c_string(n)}" for n in d.class_names)
+    return f"""// Generated by edgepack {__version__} from {d.source}. Do not edit: re-export instead.
+#include "model_data.h"
+
+alignas({ALIGNMENT}) const unsigned char g_model_data[] = {{
+{c_bytes(d.model)}
+}};
+const unsigned int g_model_data_len = {len(d.model)};
+
+const char* const kClassNames[kNumClasses] = {{
+{names},
+}};
+
+alignas({ALIGNMENT}) const unsigned char g_sample_input[] = {{
+{c_bytes(d.sample_input)}
+}};
+const unsigned int g_sample_input_len = {len(d.sample_input)};
+"""
+
+
+def main_program(d: Deployment) -> str:
+    calls = resolver_calls(d.ops)
+    register = "\n".join(f"  if (resolver.{m}() != kTfLiteOk) return 1;" for m in calls)
+    decode = ("\n// AddDecode registers TFLM_DECODE, which restores the look-up-table weights in the arena."
+              if DECODE_OP in d.ops else "")
+    return f"""// Generated by edgepack {__version__} from {d.source}: one inference of the sample image with
+// TensorFlow Lite Micro. Build it with model_data.cc inside a TFLM project (see edgepack's docs/tflm.md).
+#include <cstring>
+
+#include "model_data.h"
+#include "tensorflow/lite/micro/micro_interpreter.h"
+#include "tensorflow/lite/micro/micro_log.h"
+#include "tensorflow/lite/micro/micro_mutable_op_resolver.h"
+#include "tensorflow/lite/micro/system_setup.h"
+#include "tensorflow/lite/schema/schema_generated.h"
+
+namespace {{
+// Exactly the operators the model uses: {", ".join(dict.fromkeys(d.ops))}.{decode}
+constexpr int kOpCount = {len(calls)};
+alignas(16) unsigned char tensor_arena[kTensorArenaSize];
+}}  // namespace
+
+int main() {{
+  tflite::InitializeTarget();
+  const tflite::Model* model = tflite::GetModel(g_model_data);
+  if (model->version() != TFLITE_SCHEMA_VERSION) {{
+    MicroPrintf("model schema %d, this TFLM reads %d", static_cast<int>(model->version()),
+                TFLITE_SCHEMA_VERSION);
+    return 1;
+  }}
+  tflite::MicroMutableOpResolver<kOpCount> resolver;
+{register}
+
+  tflite::MicroInterpreter interpreter(model, resolver, tensor_arena, kTensorArenaSize);
+  if (interpreter.AllocateTensors() != kTfLiteOk) {{
+    MicroPrintf("AllocateTensors failed: raise kTensorArenaSize in model_data.h");
+    return 1;
+  }}
+  MicroPrintf("arena used: %u of %u bytes", static_cast<unsigned>(interpreter.arena_used_bytes()),
+              static_cast<unsigned>(kTensorArenaSize));
+
+  TfLiteTensor* input = interpreter.input(0);
+  if (input->bytes != g_sample_input_len) {{
+    MicroPrintf("input tensor holds %u bytes, sample %u", static_cast<unsigned>(input->bytes),
+                g_sample_input_len);
+    return 1;
+  }}
+  std::memcpy(input->data.raw, g_sample_input, g_sample_input_len);
+  if (interpreter.Invoke() != kTfLiteOk) {{
+    MicroPrintf("Invoke failed");
+    return 1;
+  }}
+
+  const TfLiteTensor* output = interpreter.output(0);
+  int best = 0;
+  for (int i = 1; i < kNumClasses; ++i) {{
+    const int score = output->type == kTfLiteInt8 ? output->data.int8[i] : output->data.uint8[i];
+    const int top = output->type == kTfLiteInt8 ? output->data.int8[best] : output->data.uint8[best];
+    if (score > top) best = i;
+  }}
+  MicroPrintf("predicted %s, expected %s", kClassNames[best], kClassNames[kSampleExpectedClass]);
+  return best == kSampleExpectedClass ? 0 : 2;
+}}
+"""
+
+
+def write_sources(d: Deployment) -> dict[str, str]:
+    """File name -> text of the three sources."""
+    return {"model_data.h": header(d), "model_data.cc": source(d), "main.cc": main_program(d)}
