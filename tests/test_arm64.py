@@ -13,7 +13,8 @@ from conftest import NO_INT8_GATE
 
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
-from edgepack.target import arm64, arm64_check
+from edgepack.report import targets as report_targets
+from edgepack.target import TARGETS, Budget, arm64, arm64_check, check_budget
 
 
 def test_compare_gives_accuracy_agreement_and_largest_difference():
@@ -38,16 +39,14 @@ def test_compare_refuses_mismatched_inputs(emulated, labels, message):
         arm64_check.compare(np.zeros((4, 2)), emulated, labels)
 
 
-def test_failed_files_become_rows(tmp_path):
+def test_failed_files_become_rows():
     bad = arm64_check._row({"file": "a.tflite", "ok": False, "error": "ModelFileError: truncated"},
-                           tmp_path, None, None)
+                           None, None)
     assert not bad.runs and bad.error == "ModelFileError: truncated"
-    np.save(tmp_path / "0.npy", np.eye(2, dtype=np.float32))
-    no_native = arm64_check._row({"file": "b.onnx", "ok": True, "runtime": "onnxruntime", "probs": "0.npy"},
-                                 tmp_path, None, None)
+    guest = {"file": "b.onnx", "ok": True, "runtime": "onnxruntime", "emulated": np.eye(2, dtype=np.float32)}
+    no_native = arm64_check._row(guest, None, None)
     assert no_native.runs and "does not load on this machine" in no_native.error
-    ok = arm64_check._row({"file": "b.onnx", "ok": True, "runtime": "onnxruntime", "probs": "0.npy"},
-                          tmp_path, np.eye(2, dtype=np.float32), np.array([0, 1]))
+    ok = arm64_check._row(guest, np.eye(2, dtype=np.float32), np.array([0, 1]))
     assert ok.identical and ok.accuracy == 1.0 and ok.error is None
 
 
@@ -142,6 +141,34 @@ def test_failed_build_leaves_no_root(tmp_path, monkeypatch):
     with pytest.raises(EdgepackError, match="apt-get update failed"):
         arm64.build_root(tmp_path / "root", progress=lambda s: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_arm64_is_a_registered_accuracy_only_target(monkeypatch):
+    t = TARGETS["arm64"]
+    assert t.check is arm64_check.check and not t.budgets and "not measured" in t.ram + t.flash
+    assert t.runs(Path("a.onnx")) is None and t.runs(Path("b.tflite")) is None
+    assert ".h5 file" in t.runs(Path("m.h5"))
+    fig = arm64_check.check(Path("m.h5"), np.zeros((1, 32, 32, 3), np.uint8), np.zeros(1), None)
+    assert not fig.runs and fig.verdict.startswith("not runnable") and fig.ram_bytes is None
+    with pytest.raises(EdgepackError, match="budgets of a device"):
+        check_budget("arm64", Budget(65536, None))
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(EdgepackError, match="the arm64 target needs"):
+        check_budget("arm64", Budget())
+
+
+def test_report_section_has_accuracy_columns_only():
+    ok = arm64_check.Figures("arm64", runs=True, accuracy=0.7, agreement=0.99, num_images=100)
+    rows = [{"id": "x/onnx-int8", "status": "ok", "accuracy": 0.71, "target": Budget().judge(ok).as_dict()},
+            {"id": "x/bad", "status": "ok", "accuracy": 0.7,
+             "target": arm64_check.unrunnable("arm64", "fails on aarch64: boom").as_dict()}]
+    res = {"rows": rows}
+    report_targets.summarise(res, TARGETS["arm64"], Budget())
+    assert res["target"]["runnable"] == res["target"]["fitting"] == ["x/onnx-int8"]
+    lines, (title, headers, table) = report_targets.section(res)
+    assert title == "Target arm64" and not any("KiB" in h for h in headers) and "latency" in lines[1]
+    assert table[0][1:4] == ["70.00", "71.00", "99.00"]
+    assert table[1][-1] == "not runnable: fails on aarch64: boom"
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from edgepack.errors import EdgepackError
 
+NAME = "arm64"
 GUEST = Path(__file__).with_name("arm64_guest.py")
 PYTHON = "3.11"  # Debian bookworm's python3.11; the wheels below are cp311
 DEBIAN_SUITE = "bookworm"

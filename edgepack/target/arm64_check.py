@@ -24,6 +24,7 @@ import numpy as np
 from edgepack.errors import EdgepackError
 from edgepack.metrics import top1_agreement
 from edgepack.target import arm64
+from edgepack.target.figures import Figures, unrunnable
 
 MODEL_SUFFIXES = (".onnx", ".tflite")
 
@@ -100,39 +101,73 @@ def native_probs(path: Path, images: np.ndarray, threads: int | None) -> np.ndar
         return None
 
 
-def evaluate(files: list[Path], images: np.ndarray, labels: np.ndarray | None = None,
-             root: Path | None = None, cpu: str = arm64.DEFAULT_CPU, threads: int = 1,
-             progress: Callable[[str], None] = print) -> Evaluation:
-    """Run `files` on `images` (uint8 NHWC) under the emulated `cpu` and here; a row per file."""
-    start = time.perf_counter()
+def emulated(files: list[Path], images: np.ndarray, root: Path | None = None, cpu: str = arm64.DEFAULT_CPU,
+             threads: int = 1, progress: Callable[[str], None] = print, here=None):
+    """Run `files` on `images` (uint8 NHWC) under the emulated `cpu` (the root built if missing) and
+    `here()` on this machine meanwhile. Returns (guest versions, per-file guest records with their
+    probabilities under "emulated", here()'s result)."""
     arm64.get_cpu(cpu)
     root = arm64.build_root(root, progress)
-    images = np.ascontiguousarray(images)
     with tempfile.TemporaryDirectory(prefix="edgepack-arm64-out-") as tmp:
         out = Path(tmp)
-        np.save(out / "images.npy", images)
+        np.save(out / "images.npy", np.ascontiguousarray(images))
         request = {"files": [str(Path(f).resolve()) for f in files], "images": str(out / "images.npy"),
                    "out": str(out), "threads": threads}
         (out / "request.json").write_text(json.dumps(request))
         progress(f"arm64: {len(files)} files x {len(images)} images under qemu-aarch64 -cpu {cpu}")
         with ThreadPoolExecutor(1) as pool:  # the emulated run and this machine's run side by side
             guest = pool.submit(arm64.run_guest, root, [str(out / "request.json")], cpu, None, progress)
-            native = [native_probs(Path(f), images, threads) for f in files]
+            mine = here() if here else None
             guest.result()
         result = json.loads((out / "results.json").read_text())
-        rows = [_row(r, out, nat, labels) for r, nat in zip(result["files"], native, strict=True)]
-    return Evaluation(cpu, result["guest"], rows, len(images), round(time.perf_counter() - start, 1))
+        for r in result["files"]:
+            r["emulated"] = np.load(out / r["probs"], allow_pickle=False) if r["ok"] else None
+    return result["guest"], result["files"], mine
 
 
-def _row(guest: dict, out: Path, native: np.ndarray | None, labels: np.ndarray | None) -> FileResult:
+def evaluate(files: list[Path], images: np.ndarray, labels: np.ndarray | None = None,
+             root: Path | None = None, cpu: str = arm64.DEFAULT_CPU, threads: int = 1,
+             progress: Callable[[str], None] = print) -> Evaluation:
+    """Run `files` on `images` (uint8 NHWC) under the emulated `cpu` and here; a row per file."""
+    start = time.perf_counter()
+    guest, records, native = emulated(files, images, root, cpu, threads, progress,
+                                      here=lambda: [native_probs(Path(f), images, threads) for f in files])
+    rows = [_row(r, nat, labels) for r, nat in zip(records, native, strict=True)]
+    return Evaluation(cpu, guest, rows, len(images), round(time.perf_counter() - start, 1))
+
+
+def _row(guest: dict, native: np.ndarray | None, labels: np.ndarray | None) -> FileResult:
     if not guest["ok"]:
         return FileResult(guest["file"], runs=False, error=guest["error"])
     if native is None:
         return FileResult(guest["file"], runs=True, runtime=guest["runtime"],
                           error="does not load on this machine: nothing to compare with")
-    emulated = np.load(out / guest["probs"], allow_pickle=False)
     return FileResult(guest["file"], runs=True, runtime=guest["runtime"],
-                      **compare(native, emulated, labels))
+                      **compare(native, guest["emulated"], labels))
+
+
+def runs(path: Path) -> str | None:
+    """The arm64 target runs every exported .onnx and .tflite file (None), nothing else."""
+    if Path(path).suffix.lower() in MODEL_SUFFIXES:
+        return None
+    return f"a {Path(path).suffix or 'suffix-less'} file: ONNX Runtime and LiteRT run .onnx / .tflite files"
+
+
+def check(path: Path, x: np.ndarray, y: np.ndarray, row_pred: np.ndarray | None, workers: int = 1,
+          progress: Callable[[str], None] = print) -> Figures:
+    """One file's target figures (edgepack.target.Check): accuracy on the emulated ARM64 engines and
+    top-1 agreement with the row's own run here; no RAM, flash or time figure of the device."""
+    start = time.perf_counter()
+    reason = runs(path)
+    if reason:
+        return unrunnable(arm64.NAME, reason)
+    _, [record], _ = emulated([Path(path)], x, progress=progress)
+    if not record["ok"]:
+        return unrunnable(arm64.NAME, f"fails on aarch64: {record['error']}")
+    pred = record["emulated"].argmax(axis=1)
+    return Figures(arm64.NAME, runs=True, accuracy=float(np.mean(pred == np.asarray(y).reshape(-1))),
+                   agreement=None if row_pred is None else top1_agreement(pred, np.asarray(row_pred)),
+                   num_images=int(len(x)), seconds=round(time.perf_counter() - start, 2))
 
 
 def write_json(evaluation: Evaluation, path: Path) -> None:
