@@ -1,5 +1,6 @@
 # The two set-up commands: `make run` (the main job) and `make test` (lint + the whole test suite +
-# runtime-check). Both create .venv if missing and install edgepack with its toolchain and dev extras.
+# runtime-check, mediapipe-check and, where qemu-user is installed or in CI, arm64-check). Both create
+# .venv if missing and install edgepack with its toolchain and dev extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -40,6 +41,8 @@ test: lint
 	EDGEPACK_DATA=$(DATA) EDGEPACK_RUNTIME_MODELS=$(CURDIR)/$(RUNTIME_MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory runtime-check
 	$(MAKE) --no-print-directory mediapipe-check
+	@if command -v qemu-aarch64 >/dev/null || [ -n "$$CI" ]; then $(MAKE) --no-print-directory arm64-check; \
+	else echo "arm64-check skipped: qemu-aarch64 not installed (apt-get install qemu-user)"; fi
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
