@@ -6,10 +6,12 @@ prints each file's accuracy on both, their top-1 agreement and the largest outpu
 ARM64 engines use other int8 kernels (NEON dot product, i8mm) than x86: this shows what a phone,
 Raspberry Pi or Graviton server computes. Emulation is exact but slow: no latency is measured.
 
-The first run builds the emulated Python (~60 MB of Debian arm64 packages and PyPI aarch64
-wheels) into ~/.cache/edgepack (--root to choose); needs Linux, root, qemu-user (apt-get install
-qemu-user), apt-get, dpkg and unshare. Images: the CIFAR-10 test set (--data, --limit-test), or
---images X.npy (uint8 N,H,W,C) with optional --labels Y.npy, or FOLDER/images.npy (agreement only).
+The first run builds the emulated Python (58 MB of Debian arm64 packages and PyPI aarch64
+wheels, 200 MB unpacked) into ~/.cache/edgepack (--root to choose); needs Linux, root, qemu-user
+(apt-get install qemu-user), apt-get, dpkg and unshare. Images: the CIFAR-10 test set (--data,
+--limit-test), or --images X.npy (uint8 N,H,W,C) with optional --labels Y.npy, or FOLDER/images.npy
+(agreement only). Emulated float is slow (~75-130 CPU-s per 1,000 images of the tutorial CNN; int8
+~8-13): use --limit-test for float files.
 
 example:
   edgepack target-check --target arm64 runs/export/baseline --data cifar-10-python.tar.gz --limit-test 2000
