@@ -131,6 +131,20 @@ def test_model_files_take_files_and_folders(tmp_path):
         arm64_check.model_files([tmp_path / "empty"]) if (tmp_path / "empty").mkdir() is None else None
 
 
+@pytest.mark.parametrize("script, timeout, message", [
+    ("echo 'arm64: a.onnx checked' >&2; echo Segfault >&2; exit 139", None, "failed (exit 139: Segfault)"),
+    ("sleep 30", 0.5, "took over 0 s: pass fewer images"),
+    ("kill -SEGV $$", 60, "failed (exit -11: no output)"),  # a crash within the time limit is no timeout
+])
+def test_guest_failure_and_timeout_are_one_line(tmp_path, monkeypatch, script, timeout, message):
+    monkeypatch.setattr(arm64, "guest_command", lambda *a: ["sh", "-c", script])
+    seen = []
+    with pytest.raises(EdgepackError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
+        arm64.run_guest(tmp_path, [], timeout=timeout, progress=seen.append)
+    assert "\n" not in str(e.value)
+    assert seen == (["arm64: a.onnx checked"] if "a.onnx" in script else [])
+
+
 def test_failed_build_leaves_no_root(tmp_path, monkeypatch):
     monkeypatch.setattr(arm64, "require_tools", lambda *a: None)
 

@@ -216,7 +216,8 @@ def run_guest(root: Path, args: list[str], cpu: str = DEFAULT_CPU, timeout: floa
         with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
                 guest_command(root, get_cpu(cpu), args, cpuinfo), env=env, text=True, stdout=out,
                 stderr=subprocess.PIPE) as proc:
-            timer = threading.Timer(timeout, proc.kill) if timeout else None
+            killed = threading.Event()
+            timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill())) if timeout else None
             if timer:
                 timer.start()
             last = ""
@@ -230,11 +231,11 @@ def run_guest(root: Path, args: list[str], cpu: str = DEFAULT_CPU, timeout: floa
                 timer.cancel()
             out.seek(0)
             stdout = out.read()
+    if code != 0 and killed.is_set():
+        raise EdgepackError(f"the emulated aarch64 run took over {timeout:.0f} s: pass fewer images")
     if code != 0:
-        if timer and not timer.is_alive() and code < 0:
-            raise EdgepackError(f"the emulated aarch64 run took over {timeout:.0f} s: pass fewer images")
-        raise EdgepackError(f"the emulated aarch64 Python failed ({(last or f'exit code {code}')[:200]}); "
-                            "rebuild its root with --rebuild")
+        raise EdgepackError(f"the emulated aarch64 Python failed (exit {code}: {last[:200] or 'no output'}); "
+                            "if its root is damaged, rebuild it with --rebuild")
     return stdout
 
 
