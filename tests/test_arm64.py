@@ -94,6 +94,14 @@ def test_missing_tool_is_one_line_naming_the_package(monkeypatch):
         arm64.require_tools()
 
 
+def test_missing_debian_keyring_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(arm64, "require_tools", lambda *a: None)
+    monkeypatch.setattr(arm64, "DEBIAN_KEYRING", tmp_path / "none.gpg")
+    with pytest.raises(EdgepackError, match="apt-get install debian-archive-keyring"):
+        arm64.build_root(tmp_path / "root")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cli_without_qemu_prints_one_line_and_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     model = tmp_path / "m.onnx"
@@ -147,6 +155,7 @@ def test_guest_failure_and_timeout_are_one_line(tmp_path, monkeypatch, script, t
 
 def test_failed_build_leaves_no_root(tmp_path, monkeypatch):
     monkeypatch.setattr(arm64, "require_tools", lambda *a: None)
+    monkeypatch.setattr(arm64, "require_keyring", lambda: None)
 
     def fail(*a):
         raise EdgepackError("arm64 root: apt-get update failed")

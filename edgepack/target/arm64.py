@@ -86,6 +86,13 @@ def require_tools(names=tuple(TOOLS)) -> None:
         raise EdgepackError("the arm64 target runs on Linux only (qemu-user, unshare)")
 
 
+def require_keyring() -> None:
+    """Debian's archive key, to verify the arm64 packages (Ubuntu hosts lack it by default)."""
+    if not DEBIAN_KEYRING.exists():
+        raise EdgepackError(f"building the arm64 root needs Debian's archive keyring {DEBIAN_KEYRING}: "
+                            "apt-get install debian-archive-keyring")
+
+
 def cpuinfo_text(cpu: Cpu, count: int) -> str:
     """An aarch64 /proc/cpuinfo with `count` processors. ONNX Runtime's cpuinfo reads /proc/cpuinfo
     at import; under qemu-user it would read the host's x86 file and crash, so the emulated run sees
@@ -117,7 +124,7 @@ def _apt_options(work: Path) -> list[str]:
     (work / "cache" / "archives" / "partial").mkdir(parents=True)
     (work / "parts").mkdir()
     (work / "status").touch()
-    signed = f" [signed-by={DEBIAN_KEYRING}]" if DEBIAN_KEYRING.exists() else ""
+    signed = f" [signed-by={DEBIAN_KEYRING}]"
     (work / "sources.list").write_text(
         f"deb{signed} {DEBIAN_MIRROR} {DEBIAN_SUITE} main\n"
         f"deb{signed} {DEBIAN_MIRROR} {DEBIAN_SUITE}-updates main\n"
@@ -170,6 +177,7 @@ def build_root(root: Path | None = None, progress=print, force: bool = False) ->
     require_tools()
     if (root / "manifest.json").exists() and not force:
         return root
+    require_keyring()
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
