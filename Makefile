@@ -1,5 +1,6 @@
 # The two set-up commands: `make run` (the main job) and `make test` (lint + the whole test suite +
-# runtime-check). Both create .venv if missing and install edgepack with its toolchain and dev extras.
+# runtime-check, mediapipe-check and, where qemu-user is installed or in CI, arm64-check). Both create
+# .venv if missing and install edgepack with its toolchain and dev extras.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ RUNTIME_MODELS := runs/runtime-check
 # which TF-MOT refuses in .venv.
 MEDIAPIPE_VENV := .venv-mediapipe
 
-.PHONY: run test lint venv clean runtime-check mediapipe-check browser-deps
+.PHONY: run test lint venv clean runtime-check mediapipe-check browser-deps arm64-check system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,11 +36,25 @@ run: venv
 lint: venv
 	$(BIN)/ruff check edgepack tests examples scripts
 
-test: lint
+# System tools the target tests drive, from Debian's packages: qemu-user (the arm64 target) and Chromium
+# (the browser target). Installed when missing and run as root; otherwise named, and their tests skip.
+SYSTEM_TOOLS := qemu-aarch64:qemu-user chromium:chromium
+
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing (Debian packages)"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+	else echo "the arm64/browser target tests need:$$missing (apt-get install$$missing); they skip without"; fi
+
+test: lint system-deps browser-deps
 	rm -rf $(RUNTIME_MODELS)
 	EDGEPACK_DATA=$(DATA) EDGEPACK_RUNTIME_MODELS=$(CURDIR)/$(RUNTIME_MODELS) $(BIN)/python -m pytest $(PYTEST_ARGS)
 	$(MAKE) --no-print-directory runtime-check
 	$(MAKE) --no-print-directory mediapipe-check
+	@if command -v qemu-aarch64 >/dev/null || [ -n "$$CI" ]; then $(MAKE) --no-print-directory arm64-check; \
+	else echo "arm64-check skipped: qemu-aarch64 not installed (apt-get install qemu-user)"; fi
 
 $(RUNTIME_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(RUNTIME_VENV)
@@ -68,17 +83,27 @@ mediapipe-check: $(MEDIAPIPE_VENV)/.installed | $(BIN)/python
 
 # The browser target (docs/browser.md): onnxruntime-web at the version pinned in the page's
 # package-lock.json, installed with `npm ci` into the user cache where edgepack looks for it (~15 s,
-# 150 MB), and Playwright (the browser extra) in .venv. Needs node and npm; measuring also needs a
-# system Chromium (Debian: apt-get install chromium).
+# 150 MB); Playwright (the browser extra) comes with the dev extra. Needs node and npm; measuring also
+# needs a system Chromium (system-deps).
 BROWSER_PAGE := edgepack/target/browser_page
 ORT_WEB_VERSION := $(shell sed -n 's/.*"onnxruntime-web": "\(.*\)".*/\1/p' $(BROWSER_PAGE)/package.json)
 ORT_WEB_DIR ?= $(or $(EDGEPACK_ORT_WEB),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/edgepack/onnxruntime-web-$(ORT_WEB_VERSION))
 
-browser-deps: venv
+$(ORT_WEB_DIR)/.installed: $(BROWSER_PAGE)/package-lock.json
 	mkdir -p $(ORT_WEB_DIR)
 	cp $(BROWSER_PAGE)/package.json $(BROWSER_PAGE)/package-lock.json $(ORT_WEB_DIR)/
 	cd $(ORT_WEB_DIR) && npm ci --ignore-scripts --no-audit --no-fund
-	$(BIN)/python -m pip install --quiet -e ".[browser]"
+	touch $@
+
+browser-deps: venv $(ORT_WEB_DIR)/.installed
+
+# The runtime-check files (made here if missing; not their altered copies) on aarch64 ONNX Runtime and
+# LiteRT under qemu-user, against this machine (edgepack target-check --target arm64, docs/arm64.md).
+# Builds the emulated Python into ~/.cache/edgepack on first use; needs root, qemu-user, apt, unshare.
+arm64-check: venv
+	test -f $(RUNTIME_MODELS)/images.npy || $(BIN)/python tests/runtime_only_check.py --make $(RUNTIME_MODELS)
+	$(BIN)/edgepack target-check --target arm64 --images $(RUNTIME_MODELS)/images.npy \
+		--out $(RUNTIME_MODELS)/arm64.json $$(ls $(RUNTIME_MODELS)/*.onnx $(RUNTIME_MODELS)/*.tflite | grep -v /altered-)
 
 clean:
 	rm -rf $(VENV) .venv-runtime $(MEDIAPIPE_VENV) .pytest_cache .ruff_cache

@@ -14,14 +14,14 @@ from edgepack.target.figures import unrunnable
 
 
 def test_registry_declares_every_target_the_same_way():
-    assert list(TARGETS) == ["host", "tflm", "browser"]
+    assert list(TARGETS) == ["host", "tflm", "arm64", "browser"]
     for name, t in TARGETS.items():
         assert isinstance(t, Target) and t.name == name and t.summary and t.ram and t.flash
         with pytest.raises(dataclasses.FrozenInstanceError):
             t.name = "x"
     assert TARGETS["host"].check is None and not TARGETS["host"].budgets  # today's behaviour
     assert TARGETS["tflm"].check is not None and TARGETS["tflm"].budgets and TARGETS["tflm"].kernels == "tflm"
-    with pytest.raises(EdgepackError, match="unknown target 'esp32': choose one of host, tflm"):
+    with pytest.raises(EdgepackError, match="unknown target 'esp32': choose one of host, tflm, arm64"):
         get("esp32")
 
 

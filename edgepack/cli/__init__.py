@@ -16,9 +16,9 @@ from edgepack.errors import EdgepackError
 from edgepack.target import DEFAULT, TARGETS
 from edgepack.target.budget import UNITS, parse_bytes
 
-# Subcommands in the order `edgepack --help` lists them (module edgepack.cli.<name>).
+# Subcommands in the order `edgepack --help` lists them (module edgepack.cli.<name>, "-" as "_").
 COMMANDS = ("train", "compress", "export", "predict", "verify", "compare", "pipeline", "optimize", "bench",
-            "explain")
+            "explain", "target-check")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -34,10 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edgepack {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
+        module_name = f"edgepack.cli.{name.replace('-', '_')}"
         try:
-            module = importlib.import_module(f"edgepack.cli.{name}")
+            module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name == f"edgepack.cli.{name}":
+            if e.name == module_name:
                 continue  # command not built yet
             raise
         module.register(sub)

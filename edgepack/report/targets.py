@@ -62,7 +62,7 @@ def summarise(results: dict, target: Target, budget: Budget) -> None:
     if not fitting and runnable:
         closest = min(runnable, key=lambda r: (_ratio(r["target"], budget), r["target"]["flash_bytes"]))
     results["target"] = {
-        "name": target.name, "summary": target.summary, "kernels": target.kernels,
+        "name": target.name, "summary": target.summary, "kernels": target.kernels, "budgets": target.budgets,
         "ram_method": target.ram, "flash_method": target.flash, "budget": budget.as_dict(),
         "runnable": [r["id"] for r in runnable], "fitting": [r["id"] for r in fitting],
         "closest": closest["id"] if closest else None, "none_fit": not fitting,
@@ -124,6 +124,14 @@ def section(results: dict) -> tuple[list[str], tuple[str, list[str], list[list[s
              f"{', '.join(t['fitting']) or 'none'}."]
     if t["none_fit"]:
         lines.append(none_fit_line(results))
+    if not t.get("budgets", True):  # accuracy-only targets (arm64): no device memory columns
+        lines = [lines[0], f"Accuracy on {t['kernels']}; agreement = same top-1 as the same file on "
+                           "this machine. No RAM, flash or latency figures (emulated)."]
+        return lines, (f"Target {t['name']}", ["id", "accuracy there %", "accuracy here %",
+                                                     "agreement %", "verdict"],
+                           [[r["id"], _pct(r["target"]["accuracy"]), _pct(r["accuracy"]),
+                             _pct(r["target"]["agreement"]), r["target"]["verdict"] or "-"]
+                            for r in results["rows"] if r.get("target")])
     headers = ["id", "RAM (arena) KiB", "flash as stored KiB", "flash after LUT KiB (its RAM KiB)",
                "gzip KiB", f"accuracy on {t['kernels']} %", "accuracy here %", "agreement %", "fit"]
     out = []

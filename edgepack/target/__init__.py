@@ -6,6 +6,8 @@ measured, and which runtime's kernels prove a file's accuracy there. `edgepack c
 
     host   this machine, as edgepack always measured: every file, LiteRT / ONNX Runtime (the default)
     tflm   Cortex-M class microcontrollers through TensorFlow Lite Micro (edgepack.target.tflm)
+    arm64  phones, Raspberry Pi class boards, Graviton: aarch64 ONNX Runtime / LiteRT under qemu-user
+           (edgepack.target.arm64, arm64_check)
     browser web pages: .onnx files on onnxruntime-web in headless Chromium (edgepack.target.browser)
 """
 
@@ -46,7 +48,7 @@ def _host_runs(path: Path) -> str | None:
 
 
 def _table() -> dict[str, Target]:
-    from edgepack.target import browser, tflm
+    from edgepack.target import arm64, arm64_check, browser, tflm
 
     return {
         "host": Target("host", "this machine: every exported file on LiteRT / ONNX Runtime (the default)",
@@ -58,6 +60,13 @@ def _table() -> dict[str, Target]:
                        ram="tensor arena: TFLM's RecordingMicroAllocator total after one invoke",
                        flash="the .tflite file as stored (and after TFLM LUT weight compression)",
                        memory=tflm.memory, budgets=True, ready=tflm.ready),
+        "arm64": Target("arm64", "ARM64 Linux (phones, Raspberry Pi class boards, Graviton): every .onnx "
+                        "and .tflite file on aarch64 ONNX Runtime / LiteRT, emulated (accuracy only)",
+                        runs=arm64_check.runs, check=arm64_check.check,
+                        kernels=f"aarch64 ONNX Runtime {arm64.WHEELS['onnxruntime']} / LiteRT "
+                                f"{arm64.WHEELS['ai-edge-litert']} (qemu -cpu {arm64.DEFAULT_CPU})",
+                        ram="not measured (emulated)", flash="not measured (emulated)", memory=None,
+                        budgets=False, ready=arm64.require_tools),
         "browser": Target("browser", "web pages: .onnx files (fp32 and int8) on onnxruntime-web's WASM "
                           "backend in headless Chromium",
                           runs=browser.runs, check=browser.check, kernels="onnxruntime-web (wasm)",
