@@ -191,7 +191,7 @@ def render(result: dict) -> str:
     head = (f"batch 1, {result['runs']} timed runs after {result['warmup']} warm-up in {result['rounds']} "
             "alternating rounds; milliseconds (median over rounds)\n"
             f"CPU: {cpu['model']}; ISA: {', '.join(cpu['isa_flags']) or 'none detected'}"
-            + (" (as CPUID shows it; /proc/cpuinfo differs: an emulated CPU?)" if cpu.get("cpuid_differs")
+            + (" (as CPUID shows it; /proc/cpuinfo differs: an emulated CPU?)" if cpu.get("flags_differ")
                else "") + "\n"
             f"int8 paths ({paths['isa']}): onnxruntime {paths['onnxruntime']['path']}; "
             f"litert {paths['litert']['path']} (kernels: default = XNNPACK on)")

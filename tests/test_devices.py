@@ -48,7 +48,7 @@ def test_bench_json_schema(bench_doc, tiny_exports):
     assert bench_doc["schema_version"] == SCHEMA_VERSION and bench_doc["kind"] == KIND
     dev = bench_doc["device"]
     assert {"cpu", "os", "system", "machine", "python", "versions"} <= set(dev)
-    assert {"model", "isa_flags", "int8_paths", "cpuid_differs"} <= set(dev["cpu"])
+    assert {"model", "isa_flags", "int8_paths", "flags_differ"} <= set(dev["cpu"])
     assert {"onnxruntime", "ai-edge-litert", "numpy", "edgepack"} <= set(dev["versions"])
     assert [f["format"] for f in bench_doc["files"]] == ["tflite-int8", "onnx-fp32"]
     for f, fmt in zip(bench_doc["files"], ("tflite-int8", "onnx-fp32"), strict=True):
@@ -59,9 +59,10 @@ def test_bench_json_schema(bench_doc, tiny_exports):
     assert isinstance(devices.read_all([]), list)
 
 
-def test_cpuid_view_wins_when_cpuinfo_disagrees():
-    """An emulated CPU (qemu -cpu Haswell on an AVX-512 host): /proc/cpuinfo lists the host's flags,
-    CPUID the emulated ones; the kernels see CPUID's. Given flags only: the test CPU is never read."""
+def test_the_processs_own_view_of_flags_wins_when_cpuinfo_disagrees():
+    """An emulated CPU (qemu -cpu Haswell on an AVX-512 host): the kernel's CPU listing names the host's
+    flags, the process sees the emulated ones, which the engines use. Given flags only: the test CPU is
+    never read."""
     host = {"avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_tile", "amx_int8", "sse4_2"}
     assert seen_flags(host, {"avx2", "fma"}) == ({"avx2", "fma"}, True)
     same = {f for f in host if f in CPUID_X86.values()}

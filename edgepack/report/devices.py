@@ -52,7 +52,7 @@ class Cpu(BaseModel):
     model: str | None
     machine: str | None = None
     isa_flags: list[str]
-    cpuid_differs: bool = False  # /proc/cpuinfo and CPUID disagree: an emulated or masked CPU
+    flags_differ: bool = False  # /proc/cpuinfo and CPUID disagree: an emulated or masked CPU
 
 
 class Device(BaseModel):
@@ -129,7 +129,7 @@ def label(device: Device) -> str:
     """The device in words: CPU model, ISA labels (as the process sees them), OS, runtime versions."""
     cpu = device.cpu
     isa = ", ".join(cpu.isa_flags) or "no ISA flags read"
-    if cpu.cpuid_differs:
+    if cpu.flags_differ:
         isa += "; CPUID differs from /proc/cpuinfo: emulated CPU, timings meaningless"
     versions = ", ".join(f"{k} {v}" for k, v in device.versions.items() if v and k != "edgepack")
     return f"{cpu.model or 'unknown CPU'} ({isa}); {device.machine}; {device.os}; python {device.python}; " \

@@ -125,7 +125,7 @@ def int8_paths(flags: set[str], machine: str | None = None) -> dict:
 def describe(model: str | None = None, flags: set[str] | None = None) -> dict:
     """This machine: CPU model, ISA labels and the int8 paths (the report's and bench's header);
     `model` and `flags` default to /proc/cpuinfo's, its flags checked against CPUID (seen_flags):
-    "cpuid_differs" is then true when the process sees other features than /proc/cpuinfo lists
+    "flags_differ" is then true when the process sees other features than /proc/cpuinfo lists
     (an emulated CPU: the model name is the host's, the ISA labels are what the kernels see)."""
     differs = False
     if model is None and flags is None:
@@ -134,4 +134,4 @@ def describe(model: str | None = None, flags: set[str] | None = None) -> dict:
     flags = flags or set()
     return {"model": model or platform.processor() or None, "machine": platform.machine(),
             "isa_flags": [label for flag, label in ISA_FLAGS.items() if flag in flags],
-            "int8_paths": int8_paths(flags), "cpuid_differs": differs}
+            "int8_paths": int8_paths(flags), "flags_differ": differs}
