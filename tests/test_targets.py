@@ -124,3 +124,12 @@ def test_pipeline_settings_check_target_and_budgets():
                          ({"target": "esp32"}, "compare.target: must be host or tflm")):
         with pytest.raises(EdgepackError, match=message):
             load_settings(None, False, {"compare": bad})
+
+
+def test_a_target_without_memory_figures_still_picks_only_files_it_runs(tmp_path):
+    from edgepack.target import fits
+
+    tflite = tmp_path / "m.tflite"
+    tflite.write_bytes(b"not read: the browser runs .onnx files only")
+    assert TARGETS["browser"].runs(tflite) is not None
+    assert not fits("browser", Budget(None, None), tflite)

@@ -92,7 +92,8 @@ def none_fit_line(results: dict) -> str | None:
     if not t or not t["none_fit"]:
         return None
     if not t["runnable"]:
-        return f"no file runs on {t['name']}: every row is a Keras model, a float or dynamic-range file"
+        return (f"no file runs on {t['name']}: every row is a Keras model or a file it does not run "
+                "(the report says why for each)")
     row = next(r for r in results["rows"] if r["id"] == t["closest"])
     return f"no file fits {t['name']} within {_budget_text(t['budget'])}; closest: {row['id']} " \
            f"({row['target']['verdict'].removeprefix('does not fit: ')})"
@@ -119,7 +120,7 @@ def section(results: dict) -> tuple[list[str], tuple[str, list[str], list[list[s
         return None
     lines = [f"{t['name']}: {t['summary']}.",
              f"RAM: {t['ram_method']}; flash: {t['flash_method']}; accuracy on {t['kernels']} kernels, "
-             "agreement = same top-1 as the row's own runtime (LiteRT) for the same file.",
+             "agreement = same top-1 as the same file on its runtime here (LiteRT or ONNX Runtime).",
              f"Budget: {_budget_text(t['budget'])}. Runs: {len(t['runnable'])} files; fit: "
              f"{', '.join(t['fitting']) or 'none'}."]
     if t["none_fit"]:

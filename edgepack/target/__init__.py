@@ -90,11 +90,9 @@ def fits(target: str, budget: Budget, path: Path) -> bool:
     """The file runs on the target and fits the budget as stored (RAM and flash only: no accuracy
     pass; for choosing among many files, e.g. a search's)."""
     t = get(target)
-    if t.memory is None:
-        return True
     if t.runs(Path(path)) is not None:
         return False
-    return not budget.overs(*t.memory(Path(path)))
+    return t.memory is None or not budget.overs(*t.memory(Path(path)))
 
 
 def check_budget(target: str, budget: Budget) -> None:
