@@ -205,7 +205,7 @@ class Compare(_Section):
     fail_over: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, **_doc(
         "exit 1 when a variant drops more than this many accuracy points", unset="no gate"))
     target: Literal[tuple(TARGETS)] = Field(DEFAULT_TARGET, **_doc(
-        "where the files will run (docs/targets.md): tflm checks every file on TensorFlow Lite Micro",
+        "where the files will run (docs/targets.md): tflm (TensorFlow Lite Micro), arm64 (emulated), browser",
         want=" or ".join(TARGETS)))
     ram: Size | None = Field(None, **_doc(
         "the target's RAM budget for the tensor arena, e.g. \"64KiB\" (B, KiB, MiB, kB, MB; no space)",
