@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -223,9 +224,10 @@ def run_guest(root: Path, args: list[str], cpu: str = DEFAULT_CPU, timeout: floa
                "PYTHONNOUSERSITE": "1", "OPENBLAS_NUM_THREADS": "1", "LC_ALL": "C.UTF-8"}
         with tempfile.TemporaryFile("w+") as out, subprocess.Popen(
                 guest_command(root, get_cpu(cpu), args, cpuinfo), env=env, text=True, stdout=out,
-                stderr=subprocess.PIPE) as proc:
+                stderr=subprocess.PIPE, start_new_session=True) as proc:
             killed = threading.Event()
-            timer = threading.Timer(timeout, lambda: (killed.set(), proc.kill())) if timeout else None
+            # the whole process group: unshare, qemu and the guest (a child left alive would hold stderr)
+            timer = threading.Timer(timeout, _kill_group, (proc, killed)) if timeout else None
             if timer:
                 timer.start()
             last = ""
@@ -245,6 +247,14 @@ def run_guest(root: Path, args: list[str], cpu: str = DEFAULT_CPU, timeout: floa
         raise EdgepackError(f"the emulated aarch64 Python failed (exit {code}: {last[:200] or 'no output'}); "
                             "if its root is damaged, rebuild it with --rebuild")
     return stdout
+
+
+def _kill_group(proc: subprocess.Popen, killed: threading.Event) -> None:
+    killed.set()
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it ended just now
+        pass
 
 
 def _copy_runtime(pkg: Path) -> None:
