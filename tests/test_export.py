@@ -597,14 +597,18 @@ def test_uint8_weights_with_int8_activations_are_not_called_saturation_free(tmp_
 
 
 @pytest.fixture()
-def no_portable_scheme(monkeypatch):
-    """onnx-int8 with every portable scheme refused; only the ONNX formats (quick `all`)."""
+def no_portable_scheme():
+    """onnx-int8 with every portable scheme refused; only the ONNX formats (quick `all`). Restored whole
+    afterwards: monkeypatch.delitem would put the deleted formats back at the end of the table."""
+    saved = dict(FORMATS)
     fmt = FORMATS["onnx-int8"]
     portable = {"s8s8-7bit", "u8u8", "u8u8-float-ends"}
-    monkeypatch.setitem(FORMATS, "onnx-int8", dataclasses.replace(fmt, convert=_break_schemes(fmt.convert,
-                                                                                                portable)))
+    FORMATS["onnx-int8"] = dataclasses.replace(fmt, convert=_break_schemes(fmt.convert, portable))
     for name in [n for n in FORMATS if n.startswith("tflite")]:
-        monkeypatch.delitem(FORMATS, name)
+        del FORMATS[name]
+    yield
+    FORMATS.clear()
+    FORMATS.update(saved)
 
 
 def test_when_no_scheme_passes_each_try_is_named_with_its_figures(clear_run, tiny_ds, tmp_path,
