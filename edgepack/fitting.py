@@ -74,7 +74,7 @@ def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: in
     """model.fit (shuffled, edgepack's verbosity) that stops at the first batch whose loss is NaN or inf
     and raises EdgepackError: a diverged model is not a result, so no run folder is written. With
     `augment` other than "none" the images are fed through `augmented` (seeded: a run repeats)."""
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     feed = dict(x=x, y=y, batch_size=batch_size, shuffle=True) if augment == "none" else dict(
         x=augmented(x, y, batch_size, augment, seed))
@@ -122,7 +122,7 @@ def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed:
 
 
 def seed_everything(seed: int) -> None:
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     keras().utils.set_random_seed(seed)
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.tfkeras import keras
 
 RESAVE = "re-save it with tf_keras (`import tf_keras as keras`) or as a SavedModel folder"
 TOLERANCE = 1e-4  # max |difference| of outputs between the Keras 3 file and its tf_keras rebuild
@@ -67,8 +68,6 @@ def load(path: Path):
 
 
 def _rebuild(config: dict, path: Path):
-    from edgepack.model import keras
-
     k = keras()
     kind = config.get("class_name")
     layers = config["config"]["layers"]

@@ -12,20 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.tfkeras import keras
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 BASELINE_PARAMS = 122_570  # the tutorial CNN, counted by Keras
 MODEL_FILE = "model.keras"  # plain (non-QAT) models; QAT models use the format compress records
 MODEL_FILES = {"keras": MODEL_FILE, "keras-qat-h5": "model.h5"}  # QAT does not round-trip .keras
-
-
-def keras():
-    """The Keras 2 module (tf_keras). Never `tf.keras`: TF-MOT flips it between Keras 2 and 3."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tf_keras
-
-    return tf_keras
 
 
 MIN_CNN_SIDE = 18  # three unpadded 3x3 convs and two 2x2 pools: 18 -> 16 -> 8 -> 6 -> 3 -> 1

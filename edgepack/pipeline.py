@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepack import cluster, rundir, stagejobs
+from edgepack import atomic, cluster, rundir, stagejobs
 from edgepack.cluster import Done, Failed, Job
 from edgepack.errors import EdgepackError
 from edgepack.runtime.golden import golden_path
@@ -82,9 +82,9 @@ class Stages:
 
 
 def remove_leftovers(out: Path) -> list[Path]:
-    """Delete temporary folders/files a killed run left (names contain rundir.TMP_MARK)."""
+    """Delete temporary folders/files a killed run left (names contain atomic.TMP_MARK)."""
     gone = []
-    for p in sorted(out.rglob(f"*{rundir.TMP_MARK}*"), key=lambda p: -len(p.parts)):
+    for p in sorted(out.rglob(f"*{atomic.TMP_MARK}*"), key=lambda p: -len(p.parts)):
         if p.exists():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
             gone.append(p)

@@ -15,14 +15,12 @@ import contextlib
 import gzip
 import hashlib
 import json
-import math
 import os
 import platform
 import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
@@ -30,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from edgepack import runmeta
+from edgepack.atomic import read_json, tmp_sibling, write_json
 from edgepack.errors import RunFolderError
 from edgepack.runmeta import MODEL_FILE_KIND, RunMetadata
 
 METADATA = "metadata.json"
 METRICS = "metrics.json"
 HISTORY = "history.json"
-TMP_MARK = ".tmp-"  # temporary folders/files are named `.<name>.tmp-<random>`
 
 # Packages whose versions go into every metadata record.
 TRACKED_PACKAGES = ("edgepack", "numpy", "tensorflow", "tf-keras", "tensorflow-model-optimization",
@@ -55,68 +53,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 def gzip_size(path: str | os.PathLike) -> int:
     """Bytes of the file gzip'ed at level 9 with a fixed mtime: what compression saves on the wire."""
     return len(gzip.compress(Path(path).read_bytes(), compresslevel=9, mtime=0))
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write strict JSON atomically (temporary name, fsync, rename).
-
-    NaN and inf are not JSON: each becomes null, and a dict `obj` gets a "non_finite" entry saying
-    which value was what (e.g. {"history.loss[3]": "nan"}). Other objects holding them are refused.
-    """
-    path = Path(path)
-    notes: dict[str, str] = {}
-    obj = _finite(obj, "", notes)
-    if notes:
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: cannot record non-finite values {notes} outside a JSON object")
-        why = {k: f"{v}: not a finite number, written as null" for k, v in notes.items()}
-        obj = {**obj, "non_finite": why}
-    tmp = _tmp_sibling(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, allow_nan=False, default=_json_default)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _finite(obj: Any, where: str, notes: dict[str, str]) -> Any:
-    """`obj` with numpy values as Python ones and every NaN/inf float as None (noted in `notes`)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v, f"{where}.{k}" if where else str(k), notes) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v, f"{where}[{i}]", notes) for i, v in enumerate(obj)]
-    if hasattr(obj, "tolist") and not isinstance(obj, Path):  # numpy scalars and arrays
-        return _finite(obj.tolist(), where, notes)
-    if isinstance(obj, float) and not math.isfinite(obj):
-        notes[where or "value"] = str(obj)
-        return None
-    return obj
-
-
-def _json_default(obj: Any) -> Any:
-    # Paths (numpy values are converted by _finite): everything else is a bug worth seeing.
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    path = Path(path)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise RunFolderError(f"{path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunFolderError(f"{path} is not valid JSON ({e}); re-create the run folder") from None
 
 
 def check_output_path(out: str | os.PathLike, inputs: dict | None = None,
@@ -267,7 +203,7 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """
     out = Path(os.path.abspath(check_new_output(out, force)))  # `x/..` has no name for _tmp_sibling
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(out)
+    tmp = tmp_sibling(out)
     tmp.mkdir()
     try:
         yield tmp
@@ -276,7 +212,7 @@ def atomic_dir(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
         raise
     old = None
     if out.exists():
-        old = _tmp_sibling(out)
+        old = tmp_sibling(out)
         os.replace(out, old)
     os.replace(tmp, out)
     if old is not None:

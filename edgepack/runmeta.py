@@ -22,6 +22,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from edgepack.atomic import read_json, write_json
 from edgepack.errors import RunFolderError
 from edgepack.runtime.metadata import scaling_problem
 
@@ -91,7 +92,7 @@ class RunMetadata:
     git_commit: str | None = None
     command: str | None = None
     platform: str | None = None
-    non_finite: dict | None = None  # rundir.write_json: which values were NaN/inf (written as null)
+    non_finite: dict | None = None  # edgepack.atomic.write_json: which values were NaN/inf (written as null)
     extra: dict = field(default_factory=dict)  # keys this version does not know (kept, not used)
     schema_version: int = SCHEMA_VERSION
 
@@ -186,14 +187,11 @@ def build(**values) -> RunMetadata:
 
 def read(path: str | os.PathLike) -> RunMetadata:
     """The metadata.json at `path` (RunFolderError, one line, when missing, not JSON or not usable)."""
-    from edgepack.rundir import read_json  # rundir imports this module: the import is deferred
-
     return RunMetadata.from_dict(read_json(path), str(path))
 
 
 def write(path: str | os.PathLike, meta: RunMetadata) -> None:
-    """Write `meta` atomically as strict JSON (rundir.write_json)."""
-    from edgepack.rundir import write_json
+    """Write `meta` atomically as strict JSON (edgepack.atomic.write_json)."""
 
     write_json(path, meta.to_dict())
 

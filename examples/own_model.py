@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 from edgepack.data import load_data
-from edgepack.model import keras
 from edgepack.runtime.preprocess import scale_pixels
+from edgepack.tfkeras import keras
 
 
 def build(input_shape: tuple[int, int, int], num_classes: int):

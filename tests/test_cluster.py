@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_pipeline import SMALL, _pipeline_cmd
 
-from edgepack import cluster, rundir
+from edgepack import atomic, cluster
 from edgepack.cli import main
 from edgepack.errors import EdgepackError, RunFolderError
 
@@ -167,7 +167,7 @@ def test_pipeline_on_ray_killed_and_resumed_gives_the_in_process_rows(ray_cluste
     for stage in marked:  # every stage marked before the kill is skipped, e.g. compress-finetune-...
         name = stage.removeprefix("compress-")
         assert f"skip {'train baseline' if stage == 'train' else 'compress ' + name}" in again.stdout
-    assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
+    assert not list(out.rglob(f"*{atomic.TMP_MARK}*"))
     local, remote = _rows(tmp_path / "local"), _rows(out)
     assert len(local) == 9 and {k: v[:2] for k, v in remote.items()} == {k: v[:2] for k, v in local.items()}
     marker = json.loads((out / "stages" / "compress-prune-0.5.json").read_text())

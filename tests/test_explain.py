@@ -17,7 +17,7 @@ from test_export import CHECK, clear_run, tiny_ds  # noqa: F401 (fixtures)
 
 from edgepack.cli import main
 from edgepack.explain import core, layers, memory, selective
-from edgepack.export import export
+from edgepack.export import export, keep_float
 from edgepack.runtime.preprocess import scale_pixels
 
 OPTIONS = {"calibration_images": 100}
@@ -175,7 +175,7 @@ def test_keep_float_tflite_leaves_the_op_float(clear_run, tiny_ds, tmp_path):  #
 
 def test_unknown_layer_is_one_line(tmp_path, capsys):
     with pytest.raises(Exception) as e:
-        selective.resolve(["nosuch"], ["m/conv1/Conv", "m/conv2/Conv"], "onnx-int8")
+        keep_float.resolve(["nosuch"], ["m/conv1/Conv", "m/conv2/Conv"], "onnx-int8")
     assert "unknown layer 'nosuch'" in str(e.value) and "conv1, conv2" in str(e.value)
 
 

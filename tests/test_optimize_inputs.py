@@ -89,7 +89,7 @@ def _write(path, data: bytes):
 
 
 def _lambda_model(path):
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     k = keras()
     m = k.Sequential([k.layers.Input((32, 32, 3)), k.layers.Lambda(lambda x: x * 2.0), k.layers.Flatten(),

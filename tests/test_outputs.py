@@ -113,7 +113,7 @@ def test_pipeline_takes_the_lock_before_removing_leftovers(holder, tmp_path):
     from edgepack.pipeline import pipeline
 
     proc, out = holder
-    leftover = out / "runs" / ".baseline.tmp-1234abcd"  # rundir.TMP_MARK: what remove_leftovers deletes
+    leftover = out / "runs" / ".baseline.tmp-1234abcd"  # atomic.TMP_MARK: what remove_leftovers deletes
     leftover.mkdir(parents=True)
     with pytest.raises(RunFolderError, match=f"pid {proc.pid}"):
         pipeline(out, data_path=tmp_path / "no-data.tar.gz")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from edgepack import data, rundir
+from edgepack import atomic, data, rundir
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
 from edgepack.pipeline import load_settings
@@ -192,20 +192,20 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
     while time.time() < deadline and proc.poll() is None:
         # A stage's temporary output folder (not a JSON file's brief temporary name) is being written.
         if (out / "stages" / "train.json").exists() and [
-                p for p in out.rglob(f"*{rundir.TMP_MARK}*") if p.is_dir()]:
+                p for p in out.rglob(f"*{atomic.TMP_MARK}*") if p.is_dir()]:
             break
         time.sleep(0.05)
     assert proc.poll() is None, "pipeline ended before it could be killed mid-stage"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert list(out.rglob(f"*{rundir.TMP_MARK}*")), "expected a half-written temporary output"
+    assert list(out.rglob(f"*{atomic.TMP_MARK}*")), "expected a half-written temporary output"
     assert not (out / "report" / "results.json").exists()
 
     again = subprocess.run(_pipeline_cmd(tiny_archive, out, cfg), capture_output=True, text=True, env=env,
                            timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "skip train baseline" in again.stdout and "removed" in again.stdout
-    assert not list(out.rglob(f"*{rundir.TMP_MARK}*"))
+    assert not list(out.rglob(f"*{atomic.TMP_MARK}*"))
     results = json.loads((out / "report" / "results.json").read_text())
     variants = {(r["variant"], r["format"]) for r in results["rows"]}
     for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):

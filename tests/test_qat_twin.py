@@ -33,7 +33,7 @@ def _colour_ds():
 def _functional(num_classes: int = 3):
     """Conv+BN+ReLU blocks, a residual Add, a DepthwiseConv2D and a SeparableConv2D joined by a
     Concatenate, global pooling and a softmax Dense: the structures TF-MOT rewrites in a QAT model."""
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     k = keras()
     L = k.layers

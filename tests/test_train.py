@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgepack import rundir
+from edgepack import atomic, rundir
 from edgepack.errors import RunFolderError
 from edgepack.metrics import classification_metrics, top1_agreement
 
@@ -101,7 +101,7 @@ def test_train_run_folder_is_complete_and_checked(tiny_run):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_test_images"] == 20
     history = json.loads((tiny_run / "history.json").read_text())
     assert len(history["loss"]) == 1
-    assert not [p for p in tiny_run.parent.iterdir() if rundir.TMP_MARK in p.name]
+    assert not [p for p in tiny_run.parent.iterdir() if atomic.TMP_MARK in p.name]
 
 
 def test_validation_split_is_held_out_and_recorded(tmp_path, tiny_archive):
@@ -189,7 +189,8 @@ def test_short_real_training_beats_chance_widely(tmp_path, real_data):
 def test_model_files_with_code_are_refused_without_running(tmp_path, monkeypatch):
     """A Lambda layer stores Python bytecode: loading it must be refused (in .h5 too), never run."""
     from edgepack.errors import EdgepackError
-    from edgepack.model import keras, load_model
+    from edgepack.model import load_model
+    from edgepack.tfkeras import keras
 
     monkeypatch.chdir(tmp_path)
     k = keras()

@@ -114,7 +114,7 @@ def _select_quantize(model, skipped: dict) -> Selection:
         default_8bit_quantize_registry as registry,
     )
 
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     supported = registry.Default8BitQuantizeRegistry().supports
     separable = keras().layers.SeparableConv2D  # TF-MOT's layout transform splits it (see module doc)

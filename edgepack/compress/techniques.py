@@ -65,7 +65,7 @@ def _tfmot():
 
 def _wrap_targets(model, targets, wrap_one):
     """Clone `model`, wrapping the layers named in `targets` (other layers are reused as they are)."""
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     return keras().models.clone_model(model, clone_function=lambda layer: (
         wrap_one(layer) if layer.name in targets else layer))

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
-from edgepack.explain.layers import layer_name
+from edgepack.export.keep_float import layer_name
 
 # ONNX ops that compute in float32 when left between Q/DQ pairs, and the integer kernels ORT fuses them into.
 FLOAT_COMPUTE = {"Conv", "ConvTranspose", "MatMul", "Gemm", "FusedConv", "FusedGemm", "FusedMatMul"}

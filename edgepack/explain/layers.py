@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.export.keep_float import layer_name
 
 FLOOR_DB = -20.0  # SNR floor (dB) for an activation that is all wrong; caps added_db's arithmetic
 CEIL_DB = 100.0  # SNR of an exact (float) input
@@ -59,14 +60,6 @@ def compare(ref: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
     norms = float(np.linalg.norm(ref) * np.linalg.norm(got))
     cos = float(ref @ got / norms) if norms > 0 else float(noise == 0)
     return rel, float(min(max(snr, FLOOR_DB), CEIL_DB)), cos
-
-
-def layer_name(tensor: str) -> str:
-    """The source layer of a tensor: `model/conv2/Relu;model/conv2/BiasAdd` and
-    `model/conv2/Relu:0` both give `conv2` (Keras names: `<model>/<layer>/<op>`)."""
-    first = tensor.split(";")[0].split(":")[0]
-    parts = first.split("/")
-    return parts[1] if len(parts) >= 3 else parts[0]
 
 
 def added_snr_db(snr_in: float, snr_out: float) -> float:

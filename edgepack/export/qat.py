@@ -28,7 +28,7 @@ TFMOT_CLASSES = {*WRAPPERS, INPUT_QUANTIZER, FAKE_ACTIVATION, NO_OP_ACTIVATION} 
 def float_twin(model):
     """The QAT model's float network: its layers without TF-MOT's wrappers, with the same float
     weights (kernels, biases, BatchNorm statistics; not TF-MOT's min/max/step variables)."""
-    from edgepack.model import keras
+    from edgepack.tfkeras import keras
 
     k = keras()
     # A Sequential model is a functional graph too: read it as one, so both kinds take one path.

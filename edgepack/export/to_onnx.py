@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.explain.selective import onnx_nodes_to_exclude
 from edgepack.export.context import Context
+from edgepack.export.keep_float import onnx_nodes_to_exclude
 from edgepack.runtime.cpu import SATURATION_FREE_WEIGHT
 
 INPUT_NAME = "image"  # the ONNX graph input's name (dynamic batch: shape [N, 32, 32, 3])

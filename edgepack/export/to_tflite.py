@@ -8,7 +8,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from edgepack.explain import selective
+from edgepack.export import keep_float
 from edgepack.export.context import Context
 
 IO_TYPES = {"int8": "int8", "uint8": "uint8", "float": None}  # option value -> tf dtype name (None: float32)
@@ -69,5 +69,5 @@ def int8(ctx: Context, path: Path) -> None:
         conv.inference_input_type = getattr(tf, io)
         conv.inference_output_type = getattr(tf, io)
     if ctx.options.get("keep_float"):  # named layers in float: edgepack.explain.selective
-        return selective.tflite_int8(conv, ctx, path)
+        return keep_float.tflite_int8(conv, ctx, path)
     _write(conv, path)

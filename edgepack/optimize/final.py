@@ -9,6 +9,7 @@ from edgepack import rundir
 from edgepack.compress.schedule import finetune_params, phase_name
 from edgepack.optimize import space
 from edgepack.optimize.holdout import search_data
+from edgepack.optimize.journal import finished
 from edgepack.optimize.trial import EXPORT_OPTIONS, measure_file
 from edgepack.report.pick import Candidate, pick
 from edgepack.report.stats import compare_predictions
@@ -19,7 +20,6 @@ RATIOS = (10, 15)  # report the most accurate file at least this many times smal
 
 def collect_points(study, out, source: dict) -> list[dict]:
     """Every measured file of the study's complete trials, with its trial's recipe and ratio."""
-    from edgepack.optimize.search import finished
 
     points = []
     for t in finished(study):

@@ -1,5 +1,6 @@
 """The search's study.journal (Optuna JournalFileBackend: one JSON object a line), checked before Optuna
-reads it, so a damaged file is one line naming it instead of a decoder's traceback.
+reads it, so a damaged file is one line naming it instead of a decoder's traceback; and which of its
+trials finished.
 
 A last line without its newline is a record a killed writer left half-written (Optuna appends each
 record with its newline in one write, under a lock): the operation it held never completed, so it is
@@ -15,6 +16,10 @@ import os
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+
+# A trial told a finished trial's result instead of running the same parameters again records that
+# trial's number under this user attribute.
+SAME_AS = "same_as"
 
 
 def check(path: Path) -> None:
@@ -42,3 +47,12 @@ def check(path: Path) -> None:
             os.fsync(f.fileno())
         print(f"{path}: cut off a half-written last record ({len(tail)} bytes, left by a "
               "killed writer); resuming from the records before it", flush=True)
+
+
+def finished(study) -> list:
+    """Trials that ran to an end (complete, pruned or failed on their own; not cut off by a kill)."""
+    from optuna.trial import TrialState
+
+    killed = set(study.user_attrs.get("killed", []))
+    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [t for t in study.get_trials(deepcopy=False, states=states) if t.number not in killed]

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from edgepack import rundir
 from edgepack.optimize import final
-from edgepack.optimize.search import SAME_AS, finished, recipe_text
+from edgepack.optimize.journal import SAME_AS, finished
+from edgepack.optimize.space import recipe_text
 
 CSV_FIELDS = ("id", "trial", "chain", "format", "val_accuracy", "drop_pts", "gzip_bytes", "size_ratio",
               "p50_ms", "p50_low_ms", "p50_high_ms", "on_front", "recipe")

@@ -25,6 +25,8 @@ from pathlib import Path
 from edgepack import rundir
 from edgepack.errors import EdgepackError
 from edgepack.optimize import holdout, journal, space
+from edgepack.optimize.journal import SAME_AS, finished
+from edgepack.optimize.space import recipe_text
 from edgepack.optimize.trial import run_trials
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.stats import LATENCY_ROUNDS
@@ -37,9 +39,8 @@ SETTINGS = "settings.json"
 # Batch-1 latency per file (1 thread): timed calls, untimed warm-up calls, rounds giving the spread.
 TIMING = {"runs": 300, "warmup": 30, "rounds": LATENCY_ROUNDS}
 QUICK_TIMING = {"runs": 20, "warmup": 2, "rounds": LATENCY_ROUNDS}
-# A trial whose parameters equal a finished trial's is not run again (user attribute SAME_AS); the
-# search stops when the sampler asks for this many such repeats in a row.
-SAME_AS = "same_as"
+# A trial whose parameters equal a finished trial's is not run again (user attribute journal.SAME_AS);
+# the search stops when the sampler asks for this many such repeats in a row.
 MAX_REPEATS_IN_A_ROW = 20
 
 
@@ -210,15 +211,6 @@ def _recover_killed(study) -> list[int]:
     return recovered
 
 
-def finished(study) -> list:
-    """Trials that ran to an end (complete, pruned or failed on their own; not cut off by a kill)."""
-    from optuna.trial import TrialState
-
-    killed = set(study.user_attrs.get("killed", []))
-    states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return [t for t in study.get_trials(deepcopy=False, states=states) if t.number not in killed]
-
-
 def _loop(study, out: Path, opts: SearchOptions, source: dict, spec: dict, executor, batch: int
           ) -> tuple[str, float]:
     started, before = time.time(), float(study.user_attrs.get("spent_seconds", 0.0))
@@ -345,14 +337,6 @@ def _tell(study, trial, result: dict, opts: SearchOptions, source: dict) -> None
     trial.set_constraint("max_drop", drop - opts.max_drop)  # <= 0: within the goal (validation)
     trial.set_user_attr("format", point["format"])
     study.tell(trial, [point["accuracy"], objective_value(opts.objective)(point)])
-
-
-def recipe_text(steps: list[dict]) -> str:
-    """prune(sparsity=0.8, epochs=2, learning_rate=0.001) -> pqat(epochs=1)"""
-    def step(s: dict) -> str:
-        return f"{s['technique']}({', '.join(f'{k}={space.option_text(v)}' for k, v in s['params'].items())})"
-
-    return " -> ".join(step(s) for s in steps)
 
 
 def progress_line(result: dict, source: dict, spent: float, budget: float) -> str:

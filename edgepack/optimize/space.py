@@ -128,3 +128,11 @@ def schedule(steps: list[Step], techniques) -> list[tuple]:
     """Every training phase of the chain, in order (edgepack.compress.schedule): what its matched
     fine-tune control trains for."""
     return [ph for s in steps for ph in own_phases({**techniques[s.technique].defaults, **s.params})]
+
+
+def recipe_text(steps: list[dict]) -> str:
+    """prune(sparsity=0.8, epochs=2, learning_rate=0.001) -> pqat(epochs=1)"""
+    def step(s: dict) -> str:
+        return f"{s['technique']}({', '.join(f'{k}={option_text(v)}' for k, v in s['params'].items())})"
+
+    return " -> ".join(step(s) for s in steps)

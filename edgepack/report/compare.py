@@ -271,7 +271,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     order = ([base] if base else []) + [e for e in entries if e is not base]
     _unique_ids(order)
     if any(e.kind == "run" for e in order):
-        from edgepack.model import keras
+        from edgepack.tfkeras import keras
 
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = env_mod.usable_cores()
