@@ -138,12 +138,17 @@ def real_cifar(real_data):
     return load_cifar10(real_data)
 
 
+def export_files(run, formats: list[str], root: Path, **kwargs) -> dict[str, Path]:
+    """`run` exported to `formats` in root/baseline without the int8 gate: format -> file."""
+    from edgepack.export import export
+
+    out = root / "baseline"
+    s = export(run, formats, out, options=NO_INT8_GATE, **kwargs)
+    return {name: out / f["file"] for name, f in s["formats"].items()}
+
+
 @pytest.fixture(scope="session")
 def tiny_exports(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
     """`tiny_run` exported as tflite-int8 and onnx-fp32 (one export folder): format -> file."""
-    from edgepack.export import export
-
-    out = tmp_path_factory.mktemp("tiny-exports") / "baseline"
-    s = export(tiny_run, ["tflite-int8", "onnx-fp32"], out, data_path=tiny_archive, check_images=20,
-               options=NO_INT8_GATE)
-    return {name: out / f["file"] for name, f in s["formats"].items()}
+    return export_files(tiny_run, ["tflite-int8", "onnx-fp32"], tmp_path_factory.mktemp("tiny-exports"),
+                        data_path=tiny_archive, check_images=20)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NO_INT8_GATE
+from conftest import NO_INT8_GATE, export_files
 
 from edgepack import runtime
 from edgepack.errors import EdgepackError
@@ -29,12 +29,8 @@ def tiny_ds(tiny_archive):
 @pytest.fixture(scope="module")
 def files(tiny_run, tiny_ds, tmp_path_factory) -> dict[str, Path]:
     """The tiny run's TFLite files: int8 (uint8 I/O), dynamic range, fp32, fp16."""
-    from edgepack.export import export
-
-    out = tmp_path_factory.mktemp("tflm") / "export"
-    s = export(tiny_run, ["tflite-int8", "tflite-dynamic", "tflite-fp32", "tflite-fp16"], out,
-               options=NO_INT8_GATE, check_images=10, ds=tiny_ds)
-    return {name: out / f["file"] for name, f in s["formats"].items()}
+    return export_files(tiny_run, ["tflite-int8", "tflite-dynamic", "tflite-fp32", "tflite-fp16"],
+                        tmp_path_factory.mktemp("tflm"), check_images=10, ds=tiny_ds)
 
 
 def allocator_total(path: Path) -> int:

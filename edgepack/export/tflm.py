@@ -97,14 +97,13 @@ def export_tflm(source: str | os.PathLike, out: str | os.PathLike, options: dict
 
 def _compressed(int8: bytes, lut: bool) -> tuple[bytes, dict]:
     """The bytes to deploy and the look-up-table record (applied, sizes, tensors, or why not)."""
-    from edgepack.target.tflm_lut import lut_compress
+    from edgepack.target.tflm_lut import lut_or_reason
 
     if not lut:
         return int8, {"applied": False, "reason": "not asked (--no-lut)"}
-    try:
-        result = lut_compress(int8)
-    except EdgepackError as e:  # not clustered: the int8 file is the deployment
-        return int8, {"applied": False, "reason": str(e)}
+    result, why = lut_or_reason(int8)
+    if result is None:  # not clustered: the int8 file is the deployment
+        return int8, {"applied": False, "reason": why}
     return result.model, {"applied": True, **result.summary()}
 
 

@@ -19,10 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack.errors import EdgepackError
 from edgepack.runtime import tflm
 from edgepack.target.figures import Figures, unrunnable
-from edgepack.target.tflm_lut import lut_compress
+from edgepack.target.tflm_lut import lut_or_reason
 
 NAME = "tflm"
 INTEGER = ("INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL")  # tensor types of a fully integer graph
@@ -101,10 +100,9 @@ def predict(path: Path, images: np.ndarray, workers: int = 1,
 def compressed(raw: bytes) -> tuple[bytes | None, dict]:
     """The file after TFLM look-up-table weight compression (edgepack.target.tflm_lut) and what was
     compressed; (None, why) where it does not apply (weights not clustered)."""
-    try:
-        result = lut_compress(raw)
-    except EdgepackError as e:
-        return None, {"applies": False, "why": str(e)}
+    result, why = lut_or_reason(raw)
+    if result is None:
+        return None, {"applies": False, "why": why}
     return result.model, {"applies": True, "tensors": len(result.tensors),
                           "index_bitwidth": sorted(set(result.bits.values()))}
 

@@ -168,3 +168,12 @@ def lut_compress(model: bytes) -> LutResult:
         raise EdgepackError(f"TFLM look-up tables made the file larger ({len(model):,} -> {len(out):,} "
                             "bytes): keep the int8 file")
     return LutResult(out, tuple(plans), len(model), len(out))
+
+
+def lut_or_reason(model: bytes) -> tuple[LutResult | None, str | None]:
+    """`lut_compress(model)`, or (None, the one-line reason) where it does not apply (not clustered):
+    the one rule export --target tflm and compare --target tflm share."""
+    try:
+        return lut_compress(model), None
+    except EdgepackError as e:
+        return None, str(e)
