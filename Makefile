@@ -30,8 +30,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 # The main job: train, compress, export and compare into $(OUT)/report (re-running resumes).
+# CONFIG=examples/full-study.toml: the full study (about three times as long).
+CONFIG ?=
 run: venv
-	$(BIN)/edgepack pipeline --data $(DATA) --out $(OUT)
+	$(BIN)/edgepack pipeline --data $(DATA) --out $(OUT) $(if $(CONFIG),--config $(CONFIG))
 
 lint: venv
 	$(BIN)/ruff check edgepack tests examples scripts

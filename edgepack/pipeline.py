@@ -6,6 +6,7 @@ Output folder layout:
     exports/<variant>/   exported files of each run folder (export)
     report/              report.md, report.html, results.json/.csv, plots (compare)
     stages/<stage>.json  completion markers: the stage's settings key and wall time
+    stage-times.json     where the last run's wall time went, by kind of stage (also printed)
 
 Resuming: a stage is skipped when its marker's key equals the key of the current settings (its own
 and its inputs') and its output is still complete. Every stage writes its output under a temporary
@@ -266,6 +267,7 @@ class _Runner:
     stages: Stages
     progress: Progress
     data: object  # the data as the jobs take it (in-process: the Dataset; Ray: its object reference)
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds, stages run now
 
     def __call__(self, works: list[Work]) -> dict[str, str | None]:
         """stage -> None when complete, else the error text of a job that raised an EdgepackError."""
@@ -296,7 +298,38 @@ class _Runner:
             raise EdgepackError(f"{w.what} finished on {result.host} but {w.output} is not complete here: "
                                 "--out must be on a filesystem every Ray node sees")
         self.stages.mark(w.stage, w.key, result.seconds, result.host)
+        self.seconds[w.stage] = result.seconds
         return None
+
+
+# Stage id prefix -> what the stage-time summary calls it.
+STAGE_KINDS = {"train": "training", "adopt": "adopting the model", "compress-": "fine-tuning",
+               "export-": "exports", "compare": "comparison"}
+
+
+def stage_times(seconds: dict[str, float], wall: float) -> dict:
+    """Where a pipeline's wall time went: seconds and stage count by kind, the longest stage of each
+    (stages resumed from an earlier run are not counted), and the rest (loading data, bookkeeping)."""
+    kinds: dict[str, dict] = {}
+    for stage, sec in seconds.items():
+        kind = next(k for prefix, k in STAGE_KINDS.items() if stage.startswith(prefix))
+        entry = kinds.setdefault(kind, {"seconds": 0.0, "stages": 0, "longest": None, "longest_seconds": 0.0})
+        entry["seconds"] += sec
+        entry["stages"] += 1
+        if sec > entry["longest_seconds"]:
+            entry["longest"], entry["longest_seconds"] = stage, sec
+    rest = wall - sum(k["seconds"] for k in kinds.values())
+    return {"wall_seconds": round(wall, 1), "kinds": kinds, "other_seconds": round(rest, 1)}
+
+
+def stage_lines(times: dict) -> list[str]:
+    lines = []
+    for kind, k in times["kinds"].items():
+        longest = f"; longest {k['longest']} {k['longest_seconds']:.0f} s" if k["stages"] > 1 else ""
+        lines.append(f"  {kind:<20} {k['seconds']:7.0f} s  {k['stages']:3d} stage(s){longest}")
+    lines.append(f"  {'other':<20} {times['other_seconds']:7.0f} s  (loading data, checks, bookkeeping)")
+    lines.append(f"  {'wall':<20} {times['wall_seconds']:7.0f} s  ({times['wall_seconds'] / 60:.1f} min)")
+    return lines
 
 
 def _valid_run(path: Path) -> bool:
@@ -337,17 +370,35 @@ def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
     """(variant, format, reason to skip or None) for every model and export format.
 
     A QAT model's float formats are not its float model (they keep or drop the fake-quant in ways
-    that do not match Keras), so formats that do not take QAT sources are skipped for them.
+    that do not match Keras), so formats that do not take QAT sources are skipped for them. A
+    control (technique `finetune`) is exported in `control_formats` only, and only when a compressed
+    variant is matched with it (same schedule); the others are steps towards a longer control.
     """
     from edgepack.export.context import QAT_TECHNIQUES
     from edgepack.export.formats import for_source
 
-    techniques = {"baseline": "baseline", **{v["name"]: v["technique"] for v in settings["variants"]}}
-    jobs = []
-    for name, technique in techniques.items():  # export says which formats apply to a source
-        _, skipped = for_source(settings["export"]["formats"], technique in QAT_TECHNIQUES, explicit=False)
-        jobs += [(name, fmt, skipped.get(fmt)) for fmt in settings["export"]["formats"]]
+    chosen = settings["export"]["formats"]
+    jobs = [("baseline", fmt, None) for fmt in chosen]
+    for v in settings["variants"]:  # export says which formats apply to a source
+        formats = chosen
+        if v["technique"] == "finetune":
+            matched = control_schedules(settings)
+            formats = [f for f in chosen if f in settings["export"]["control_formats"]
+                       and schedule(v, _by_name(settings), settings["finetune"]) in matched]
+        _, skipped = for_source(formats, v["technique"] in QAT_TECHNIQUES, explicit=False)
+        jobs += [(v["name"], fmt, skipped.get(fmt)) for fmt in formats]
     return jobs
+
+
+def _by_name(settings: dict) -> dict[str, dict]:
+    return {v["name"]: v for v in settings["variants"]}
+
+
+def control_schedules(settings: dict) -> set[tuple]:
+    """The schedules of the compressed variants: a control with one of them is some row's match."""
+    by_name = _by_name(settings)
+    return {schedule(v, by_name, settings["finetune"]) for v in settings["variants"]
+            if v["technique"] != "finetune"}
 
 
 def _export_work(out, name, fmt, settings, source_key: str, source: Path, data) -> Work:
@@ -399,6 +450,10 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
 
     print(markdown_table(main_table(results)))
     print(f"report: {path / 'report.md'} ({(time.time() - run.progress.started) / 60:.1f} min in all)")
+    times = stage_times(run.seconds, time.time() - run.progress.started)
+    rundir.write_json(out / "stage-times.json", times)
+    print(f"stage times of this run ({out / 'stage-times.json'}; resumed stages not counted):")
+    print("\n".join(stage_lines(times)), flush=True)
     for line in failure_lines(results):
         print(line, flush=True)
     return results

@@ -34,7 +34,7 @@ from edgepack.compress.schedule import control_variants, own_phases
 from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
-from edgepack.export.formats import ALL, FORMATS, options_for
+from edgepack.export.formats import ALL, FORMATS, INTEGER_FORMATS, options_for
 from edgepack.fitting import AUGMENTATIONS
 from edgepack.target import DEFAULT as DEFAULT_TARGET
 from edgepack.target import TARGETS, Budget, check_budget, parse_bytes
@@ -129,20 +129,19 @@ class Variant(_Section):
 
 
 def _default_variants() -> list[Variant]:
-    """The default variants, each with its technique's own fine-tuning recipe, and the search's."""
-    return [Variant(name="prune-0.5", technique="prune", params={"sparsity": 0.5}),
-            Variant(name="prune-0.8", technique="prune", params={"sparsity": 0.8}),
-            Variant(name="prune-2of4", technique="prune-2of4"),
-            Variant(name="cluster-16", technique="cluster", params={"clusters": 16}),
+    """The default variants: the best chain `edgepack optimize` found on CIFAR-10 (scored on validation
+    images; docs/optimize.md), each of its steps a row, and one variant of every other technique. The
+    2:4 variant trains like the chain's first step and PQAT like its second, so they share controls."""
+    first = {"epochs": 3, "learning_rate": 1e-3, "polish_epochs": 1, "augment": "flip-shift"}
+    then = {"epochs": 2, "augment": "flip-shift"}  # at the technique's own 1e-4
+    return [Variant(name="prune-0.65", technique="prune", params={"sparsity": 0.65, **first}),
+            Variant(name="prune-0.65-cluster-8", technique="cluster", source="prune-0.65",
+                    params={"clusters": 8, **then}),
+            Variant(name="prune-0.65-cluster-8-pcqat", technique="pcqat", source="prune-0.65-cluster-8",
+                    params=then),
+            Variant(name="prune-2of4", technique="prune-2of4", params=first),
             Variant(name="qat", technique="qat"),
-            Variant(name="pqat", technique="pqat", source="prune-0.5"),
-            # From `edgepack optimize` on CIFAR-10 (README, scored on validation images): the two-phase
-            # recipe (prune at 1e-3, then 2 epochs at 1e-4 with the masks held) and the prune -> cluster
-            # chain on it, the first >= 10x smaller variant that gains accuracy.
-            Variant(name="prune-0.7-polish2", technique="prune",
-                    params={"sparsity": 0.7, "polish_epochs": 2}),
-            Variant(name="prune-0.7-cluster-16", technique="cluster", source="prune-0.7-polish2",
-                    params={"clusters": 16})]
+            Variant(name="pqat", technique="pqat", source="prune-0.65", params=then)]
 
 
 class Export(_Section):
@@ -152,13 +151,18 @@ class Export(_Section):
     options: dict[str, Any] = Field(default_factory=dict, **_doc(
         "format options (`edgepack export --help`); each key must be taken by a chosen format",
         want="a table"))
+    # A control is compared with the rows of its matched variants: in the integer formats its int8
+    # twin separates quantization from compression; its float files would only repeat its Keras row.
+    control_formats: list[str] = Field(default_factory=lambda: list(INTEGER_FORMATS), **_doc(
+        "formats the uncompressed controls are exported in (of `formats`); controls no variant is "
+        "matched with are not exported", want=f'a list of formats, or "{ALL}"'))
 
-    @field_validator("formats", mode="before")
+    @field_validator("formats", "control_formats", mode="before")
     @classmethod
     def _all(cls, v):
         return list(FORMATS) if v in (ALL, [ALL]) else v
 
-    @field_validator("formats")
+    @field_validator("formats", "control_formats")
     @classmethod
     def _known(cls, v: list[str]) -> list[str]:
         for name in v:

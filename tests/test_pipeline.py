@@ -15,7 +15,8 @@ import pytest
 from edgepack import atomic, data, rundir
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
-from edgepack.pipeline import load_settings
+from edgepack.export.formats import FORMATS
+from edgepack.pipeline import export_jobs, load_settings
 
 SMALL = """
 [train]
@@ -48,16 +49,21 @@ def test_settings_layering_and_errors(tmp_path):
     # One control per fine-tuning recipe, added before the variants: prune's lr with the file's epochs.
     assert [v.name for v in s.variants] == ["finetune-e1-lr0.001", "prune-0.5"]
     defaults = load_settings()
-    assert [v.name for v in defaults.variants[:3]] == [
-        "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001"]
-    # the eight default variants and one control per schedule: a chain's or a polished variant's
-    # control is a chain of fine-tunings with the same phases (pqat: prune-0.5's, then its own)
-    assert len(defaults.variants) == 8 + 6
+    # the six default variants and one control per schedule: a chain's or a polished variant's
+    # control is a chain of fine-tunings with the same phases; 2:4 trains like prune-0.65 and pqat
+    # like prune-0.65-cluster-8 (both from prune-0.65), so they share those controls
+    fs = "flip-shift"
+    first, polish, then = f"e3-lr0.001-{fs}", f"e1-lr0.0001-{fs}", f"e2-lr0.0001-{fs}"
     controls = {v.name: (v.source, v.params["epochs"], v.params["learning_rate"])
                 for v in defaults.variants if v.technique == "finetune"}
-    assert controls["finetune-e2-lr0.001-e1-lr0.0001"] == ("finetune-e2-lr0.001", 1, 1e-4)  # pqat's
-    assert controls["finetune-e2-lr0.001-e2-lr0.0001-e2-lr0.0001"] == (  # prune-0.7-cluster-16's
-        "finetune-e2-lr0.001-e2-lr0.0001", 2, 1e-4)
+    assert controls == {
+        "finetune-e1-lr0.0001": ("baseline", 1, 1e-4),  # qat's
+        f"finetune-{first}": ("baseline", 3, 1e-3),  # only a step towards the others
+        f"finetune-{first}-{polish}": (f"finetune-{first}", 1, 1e-4),  # prune-0.65's, prune-2of4's
+        f"finetune-{first}-{polish}-{then}": (f"finetune-{first}-{polish}", 2, 1e-4),  # cluster-8's, pqat's
+        f"finetune-{first}-{polish}-{then}-{then}": (f"finetune-{first}-{polish}-{then}", 2, 1e-4)}  # pcqat's
+    assert [v.name for v in defaults.variants if v.technique != "finetune"] == [
+        "prune-0.65", "prune-0.65-cluster-8", "prune-0.65-cluster-8-pcqat", "prune-2of4", "qat", "pqat"]
     kd = tmp_path / "kd.toml"  # a distilling variant's control distills the same way, in every phase
     kd.write_text('[[variants]]\nname = "p"\ntechnique = "prune"\n'
                   'params = {polish_epochs = 1, distill = 0.5}\n')
@@ -99,6 +105,30 @@ def test_example_settings_file_is_valid():
         "finetune-e1-lr0.0001", "finetune-e2-lr0.0001", "finetune-e2-lr0.001",
         "prune-0.8", "cluster-16", "qat"]
     assert s.export.options == {"calibration_images": 500}
+
+
+def test_full_study_is_the_defaults_and_more():
+    """examples/full-study.toml starts with exactly the default variants (so the full study's rows
+    include the default run's) and exports every control in every format."""
+    from conftest import ROOT
+
+    full, default = load_settings(ROOT / "examples" / "full-study.toml"), load_settings()
+    assert [v for v in full.variants if v.name in {d.name for d in default.variants}] == default.variants
+    assert len(full.variants) > len(default.variants) and full.export.control_formats == list(FORMATS)
+
+
+def test_controls_exported_in_their_formats_only_when_matched():
+    """A control is exported in control_formats only, and only when a compressed variant has its
+    schedule: the first phase of a two-phase control is a step, no row is compared with it."""
+    s = load_settings().model_dump()
+    jobs = {(name, fmt) for name, fmt, skip in export_jobs(s) if skip is None}
+    fs = "flip-shift"
+    step, matched = f"finetune-e3-lr0.001-{fs}", f"finetune-e3-lr0.001-{fs}-e1-lr0.0001-{fs}"
+    assert not any(name == step for name, _ in jobs)
+    assert {fmt for name, fmt in jobs if name == matched} == {"tflite-int8", "onnx-int8"}
+    assert {fmt for name, fmt in jobs if name == "prune-0.65"} == set(FORMATS)
+    every = load_settings(overrides={"export": {"control_formats": "all"}}).model_dump()
+    assert {fmt for name, fmt, skip in export_jobs(every) if name == matched and skip is None} == set(FORMATS)
 
 
 @pytest.fixture

@@ -158,6 +158,9 @@ def _table() -> dict[str, Format]:
 
 FORMATS: dict[str, Format] = _table()
 ALL = "all"  # `--format all`
+# Full-integer formats (int8 weights and activations): what an int8 device runs, and the rows that
+# carry the engines' exact-reference accuracy. (tflite-dynamic keeps float activations.)
+INTEGER_FORMATS = ("tflite-int8", "onnx-int8")
 
 
 def resolve(names: list[str] | tuple[str, ...] | str) -> list[str]:

@@ -15,6 +15,8 @@ import numpy as np
 
 from edgepack import rundir
 from edgepack.compress.schedule import phase_of
+from edgepack.export.formats import INTEGER_FORMATS
+from edgepack.report.derived import CONTROL
 from edgepack.report.inputs import Entry
 from edgepack.report.notes import FP32_TWIN
 from edgepack.report.stats import LATENCY_ROUNDS
@@ -248,9 +250,12 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
         row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
         fill_metrics(row, ds.y_test, probs, ds.class_names)
-        if is_quantized(entry.format):
+        # A control is never shipped: the exact-reference pass (~2 ms an image on LiteRT's reference
+        # kernels) and the worst layers are measured for the files that may be.
+        shipped = entry.technique != CONTROL
+        if is_quantized(entry.format) and shipped:
             reference_figures(row, entry.path, ds, all_threads)
-        explain_figures(row, entry, ds)
+        explain_figures(row, entry, ds if shipped else None)
         if not golden_path(entry.path).is_file():
             row["notes"].append(NO_GOLDEN)
     except Exception as e:
@@ -275,9 +280,6 @@ NO_GOLDEN = ("no golden file beside it (exported before edgepack wrote golden ve
              "this edgepack so that `edgepack verify` can check a deployment")
 
 
-# Full-integer formats whose rows carry the exact-reference accuracy. (tflite-dynamic keeps float
-# activations; its export check has the reference figure, the report does not pay ~40 s a row for it.)
-INTEGER_FORMATS = ("tflite-int8", "onnx-int8")
 
 
 def is_quantized(fmt: str | None) -> bool:
