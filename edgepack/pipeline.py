@@ -40,19 +40,23 @@ class Progress:
 
     weights: dict[str, float]  # stage id -> expected relative cost
     started: float = field(default_factory=time.time)
-    done: float = 0.0
+    done: float = 0.0  # weight of the stages run by this process
+    skipped: float = 0.0  # weight of the stages complete from an earlier run (they cost no time now)
 
     def start(self, stage: str, what: str) -> None:
         i = list(self.weights).index(stage) + 1
         elapsed = time.time() - self.started
         left = ""
         if self.done > 0:
-            rest = sum(self.weights.values()) - self.done
+            rest = sum(self.weights.values()) - self.done - self.skipped
             left = f", ~{elapsed / self.done * rest / 60:.1f} min left"
         print(f"[{i}/{len(self.weights)}] {what} ({elapsed / 60:.1f} min elapsed{left})", flush=True)
 
-    def finish(self, stage: str) -> None:
-        self.done += self.weights[stage]
+    def finish(self, stage: str, skipped: bool = False) -> None:
+        if skipped:
+            self.skipped += self.weights[stage]
+        else:
+            self.done += self.weights[stage]
 
 
 def _key(*parts) -> str:
@@ -276,7 +280,7 @@ class _Runner:
         for w in works:
             if self.stages.done(w.stage, w.key) and w.valid(w.output):
                 print(f"skip {w.what}: complete in {w.output}", flush=True)
-                self.progress.finish(w.stage)
+                self.progress.finish(w.stage, skipped=True)
                 errors[w.stage] = None
             else:
                 todo.append(w)

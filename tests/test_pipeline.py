@@ -353,3 +353,16 @@ def test_a_held_out_baselines_variants_never_fit_on_its_validation_images(tmp_pa
     _, record = data.validation_split(data.load_data(tiny_archive), 0.2, 0)
     ft = rundir.load_run(out / "runs" / "ft").metadata
     assert ft.validation == record and ft.num_train_images == 80 and ft.num_test_images == 20
+
+
+def test_time_left_ignores_stages_resumed_from_an_earlier_run(capsys, monkeypatch):
+    """A resumed run's estimate: stages complete from before cost no time now, so they count neither
+    as work done in the elapsed time nor as work left."""
+    from edgepack.pipeline import Progress
+
+    monkeypatch.setattr(time, "time", lambda: 1000.0)
+    p = Progress({"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}, started=1000.0 - 60)
+    p.finish("a", skipped=True)
+    p.finish("b")  # one stage's weight in 60 s; two left (c, d): about 2 minutes
+    p.start("c", "stage c")
+    assert "~2.0 min left" in capsys.readouterr().out
