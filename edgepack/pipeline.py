@@ -24,9 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgepack import atomic, cluster, rundir, stagejobs
-from edgepack.cluster import Done, Failed, Job
+from edgepack import atomic, rundir, stagejobs
 from edgepack.errors import EdgepackError
+from edgepack.executor import Done, Failed, InProcess, Job, RayExecutor, executor
 from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, schedule
 from edgepack.sources import held_out_like
@@ -125,7 +125,7 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     `baseline`: a trained run folder, or a user's Keras model file / SavedModel folder (adopted as the
     baseline run folder, with `source_options` class_names / preprocessing: edgepack.rundir.load_source).
     `ray`: None (then $EDGEPACK_RAY_ADDRESS; unset: in-process), "auto" or a Ray address: training,
-    each fine-tuning, each export and the comparison run as Ray tasks (edgepack.cluster); `out` must
+    each fine-tuning, each export and the comparison run as Ray tasks (edgepack.executor); `out` must
     then be on a filesystem every node sees.
     """
     from edgepack.errors import require_toolchain
@@ -134,7 +134,7 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
     given = {"--baseline": baseline, "--data": data_path, "--config": config}
     with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
-        with cluster.executor(ray) as ex:
+        with executor(ray) as ex:
             return _pipeline(out, data_path, settings, baseline, source_options or {}, ex)
 
 
@@ -174,7 +174,7 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
 
         path = out / "runs" / "baseline"
         key = _key(_model_hash(baseline), data_key, source_options)
-        adopt_run = _Runner(cluster.InProcess(), stages, progress, ds)
+        adopt_run = _Runner(InProcess(), stages, progress, ds)
         error = adopt_run([Work("adopt", key, f"adopt {baseline} as the baseline", path, _valid_run,
                                 Job(adopt, (baseline, path, ds), {"force": True, **source_options}))])
         if error["adopt"]:
@@ -267,7 +267,7 @@ class Work:
 class _Runner:
     """Runs a batch of stages on the executor: skips complete ones, marks finished ones."""
 
-    ex: cluster.InProcess
+    ex: InProcess
     stages: Stages
     progress: Progress
     data: object  # the data as the jobs take it (in-process: the Dataset; Ray: its object reference)
@@ -285,7 +285,7 @@ class _Runner:
             else:
                 todo.append(w)
         # In-process: one at a time, so progress lines come as each starts; on Ray: all at once.
-        batches = [todo] if isinstance(self.ex, cluster.RayExecutor) else [[w] for w in todo]
+        batches = [todo] if isinstance(self.ex, RayExecutor) else [[w] for w in todo]
         for batch in batches:
             for w in batch:
                 self.progress.start(w.stage, w.what)

@@ -1,4 +1,4 @@
-"""The pipeline's stage bodies as module-level functions of plain arguments, so edgepack.cluster can
+"""The pipeline's stage bodies as module-level functions of plain arguments, so edgepack.executor can
 send them to Ray workers (pickled by reference) or call them in this process alike.
 
 Each writes its output folder atomically (rundir.atomic_dir under the stage's own command) with the

@@ -85,11 +85,11 @@ def run(args) -> int:
                          class_names=source_options(args)["class_names"],
                          preprocessing=source_options(args)["preprocessing"],
                          target=args.target, ram_bytes=args.ram, flash_bytes=args.flash)
-    from edgepack.cluster import executor
-    from edgepack.optimize.trial import on_cluster, run_trials
+    from edgepack.executor import executor
+    from edgepack.optimize.trial import on_executor, run_trials
 
     with executor(args.ray) as ex:  # in-process unless --ray / $EDGEPACK_RAY_ADDRESS
         in_process = ex.where == "in-process"
-        report = optimize(opts, executor=run_trials if in_process else on_cluster(ex), batch=ex.slots())
+        report = optimize(opts, executor=run_trials if in_process else on_executor(ex), batch=ex.slots())
     print(f"wrote {args.out}/report.md (pick: {report['chosen']['pick'] or 'none within the goal'})")
     return 0

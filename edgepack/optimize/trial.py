@@ -124,10 +124,10 @@ def _exported(folder: Path) -> bool:
     return (folder / "export.json").is_file()
 
 
-def on_cluster(ex):
-    """A run_trials for an edgepack.cluster executor (`edgepack optimize --ray`): every trial one task
+def on_executor(ex):
+    """A run_trials for a stage executor (edgepack.executor; `edgepack optimize --ray`): every trial one task
     (stagejobs.RESOURCES["trial"]: it times its files, so one trial per host at a time)."""
-    from edgepack.cluster import Failed, Job
+    from edgepack.executor import Failed, Job
     from edgepack.stagejobs import RESOURCES
 
     def run(jobs: list[dict]) -> list[dict]:

@@ -1,8 +1,8 @@
-"""Where independent work runs: in this process (the default) or as tasks on a Ray cluster.
+"""The stage executor: independent work runs in this process (the default) or as tasks on a Ray cluster.
 
 The one seam between edgepack's stages and a cluster. API (all another module needs):
 
-    from edgepack.cluster import Job, Failed, executor
+    from edgepack.executor import Job, Failed, executor
 
     with executor(ray_address) as ex:            # None: in-process; "auto" or "HOST:6379": Ray
         data = ex.share(ds)                      # one copy for every job (Ray: the object store)

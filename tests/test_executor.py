@@ -1,4 +1,4 @@
-"""edgepack.cluster: in-process by default (no Ray import), Ray tasks with retries on a local cluster,
+"""edgepack.executor: in-process by default (no Ray import), Ray tasks with retries on a local cluster,
 and the pipeline on a local 2-CPU Ray cluster (same rows as in-process; a killed driver resumes)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_pipeline import SMALL, _pipeline_cmd
 
-from edgepack import atomic, cluster
+from edgepack import atomic, executor
 from edgepack.cli import main
 from edgepack.errors import EdgepackError, RunFolderError
 
@@ -42,8 +42,8 @@ def _crash_once(marker: str, value: int) -> tuple[int, int]:
 
 
 def test_in_process_runs_jobs_in_order_without_importing_ray():
-    code = ("import sys; from edgepack.cluster import Job, Failed, executor\n"
-            "from test_cluster import _square, _refuse\n"
+    code = ("import sys; from edgepack.executor import Job, Failed, executor\n"
+            "from test_executor import _square, _refuse\n"
             "with executor(None) as ex:\n"
             "    out = ex.run([Job(_square, (3,)), Job(_refuse, (4,)), Job(_square, (5,))])\n"
             "assert out[0] == 9 and out[2] == 25, out\n"
@@ -51,24 +51,24 @@ def test_in_process_runs_jobs_in_order_without_importing_ray():
             "assert 'ray' not in sys.modules\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
                                                          str(Path(__file__).parent.parent)])}
-    env.pop(cluster.ENV_VAR, None)
+    env.pop(executor.ENV_VAR, None)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_address_comes_from_the_option_else_the_environment(monkeypatch):
-    monkeypatch.setenv(cluster.ENV_VAR, "head:6379")
-    assert cluster.resolve(None) == "head:6379" and cluster.resolve("auto") == "auto"
-    assert isinstance(cluster.executor(None), cluster.RayExecutor)
-    assert cluster.resolve("") is None  # an explicit empty address: in-process
-    monkeypatch.setenv(cluster.ENV_VAR, "")
-    assert isinstance(cluster.executor(None), cluster.InProcess)
+    monkeypatch.setenv(executor.ENV_VAR, "head:6379")
+    assert executor.resolve(None) == "head:6379" and executor.resolve("auto") == "auto"
+    assert isinstance(executor.executor(None), executor.RayExecutor)
+    assert executor.resolve("") is None  # an explicit empty address: in-process
+    monkeypatch.setenv(executor.ENV_VAR, "")
+    assert isinstance(executor.executor(None), executor.InProcess)
 
 
 def test_without_ray_installed_the_error_says_what_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ModuleNotFoundError
     with pytest.raises(EdgepackError, match=r"pip install 'edgepack\[cluster\]'"):
-        with cluster.executor("auto"):
+        with executor.executor("auto"):
             pass
 
 
@@ -78,9 +78,9 @@ def test_output_not_seen_by_the_driver_is_an_error(tmp_path):
 
     out = tmp_path / "out"
     stages = Stages(out)
-    run = _Runner(cluster.InProcess(), stages, Progress({"export-x": 1.0}), None)
+    run = _Runner(executor.InProcess(), stages, Progress({"export-x": 1.0}), None)
     work = Work("export-x", "k", "export x", out / "exports" / "x", lambda p: p.is_dir(),
-                cluster.Job(_square, (2,)))
+                executor.Job(_square, (2,)))
     with pytest.raises(EdgepackError, match="--out must be on a filesystem every Ray node sees"):
         run([work])
     assert not stages.done("export-x", "k")
@@ -92,7 +92,7 @@ def ray_cluster():
     ray = pytest.importorskip("ray")
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, resources={cluster.TIMING_RESOURCE: 1}, include_dashboard=False,
+    ray.init(num_cpus=2, resources={executor.TIMING_RESOURCE: 1}, include_dashboard=False,
              logging_level="warning")
     # The test functions live in this module, which workers cannot import: send them by value.
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -101,22 +101,22 @@ def ray_cluster():
 
 
 def test_ray_runs_jobs_in_order_and_reports_edgepack_errors(ray_cluster):
-    with cluster.executor("auto") as ex:  # already initialised: uses it, leaves it running
-        assert isinstance(ex, cluster.RayExecutor)
-        jobs = [cluster.Job(_square, (i,), num_cpus=1, memory=1 << 20) for i in range(4)]
-        jobs.append(cluster.Job(_refuse, (7,), timing=True))
-        assert ex.run(jobs) == [0, 1, 4, 9, cluster.Failed("bad input 7: pass another")]
-        done = ex.run_timed([cluster.Job(_square, (ex.share(6),))])[0]
+    with executor.executor("auto") as ex:  # already initialised: uses it, leaves it running
+        assert isinstance(ex, executor.RayExecutor)
+        jobs = [executor.Job(_square, (i,), num_cpus=1, memory=1 << 20) for i in range(4)]
+        jobs.append(executor.Job(_refuse, (7,), timing=True))
+        assert ex.run(jobs) == [0, 1, 4, 9, executor.Failed("bad input 7: pass another")]
+        done = ex.run_timed([executor.Job(_square, (ex.share(6),))])[0]
         assert done.value == 36 and done.host and done.seconds >= 0
         # Each outcome as it finishes (the pipeline marks a stage done as soon as its task returns).
-        order = [i for i, _ in ex.as_completed([cluster.Job(_nap, (2.0,)), cluster.Job(_nap, (0.01,))])]
+        order = [i for i, _ in ex.as_completed([executor.Job(_nap, (2.0,)), executor.Job(_nap, (0.01,))])]
         assert order == [1, 0]
 
 
 def test_a_killed_worker_is_retried_with_the_same_result(ray_cluster, tmp_path):
     marker = tmp_path / "attempt"
-    with cluster.executor("auto") as ex:
-        (value, pid), = ex.run([cluster.Job(_crash_once, (str(marker), 42))])
+    with executor.executor("auto") as ex:
+        (value, pid), = ex.run([executor.Job(_crash_once, (str(marker), 42))])
     assert value == 42 and pid != os.getpid() and marker.read_text() == "attempted"
 
 
@@ -125,7 +125,7 @@ def test_a_cluster_without_the_timing_resource_is_refused(ray_cluster, monkeypat
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
     with pytest.raises(EdgepackError, match="ray start --resources '{\"edgepack_timing\": 1}'"):
-        with cluster.executor("auto"):
+        with executor.executor("auto"):
             pass
     assert ray.is_initialized()  # not ours to shut down
 
@@ -240,19 +240,19 @@ def test_an_address_that_answers_but_is_no_ray_head_fails_within_the_bound(tmp_p
         listener.bind(("0.0.0.0", 0))
         listener.listen(8)
         port = listener.getsockname()[1]
-        code = (f"from edgepack.cluster import executor\nwith executor('127.0.0.1:{port}'):\n    pass\n")
+        code = (f"from edgepack.executor import executor\nwith executor('127.0.0.1:{port}'):\n    pass\n")
         t0 = time.time()
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
     seconds = time.time() - t0
     assert r.returncode != 0 and "cannot connect to a Ray cluster within ~20 s" in r.stderr, r.stderr[-2000:]
-    assert seconds < cluster.RAY_CONNECT_SECONDS + 15, seconds  # + Python, Ray's import and shutdown
+    assert seconds < executor.RAY_CONNECT_SECONDS + 15, seconds  # + Python, Ray's import and shutdown
 
 
 def test_ray_addresses_are_parsed_host_and_port():
-    assert cluster.host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
-    assert cluster.host_port("ray://head.local:10001") == ("head.local", 10001)
-    assert cluster.host_port("[::1]:6379") == ("::1", 6379)
+    assert executor.host_port("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert executor.host_port("ray://head.local:10001") == ("head.local", 10001)
+    assert executor.host_port("[::1]:6379") == ("::1", 6379)
     for bad in ("head", "head:", ":6379", "head:port", "head:0"):
         with pytest.raises(EdgepackError, match="expected HOST:PORT"):
-            cluster.host_port(bad)
+            executor.host_port(bad)
