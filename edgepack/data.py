@@ -71,9 +71,6 @@ class Dataset:
             object.__setattr__(self, "input_shape", tuple(int(d) for d in self.x_train.shape[1:]))
 
 
-Cifar10 = Dataset  # the name existing callers import
-
-
 # --- where the data comes from
 
 def resolve_data_path(path: str | os.PathLike | None = None, download: bool = True) -> Path:
@@ -280,12 +277,6 @@ def load_data(path: str | os.PathLike | None = None, limit_train: int | None = N
     return _load_cifar(src, limit_train, limit_test, seed)
 
 
-def load_cifar10(path: str | os.PathLike | None = None, limit_train: int | None = None,
-                 limit_test: int | None = None, seed: int = 0, download: bool = True) -> Dataset:
-    """The same as load_data without an image size (kept for existing callers; reads image folders too)."""
-    return load_data(path, limit_train, limit_test, seed, download=download)
-
-
 def _check_image_size(size) -> tuple[int, int] | None:
     if size is None:
         return None
@@ -418,5 +409,5 @@ def validation_split(ds: Dataset, fraction: float, seed: int = 0) -> tuple[Datas
                      ds.source, ds.sha256, ds.input_shape, split)
     return search, record
 
-__all__ = ["Dataset", "Cifar10", "load_data", "load_cifar10", "balanced_subset", "check_limits",
+__all__ = ["Dataset", "load_data", "balanced_subset", "check_limits",
            "resolve_data_path", "scale_pixels", "dataset_sha256", "validation_split"]

@@ -21,7 +21,7 @@ from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
 
 
-def data_metadata(ds: data_mod.Cifar10, scaling: dict | None = None) -> dict:
+def data_metadata(ds: data_mod.Dataset, scaling: dict | None = None) -> dict:
     """What a model's metadata says about its data and input (read by export and the runtime)."""
     return {
         "class_names": list(ds.class_names),
@@ -37,7 +37,7 @@ def data_metadata(ds: data_mod.Cifar10, scaling: dict | None = None) -> dict:
     }
 
 
-def evaluate(model, ds: data_mod.Cifar10, scaling: dict | None = None) -> tuple[dict, np.ndarray]:
+def evaluate(model, ds: data_mod.Dataset, scaling: dict | None = None) -> tuple[dict, np.ndarray]:
     """Test-set metrics of a Keras model fed by `scaling` (default [0, 1]), and its probabilities."""
     from edgepack.metrics import classification_metrics
     from edgepack.model import predict_proba

@@ -53,7 +53,7 @@ class TrainConfig:
 
 
 def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: TrainConfig = TrainConfig(),
-          force: bool = False, ds: data_mod.Cifar10 | None = None) -> Path:
+          force: bool = False, ds: data_mod.Dataset | None = None) -> Path:
     """Train the baseline CNN on the data (CIFAR-10 or an image folder) and write the run folder `out`."""
     require_toolchain("edgepack train")
     config.check()
@@ -61,7 +61,7 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
         return _train(data_path, out, config, force, ds)
 
 
-def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Cifar10 | None) -> Path:
+def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Dataset | None) -> Path:
     from edgepack.model import baseline_cnn, compile_model
 
     started = time.time()

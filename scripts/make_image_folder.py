@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from edgepack import rundir
-from edgepack.data import balanced_subset, load_cifar10
+from edgepack.data import balanced_subset, load_data
 from edgepack.errors import EdgepackError
 
 
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         wanted = [c.strip() for c in args.classes.split(",") if c.strip()]
         if args.size < 1 or args.train_per_class < 1 or args.test_per_class < 1:
             raise EdgepackError("--size, --train-per-class and --test-per-class must be >= 1")
-        ds = load_cifar10(args.data)
+        ds = load_data(args.data)
         unknown = [c for c in wanted if c not in ds.class_names]
         if len(set(wanted)) < 2 or unknown:
             raise EdgepackError(f"--classes needs at least 2 distinct CIFAR-10 class names, unknown: "

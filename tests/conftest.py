@@ -133,9 +133,9 @@ def tiny_compressed(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]
 @pytest.fixture(scope="session")
 def real_cifar(real_data):
     """The real data set, loaded once per test session (about 3 s)."""
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
 
-    return load_cifar10(real_data)
+    return load_data(real_data)
 
 
 def export_files(run, formats: list[str], root: Path, **kwargs) -> dict[str, Path]:

@@ -101,14 +101,14 @@ def make(folder: Path) -> None:
     sys.path.insert(0, str(root))
     from conftest import NO_INT8_GATE, tiny_members, write_archive
 
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
     from edgepack.export import export
     from edgepack.train import TrainConfig, train
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         archive = write_archive(tmp / "cifar-10-python.tar.gz", tiny_members())
-        ds = load_cifar10(archive)
+        ds = load_data(archive)
         run = train(archive, tmp / "run", TrainConfig(epochs=1, batch_size=16), ds=ds)
         s = export(run, ["all"], tmp / "export", options=NO_INT8_GATE, check_images=20, ds=ds)
         write_check_folder(folder, {n: tmp / "export" / f["file"] for n, f in s["formats"].items()},

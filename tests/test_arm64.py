@@ -205,10 +205,10 @@ def qemu():
 
 @pytest.mark.slow
 def test_int8_files_run_on_emulated_arm64_engines(qemu, tiny_run, tiny_archive, tmp_path):
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
     from edgepack.export import export
 
-    ds = load_cifar10(tiny_archive)
+    ds = load_data(tiny_archive)
     s = export(tiny_run, ["tflite-int8", "onnx-int8"], tmp_path / "x", options=NO_INT8_GATE,
                check_images=20, ds=ds)
     files = [tmp_path / "x" / f["file"] for f in s["formats"].values()]

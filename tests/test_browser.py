@@ -178,13 +178,13 @@ def test_page_scales_pixels_like_the_runtime(browser_ready, tmp_path):
 def test_exported_run_classifies_like_onnx_runtime(browser_ready, tiny_run, tiny_archive, tmp_path):
     """A run folder exported to the browser (fp32 and int8): the page's top-1 equals ONNX Runtime's on
     every test image, on 1 thread and on every core."""
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
 
     folders, failed = browser.export_folders(tiny_run, ["onnx-fp32", "onnx-int8"], tmp_path / "web",
                                              options=NO_INT8_GATE, data_path=tiny_archive, check_images=20)
     assert not failed and [f.name for f in folders] == ["onnx-fp32", "onnx-int8"]
     assert (tmp_path / "web" / "export.json").is_file()
-    ds = load_cifar10(tiny_archive)
+    ds = load_data(tiny_archive)
     for folder in folders:
         rows = browser.measure(folder, ds.x_test, ds.y_test, runs=5, warmup=1, progress=lambda s: None)
         assert len(rows) == 2 and {r.format for r in rows} == {folder.name}

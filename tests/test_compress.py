@@ -270,11 +270,11 @@ def test_errors_via_cli(case, args, message, tmp_path, tiny_run, tiny_archive, r
 
 @pytest.mark.real
 def test_real_subset_prune(real_cifar, tmp_path):
-    from edgepack.data import Cifar10, balanced_subset
+    from edgepack.data import Dataset, balanced_subset
     from edgepack.train import TrainConfig, train
 
     tr, te = balanced_subset(real_cifar.y_train, 5000), balanced_subset(real_cifar.y_test, 2000)
-    ds = Cifar10(real_cifar.x_train[tr], real_cifar.y_train[tr], real_cifar.x_test[te], real_cifar.y_test[te],
+    ds = Dataset(real_cifar.x_train[tr], real_cifar.y_train[tr], real_cifar.x_test[te], real_cifar.y_test[te],
                  real_cifar.class_names, real_cifar.source, real_cifar.sha256)
     base = train(None, tmp_path / "base", TrainConfig(epochs=1), ds=ds)
     out = compress(base, "prune", tmp_path / "prune", params={"sparsity": 0.5, "epochs": 1}, ds=ds)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edgepack.cli import main
-from edgepack.data import balanced_subset, load_cifar10, resolve_data_path
+from edgepack.data import balanced_subset, load_data, resolve_data_path
 from edgepack.errors import DataError
 from edgepack.runtime.preprocess import scale_pixels
 
@@ -34,11 +34,11 @@ def test_real_archive_shapes_labels_and_pixel_means(real_cifar):
 
 
 def test_tiny_archive_and_extracted_folder_load_the_same(tmp_path, tiny_archive):
-    a = load_cifar10(tiny_archive)
+    a = load_data(tiny_archive)
     with tarfile.open(tiny_archive) as tar:
         tar.extractall(tmp_path, filter="data")
-    b = load_cifar10(tmp_path / "cifar-10-batches-py")
-    c = load_cifar10(tmp_path)  # the parent folder works too
+    b = load_data(tmp_path / "cifar-10-batches-py")
+    c = load_data(tmp_path)  # the parent folder works too
     assert a.x_train.shape == (100, 32, 32, 3) and a.x_test.shape == (20, 32, 32, 3)
     for other in (b, c):
         np.testing.assert_array_equal(a.x_train, other.x_train)
@@ -52,7 +52,7 @@ def test_nhwc_layout_matches_the_format(tmp_path):
     img = np.zeros((1, 32, 32, 3), np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = 1, 2, 3
     members["test_batch"] = batch_bytes(img, [7])
-    d = load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+    d = load_data(write_archive(tmp_path / "a.tar.gz", members))
     assert d.x_test[0, 5, 9].tolist() == [1, 2, 3] and d.y_test.tolist() == [7]
 
 
@@ -75,15 +75,15 @@ def test_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, prot
     members["data_batch_2"] = pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=protocol)
     path = write_archive(tmp_path / "evil.tar.gz", members)
     with pytest.raises(DataError, match=r"data_batch_2.*refused global (posix|os)\.system"):
-        load_cifar10(path)
+        load_data(path)
     assert not (tmp_path / "pwned").exists()
 
 
 @pytest.mark.parametrize("protocol", [3, 4, 5])
 def test_every_pickle_protocol_loads_the_same(tmp_path, tiny_archive, protocol):
     """Copies re-pickled with a newer protocol (5 stores arrays as raw buffers) read like the official 2."""
-    d = load_cifar10(write_archive(tmp_path / f"p{protocol}.tar.gz", tiny_members(protocol=protocol)))
-    ref = load_cifar10(tiny_archive)
+    d = load_data(write_archive(tmp_path / f"p{protocol}.tar.gz", tiny_members(protocol=protocol)))
+    ref = load_data(tiny_archive)
     for name in ("x_train", "y_train", "x_test", "y_test"):
         np.testing.assert_array_equal(getattr(d, name), getattr(ref, name), err_msg=name)
     assert d.class_names == ref.class_names
@@ -94,7 +94,7 @@ def test_protocol_5_fortran_ordered_batch(tmp_path):
     img = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 32, 32, 3)
     data = np.asfortranarray(img.transpose(0, 3, 1, 2).reshape(2, 3072))  # pickled with order "F"
     members["test_batch"] = pickle.dumps({b"data": data, b"labels": [1, 2]}, protocol=5)
-    d = load_cifar10(write_archive(tmp_path / "f.tar.gz", members))
+    d = load_data(write_archive(tmp_path / "f.tar.gz", members))
     np.testing.assert_array_equal(d.x_test, img)
 
 
@@ -117,7 +117,7 @@ def test_protocol_5_only_rebuilds_plain_arrays(tmp_path, bad, message):
     members = tiny_members()
     members["data_batch_1"] = bad()
     with pytest.raises(DataError, match=f"data_batch_1.*{message}") as e:
-        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+        load_data(write_archive(tmp_path / "a.tar.gz", members))
     assert "\n" not in str(e.value)
 
 
@@ -133,7 +133,7 @@ def test_path_traversal_members_are_never_written(tmp_path, monkeypatch):
     # An archive whose batch sits at ../../ is not read (and nothing is extracted anywhere).
     evil = write_archive(tmp_path / "evil.tar.gz", members, folder="../..")
     with pytest.raises(DataError, match="missing"):
-        load_cifar10(evil)
+        load_data(evil)
     assert sorted(os.listdir(work)) == [] and not (tmp_path.parent / "data_batch_1").exists()
 
 
@@ -142,21 +142,21 @@ def test_missing_batch_is_named(tmp_path, name):
     members = tiny_members()
     del members[name]
     with pytest.raises(DataError, match=f"missing {name}"):
-        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+        load_data(write_archive(tmp_path / "a.tar.gz", members))
 
 
 def test_truncated_archive(tmp_path, tiny_archive):
     cut = tmp_path / "cut.tar.gz"
     cut.write_bytes(tiny_archive.read_bytes()[: tiny_archive.stat().st_size // 2])
     with pytest.raises(DataError, match=r"cut\.tar\.gz.*(truncated|corrupt)"):
-        load_cifar10(cut)
+        load_data(cut)
 
 
 def test_not_an_archive(tmp_path):
     junk = tmp_path / "junk.tar.gz"
     junk.write_bytes(b"not a tar file at all" * 100)
     with pytest.raises(DataError, match="junk.tar.gz"):
-        load_cifar10(junk)
+        load_data(junk)
 
 
 BAD_ARCHIVES = {  # name -> (bytes of the file, or a path to use as is; the message's key phrase)
@@ -194,14 +194,14 @@ def test_wrong_contents_are_named(tmp_path, bad, message):
     members = tiny_members()
     members["data_batch_4"] = pickle.dumps(bad, protocol=2)
     with pytest.raises(DataError, match=f"data_batch_4.*{message}"):
-        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+        load_data(write_archive(tmp_path / "a.tar.gz", members))
 
 
 def test_wrong_class_names(tmp_path):
     members = tiny_members()
     members["batches.meta"] = meta_bytes(names=["a", "b"])
     with pytest.raises(DataError, match="10 label_names"):
-        load_cifar10(write_archive(tmp_path / "a.tar.gz", members))
+        load_data(write_archive(tmp_path / "a.tar.gz", members))
 
 
 def test_data_source_order(tmp_path, monkeypatch, tiny_archive):
@@ -221,7 +221,7 @@ def test_data_source_order(tmp_path, monkeypatch, tiny_archive):
 
 def test_offline_download_fails_with_a_fix(no_data_sources):
     with pytest.raises(DataError, match="download failed.*--data PATH"):
-        load_cifar10(None)
+        load_data(None)
     assert not list(no_data_sources.glob("*"))  # no partial download left
 
 
@@ -236,7 +236,7 @@ def test_balanced_subset_is_seeded_and_balanced():
 
 
 def test_limits_apply(tiny_archive):
-    d = load_cifar10(tiny_archive, limit_train=30, limit_test=10)
+    d = load_data(tiny_archive, limit_train=30, limit_test=10)
     assert len(d.y_train) == 30 and np.bincount(d.y_train).tolist() == [3] * 10
     assert len(d.y_test) == 10
 

@@ -201,7 +201,7 @@ def test_cli_explain_prints_the_table_and_auto_writes_its_folder(files, clear_ru
                                                                    capsys, monkeypatch):
     from edgepack import data as data_mod
 
-    monkeypatch.setattr(data_mod, "load_cifar10", lambda *a, **k: tiny_ds)
+    monkeypatch.setattr(data_mod, "load_data", lambda *a, **k: tiny_ds)
     assert main(["explain", str(files / "onnx-int8.onnx"), "--images", str(IMAGES)]) == 0
     out = capsys.readouterr().out
     assert "conv2" in out and "peak activations" in out and "peak RSS" in out
@@ -256,9 +256,9 @@ def test_explaining_an_onnx_file_needs_no_tensorflow(files, tiny_ds):  # noqa: F
     import subprocess
     import sys
 
-    code = ("import sys; from edgepack.explain import core; from edgepack.data import load_cifar10; "
+    code = ("import sys; from edgepack.explain import core; from edgepack.data import load_data; "
             f"r = core.explain_file({str(files / 'onnx-int8.onnx')!r}, images={IMAGES}, rss=False, "
-            f"ds=load_cifar10({tiny_ds.source!r})); "
+            f"ds=load_data({tiny_ds.source!r})); "
             "print(len(r['layers']), 'tensorflow' in sys.modules); print(core.render(r))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     n, tf_loaded = out.stdout.splitlines()[0].split()

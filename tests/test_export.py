@@ -44,9 +44,9 @@ def colour_members(per_batch: int = 40, n_test: int = CHECK, seed: int = 0) -> d
 
 @pytest.fixture(scope="module")
 def tiny_ds(tmp_path_factory):
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
 
-    return load_cifar10(write_archive(tmp_path_factory.mktemp("colours") / "cifar-10-python.tar.gz",
+    return load_data(write_archive(tmp_path_factory.mktemp("colours") / "cifar-10-python.tar.gz",
                                       colour_members()))
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from edgepack import imagefolder
 from edgepack.cli import main
-from edgepack.data import Cifar10, Dataset, balanced_subset, check_limits, load_cifar10, load_data
+from edgepack.data import Dataset, balanced_subset, check_limits, load_data
 from edgepack.errors import DataError
 from edgepack.runtime.images import crop_box, read_image
 
@@ -261,21 +261,19 @@ def test_an_image_file_as_data_points_to_folders(tmp_path):
         load_data(png)
 
 
-def test_cifar_paths_still_load_and_refuse_other_sizes(tiny_archive, tmp_path):
+def test_cifar_paths_still_load_and_refuse_other_sizes(tiny_archive):
     d = load_data(tiny_archive)
     assert d.input_shape == (32, 32, 3) and d.split == {"rule": "given"} and len(d.class_names) == 10
-    assert load_cifar10(tiny_archive).sha256 == d.sha256 and load_data(tiny_archive, image_size=(32, 32))
+    assert load_data(tiny_archive, image_size=(32, 32)).sha256 == d.sha256
     with pytest.raises(DataError, match="CIFAR-10 images are 32x32, an image size of 64x64 applies"):
         load_data(tiny_archive, image_size=(64, 64))
     with pytest.raises(DataError, match="--limit-test must be >= 10"):
         load_data(tiny_archive, limit_test=5)
-    # load_cifar10, which other modules call, reads image folders too.
-    assert load_cifar10(make_folder(tmp_path / "set")).class_names == ("ant", "cat", "dog")
 
 
-def test_the_old_name_builds_a_dataset_with_derived_fields():
+def test_a_dataset_derives_its_fields():
     x, y = np.zeros((2, 5, 6, 1), np.uint8), np.array([0, 1])
-    d = Cifar10(x, y, x, y, ("a", "b"), "src", "hash")
+    d = Dataset(x, y, x, y, ("a", "b"), "src", "hash")
     assert d.input_shape == (5, 6, 1) and d.split == {"rule": "given"}
 
 

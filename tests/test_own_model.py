@@ -9,14 +9,14 @@ import pytest
 
 from edgepack import rundir
 from edgepack.cli import main
-from edgepack.data import Cifar10
+from edgepack.data import Dataset
 from edgepack.errors import EdgepackError
 
 CLASSES = ("red", "green", "blue")
 SHAPE = (16, 16, 3)
 
 
-def tiny_data(n_train: int = 48, n_test: int = 12) -> Cifar10:
+def tiny_data(n_train: int = 48, n_test: int = 12) -> Dataset:
     """3 classes of 16x16 images, each class brightest in its own channel (learnable in 1 epoch)."""
     rng = np.random.default_rng(0)
 
@@ -27,7 +27,7 @@ def tiny_data(n_train: int = 48, n_test: int = 12) -> Cifar10:
         return x.astype(np.uint8), y.astype(np.int64)
 
     (xa, ya), (xb, yb) = make(n_train), make(n_test)
-    return Cifar10(xa, ya, xb, yb, CLASSES, "synthetic", "0" * 64)
+    return Dataset(xa, ya, xb, yb, CLASSES, "synthetic", "0" * 64)
 
 
 def functional_model():

@@ -136,7 +136,7 @@ def no_work(monkeypatch):
     """Loading data is the pipeline's first work: reaching it means a bad setting got through."""
     def refuse(*args, **kwargs):
         raise AssertionError("the pipeline started work")
-    monkeypatch.setattr(data, "load_cifar10", refuse)
+    monkeypatch.setattr(data, "load_data", refuse)
 
 
 # Settings that used to pass the check and fail late (after training) or with a traceback.

@@ -27,9 +27,9 @@ NO_TF = "assert not [m for m in sys.modules if m.split('.')[0] == 'tensorflow'],
 
 @pytest.fixture(scope="module")
 def tiny_ds(tiny_archive):
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
 
-    return load_cifar10(tiny_archive)
+    return load_data(tiny_archive)
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,9 @@ pytest.importorskip("tflite_micro")
 
 @pytest.fixture(scope="module")
 def tiny_ds(tiny_archive):
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
 
-    return load_cifar10(tiny_archive)
+    return load_data(tiny_archive)
 
 
 @pytest.fixture(scope="module")

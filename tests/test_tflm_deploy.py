@@ -104,7 +104,7 @@ def test_plan_counts_values_per_channel():
 
 
 def test_lut_keeps_predictions_and_shrinks(int8_files, tiny_archive):
-    from edgepack.data import load_cifar10
+    from edgepack.data import load_data
     from edgepack.target.tflm_lut import lut_compress
 
     raw = int8_files["cluster"].read_bytes()
@@ -113,7 +113,7 @@ def test_lut_keeps_predictions_and_shrinks(int8_files, tiny_archive):
     assert result.tensors and all(1 <= t.bits <= 3 for t in result.tensors)  # 8 clusters: <= 3 bits
     assert result.bits == {t.index: t.bits for t in result.tensors}
     assert "TFLM_DECODE" in file_ops(result.model) and "TFLM_DECODE" not in file_ops(raw)
-    images = load_cifar10(tiny_archive).x_test[:20]  # uint8 io: pixels are the input tensor
+    images = load_data(tiny_archive).x_test[:20]  # uint8 io: pixels are the input tensor
     np.testing.assert_array_equal(tflm_outputs(result.model, images), tflm_outputs(raw, images))
 
 

@@ -134,7 +134,7 @@ def _check_source(src: rundir.Run, tech: Technique) -> None:
 def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.PathLike,
              params: dict | None = None, data_path: str | os.PathLike | None = None, force: bool = False,
              limit_train: int | None = None, limit_test: int | None = None, seed: int = 0,
-             ds: data_mod.Cifar10 | None = None, variant: str | None = None,
+             ds: data_mod.Dataset | None = None, variant: str | None = None,
              class_names: str | list[str] | None = None, preprocessing: str | None = None) -> Path:
     """Compress the model of a run folder with `technique` and write the run folder `out`.
 
@@ -155,7 +155,7 @@ def compress(source_run_dir: str | os.PathLike, technique: str, out: str | os.Pa
 
 
 def _compress(source, tech: Technique, out, params: dict, data_path, force: bool, limit_train,
-              limit_test, seed: int, ds: data_mod.Cifar10 | None, variant: str | None,
+              limit_test, seed: int, ds: data_mod.Dataset | None, variant: str | None,
               source_options: dict) -> Path:
     started = time.time()
     src, ds = source_and_data(source, data_path, limit_train, limit_test, seed, ds, **source_options)

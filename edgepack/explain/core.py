@@ -92,12 +92,12 @@ def float_source(path: Path, fmt: str, source, data, scratch: Path) -> Path:
 def explain_file(path: str | os.PathLike, source=None, data=None, images: int = DEFAULT_IMAGES,
                  rss: bool = True, ds=None) -> dict:
     """The per-layer table (worst first) and memory figures of an int8 file, as one JSON-able dict."""
-    from edgepack.data import load_cifar10
+    from edgepack import data as data_mod
     from edgepack.runtime.preprocess import scale_pixels
 
     path = Path(path)
     clf = open_int8(path)
-    ds = ds if ds is not None else load_cifar10(data)
+    ds = ds if ds is not None else data_mod.load_data(data)
     calibration = int((clf.metadata.options or {}).get("calibration_images", 500))
     x, _ = validation_images(ds, images, calibration)
     with tempfile.TemporaryDirectory(prefix="edgepack-explain-") as tmp:

@@ -49,7 +49,7 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
          images: int = core.DEFAULT_IMAGES, force: bool = False) -> dict:
     """Keep the k worst layers in float, k = 0, 1, ..., until the file is within `max_drop` points of its
     float source on the validation images; writes the chosen file, steps.json and steps.md to `out`."""
-    from edgepack.data import load_cifar10
+    from edgepack import data as data_mod
     from edgepack.errors import require_toolchain
     from edgepack.export import export
 
@@ -60,7 +60,7 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
         raise EdgepackError(f"--auto re-exports {path.name} from its run folder: pass --source RUN_DIR")
     require_toolchain("edgepack explain --auto")
     with rundir.claim_output(out, {"FILE": path, "--source": run, "--data": data}, force):
-        ds = load_cifar10(rundir.load_run(run).data_path(data))
+        ds = data_mod.load_data(rundir.load_run(run).data_path(data))
         with rundir.atomic_dir(out, force) as tmp:
             result = core.explain_file(path, source, data, images, rss=False, ds=ds)
             x, y = core.validation_images(ds, images, int(clf.metadata.options["calibration_images"]))
