@@ -108,7 +108,7 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
         # the variant's own phases: its schedule minus its source's
         source = v.get("source", "baseline")
         before = 0 if source == "baseline" else len(schedule(by_name[source], by_name, settings["finetune"]))
-        epochs = sum(p[0] for p in schedule(v, by_name, settings["finetune"])[before:])
+        epochs = sum(p.epochs for p in schedule(v, by_name, settings["finetune"])[before:])
         stages[f"compress-{v['name']}"] = epochs * (2.0 if "qat" in v["technique"] else 1.3)
     for name, fmt, skip in export_jobs(settings):
         if not skip:

@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 
 from edgepack.compress import TECHNIQUES
 from edgepack.compress.core import resolve_params
-from edgepack.compress.schedule import control_variants, own_phases
+from edgepack.compress.schedule import Phase, control_variants, own_phases
 from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
@@ -345,7 +345,7 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
     return validate(Resolved, {**merged, "variants": variants, "quick": quick}, where)
 
 
-def schedule(variant: dict, by_name: dict[str, dict], finetune: dict) -> tuple[tuple, ...]:
+def schedule(variant: dict, by_name: dict[str, dict], finetune: dict) -> tuple[Phase, ...]:
     """Every phase from the baseline to `variant` (edgepack.compress.schedule): its source's schedule,
     then its own phases as compress resolves its options."""
     params = resolve_params(TECHNIQUES[variant["technique"]], {**finetune, **variant.get("params", {})})

@@ -15,6 +15,7 @@ import pytest
 from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.cli import main
+from edgepack.compress.schedule import Phase
 from edgepack.optimize import final, space
 
 
@@ -82,7 +83,8 @@ def test_space_switches_on_with_compress_techniques():
     steps = [space.Step("prune", {"epochs": 2, "learning_rate": 1e-3, "polish_epochs": 1,
                                   "polish_learning_rate": 1e-4}), space.Step("pqat", {"epochs": 1})]
     fake = {"prune": TECHNIQUES["prune"], "pqat": TECHNIQUES["pqat"]}
-    expected = [(2, 1e-3), (1, 1e-4)] if "polish_epochs" in TECHNIQUES["prune"].defaults else [(2, 1e-3)]
+    polish = "polish_epochs" in TECHNIQUES["prune"].defaults
+    expected = [Phase(2, 1e-3), Phase(1, 1e-4)] if polish else [Phase(2, 1e-3)]
     assert space.schedule(steps, fake)[:len(expected)] == expected
 
 
@@ -129,7 +131,8 @@ def test_chain_options_reach_every_step_its_control_and_its_commands():
                         "prune.polish_learning_rate": 1e-4, "cluster.clusters": 8, "cluster.epochs": 1})
     chain, steps = space.suggest(trial, TECHNIQUES)
     assert [s.params["augment"] for s in steps] == ["flip-shift", "flip-shift"]
-    assert [p[4] for p in space.schedule(steps, TECHNIQUES)] == ["flip-shift"] * 3  # prune, polish, cluster
+    # prune, polish, cluster
+    assert [p.augment for p in space.schedule(steps, TECHNIQUES)] == ["flip-shift"] * 3
     point = {"trial": 7, "format": "tflite-int8", "recipe": [s.as_dict() for s in steps]}
     command = reproduce(point, "runs/base", "data.tar.gz", 0)
     assert command.count("--augment flip-shift") == 2 and "--sparsity 0.7 " in command

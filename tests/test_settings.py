@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT
 
 from edgepack import settings
 from edgepack.cli import build_parser
+from edgepack.compress.schedule import Phase, own_phases, phase_of
+from edgepack.report.derived import schedule_key
 
 
 def test_docs_settings_table_is_the_rendered_model():
@@ -40,3 +45,29 @@ def test_loading_settings_does_not_import_tensorflow():
             "print([m for m in ('tensorflow', 'tf_keras', 'onnx', 'tf2onnx') if m in sys.modules])")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr[-2000:]
+
+
+# Schedules as run folders recorded them before phases were a type (metrics.json "schedule"): plain,
+# distilling, augmenting (whole numbers where JSON wrote them so).
+OLD_SCHEDULES = [[[2, 0.001], [1, 0.0001]], [[1, 1], [1, 0.0001, 0.5, 2.0]],
+                 [[1, 0.001], [1, 0.0001, 0.0, 4.0, "flip"]]]
+
+
+@pytest.mark.parametrize("old", OLD_SCHEDULES)
+def test_a_recorded_schedule_reads_back_equal_and_is_written_the_same(old):
+    phases = tuple(phase_of(p) for p in old)
+    assert json.dumps([p.record() for p in phases]) == json.dumps(old).replace("[1, 1]", "[1, 1.0]")
+    assert schedule_key({"schedule": old}) == phases  # what matches a row with its control
+    assert len({phases, tuple(phase_of(p) for p in json.loads(json.dumps(old)))}) == 1  # hashable
+
+
+def test_an_old_recorded_schedule_equals_the_one_compress_makes_now():
+    prune = {"epochs": 2, "learning_rate": 1e-3, "polish_epochs": 1, "polish_learning_rate": 1e-4,
+             "distill": 0.0, "temperature": 4.0, "augment": "none"}
+    assert schedule_key({"schedule": [[2, 0.001], [1, 0.0001]]}) == own_phases(prune)
+    kd = {**prune, "distill": 0.5, "temperature": 2.0, "polish_epochs": 0}
+    assert own_phases(kd) == (phase_of([2, 0.001, 0.5, 2.0]),) and own_phases(kd)[0].distill == 0.5
+    # a temperature means nothing without distillation or augmentation: not recorded, not compared
+    assert Phase(2, 1e-3, temperature=2.0) == Phase(2, 1e-3) and Phase(2, 1e-3).record() == [2, 0.001]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Phase(2, 1e-3).epochs = 3

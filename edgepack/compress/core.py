@@ -244,14 +244,14 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
 
 def schedule(source_meta: RunMetadata, phases: list[dict]) -> list[list]:
     """Every fine-tuning phase from the trained model to this one, [[epochs, learning rate], ...]
-    (a distilling or augmenting phase adds more: edgepack.compress.schedule.phase): the source's
+    (a distilling or augmenting phase adds more: edgepack.compress.schedule.Phase.record): the source's
     schedule (a compressed source) and then this run's phases. A matched control is fine-tuned with
     the same schedule (edgepack.compress.schedule)."""
     ft = source_meta.finetune or {}
     before = []
     if source_meta.kind == "compress":  # runs made before schedules were recorded: their one phase
         before = ft.get("schedule") or ([[ft["epochs"], ft["learning_rate"]]] if "epochs" in ft else [])
-    return [*before, *(list(own_phases(p)[0]) for p in phases)]  # a record is one phase
+    return [*before, *(own_phases(p)[0].record() for p in phases)]  # a record is one phase
 
 
 def chained_variant(source_meta: RunMetadata, own: str) -> str:

@@ -6,7 +6,7 @@ matched fine-tune controls (the same source, phases of epochs and learning rates
 from __future__ import annotations
 
 from edgepack import rundir
-from edgepack.compress.schedule import finetune_params, phase_name
+from edgepack.compress.schedule import Phase
 from edgepack.optimize import space
 from edgepack.optimize.holdout import search_data
 from edgepack.optimize.journal import finished
@@ -79,7 +79,8 @@ def test_figures(point: dict, out, source: dict, spec: dict, seed: int) -> dict:
     control_file = control(phases, point["format"], out, source, search, seed)
     ctrl, ctrl_pred = measure_file(control_file, full.x_test, full.y_test, timing)
     return {"test_accuracy": mine["accuracy"], "test_images": int(len(full.y_test)),
-            "control": {"phases": phases, "file": str(control_file), "test_accuracy": ctrl["accuracy"]},
+            "control": {"phases": [p.record() for p in phases], "file": str(control_file),
+                        "test_accuracy": ctrl["accuracy"]},
             "vs_control": compare_predictions(pred, ctrl_pred, full.y_test)}
 
 
@@ -102,20 +103,20 @@ def source_test_accuracy(source: dict, spec: dict) -> float:
     return float(metrics["accuracy"])
 
 
-def control(phases: list[tuple], fmt: str, out, source: dict, ds, seed: int):
+def control(phases: list[Phase], fmt: str, out, source: dict, ds, seed: int):
     """The matched fine-tune control: `finetune` runs in sequence, one per phase (epochs, learning
     rate, distillation), from the source on the search's training images, exported to `fmt`. Reused
     when complete."""
     from edgepack.compress import compress
     from edgepack.export import export
 
-    key = "-".join(phase_name(p).replace("-lr", "lr") for p in phases)  # e2lr0.001-e2lr0.0001(-kd0.5)
+    key = "-".join(p.name.replace("-lr", "lr") for p in phases)  # e2lr0.001-e2lr0.0001(-kd0.5)
     folder = out / "controls" / key
     prev = source["run"]
     for i, ph in enumerate(phases):
         step = folder / f"{i}-finetune"
         if not rundir.is_run_folder(step):
-            compress(prev, "finetune", step, params=finetune_params(ph), ds=ds, seed=seed)
+            compress(prev, "finetune", step, params=ph.finetune_params(), ds=ds, seed=seed)
         prev = step
     exported = folder / f"export-{fmt}"
     if not (exported / "export.json").is_file():

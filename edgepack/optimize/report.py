@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from edgepack import rundir
+from edgepack.compress.schedule import phase_of
 from edgepack.optimize import final
 from edgepack.optimize.journal import SAME_AS, finished
 from edgepack.optimize.space import recipe_text
@@ -137,10 +138,11 @@ def _repeats(trials: list[dict]) -> str:
     return f" ({len(same)} asked for a recipe already run and reused its result: {pairs})"
 
 
-def _phases(phases) -> str:
-    return ", ".join(f"{p[0]} epoch(s) at {p[1]:g}"
-                     + (f" distilled ({p[2]:g}, T {p[3]:g})" if len(p) > 2 and p[2] else "")
-                     + (f" augmented ({p[4]})" if len(p) > 4 else "") for p in phases)
+def _phases(recorded) -> str:
+    return ", ".join(f"{p.epochs} epoch(s) at {p.learning_rate:g}"
+                     + (f" distilled ({p.distill:g}, T {p.temperature:g})" if p.distill else "")
+                     + (f" augmented ({p.augment})" if p.augment != "none" else "")
+                     for p in map(phase_of, recorded))
 
 
 _HEAD = ("| file | recipe | val acc | change pts | KiB gzip | vs source | p50 ms (round spread) |\n"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edgepack.compress.schedule import own_phases
+from edgepack.compress.schedule import Phase, own_phases
 from edgepack.fitting import AUGMENTATIONS
 
 # Technique chains (TF-MOT's collaborative optimizations; every chain ends in an int8 export).
@@ -124,7 +124,7 @@ def option_text(value) -> str:
     return f"{value:g}" if isinstance(value, int | float) else str(value)
 
 
-def schedule(steps: list[Step], techniques) -> list[tuple]:
+def schedule(steps: list[Step], techniques) -> list[Phase]:
     """Every training phase of the chain, in order (edgepack.compress.schedule): what its matched
     fine-tune control trains for."""
     return [ph for s in steps for ph in own_phases({**techniques[s.technique].defaults, **s.params})]
