@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import runtime
+from edgepack.runtime import RUNTIMES, backends
 from edgepack.runtime.cpu import describe
 from edgepack.runtime.golden import sha256_file
 from edgepack.timing import measure
@@ -65,8 +67,6 @@ print(json.dumps(out))
 
 def raw_call(clf, x: np.ndarray) -> Callable[[], object]:
     """The bare engine call on prepared input `x`, on its own session/interpreter with `clf`'s options."""
-    from edgepack.runtime import backends
-
     if isinstance(clf, backends.OnnxClassifier):
         import onnxruntime as ort
 
@@ -92,8 +92,6 @@ def raw_call(clf, x: np.ndarray) -> Callable[[], object]:
 def bench_file(path: str | os.PathLike, runs: int = 500, warmup: int = 50, threads: int = 1,
                kernels: str = "default") -> dict:
     """One row: edgepack vs raw batch-1 latency of `path` (ms), or the error that stopped it."""
-    from edgepack import runtime
-
     row = {"file": str(path), "name": Path(path).name, "sha256": None, "format": None, "runtime": None,
            "threads": threads, "kernels": kernels, "status": "ok"}
     try:
@@ -154,8 +152,6 @@ def bench(paths: list[str | os.PathLike], runs: int = 500, warmup: int = 50, thr
 
     A kernel choice a file's engine does not offer (no-xnnpack for .onnx) is left out for that file.
     """
-    from edgepack.runtime import RUNTIMES
-
     thread_counts = [threads] if isinstance(threads, int) else list(threads)
     jobs = [(p, k, t) for p in paths for k in kernels for t in thread_counts
             if k in getattr(RUNTIMES.get(Path(p).suffix.lower()), "kernel_choices", kernels)]

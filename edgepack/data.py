@@ -31,6 +31,7 @@ import numpy as np
 
 from edgepack import imagefolder
 from edgepack.errors import DataError
+from edgepack.rundir import sha256_file
 from edgepack.runtime.preprocess import scale_pixels
 
 ENV_VAR = "EDGEPACK_DATA"
@@ -239,8 +240,6 @@ def _class_names(meta: dict, where: str) -> tuple[str, ...]:
 def dataset_sha256(path: Path) -> str:
     """sha256 of the archive file; for a folder, of its batch files' hashes in a fixed order."""
     if path.is_file():
-        from edgepack.rundir import sha256_file
-
         return sha256_file(path)
     h = hashlib.sha256()
     folder = path / FOLDER if (path / FOLDER).is_dir() else path

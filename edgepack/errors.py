@@ -4,6 +4,8 @@ The CLI prints `edgepack: error: <message>` for every `EdgepackError` and exits 
 library callers can catch them by type.
 """
 
+import importlib.util
+
 
 class EdgepackError(Exception):
     """A problem with the user's input, files or environment (not a bug in edgepack)."""
@@ -28,8 +30,6 @@ TOOLCHAIN_MODULES = ("tensorflow", "tf_keras", "tensorflow_model_optimization", 
 
 def require_toolchain(what: str) -> None:
     """Fail with one line (before any work) if a module of the toolchain extra is not installed."""
-    import importlib.util
-
     missing = [m for m in TOOLCHAIN_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         raise MissingToolchain(

@@ -16,7 +16,11 @@ import numpy as np
 from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.errors import EdgepackError
+from edgepack.metrics import classification_metrics, imbalance_line
+from edgepack.model import MODEL_FILES, count_params, load_run_model, predict_proba, save_checked
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
+from edgepack.sources import source_and_data
+from edgepack.tfkeras import keras
 
 ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
 
@@ -39,9 +43,6 @@ def data_metadata(ds: data_mod.Dataset, scaling: dict | None = None) -> dict:
 
 def evaluate(model, ds: data_mod.Dataset, scaling: dict | None = None) -> tuple[dict, np.ndarray]:
     """Test-set metrics of a Keras model fed by `scaling` (default [0, 1]), and its probabilities."""
-    from edgepack.metrics import classification_metrics
-    from edgepack.model import predict_proba
-
     probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
     return classification_metrics(ds.y_test, probs.argmax(axis=1), ds.class_names), probs
 
@@ -49,8 +50,6 @@ def evaluate(model, ds: data_mod.Dataset, scaling: dict | None = None) -> tuple[
 def warn_weak_classes(metrics: dict, where: str = "") -> None:
     """Print edgepack.metrics' one warning line when `metrics` has weak classes (stdout, after the
     accuracy line it qualifies)."""
-    from edgepack.metrics import imbalance_line
-
     line = imbalance_line(metrics.get("weak_classes") or {}, metrics["accuracy"], metrics["f1_macro"], where)
     if line:
         print(f"warning: {line}", flush=True)
@@ -74,8 +73,6 @@ def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: in
     """model.fit (shuffled, edgepack's verbosity) that stops at the first batch whose loss is NaN or inf
     and raises EdgepackError: a diverged model is not a result, so no run folder is written. With
     `augment` other than "none" the images are fed through `augmented` (seeded: a run repeats)."""
-    from edgepack.tfkeras import keras
-
     feed = dict(x=x, y=y, batch_size=batch_size, shuffle=True) if augment == "none" else dict(
         x=augmented(x, y, batch_size, augment, seed))
     hist = model.fit(**feed, epochs=epochs, verbose=keras_verbosity(),
@@ -122,8 +119,6 @@ def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed:
 
 
 def seed_everything(seed: int) -> None:
-    from edgepack.tfkeras import keras
-
     keras().utils.set_random_seed(seed)
 
 
@@ -133,8 +128,6 @@ def write_run(out, force: bool, model, model_format: str, x_check: np.ndarray, m
 
     `metadata` gets model_file, model_format, parameters and model_gzip_bytes added here, so every
     run folder counts them the same way (edgepack.weights)."""
-    from edgepack.model import MODEL_FILES, count_params, save_checked
-
     with rundir.atomic_dir(out, force) as tmp:
         path = save_checked(model, tmp / MODEL_FILES[model_format], model_format, x_check)
         metadata = {**metadata, "model_file": path.name, "model_format": model_format,
@@ -147,9 +140,6 @@ def write_run(out, force: bool, model, model_format: str, x_check: np.ndarray, m
 def adopt(source, out, ds, force: bool = False, **source_options) -> Path:
     """A user's model file as a baseline run folder: evaluated on `ds`'s test images and saved without
     optimizer state, so every stage after it (compress, export, compare) reads one kind of source."""
-    from edgepack.model import load_run_model
-    from edgepack.sources import source_and_data
-
     src, ds = source_and_data(source, ds=ds, **source_options)
     model = load_run_model(src)
     scaling = src.metadata.pixel_scaling

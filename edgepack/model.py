@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
+import warnings
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from edgepack import keras3, weights
 from edgepack.errors import EdgepackError
 from edgepack.tfkeras import keras
 
@@ -27,8 +31,6 @@ MIN_CNN_SIDE = 18  # three unpadded 3x3 convs and two 2x2 pools: 18 -> 16 -> 8 -
 def baseline_cnn(num_classes: int = NUM_CLASSES, input_shape: tuple[int, ...] = INPUT_SHAPE):
     """The TensorFlow CNN tutorial network, exactly as the seed builds it (122,570 parameters at 32x32x3)."""
     if min(input_shape[:2]) < MIN_CNN_SIDE:
-        from edgepack.errors import EdgepackError
-
         raise EdgepackError(f"the tutorial CNN needs images of at least {MIN_CNN_SIDE}x{MIN_CNN_SIDE}, got "
                             f"{input_shape[0]}x{input_shape[1]}: pass --image-size (e.g. 32x32)")
     k = keras()
@@ -92,8 +94,6 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None,
         raise EdgepackError(f"{path}: not a model file edgepack reads (.keras, .h5 or a SavedModel folder)")
     version = _keras_file_version(path) if path.suffix == ".keras" else None
     if version and not version.startswith("2."):
-        from edgepack import keras3
-
         return checked_model(keras3.load(path), path)
     if path.suffix == ".keras":
         _refuse_custom_layers(path)
@@ -114,9 +114,6 @@ def load_model(path: str | os.PathLike, custom_objects: dict | None = None,
 
 def _refuse_custom_layers(path: Path) -> None:
     """Name a layer tf_keras does not define before loading (Keras's own error for it is cryptic)."""
-    import json
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as z:
             layers = json.loads(z.read("config.json")).get("config", {}).get("layers", [])
@@ -179,9 +176,6 @@ def checked_model(model, path: Path):
 
 def _keras_file_version(path: Path) -> str | None:
     """The keras_version a .keras archive records in its metadata.json (None if unreadable)."""
-    import json
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as z:
             return str(json.loads(z.read("metadata.json")).get("keras_version") or "") or None
@@ -194,8 +188,6 @@ def save_checked(model, path: str | os.PathLike, model_format: str, x_check: np.
     """Save, reload through LOADERS[model_format] and check the reloaded model reproduces `model`'s
     probabilities on `x_check` (float images) within `tolerance`: a run folder never holds a model
     file that loads differently from the model that was evaluated."""
-    import warnings
-
     path = Path(path)
     with warnings.catch_warnings(), scratch_tempdir(path.parent):
         warnings.simplefilter("ignore", UserWarning)  # "HDF5 is legacy": the only format QAT loads back from
@@ -229,8 +221,6 @@ def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
 
 def count_params(model) -> int:
     """Network parameters as edgepack.weights defines them (BatchNorm included, wrappers excluded)."""
-    from edgepack import weights
-
     return weights.parameters(model) or int(model.count_params())
 
 

@@ -25,13 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgepack import atomic, rundir, stagejobs
-from edgepack.errors import EdgepackError
+from edgepack import data as data_mod
+from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.executor import Done, Failed, InProcess, Job, RayExecutor, executor
+from edgepack.export import FORMATS
+from edgepack.export.context import QAT_TECHNIQUES
+from edgepack.export.formats import for_source
+from edgepack.fitting import adopt
+from edgepack.report.compare import CompareOptions, GateFailed
+from edgepack.report.render import failure_lines, main_table, markdown_table
 from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, schedule
 from edgepack.sources import held_out_like
 from edgepack.stagejobs import RESOURCES
 from edgepack.target import Budget
+from edgepack.train import TrainConfig
 
 
 @dataclass
@@ -128,8 +136,6 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
     each fine-tuning, each export and the comparison run as Ray tasks (edgepack.executor); `out` must
     then be on a filesystem every node sees.
     """
-    from edgepack.errors import require_toolchain
-
     require_toolchain("edgepack pipeline")
     settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
     given = {"--baseline": baseline, "--data": data_path, "--config": config}
@@ -148,7 +154,6 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
     rundir.write_json(out / "settings.json", settings)
     stages = Stages(out)
     progress = Progress(plan(settings, baseline))
-    from edgepack import data as data_mod
 
     d = settings["data"]
     ds = data_mod.load_data(d["path"], d["limit_train"], d["limit_test"], d["seed"],
@@ -170,7 +175,6 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
         model_hash = base.metadata.model_sha256 or rundir.sha256_file(base.model_path)
         runs["baseline"], keys["baseline"] = base.path, _key(model_hash, data_key)  # data: as if trained
     elif baseline is not None:  # a user's model file becomes the baseline run folder (here: rare, fast)
-        from edgepack.fitting import adopt
 
         path = out / "runs" / "baseline"
         key = _key(_model_hash(baseline), data_key, source_options)
@@ -345,8 +349,6 @@ def _valid_run(path: Path) -> bool:
 
 
 def _train_stage(out, settings, data_key, run: _Runner) -> tuple[Path, str]:
-    from edgepack.train import TrainConfig
-
     t = settings["train"]
     cfg = TrainConfig(epochs=t["epochs"], batch_size=t["batch_size"], learning_rate=t["learning_rate"],
                       seed=settings["data"]["seed"], limit_train=settings["data"]["limit_train"],
@@ -378,9 +380,6 @@ def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
     control (technique `finetune`) is exported in `control_formats` only, and only when a compressed
     variant is matched with it (same schedule); the others are steps towards a longer control.
     """
-    from edgepack.export.context import QAT_TECHNIQUES
-    from edgepack.export.formats import for_source
-
     chosen = settings["export"]["formats"]
     jobs = [("baseline", fmt, None) for fmt in chosen]
     for v in settings["variants"]:  # export says which formats apply to a source
@@ -406,8 +405,6 @@ def control_schedules(settings: dict) -> set[tuple]:
 
 
 def _export_work(out, name, fmt, settings, source_key: str, source: Path, data) -> Work:
-    from edgepack.export import FORMATS
-
     path = out / "exports" / name / fmt
     # One options table for all formats in the settings; each format takes the options it knows.
     options = {k: v for k, v in settings["export"]["options"].items() if k in FORMATS[fmt].options}
@@ -428,8 +425,6 @@ def _export_complete(path: Path) -> bool:
 
 
 def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runner) -> dict:
-    from edgepack.report.compare import CompareOptions, GateFailed
-
     c = settings["compare"]
     budget = Budget.parse(c["ram"], c["flash"])  # checked with the settings
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
@@ -450,7 +445,6 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
     if gate and not gate["passed"]:
         raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
                          f"than allowed (report in {path})", results)
-    from edgepack.report.render import failure_lines, main_table, markdown_table
 
     print(markdown_table(main_table(results)))
     print(f"report: {path / 'report.md'} ({(time.time() - run.progress.started) / 60:.1f} min in all)")

@@ -27,10 +27,12 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
+from edgepack import model as model_mod
 from edgepack import runmeta
 from edgepack.atomic import read_json, tmp_sibling, write_json
 from edgepack.errors import RunFolderError
 from edgepack.runmeta import MODEL_FILE_KIND, RunMetadata
+from edgepack.runtime.preprocess import PreprocessError, parse
 
 METADATA = "metadata.json"
 METRICS = "metrics.json"
@@ -309,7 +311,6 @@ def load_source(path: str | os.PathLike, class_names: str | list[str] | None = N
     """
     if is_run_folder(path) or (Path(path).is_dir() and not (Path(path) / "saved_model.pb").is_file()):
         return load_run(path)  # a folder that is no SavedModel: a run folder, or says what it lacks
-    from edgepack import model as model_mod  # pulls TensorFlow: only for a model file
 
     path = Path(path)
     model = model_mod.checked_model(model_mod.load_model(path, fix="check the file or re-save it"), path)
@@ -341,8 +342,6 @@ def _class_names(given, data_class_names, path: Path, required: bool = True) -> 
 
 
 def _scaling(preprocessing: str | None, rescales: bool, path: Path) -> dict:
-    from edgepack.runtime.preprocess import PreprocessError, parse
-
     if preprocessing:
         try:
             return parse(preprocessing)

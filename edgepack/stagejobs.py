@@ -9,6 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgepack.compress import compress
+from edgepack.export import export
+from edgepack.report.compare import GateFailed, compare
+from edgepack.train import train
+
 GIB = 1 << 30
 # What each kind of job declares to the cluster (cores; memory in bytes). Rough upper bounds for the
 # tutorial CNN on all of CIFAR-10: TensorFlow itself takes ~1 GB, the training images as float32
@@ -24,20 +29,14 @@ RESOURCES = {
 
 
 def train_job(path: Path, cfg, ds) -> None:
-    from edgepack.train import train
-
     train(None, path, cfg, force=True, ds=ds)
 
 
 def compress_job(source: Path, technique: str, path: Path, params: dict, ds, variant: str, seed: int) -> None:
-    from edgepack.compress import compress
-
     compress(source, technique, path, params=params, force=True, ds=ds, variant=variant, seed=seed)
 
 
 def export_job(source: Path, fmt: str, path: Path, options: dict, ds) -> None:
-    from edgepack.export import export
-
     export(source, [fmt], path, options=options, force=True, ds=ds)
 
 
@@ -45,8 +44,6 @@ def compare_job(inputs: list[Path], path: Path, baseline: Path, opts, ds, failur
                 settings: dict) -> dict:
     """The whole comparison in one job: its rows share the baseline's predictions and one host's
     timings, so it is not split. Returns the results, also when the gate failed (the caller raises)."""
-    from edgepack.report.compare import GateFailed, compare
-
     try:
         return compare(inputs, path, baseline=baseline, control=None, options=opts, force=True, ds=ds,
                        failures=failures, settings=settings)

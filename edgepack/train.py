@@ -22,6 +22,7 @@ from edgepack.fitting import (  # noqa: F401  (re-exported: train's helpers befo
     warn_weak_classes,
     write_run,
 )
+from edgepack.model import baseline_cnn, compile_model
 from edgepack.runtime.preprocess import scale_pixels
 
 
@@ -62,8 +63,6 @@ def train(data_path: str | os.PathLike | None, out: str | os.PathLike, config: T
 
 
 def _train(data_path, out, config: TrainConfig, force: bool, ds: data_mod.Dataset | None) -> Path:
-    from edgepack.model import baseline_cnn, compile_model
-
     started = time.time()
     if ds is None:
         ds = data_mod.load_data(data_path, config.limit_train, config.limit_test, config.seed,

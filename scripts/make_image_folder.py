@@ -14,7 +14,7 @@ import argparse
 import sys
 
 import numpy as np
-from PIL import Image
+from PIL import Image  # noqa: TID253  this script needs Pillow (the images extra)
 
 from edgepack import rundir
 from edgepack.data import balanced_subset, load_data

@@ -180,10 +180,8 @@ def test_unknown_layer_is_one_line(tmp_path, capsys):
 
 
 def test_auto_stops_at_the_first_k_that_meets_the_goal(monkeypatch, tmp_path):
-    import edgepack.export as export_mod
-
     made = []
-    monkeypatch.setattr(export_mod, "export", lambda *a, **k: made.append(k["options"]["keep_float"]))
+    monkeypatch.setattr(selective, "export", lambda *a, **k: made.append(k["options"]["keep_float"]))
     accuracies = iter([0.50, 0.70, 0.93, 0.99])  # k = 0, 1, 2, 3
     monkeypatch.setattr(selective, "step_figures",
                         lambda *a: {"accuracy": next(accuracies), "bytes": 1, "p50_ms": 0.1})

@@ -4,7 +4,12 @@ functions count too, since they hide the same dependency)."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "edgepack"
 
@@ -71,3 +76,22 @@ def test_the_package_has_no_import_cycle():
     graph = {name: imports(name, path, known) for name, path in known.items()}
     assert "edgepack.export.core" in graph["edgepack.export"]  # the scan sees imports at all
     assert cycles(graph) == []
+
+
+RUFF = Path(sys.executable).with_name("ruff")
+
+
+@pytest.mark.skipif(not RUFF.exists(), reason="ruff (dev extra) is not installed next to this Python")
+def test_the_linter_keeps_light_imports_at_the_top_and_heavy_ones_lazy():
+    """pyproject's ruff rules: a function-local import of a light module fails (PLC0415), so does a
+    module-level import of TensorFlow or another heavy/optional dependency (TID253); a function-local
+    import of one passes."""
+    def codes(source: str) -> set[str]:
+        r = subprocess.run([str(RUFF), "check", "--output-format", "json", "--stdin-filename",
+                            "edgepack/new_module.py", "-"], input=source, capture_output=True, text=True,
+                           cwd=PACKAGE.parent, timeout=60)
+        return {d["code"] for d in json.loads(r.stdout)}
+
+    assert codes("def f():\n    from edgepack import rundir\n\n    return rundir\n") == {"PLC0415"}
+    assert codes("import json\n\n\ndef f():\n    import tensorflow as tf\n\n    return tf, json\n") == set()
+    assert codes("import tensorflow as tf\n\nX = tf\n") == {"TID253"}

@@ -21,8 +21,11 @@ example:
 import json
 import sys
 
+from edgepack.bench import bench, render
 from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.data import load_data
 from edgepack.runtime.backends import KERNELS
+from edgepack.target import browser
 
 
 def register(sub) -> None:
@@ -51,8 +54,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.bench import bench, render
-
     if args.target == "browser":
         return run_browser(args)
     result = bench(args.models, runs=args.runs, warmup=args.warmup, threads=args.threads or [1],
@@ -63,14 +64,11 @@ def run(args) -> int:
 
 
 def run_browser(args) -> int:
-    from edgepack.data import load_data
-    from edgepack.target.browser import ALL_CORES, measure, read_folder, render
-
     for folder in args.models:  # every folder checked before the data is loaded
-        read_folder(folder)
+        browser.read_folder(folder)
     ds = load_data(args.data, limit_test=args.images)
-    rows = measure(args.models, ds.x_test, ds.y_test, threads=args.threads or [1, ALL_CORES], runs=args.runs,
-                   warmup=args.warmup, executable=args.chromium,
-                   progress=lambda line: print(line, file=sys.stderr))  # stdout: the table or JSON
-    print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else render(rows))
+    rows = browser.measure(args.models, ds.x_test, ds.y_test, threads=args.threads or [1, browser.ALL_CORES],
+                           runs=args.runs, warmup=args.warmup, executable=args.chromium,
+                           progress=lambda line: print(line, file=sys.stderr))  # stdout: the table or JSON
+    print(json.dumps([r.as_dict() for r in rows], indent=2) if args.json else browser.render(rows))
     return 0

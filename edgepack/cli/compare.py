@@ -38,6 +38,8 @@ from edgepack.cli import (
     positive_int,
     source_options,
 )
+from edgepack.report import CompareOptions, compare
+from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
 
 
 def register(sub) -> None:
@@ -69,9 +71,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.report import CompareOptions, compare
-    from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
-
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
                              max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency,
                              target=args.target, ram_bytes=args.ram, flash_bytes=args.flash,

@@ -60,11 +60,11 @@ from edgepack.cli import (
     positive_int,
     source_options,
 )
+from edgepack.compress import compress
+from edgepack.fitting import AUGMENTATIONS
 
 
 def register(sub) -> None:
-    from edgepack.fitting import AUGMENTATIONS
-
     p = add_command(sub, "compress", __doc__, run)
     p.add_argument("--model", required=True, metavar="RUN_DIR|FILE",
                    help="run folder (from train or compress) or model file to compress (see above)")
@@ -100,8 +100,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.compress import compress
-
     # Only the options given are passed: the library refuses those the technique does not take.
     params = {"sparsity": args.sparsity, "clusters": args.clusters, "keep_dense": args.keep_dense,
               "epochs": args.epochs, "learning_rate": args.learning_rate, "batch_size": args.batch_size,

@@ -26,6 +26,7 @@ import json
 
 from edgepack.cli import add_command, add_data_options, finite_float, positive_int
 from edgepack.errors import EdgepackError
+from edgepack.explain import core, selective
 
 
 def register(sub) -> None:
@@ -44,8 +45,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.explain import core, selective
-
     if args.auto:
         if args.max_drop is None or args.out is None or args.max_drop < 0:
             raise EdgepackError("--auto needs --max-drop POINTS (>= 0) and --out DIR")

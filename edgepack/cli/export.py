@@ -33,9 +33,13 @@ example:
 """
 
 from edgepack.cli import add_command, add_data_options, add_source_options, positive_int, source_options
+from edgepack.errors import EdgepackError
+from edgepack.export import export
 from edgepack.export.formats import ALL, FORMATS
 from edgepack.export.tflm import FORMAT as TFLM_FORMAT
+from edgepack.export.tflm import export_tflm
 from edgepack.target import DEFAULT
+from edgepack.target.browser import export_folders
 from edgepack.target.tflm import NAME as TFLM  # the --target that writes a TFLM project folder
 
 BROWSER = "browser"
@@ -82,8 +86,6 @@ def register(sub) -> None:
 
 
 def parse_options(pairs: list[str]) -> dict:
-    from edgepack.errors import EdgepackError
-
     options = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
@@ -94,8 +96,6 @@ def parse_options(pairs: list[str]) -> dict:
 
 
 def run(args) -> int:
-    from edgepack.export import export
-
     if args.target == BROWSER:
         return run_browser(args)
     options = parse_options(args.options)
@@ -126,8 +126,6 @@ def run(args) -> int:
 
 def check_target(args) -> str:
     """The --target (argparse checked the name), with --format and --no-lut, before any work."""
-    from edgepack.errors import EdgepackError
-
     if args.target == TFLM:
         if args.formats and args.formats != [TFLM_FORMAT]:
             raise EdgepackError(f"--target tflm builds on {TFLM_FORMAT}: drop --format "
@@ -142,8 +140,6 @@ def check_target(args) -> str:
 
 
 def run_tflm(args, options: dict) -> int:
-    from edgepack.export.tflm import export_tflm
-
     r = export_tflm(args.model, args.out, options=options, data_path=args.data, force=args.force,
                     check_images=args.check_images, source_options=source_options(args), lut=not args.no_lut)
     checks = r["int8_export"]["checks"]
@@ -166,8 +162,6 @@ def run_tflm(args, options: dict) -> int:
 
 
 def run_browser(args) -> int:
-    from edgepack.target.browser import export_folders
-
     options = parse_options(args.options)
     folders, failed = export_folders(
         args.model, args.formats, args.out, force=args.force, ort_web=args.ort_web, options=options,

@@ -31,11 +31,13 @@ from edgepack.cli import (
     positive_int,
     source_options,
 )
+from edgepack.executor import executor
+from edgepack.optimize import SearchOptions, optimize
+from edgepack.optimize.search import INT8_FORMATS
+from edgepack.optimize.trial import on_executor, run_trials
 
 
 def register(sub) -> None:
-    from edgepack.optimize.search import INT8_FORMATS, SearchOptions
-
     d = SearchOptions("", "", 0.0, "size")  # the defaults, from one place
     p = add_command(sub, "optimize", __doc__, run)
     p.add_argument("--model", required=True, metavar="RUN_OR_FILE",
@@ -74,8 +76,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.optimize import SearchOptions, optimize
-
     opts = SearchOptions(model=args.model, out=args.out, max_drop=args.max_drop, objective=args.objective,
                          data=args.data, budget_minutes=args.budget_minutes, trials=args.trials,
                          quick=args.quick,
@@ -85,9 +85,6 @@ def run(args) -> int:
                          class_names=source_options(args)["class_names"],
                          preprocessing=source_options(args)["preprocessing"],
                          target=args.target, ram_bytes=args.ram, flash_bytes=args.flash)
-    from edgepack.executor import executor
-    from edgepack.optimize.trial import on_executor, run_trials
-
     with executor(args.ray) as ex:  # in-process unless --ray / $EDGEPACK_RAY_ADDRESS
         in_process = ex.where == "in-process"
         report = optimize(opts, executor=run_trials if in_process else on_executor(ex), batch=ex.slots())

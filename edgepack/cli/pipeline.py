@@ -27,6 +27,7 @@ import sys
 
 from edgepack.cli import add_command, add_data_options, add_source_options, source_options
 from edgepack.errors import require_toolchain
+from edgepack.fitting import AUGMENTATIONS
 from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
 from edgepack.target import TARGETS
 
@@ -54,8 +55,6 @@ SETTING_OPTIONS = {
 
 
 def register(sub) -> None:
-    from edgepack.fitting import AUGMENTATIONS
-
     p = add_command(sub, "pipeline", __doc__, run)
     add_data_options(p, limits=False)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (re-use it to resume)")
@@ -95,7 +94,7 @@ def _typed(section: str, key: str):
 
 def run(args) -> int:
     require_toolchain("edgepack pipeline")  # before importing the pipeline (pydantic, ...)
-    from edgepack.pipeline import pipeline
+    from edgepack.pipeline import pipeline  # noqa: PLC0415  its settings need pydantic (toolchain extra)
 
     overrides: dict = {}
     for flag, (section, key) in SETTING_OPTIONS.items():

@@ -13,6 +13,7 @@ example:
 import json
 
 from edgepack.cli import add_command, positive_int
+from edgepack.runtime.images import predict_files
 
 
 def register(sub) -> None:
@@ -27,8 +28,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.runtime.images import predict_files
-
     result = predict_files(args.model, args.inputs, top_k=args.top_k, threads=args.threads)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -20,9 +20,12 @@ example:
 
 from pathlib import Path
 
+import numpy as np
+
 from edgepack.cli import add_command, add_data_options, positive_int
+from edgepack.data import load_data
 from edgepack.errors import EdgepackError
-from edgepack.target import arm64
+from edgepack.target import arm64, arm64_check
 
 TARGETS = ("arm64",)
 
@@ -47,8 +50,6 @@ def register(sub) -> None:
 
 def images_and_labels(args):
     """(images, labels or None) from --images/--labels, FOLDER/images.npy or the data's test set."""
-    import numpy as np
-
     def load(path, what):
         try:
             return np.load(path, allow_pickle=False)
@@ -64,8 +65,6 @@ def images_and_labels(args):
         images, labels = load(next(Path(p) / "images.npy" for p in args.paths
                                    if (Path(p) / "images.npy").is_file()), "images"), None
     else:
-        from edgepack.data import load_data
-
         ds = load_data(args.data, limit_test=args.limit_test)
         images, labels = ds.x_test, ds.y_test
     if images.dtype != np.uint8 or images.ndim != 4:
@@ -78,8 +77,6 @@ def images_and_labels(args):
 
 
 def run(args) -> int:
-    from edgepack.target import arm64_check
-
     files = arm64_check.model_files(args.paths)
     images, labels = images_and_labels(args)
     root = Path(args.root) if args.root else None

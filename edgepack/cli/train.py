@@ -11,6 +11,7 @@ example:
 """
 
 from edgepack.cli import add_command, add_data_options, finite_float, image_size, positive_float, positive_int
+from edgepack.train import TrainConfig, train
 
 
 def register(sub) -> None:
@@ -31,8 +32,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.train import TrainConfig, train
-
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
                          seed=args.seed, validation_split=args.validation_split,
                          limit_train=args.limit_train, limit_test=args.limit_test, image_size=args.image_size)

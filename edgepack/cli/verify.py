@@ -15,7 +15,9 @@ example:
 """
 
 from edgepack.cli import add_command, positive_int
+from edgepack.errors import EdgepackError
 from edgepack.runtime import KERNELS
+from edgepack.runtime.golden import verify
 
 KERNEL_CHOICES = (*KERNELS, "tflm")
 
@@ -33,9 +35,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from edgepack.errors import EdgepackError
-    from edgepack.runtime.golden import verify
-
     try:
         result = verify(args.model, args.golden, threads=args.threads, kernels=args.kernels)
     except EdgepackError:

@@ -39,6 +39,7 @@ from edgepack.fitting import (
     warn_weak_classes,
     write_run,
 )
+from edgepack.model import checked_model, compile_model, load_run_model
 from edgepack.runmeta import RunMetadata
 from edgepack.runtime.preprocess import scale_pixels
 from edgepack.sources import source_and_data
@@ -162,7 +163,6 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
     _check_source(src, tech)
     if tech.name in CLUSTERED_TECHNIQUES:  # prune -> cluster keeps the zeros (recorded in params)
         params = {**params, "preserve_sparsity": source_is_pruned(src.metadata)}
-    from edgepack.model import checked_model, compile_model, load_run_model
 
     model = checked_model(load_run_model(src), src.model_path)
     selection = targets.select(model, tech.name, tuple(params.get("keep_dense", ())))

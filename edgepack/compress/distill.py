@@ -22,6 +22,7 @@ import numpy as np
 
 from edgepack import rundir
 from edgepack.errors import EdgepackError
+from edgepack.model import checked_model, load_model, load_run_model, predict_proba
 
 DEFAULTS = {"distill": 0.0, "temperature": 4.0}
 MAX_CHAIN = 32  # links followed to find the teacher; more is a loop
@@ -31,8 +32,6 @@ def teacher(src: rundir.Run):
     """(model, path) of what the chain of compress runs ending in `src` started from: the trained (or
     adopted) run folder, or the user's model file (its sha256 checked against the one the chain's first
     run recorded)."""
-    from edgepack.model import checked_model, load_model, load_run_model
-
     run = src
     for _ in range(MAX_CHAIN):
         if run.metadata.kind != "compress":
@@ -53,8 +52,6 @@ def teacher(src: rundir.Run):
 
 def soft_targets(teacher, x: np.ndarray, temperature: float) -> np.ndarray:
     """The teacher's probabilities on `x` softened by `temperature` (float32, rows sum to 1)."""
-    from edgepack.model import predict_proba
-
     logp = np.log(np.clip(predict_proba(teacher, x), 1e-7, 1.0)).astype(np.float64) / temperature
     logp -= logp.max(axis=1, keepdims=True)
     p = np.exp(logp)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from edgepack import weights
 from edgepack.errors import EdgepackError
+from edgepack.tfkeras import keras
 
 SPARSITY_TECHNIQUES = ("prune", "prune-2of4")
 CLUSTER_TECHNIQUES = ("cluster",)
@@ -113,8 +114,6 @@ def _select_quantize(model, skipped: dict) -> Selection:
     from tensorflow_model_optimization.python.core.quantization.keras.default_8bit import (
         default_8bit_quantize_registry as registry,
     )
-
-    from edgepack.tfkeras import keras
 
     supported = registry.Default8BitQuantizeRegistry().supports
     separable = keras().layers.SeparableConv2D  # TF-MOT's layout transform splits it (see module doc)

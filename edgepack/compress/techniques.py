@@ -27,6 +27,8 @@ from edgepack import weights
 from edgepack.compress import invariants as inv
 from edgepack.compress.distill import DEFAULTS as DISTILL_DEFAULTS
 from edgepack.errors import EdgepackError
+from edgepack.export.qat import float_twin
+from edgepack.tfkeras import keras
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,6 @@ def _tfmot():
 
 def _wrap_targets(model, targets, wrap_one):
     """Clone `model`, wrapping the layers named in `targets` (other layers are reused as they are)."""
-    from edgepack.tfkeras import keras
-
     return keras().models.clone_model(model, clone_function=lambda layer: (
         wrap_one(layer) if layer.name in targets else layer))
 
@@ -199,8 +199,6 @@ def _plain_qat(model):
     so a saved CQAT .h5 does not load back (TOOLCHAIN.md). At inference that quantizer is the default
     8-bit one (kernel -> fake-quant with the learned min/max), so the plain QAT twin gives the same
     outputs (tested) and saves, loads and exports like `qat`."""
-    from edgepack.export.qat import float_twin
-
     wrapped = tuple(layer.layer.name for layer in model.layers if type(layer).__name__.startswith(
         "QuantizeWrapper"))
     plain = _quantize_apply(float_twin(model), Plan(steps=0, targets=wrapped, source_kernels={}))

@@ -15,9 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import rundir
+from edgepack import data as data_mod
+from edgepack import rundir, runtime
+from edgepack.data import balanced_subset
 from edgepack.errors import EdgepackError
 from edgepack.explain import kernels, layers, memory
+from edgepack.export import export
+from edgepack.export.core import CALIBRATION_SEED
+from edgepack.export.formats import FORMATS
+from edgepack.runtime.metadata import sidecar_path
+from edgepack.runtime.preprocess import scale_pixels
 
 VALIDATION_SEED = 1  # calibration uses seed 0 (edgepack.export.core.CALIBRATION_SEED)
 DEFAULT_IMAGES = 300
@@ -27,9 +34,6 @@ STEPS = "steps.json"
 
 def validation_images(ds, n: int, calibration_images: int) -> tuple[np.ndarray, np.ndarray]:
     """n class-balanced uint8 training images (and labels) that calibration did not use."""
-    from edgepack.data import balanced_subset
-    from edgepack.export.core import CALIBRATION_SEED
-
     used = set(balanced_subset(ds.y_train, calibration_images, CALIBRATION_SEED).tolist())
     pool = balanced_subset(ds.y_train, min(len(ds.y_train), n + calibration_images), VALIDATION_SEED)
     idx = np.array([i for i in pool if i not in used][:n])
@@ -41,8 +45,6 @@ def validation_images(ds, n: int, calibration_images: int) -> tuple[np.ndarray, 
 
 def open_int8(path: str | os.PathLike):
     """The file loaded by edgepack.runtime; a float file is refused with the fix."""
-    from edgepack import runtime
-
     clf = runtime.load(path)
     if clf.format not in FLOAT_TWIN:
         raise EdgepackError(f"{path} is not int8 (format {clf.format}): explain compares an int8 file "
@@ -64,9 +66,6 @@ def source_run(path: Path, source: str | os.PathLike | None) -> Path | None:
 def float_source(path: Path, fmt: str, source, data, scratch: Path) -> Path:
     """The float file of the same engine: --source FILE, the export folder's twin, or one exported
     from the run folder (--source DIR or the folder's export.json)."""
-    from edgepack import runtime
-    from edgepack.export.formats import FORMATS
-
     twin = FORMATS[FLOAT_TWIN[fmt]]
     if source is not None and not Path(source).exists():
         raise EdgepackError(f"--source {source} not found: pass the float file ({twin.filename}) or the "
@@ -83,7 +82,6 @@ def float_source(path: Path, fmt: str, source, data, scratch: Path) -> Path:
     if run is None:
         raise EdgepackError(f"no float source for {path.name}: pass --source {twin.filename} or the run "
                             "folder it was exported from")
-    from edgepack.export import export
 
     export(run, twin.name, scratch / "source", data_path=data, check_images=100)
     return scratch / "source" / twin.filename
@@ -92,9 +90,6 @@ def float_source(path: Path, fmt: str, source, data, scratch: Path) -> Path:
 def explain_file(path: str | os.PathLike, source=None, data=None, images: int = DEFAULT_IMAGES,
                  rss: bool = True, ds=None) -> dict:
     """The per-layer table (worst first) and memory figures of an int8 file, as one JSON-able dict."""
-    from edgepack import data as data_mod
-    from edgepack.runtime.preprocess import scale_pixels
-
     path = Path(path)
     clf = open_int8(path)
     ds = ds if ds is not None else data_mod.load_data(data)
@@ -147,8 +142,6 @@ def render(result: dict, top: int = 10) -> str:
 
 def copy_file(src: Path, folder: Path) -> Path:
     """Copy an exported file and its TFLite metadata sidecar (if any) into `folder`."""
-    from edgepack.runtime.metadata import sidecar_path
-
     shutil.copy2(src, folder / src.name)
     if sidecar_path(src).is_file():
         shutil.copy2(sidecar_path(src), sidecar_path(folder / src.name))
@@ -158,9 +151,6 @@ def copy_file(src: Path, folder: Path) -> Path:
 def float_twin(path: Path) -> Path | None:
     """The float file of the same source beside an int8 file: in its export folder, or in the sibling
     folder named after the float format (the pipeline exports each format to exports/<variant>/<format>/)."""
-    from edgepack import runtime
-    from edgepack.export.formats import FORMATS
-
     clf = runtime.load(path)
     if clf.format not in FLOAT_TWIN:
         return None
@@ -175,9 +165,6 @@ def float_twin(path: Path) -> Path | None:
 def worst_layers(path: Path, ds, n: int = 3, images: int = 200) -> list[dict] | None:
     """The n worst rows of an int8 file against its float_twin (the report's figure); None when there
     is none."""
-    from edgepack import runtime
-    from edgepack.runtime.preprocess import scale_pixels
-
     clf = runtime.load(path)
     twin = float_twin(path)
     if twin is None:

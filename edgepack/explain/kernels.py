@@ -23,6 +23,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgepack.errors import EdgepackError
 from edgepack.export.keep_float import layer_name
 
@@ -80,7 +82,6 @@ def _onnx_name(node) -> str:
 
 def tflite_facts(path: Path) -> KernelFacts:
     import ai_edge_litert
-    import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # AUTO: the resolver edgepack.runtime's default kernels use (XNNPACK applied by default).

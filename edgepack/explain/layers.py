@@ -24,6 +24,7 @@ import numpy as np
 
 from edgepack.errors import EdgepackError
 from edgepack.export.keep_float import layer_name
+from edgepack.export.to_onnx import _reader
 
 FLOOR_DB = -20.0  # SNR floor (dB) for an activation that is all wrong; caps added_db's arithmetic
 CEIL_DB = 100.0  # SNR of an exact (float) input
@@ -136,8 +137,6 @@ def _onnx_activations(path: Path, x: np.ndarray, scratch: Path) -> dict:
         collect_activations,
         modify_model_output_intermediate_tensors,
     )
-
-    from edgepack.export.to_onnx import _reader
 
     augmented = scratch / f"{path.stem}.augmented.onnx"
     modify_model_output_intermediate_tensors(str(path), str(augmented))

@@ -21,9 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import rundir
-from edgepack.errors import EdgepackError
+from edgepack import data as data_mod
+from edgepack import rundir, runtime
+from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.explain import core
+from edgepack.export import export
+from edgepack.timing import measure
 
 LATENCY_RUNS = 300  # batch-1 calls timed per step (after 20 warm-up calls)
 
@@ -35,9 +38,6 @@ def ranked_layers(table: list[dict]) -> list[str]:
 
 def step_figures(path: Path, x: np.ndarray, y: np.ndarray) -> dict:
     """Validation accuracy (reference kernels: the file's own arithmetic), size and 1-thread latency."""
-    from edgepack import runtime
-    from edgepack.timing import measure
-
     probs = runtime.load(path, kernels="reference").predict(x)
     fast = runtime.load(path, threads=1)
     lat = measure(lambda: fast.predict(x[:1]), runs=LATENCY_RUNS, warmup=20)
@@ -49,10 +49,6 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
          images: int = core.DEFAULT_IMAGES, force: bool = False) -> dict:
     """Keep the k worst layers in float, k = 0, 1, ..., until the file is within `max_drop` points of its
     float source on the validation images; writes the chosen file, steps.json and steps.md to `out`."""
-    from edgepack import data as data_mod
-    from edgepack.errors import require_toolchain
-    from edgepack.export import export
-
     path = Path(path)
     clf = core.open_int8(path)
     run = core.source_run(path, source)
@@ -82,8 +78,6 @@ def auto(path: str | os.PathLike, out: str | os.PathLike, max_drop: float, sourc
 
 
 def _steps(path, clf, run, ranking, x, y, goal, max_drop, tmp: Path, data, ds) -> tuple[list[dict], Path]:
-    from edgepack.export import export
-
     options = {**clf.metadata.options, "max_drop": 100.0, "min_agreement": 0.0}  # chosen here, on x
     steps, current = [], path
     for k in range(len(ranking) + 1):

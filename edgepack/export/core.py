@@ -22,15 +22,20 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import __version__, rundir
-from edgepack.errors import EdgepackError
+from edgepack import __version__, rundir, runtime
+from edgepack import data as data_mod
+from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
 from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
+from edgepack.metrics import top1_agreement
+from edgepack.model import load_run_model, predict_proba
 from edgepack.runtime import golden
 from edgepack.runtime import metadata as md
+from edgepack.runtime.cpu import describe
 from edgepack.runtime.metadata import FileMetadata
 from edgepack.runtime.preprocess import scale_pixels
+from edgepack.sources import source_and_data
 
 SCHEMA_VERSION = 1
 SUMMARY = "export.json"
@@ -52,8 +57,6 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
     `ds` (an edgepack.data.Dataset) skips loading the data again. `source` may also be a user's model
     file; `source_options` then gives its class_names / preprocessing (edgepack.sources).
     """
-    from edgepack.errors import require_toolchain
-
     names = resolve(formats)
     opts = options_for(names, options)
     if not isinstance(check_images, int) or check_images < 10:
@@ -66,9 +69,6 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
 
 def _export(source, formats, names: list[str], opts: dict, out, data_path, force: bool, check_images: int,
             ds, source_options: dict | None) -> dict:
-    from edgepack import data as data_mod
-    from edgepack.model import load_run_model, predict_proba
-    from edgepack.sources import source_and_data
 
     run, ds = source_and_data(source, data_path, ds=ds, **(source_options or {}))
     model = load_run_model(run)
@@ -266,9 +266,6 @@ def check_file(fmt: Format, path: Path, x: np.ndarray, labels: np.ndarray, refer
     engines' reference kernels (the file's own arithmetic, whatever the CPU); this CPU's kernels are
     measured beside them and a gap of more than KERNEL_GAP_POINTS is said in words.
     """
-    from edgepack import runtime
-    from edgepack.runtime.cpu import describe
-
     local = measure(runtime.load(path).predict(x), reference, labels, fmt.name)
     if not fmt.check.quantized:
         ok = local["max_abs_diff"] <= fmt.check.threshold
@@ -307,8 +304,6 @@ def kernel_note(gap_points: float, file_passed: bool) -> str | None:
 
 def measure(probs: np.ndarray, reference: np.ndarray, labels: np.ndarray, name: str) -> dict:
     """The file's outputs against the source model's on the same labelled images."""
-    from edgepack.metrics import top1_agreement
-
     if probs.shape != reference.shape:
         raise EdgepackError(f"{name}: output shape {probs.shape} differs from the source's "
                             f"{reference.shape}")

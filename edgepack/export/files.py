@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
-from edgepack.export import tflite_metadata
+from edgepack.export import tflite_metadata, to_onnx
 from edgepack.runtime.metadata import ONNX_KEY, FileMetadata, sidecar_path
 
 
@@ -118,8 +118,6 @@ def onnx_describe(path: Path, options: dict, x: np.ndarray) -> dict:
     """
     import onnx
     import onnxruntime as ort
-
-    from edgepack.export import to_onnx
 
     model = onnx.load(str(path))
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))

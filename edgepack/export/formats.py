@@ -13,6 +13,7 @@ from types import MappingProxyType
 from typing import Any
 
 from edgepack.errors import EdgepackError
+from edgepack.export import to_onnx, to_tflite
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,6 @@ KEEP_FLOAT = Option("", "comma-separated layer names kept in float, as `edgepack
 
 
 def _table() -> dict[str, Format]:
-    from edgepack.export import to_onnx, to_tflite
-
     formats = [
         Format("tflite-fp32", ".tflite", "tflite", to_tflite.fp32, FP32, "TFLite, float32 weights and math",
                qat=False),

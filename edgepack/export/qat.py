@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from edgepack import weights
 from edgepack.errors import EdgepackError
+from edgepack.tfkeras import keras
 
 WRAPPERS = ("QuantizeWrapperV2", "QuantizeWrapper")  # hold one float layer plus its quantizers
 INPUT_QUANTIZER = "QuantizeLayer"  # fake-quantizes a tensor: identity in the float network
@@ -28,8 +29,6 @@ TFMOT_CLASSES = {*WRAPPERS, INPUT_QUANTIZER, FAKE_ACTIVATION, NO_OP_ACTIVATION} 
 def float_twin(model):
     """The QAT model's float network: its layers without TF-MOT's wrappers, with the same float
     weights (kernels, biases, BatchNorm statistics; not TF-MOT's min/max/step variables)."""
-    from edgepack.tfkeras import keras
-
     k = keras()
     # A Sequential model is a functional graph too: read it as one, so both kinds take one path.
     graph = k.Model(model.inputs, model.outputs, name=model.name) if isinstance(model, k.Sequential) \

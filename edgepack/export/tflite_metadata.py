@@ -19,7 +19,7 @@ import zipfile
 
 import flatbuffers
 import numpy as np
-from ai_edge_litert import schema_py_generated as tfl
+from ai_edge_litert import schema_py_generated as tfl  # noqa: TID253  the schema only (flatbuffers), no engine
 from flatbuffers.table import Table
 
 from edgepack.runtime.metadata import FileMetadata

@@ -30,9 +30,13 @@ from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.errors import EdgepackError
 from edgepack.export.core import CHECK_SEED, SUMMARY, export
-from edgepack.runtime import golden
+from edgepack.runtime import golden, tflm
 from edgepack.runtime.metadata import FileMetadata, sidecar_path
 from edgepack.runtime.preprocess import scale_pixels
+from edgepack.sources import source_and_data
+from edgepack.target import get, tflm_c
+from edgepack.target import tflm as target
+from edgepack.target.tflm_lut import lut_or_reason
 
 FORMAT = "tflite-int8"  # the export format the TFLM target builds on
 MODEL_FILE = "model.tflite"
@@ -59,8 +63,6 @@ def integer_options(options: dict | None) -> dict:
 
 def require_runs(path: Path) -> None:
     """EdgepackError (one line) unless the tflm target runs `path` as a fully integer file."""
-    from edgepack.target import tflm as target
-
     reason = target.runs(path)
     if reason:
         raise EdgepackError(f"{path.name} cannot run on TFLM: {reason}")
@@ -74,9 +76,6 @@ def export_tflm(source: str | os.PathLike, out: str | os.PathLike, options: dict
     `options` are tflite-int8's (`keep_float` and `io=float` are refused); `lut=False` keeps the
     plain int8 weights even for a clustered model.
     """
-    from edgepack.sources import source_and_data
-    from edgepack.target import get
-
     opts = integer_options(options)
     get("tflm").ready()  # the tflm extra, checked before any work
     with rundir.claim_output(out, {"--model": source, "--data": data_path}, force):
@@ -97,8 +96,6 @@ def export_tflm(source: str | os.PathLike, out: str | os.PathLike, options: dict
 
 def _compressed(int8: bytes, lut: bool) -> tuple[bytes, dict]:
     """The bytes to deploy and the look-up-table record (applied, sizes, tensors, or why not)."""
-    from edgepack.target.tflm_lut import lut_or_reason
-
     if not lut:
         return int8, {"applied": False, "reason": "not asked (--no-lut)"}
     result, why = lut_or_reason(int8)
@@ -110,8 +107,6 @@ def _compressed(int8: bytes, lut: bool) -> tuple[bytes, dict]:
 def _deploy(folder: Path, int8_path: Path, summary: dict, pixels: np.ndarray, labels: np.ndarray,
             lut: bool) -> dict:
     """Write model.tflite (+ metadata, golden vectors) and the C++ sources into `folder`."""
-    from edgepack.runtime import tflm
-
     int8 = int8_path.read_bytes()
     model, lut_record = _compressed(int8, lut)
     meta = FileMetadata.from_json(sidecar_path(int8_path).read_text(encoding="utf-8"), FORMAT)
@@ -139,8 +134,6 @@ def _deploy(folder: Path, int8_path: Path, summary: dict, pixels: np.ndarray, la
 
 def _tflm_check(int8_path: Path, path: Path, pixels: np.ndarray, labels: np.ndarray, lut: bool) -> dict:
     """Both files on TFLM: a look-up-table file must give exactly the int8 file's outputs."""
-    from edgepack.runtime import tflm
-
     n = min(TFLM_CHECK_IMAGES, len(pixels))
     want = tflm.TflmClassifier(int8_path).predict(pixels[:n])
     got = tflm.TflmClassifier(path).predict(pixels[:n]) if lut else want
@@ -154,9 +147,6 @@ def _tflm_check(int8_path: Path, path: Path, pixels: np.ndarray, labels: np.ndar
 
 def _write_sources(folder: Path, path: Path, meta: FileMetadata, arena: dict) -> list[str]:
     """model_data.h/.cc and main.cc for the deployed file; returns its operators."""
-    from edgepack.runtime import tflm
-    from edgepack.target import tflm_c
-
     g = golden.read_golden(golden.golden_path(path))
     clf = tflm.TflmClassifier(path)
     d = tflm_c.Deployment(

@@ -37,6 +37,7 @@ import numpy as np
 
 from edgepack.export.context import Context
 from edgepack.export.keep_float import onnx_nodes_to_exclude
+from edgepack.export.qat import float_twin
 from edgepack.runtime.cpu import SATURATION_FREE_WEIGHT
 
 INPUT_NAME = "image"  # the ONNX graph input's name (dynamic batch: shape [N, 32, 32, 3])
@@ -91,8 +92,6 @@ def _fp32_model(ctx: Context):
     if key not in ctx.cache:
         import tensorflow as tf
         import tf2onnx
-
-        from edgepack.export.qat import float_twin
 
         shape = (None, *ctx.model.input_shape[1:])  # the model's own (height, width, channels)
         spec = [tf.TensorSpec(shape, tf.float32, name=INPUT_NAME)]

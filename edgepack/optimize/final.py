@@ -5,8 +5,15 @@ matched fine-tune controls (the same source, phases of epochs and learning rates
 
 from __future__ import annotations
 
+from edgepack import data as data_mod
 from edgepack import rundir
+from edgepack.compress import compress
+from edgepack.compress.core import flag
 from edgepack.compress.schedule import Phase
+from edgepack.compress.techniques import TECHNIQUES
+from edgepack.export import export
+from edgepack.fitting import evaluate
+from edgepack.model import load_run_model
 from edgepack.optimize import space
 from edgepack.optimize.holdout import search_data
 from edgepack.optimize.journal import finished
@@ -68,8 +75,6 @@ def choose(points: list[dict], max_drop: float, objective: str, opts=None) -> di
 def test_figures(point: dict, out, source: dict, spec: dict, seed: int) -> dict:
     """The file's TEST accuracy, its matched fine-tune control's (exported to the same format) and
     the change between them (McNemar + paired bootstrap on the test images)."""
-    from edgepack.compress.techniques import TECHNIQUES
-
     search, _ = search_data(spec)
     full = full_data(spec)
     timing = {"runs": 1, "warmup": 0, "rounds": 1}  # accuracy only: latency is the validation figure's
@@ -86,8 +91,6 @@ def test_figures(point: dict, out, source: dict, spec: dict, seed: int) -> dict:
 
 def full_data(spec: dict):
     """The data set the search split, with its TEST images."""
-    from edgepack import data as data_mod
-
     return data_mod.load_data(spec["path"], spec.get("limit_train"), spec.get("limit_test"), spec["seed"],
                               image_size=tuple(spec["image_size"]) if spec.get("image_size") else None)
 
@@ -95,9 +98,6 @@ def full_data(spec: dict):
 def source_test_accuracy(source: dict, spec: dict) -> float:
     """The source's Keras accuracy on the TEST images, shown next to its validation accuracy (the same
     Keras model, out/source): a validation figure well above it would say the split was learned."""
-    from edgepack.fitting import evaluate
-    from edgepack.model import load_run_model
-
     run = rundir.load_run(source["run"])
     metrics, _ = evaluate(load_run_model(run), full_data(spec), run.metadata.pixel_scaling)
     return float(metrics["accuracy"])
@@ -107,9 +107,6 @@ def control(phases: list[Phase], fmt: str, out, source: dict, ds, seed: int):
     """The matched fine-tune control: `finetune` runs in sequence, one per phase (epochs, learning
     rate, distillation), from the source on the search's training images, exported to `fmt`. Reused
     when complete."""
-    from edgepack.compress import compress
-    from edgepack.export import export
-
     key = "-".join(p.name.replace("-lr", "lr") for p in phases)  # e2lr0.001-e2lr0.0001(-kd0.5)
     folder = out / "controls" / key
     prev = source["run"]
@@ -128,8 +125,6 @@ def reproduce(point: dict, source_model: str, data: str, seed: int) -> str:
     """The commands that rebuild the file. compress and export hold out what the source held out
     (edgepack.sources.held_out_like): from a source trained with `train --validation-split` and the
     search's seed and fraction they fine-tune on the trial's images; else on all training images."""
-    from edgepack.compress.core import flag
-
     lines, prev = [], source_model
     for i, s in enumerate(point["recipe"]):
         run = f"runs/opt-{point['trial']}-{i}-{s['technique']}"

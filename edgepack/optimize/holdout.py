@@ -15,6 +15,8 @@ import dataclasses
 import functools
 import json
 
+import numpy as np
+
 from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.errors import EdgepackError
@@ -96,8 +98,6 @@ def _search_data(spec_json: str):
 def _with_val_data(full, spec: dict, size):
     """Train on `full`'s training images (less the source's held-out ones), score on every image of
     spec["val_data"] (its training and test parts alike)."""
-    import numpy as np
-
     val = data_mod.load_data(spec["val_data"], image_size=size, download=False)
     if val.sha256 == full.sha256:
         raise EdgepackError(f"--val-data {spec['val_data']} is the same data as --data: give images the "

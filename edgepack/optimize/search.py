@@ -16,6 +16,7 @@ trial.report/should_prune: the rule is explicit, trial.PRUNE_MARGIN_POINTS).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import statistics
 import time
 import warnings
@@ -23,11 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack import rundir
-from edgepack.errors import EdgepackError
+from edgepack.compress.techniques import TECHNIQUES
+from edgepack.errors import EdgepackError, require_toolchain
+from edgepack.fitting import adopt
 from edgepack.optimize import holdout, journal, space
 from edgepack.optimize.journal import SAME_AS, finished
+from edgepack.optimize.report import write_report
 from edgepack.optimize.space import recipe_text
 from edgepack.optimize.trial import run_trials
+from edgepack.report.evaluate import sizes
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.stats import LATENCY_ROUNDS
 from edgepack.target import Budget, check_budget
@@ -105,7 +110,6 @@ def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
     if not isinstance(batch, int) or batch < 1:
         raise EdgepackError(f"batch must be a whole number >= 1, got {batch!r}")
     opts.check()
-    from edgepack.errors import require_toolchain
 
     require_toolchain("edgepack optimize")
     _require_optuna()
@@ -121,21 +125,16 @@ def optimize(opts: SearchOptions, executor=run_trials, batch: int = 1) -> dict:
             rundir.write_json(out / SETTINGS, opts.record())
         source = _prepare_source(out, opts, src, ds, split)
         if not study.trials and not opts.quick:
-            from edgepack.compress.techniques import TECHNIQUES
-
             for start in space.starts(TECHNIQUES):
                 study.enqueue_trial(start, user_attrs={"start": True})
         recovered = _recover_killed(study)
         stop, spent = _loop(study, out, opts, source, spec, executor, batch)
-        from edgepack.optimize.report import write_report
 
         return write_report(out, opts, study, source, spec, split,
                             {"stopped_by": stop, "spent_seconds": round(spent, 1), "recovered": recovered})
 
 
 def _require_optuna() -> None:
-    import importlib.util
-
     if importlib.util.find_spec("optuna") is None:
         raise EdgepackError("edgepack optimize needs optuna (toolchain extra): run pip install "
                             "'edgepack[toolchain]'")
@@ -153,12 +152,9 @@ def _check_settings(out: Path, opts: SearchOptions) -> None:
 
 def _prepare_source(out: Path, opts: SearchOptions, src, ds, split: dict) -> dict:
     """The source as a run folder out/source (a copy evaluated on validation images) and its figures."""
-    from edgepack.fitting import adopt
-
     folder = out / "source"
     if not rundir.is_run_folder(folder):
         adopt(opts.model, folder, ds, class_names=opts.class_names, preprocessing=opts.preprocessing)
-    from edgepack.report.evaluate import sizes
 
     run = rundir.load_run(folder)
     raw, gz = sizes(run.model_path)  # weights only: edgepack saves models without optimizer state
@@ -288,8 +284,6 @@ def _tell_repeat(study, trial, number: int, opts: SearchOptions, source: dict) -
 
 def _job(trial, out: Path, opts: SearchOptions, source: dict, spec: dict) -> dict:
     """A trial's job (JSON-able): its recipe from the sampler, the paths, the seed, the goal."""
-    from edgepack.compress.techniques import TECHNIQUES
-
     try:
         chain, steps = space.suggest(trial, TECHNIQUES, opts.quick)
     except ValueError as e:  # optuna refuses a parameter whose choices changed within a study

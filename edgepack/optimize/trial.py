@@ -10,16 +10,22 @@ A trial folder (out/trials/<number>/):
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from edgepack import rundir
+from edgepack import rundir, runtime
+from edgepack.compress import compress
 from edgepack.errors import EdgepackError
+from edgepack.executor import Failed, Job
+from edgepack.export import export
 from edgepack.optimize.holdout import search_data
+from edgepack.report.env import host
 from edgepack.report.evaluate import sizes
 from edgepack.report.stats import latency_interval
+from edgepack.stagejobs import RESOURCES
 from edgepack.timing import measure
 
 RESULT = "result.json"
@@ -32,8 +38,6 @@ PRUNE_MARGIN_POINTS = 3.0  # a step this far beyond the goal (Keras, validation)
 def measure_file(path: Path, x: np.ndarray, y: np.ndarray, timing: dict) -> dict:
     """A file run as apps run it (edgepack.runtime, 1 thread): accuracy on (x, y), sizes, batch-1
     latency in rounds (milliseconds), and its predictions."""
-    from edgepack import runtime
-
     path = Path(path)
     clf = runtime.load(path, threads=1)
     pred = clf.predict(x).argmax(axis=1)
@@ -64,7 +68,6 @@ def run_trial(job: dict) -> dict:
     except Exception as e:  # TensorFlow raises many types; the trial fails with its cause, the search goes on
         result.update(status="failed", error=f"{type(e).__name__}: {str(e)[:300]}")
     result["seconds"] = round(time.time() - t0, 2)
-    from edgepack.report.env import host
 
     result["host"] = host()  # node, CPU model and ISA flags that timed its files
     rundir.write_json(out / RESULT, result)
@@ -72,9 +75,6 @@ def run_trial(job: dict) -> dict:
 
 
 def _run(job: dict, out: Path, steps: list, points: list) -> dict:
-    from edgepack.compress import compress
-    from edgepack.export import export
-
     ds, _ = search_data(job["data"])
     floor = job["reference_accuracy"] - (job["max_drop"] + PRUNE_MARGIN_POINTS) / 100
     prev = job["source"]
@@ -107,8 +107,6 @@ def _reuse(job: dict, relative: str, complete) -> bool:
     """Copy the folder `relative` of the trial this one retries (job["retry_of"]: cut off by a kill,
     same parameters, data and seed) when `complete(old_folder)`, instead of redoing its work. The copy
     lands atomically; its metadata keeps naming the old trial's folders it was made from."""
-    import shutil
-
     if job.get("retry_of") is None:
         return False
     old = Path(job["out"]).parent / str(job["retry_of"]) / relative
@@ -127,9 +125,6 @@ def _exported(folder: Path) -> bool:
 def on_executor(ex):
     """A run_trials for a stage executor (edgepack.executor; `edgepack optimize --ray`): every trial one task
     (stagejobs.RESOURCES["trial"]: it times its files, so one trial per host at a time)."""
-    from edgepack.executor import Failed, Job
-    from edgepack.stagejobs import RESOURCES
-
     def run(jobs: list[dict]) -> list[dict]:
         outcomes = ex.run([Job(run_trial, (job,), name=f"trial {job['number']}", **RESOURCES["trial"])
                            for job in jobs])

@@ -20,6 +20,14 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+try:  # numpy's run-time dispatch table of CPU features (numpy 2: numpy._core; 1.x: numpy.core)
+    from numpy._core._multiarray_umath import __cpu_features__ as _NUMPY_CPU_FEATURES
+except ImportError:
+    try:
+        from numpy.core._multiarray_umath import __cpu_features__ as _NUMPY_CPU_FEATURES
+    except ImportError:
+        _NUMPY_CPU_FEATURES = None
+
 # ISA features that decide which kernels TFLite / ONNX Runtime / oneDNN can use (cpuinfo flag names).
 ISA_FLAGS = {
     "avx2": "AVX2", "fma": "FMA", "avx512f": "AVX-512F", "avx512bw": "AVX-512BW",
@@ -56,13 +64,7 @@ def read_cpuinfo() -> tuple[str | None, set[str]]:
 
 def cpuid_flags() -> set[str] | None:
     """The CPUID_X86 flags this process sees (numpy's run-time dispatch check); None without it."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as features
-    except ImportError:
-        try:  # numpy 1.x
-            from numpy.core._multiarray_umath import __cpu_features__ as features
-        except ImportError:
-            return None
+    features = _NUMPY_CPU_FEATURES or {}
     if not any(features.get(name) is not None for name in CPUID_X86):
         return None
     return {flag for name, flag in CPUID_X86.items() if features.get(name)}

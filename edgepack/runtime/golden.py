@@ -26,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import runtime
 from edgepack.errors import EdgepackError
 from edgepack.runtime.metadata import MetadataError, read_sidecar
+from edgepack.runtime.preprocess import scale_pixels
 
 SCHEMA_VERSION = 1
 SUFFIX = ".golden.npz"
@@ -78,8 +80,6 @@ def balanced(labels: np.ndarray, n: int = IMAGES) -> np.ndarray:
 def pixels_from_input(x: np.ndarray, spec: dict) -> np.ndarray:
     """uint8 pixels whose scale_pixels(., spec) is `x` (the inverse of edgepack.runtime.preprocess);
     GoldenError if `x` is not scaled pixels."""
-    from edgepack.runtime.preprocess import scale_pixels
-
     v = np.asarray(x, np.float64)
     if spec.get("mean") is not None:
         v = v * np.asarray(spec["std"]) + np.asarray(spec["mean"])
@@ -108,8 +108,6 @@ def write_for(model_path: str | os.PathLike, x_check: np.ndarray, y_check: np.nd
     """Export's hook: golden vectors for a file that passed its check, from its float check images.
     The expected outputs come from `kernels` (runtime.load's): the engine's reference kernels, or
     "tflm" for a file meant for TensorFlow Lite Micro (a look-up-table file runs nowhere else)."""
-    from edgepack import runtime
-
     ref = runtime.load(model_path, kernels=kernels)
     meta = ref.metadata
     idx = balanced(y_check)
@@ -167,8 +165,6 @@ def verify(model_path: str | os.PathLike, golden: str | os.PathLike | None = Non
     """Run `model_path` on the golden images with `kernels` (runtime.load's; "default" is what an app
     runs, "tflm" TensorFlow Lite Micro) and judge by RULE; `golden` defaults to the file beside it
     (golden_path). Raises GoldenError / ModelFileError for files that cannot be used."""
-    from edgepack import runtime
-
     golden = golden_path(model_path) if golden is None else golden
     g = read_golden(golden)
     meta, name = g["meta"], Path(model_path).name

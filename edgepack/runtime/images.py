@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime import load
 from edgepack.runtime.classifier import InputError
 
 IMAGE_SIZE = (32, 32)  # (height, width) images are read at before the model loads (CIFAR-10's size)
@@ -155,8 +156,6 @@ def predict_files(model: str | os.PathLike, inputs: list[str | os.PathLike], top
     Every input is read before the model runs, so a bad file fails the call with one line naming it.
     An .npy file of N images gives N predictions named `file.npy[i]`.
     """
-    from edgepack.runtime import load
-
     if not inputs:
         raise InputError("no input files given: pass PNG, JPEG or .npy files")
     paths = [Path(p) for p in inputs]

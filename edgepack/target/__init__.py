@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepack.errors import EdgepackError
+from edgepack.target import arm64, arm64_check, browser, tflm
 from edgepack.target.budget import Budget, parse_bytes, show_bytes
 from edgepack.target.figures import Figures
 
@@ -48,8 +49,6 @@ def _host_runs(path: Path) -> str | None:
 
 
 def _table() -> dict[str, Target]:
-    from edgepack.target import arm64, arm64_check, browser, tflm
-
     return {
         "host": Target("host", "this machine: every exported file on LiteRT / ONNX Runtime (the default)",
                        runs=_host_runs, check=None, kernels="row", ram="process RSS (memory column)",

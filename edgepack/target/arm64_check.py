@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import runtime
 from edgepack.errors import EdgepackError
 from edgepack.metrics import top1_agreement
 from edgepack.target import arm64
@@ -93,8 +94,6 @@ def model_files(paths: list[str | os.PathLike]) -> list[Path]:
 
 def native_probs(path: Path, images: np.ndarray, threads: int | None) -> np.ndarray | None:
     """The file on this machine's engines (their default kernels), or None if it does not load."""
-    from edgepack import runtime
-
     try:
         return runtime.load(path, threads=threads).predict(images)
     except EdgepackError:

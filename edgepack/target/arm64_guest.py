@@ -18,6 +18,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
+from edgepack import runtime  # loads with this numpy and without TensorFlow
+
 # Linux aarch64 hwcap bits (asm/hwcap.h) that pick the int8 kernels: AT_HWCAP (16), AT_HWCAP2 (26).
 HWCAP = {"asimd": (16, 1), "asimddp": (16, 20), "sve": (16, 22), "sve2": (26, 1), "i8mm": (26, 13),
          "bf16": (26, 14), "sme": (26, 23)}
@@ -34,14 +38,11 @@ def hwcaps() -> list[str]:
 
 
 def versions() -> dict:
-    import numpy
     import onnxruntime
     from ai_edge_litert import interpreter  # noqa: F401  the module edgepack.runtime loads
 
-    import edgepack.runtime  # noqa: F401  loads with this numpy and without TensorFlow
-
     return {"machine": platform.machine(), "python": platform.python_version(),
-            "numpy": numpy.__version__, "onnxruntime": onnxruntime.__version__,
+            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__,
             "ai_edge_litert": _dist_version("ai-edge-litert"),
             "hwcaps": hwcaps(), "tensorflow_loaded": "tensorflow" in sys.modules}
 
@@ -54,10 +55,6 @@ def _dist_version(name: str) -> str | None:
 
 
 def run(request: dict) -> dict:
-    import numpy as np
-
-    from edgepack import runtime
-
     images = np.load(request["images"], allow_pickle=False)
     out = Path(request["out"])
     rows = []

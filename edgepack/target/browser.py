@@ -28,7 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import rundir, timing
+from edgepack import rundir, runtime, timing
+from edgepack.bench import raw_call
+from edgepack.export import export
+from edgepack.export.core import SUMMARY
 from edgepack.runtime import metadata as md
 from edgepack.target import chromium
 from edgepack.target.chromium import BrowserError
@@ -130,8 +133,6 @@ def export_folders(source: str | os.PathLike, formats: Sequence[str] | None, out
                            "(use onnx-fp32 or onnx-int8)")
     dist = ort_web_dist(ort_web)  # before the (slow) export
     rundir.check_new_output(rundir.check_output_path(out, {"--model": source}), force)
-    from edgepack.export import export
-    from edgepack.export.core import SUMMARY
 
     with tempfile.TemporaryDirectory(prefix=".edgepack-browser-") as scratch:
         summary = export(source, formats, Path(scratch) / "files", **export_args)
@@ -198,9 +199,6 @@ class BrowserRow:
 def native(model: Path, images: np.ndarray, runs: int, warmup: int) -> tuple[np.ndarray, timing.Latency]:
     """Native ONNX Runtime through edgepack.runtime (the app's path, 1 thread): probabilities of
     `images` and the latency of batch-1 engine calls on the first image (like the page's timing)."""
-    from edgepack import runtime
-    from edgepack.bench import raw_call
-
     clf = runtime.load(model, threads=1)
     return clf.predict(images), timing.measure(raw_call(clf, clf.prepare(images[:1])), runs, warmup)
 

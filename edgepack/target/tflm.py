@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepack import runtime
 from edgepack.runtime import tflm
 from edgepack.target.figures import Figures, unrunnable
 from edgepack.target.tflm_lut import lut_or_reason
@@ -70,8 +71,6 @@ def integer_reason(graph: list[tflm.OpFacts]) -> str | None:
 
 def _predict_chunk(path: str, images: np.ndarray) -> np.ndarray:
     """One pool task: probabilities of `images` on TFLM (a fresh interpreter in this process)."""
-    from edgepack import runtime
-
     return runtime.load(path, kernels="tflm").predict(images)
 
 
@@ -79,8 +78,6 @@ def predict(path: Path, images: np.ndarray, workers: int = 1,
             progress: Callable[[str], None] = print) -> np.ndarray:
     """Probabilities on TFLM's kernels for every image, over `workers` processes (in this process
     when one worker or one chunk); `progress` gets a line after each chunk."""
-    from edgepack import runtime
-
     parts = [(s, images[s:s + CHUNK]) for s in range(0, len(images), CHUNK)]
     if workers <= 1 or len(parts) <= 1:
         clf = runtime.load(path, kernels="tflm")
