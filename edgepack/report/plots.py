@@ -123,7 +123,7 @@ def write_pareto(results: dict, path: Path) -> None:
         rec = [p for p in points if p[2]["recommended"]]
         if rec:
             ax.scatter([rec[0][0]], [rec[0][1]], s=180, facecolors="none", edgecolors="red", linewidths=1.5,
-                       zorder=3)
+                       zorder=2.5)  # under the labels (text: zorder 3)
         if all(p[0] > 0 for p in points):
             _log_x(ax)
         key = [Line2D([], [], color="black", linewidth=0.8, label="Pareto front (labelled: # below)"),
