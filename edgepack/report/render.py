@@ -295,9 +295,9 @@ def _is_num(cell: str) -> bool:
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
           "margin-bottom:1.5em;font-size:13px}.scroll{overflow-x:auto}"
           "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.num{text-align:right}"
-          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}img.wide{max-width:900px;width:100%}"
+          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}img.wide{max-width:1200px;width:100%}"
           "section#recommendation{background:#eef6ee;border:1px solid #9c9;padding:0.2em 1em}"
-          "img.wide{max-width:1200px}details{margin:0.4em 0}summary{cursor:pointer;font-weight:bold}"
+          "details{margin:0.4em 0}summary{cursor:pointer;font-weight:bold}"
           "details[open]>summary{margin-bottom:0.4em}")
 
 
