@@ -52,3 +52,11 @@ def test_context_names_baseline_target_and_failures():
     assert lines[1].startswith("Target tflm: TensorFlow Lite Micro;")
     assert lines[2].startswith("1 of 9 rows failed and 0 were skipped")
     assert context_lines({"rows": ROWS[1:3], "baseline": None, "target": None}) == []
+
+
+def test_html_lists_keep_markdown_emphasis_and_escape_the_rest():
+    from edgepack.report.render import _items
+
+    got = _items(["**Quick smoke run (--quick)**: not real", "data from `a<b.tar.gz`", "p >= 0.05"])
+    assert got == ("<ul><li><strong>Quick smoke run (--quick)</strong>: not real</li>"
+                   "<li>data from <code>a&lt;b.tar.gz</code></li><li>p &gt;= 0.05</li></ul>")

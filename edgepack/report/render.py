@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import csv
 import html as html_mod
+import re
 from pathlib import Path
 
 from edgepack.report import front, hosts, summary, targets
@@ -308,8 +309,12 @@ def _img(folder: Path, name: str, alt: str, cls: str = "") -> str:
 
 
 def _items(lines) -> str:
-    return "<ul>" + "".join(f"<li>{html_mod.escape(s.replace('**', '').replace('`', ''))}</li>"
-                            for s in lines) + "</ul>"
+    """An HTML list of Markdown-ish lines: **bold** stays bold, `code` becomes <code>."""
+    def one(s: str) -> str:
+        s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html_mod.escape(s))
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    return "<ul>" + "".join(f"<li>{one(s)}</li>" for s in lines) + "</ul>"
 
 
 def _fold_html(title: str, body: list[str] | Table) -> str:
