@@ -40,7 +40,10 @@ def screenshot(page: Path, out: Path, width: int = 1400, height: int = 2000) -> 
                              f"{(done.stderr.strip().splitlines() or ['no output'])[-1]}")
         from PIL import Image
 
-        Image.open(raw).convert("RGB").quantize(256).save(out, optimize=True)
+        # fast octree keeps rare colours (the red "recommended" ring, the colour bar); the default
+        # median cut merged them into greys
+        page_png = Image.open(raw).convert("RGB")
+        page_png.quantize(256, method=Image.Quantize.FASTOCTREE).save(out, optimize=True)
     return out
 
 

@@ -443,37 +443,57 @@ def test_rows_carry_confidence_and_flips(report):
     assert rows["baseline/onnx-fp32"]["confidence"]["vs_baseline"]["within_noise"]
 
 
-def test_html_reads_summary_first(report):
-    """Recommendation, then the Pareto plot, then failures, then the details (checked without a browser;
+def test_report_reads_top_down(report):
+    """Recommendation, the Pareto front's table, its plot, the long notes folded in <details>, then the
+    Variants table and the rest, in report.html and report.md (checked without a browser;
     scripts/screenshot_report.py renders the page in Chromium)."""
     from html.parser import HTMLParser
 
-    _, out = report
+    from edgepack.report.front import front
+
+    results, out = report
 
     class Sections(HTMLParser):
         def __init__(self):
             super().__init__()
-            self.ids, self.headings, self._in_h2 = [], [], False
+            self.ids, self.headings, self.folds, self._in = [], [], [], None
 
         def handle_starttag(self, tag, attrs):
             if tag == "section":
                 self.ids.append(dict(attrs)["id"])
-            self._in_h2 = tag == "h2"
+            self._in = tag if tag in ("h2", "summary") else None
 
         def handle_data(self, data):
-            if self._in_h2:
+            if self._in == "h2":
                 self.headings.append(data)
-                self._in_h2 = False
+            elif self._in == "summary":
+                self.folds.append((self.ids[-1], data))
+            self._in = None
 
     page = Sections()
-    page.feed((out / "report.html").read_text())
-    assert page.ids == ["recommendation", "pareto", "failures", "noise", "details"]
-    assert page.headings[:4] == ["Recommendation", "Pareto front", "Failures and skipped models",
-                                 "Changes within noise"]
+    html = (out / "report.html").read_text()
+    page.feed(html)
+    assert page.ids == ["recommendation", "front", "pareto", "notes", "variants", "failures", "more"]
+    assert page.headings[:5] == ["Recommendation", "Pareto front: size vs accuracy",
+                                 "Notes (folded: click to open)", "Variants", "Failures and skipped models"]
+    folded = [title for section, title in page.folds if section == "notes"]
+    assert folded[0].startswith("Changes within noise (") and folded[1].startswith("How this was measured")
+    assert any(t.startswith("Confidence") for t in folded) and any(t.startswith("Per-class") for t in folded)
+    assert html.index("<details>") > html.index("alt=\"Accuracy vs size: the Pareto front\"")
+    ids = [r["id"] for r in front(results)]
+    assert ids and all(html.index(i) < html.index("<section id='pareto'>") for i in ids)
+
     md = (out / "report.md").read_text()
-    order = [md.index(h) for h in ("## Recommendation", "## Pareto front", "## Failures and skipped models",
-                                   "## Changes within noise", "## Details", "### Variants")]
-    assert order == sorted(order) and "broken/tflite-fp32" in md[order[2]:order[3]]
+    order = [md.index(h) for h in ("## Recommendation", "## Pareto front: size vs accuracy", "](pareto.png)",
+                                   "<details><summary>Changes within noise", "<details><summary>How this",
+                                   "## Variants", "## Failures and skipped models", "## More measurements",
+                                   "### Latency")]
+    assert order == sorted(order) and "broken/tflite-fp32" in md[order[6]:order[7]]
+    assert md.count("<details>") == md.count("</details>") == len(folded)
+    assert "Baseline baseline/keras: accuracy" in md[order[0]:order[1]]
+    front_md = md[order[1]:order[2]]
+    assert [line.split(" | ")[1].removesuffix(" (recommended)").removesuffix(" (baseline)")
+            for line in front_md.splitlines() if line.startswith("| ") and line[2].isdigit()] == ids
 
 
 def test_formats_an_export_did_not_write_are_failure_rows(tiny_run, tiny_archive, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgepack.report.front import labels, size_points
+
 # Marker by format, colour by variant: with ~50 points, labels on every point would be unreadable.
 MARKERS = {"keras": "s", "tflite-fp32": "o", "tflite-fp16": "D", "tflite-dynamic": "v", "tflite-int8": "^",
            "onnx-fp32": "P", "onnx-int8": "X"}
@@ -18,6 +20,17 @@ def _latency(row: dict) -> tuple[float | None, str]:
     return None, ""
 
 
+def _log_x(ax) -> None:
+    """A log x axis labelled in plain numbers at 1-2-5 (no 10^2 notation, no overlapping labels)."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+
+
 def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, float, dict]],
              baseline_acc: float | None) -> None:
     import matplotlib
@@ -25,7 +38,6 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
-    from matplotlib.ticker import LogLocator, ScalarFormatter
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
     if points:
@@ -40,11 +52,7 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
                 ax.annotate("recommended: " + r["id"], (x, y), fontsize=7, xytext=(4, 4),
                             textcoords="offset points")
         if all(x > 0 for x, _, _ in points):
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ScalarFormatter())
-            ax.xaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # labels at 1-2-5: no overlaps
-            ax.xaxis.set_minor_formatter(ScalarFormatter())
-            ax.tick_params(axis="x", which="minor", labelsize=7)
+            _log_x(ax)
         if baseline_acc is not None:
             ax.axhline(baseline_acc, color="grey", linestyle="--", linewidth=0.8)
         handles = [Line2D([], [], linestyle="", marker="o", color=colours[v], label=v) for v in variants]
@@ -63,20 +71,10 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
     plt.close(fig)
 
 
-def pareto_front(points: list[tuple[float, float, dict]]) -> list[tuple[float, float, dict]]:
-    """The points no other point beats on both size (smaller) and accuracy (higher), smallest first."""
-    front, best = [], float("-inf")
-    for x, y, r in sorted(points, key=lambda p: (p[0], -p[1])):
-        if y > best:
-            front.append((x, y, r))
-            best = y
-    return front
-
-
 PARETO = "pareto.png"
 
 
-def _noise_bars(ax, points) -> None:
+def _noise_bars(ax, points, alpha: float = 1.0) -> None:
     """Vertical bars: each row's 95% paired-bootstrap interval of its change against the baseline, so a
     zoomed-in accuracy axis does not make noise look like a difference."""
     for x, y, r in points:
@@ -84,53 +82,66 @@ def _noise_bars(ax, points) -> None:
         if c:
             lo, hi = c["ci_pts"]
             ax.errorbar([x], [y], yerr=[[max(0.0, c["delta_pts"] - lo)], [max(0.0, hi - c["delta_pts"])]],
-                        color="grey", linewidth=0.8, capsize=3, zorder=0)
+                        color="grey", linewidth=0.8, capsize=3, zorder=0, alpha=alpha)
 
 
 def write_pareto(results: dict, path: Path) -> None:
-    """Accuracy vs gzip'ed size, colour = 1-thread p50 latency (all cores if missing), the front joined
-    and labelled: the trade-off a user picks from."""
+    """Accuracy vs gzip'ed size, colour = 1-thread p50 latency (all cores if missing), the front joined:
+    the trade-off a user picks from. Only the front's points are labelled ("1", "2", ...: the # of the
+    report's front table, ids in the key on the right); the others are drawn smaller and lighter."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    ok = [r for r in results["rows"]
-          if r["status"] == "ok" and r["accuracy"] is not None and r["size_gzip_bytes"]]
-    points = [(r["size_gzip_bytes"] / 1024, 100 * r["accuracy"], r) for r in ok]
-    fig, ax = plt.subplots(figsize=(9, 5), dpi=90)
+    points = size_points(results)
+    names = labels(points)
+    on = sorted((p for p in points if p[2]["id"] in names), key=lambda p: int(names[p[2]["id"]]))
+    off = [p for p in points if p[2]["id"] not in names]
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=90)
     lat = [_latency(r)[0] for _, _, r in points]
     known = [v for v in lat if v is not None]
     if points:
-        colour = ({"c": [v if v is not None else float("nan") for v in lat], "cmap": "viridis",
-                   "plotnonfinite": True} if known else {"color": "tab:blue"})  # no latency: one colour
-        sc = ax.scatter([p[0] for p in points], [p[1] for p in points], s=40, edgecolors="none", alpha=0.9,
-                        **colour)
+        norm = plt.Normalize(min(known), max(known)) if known else None
+        for group, size, alpha, edge in ((off, 22, 0.3, "none"), (on, 60, 1.0, "black")):
+            glat = [_latency(r)[0] for _, _, r in group]
+            colour = ({"c": [v if v is not None else float("nan") for v in glat], "cmap": "viridis",
+                       "norm": norm, "plotnonfinite": True} if known else {"color": "tab:blue"})
+            sc = ax.scatter([p[0] for p in group], [p[1] for p in group], s=size, alpha=alpha,
+                            edgecolors=edge, linewidths=0.6, zorder=2, **colour)
         if known:
-            fig.colorbar(sc, ax=ax, label="p50 latency ms, batch 1 (" + (_latency(ok[0])[1] or "-") + ")")
-        _noise_bars(ax, points)
-        front = pareto_front(points)
-        ax.plot([p[0] for p in front], [p[1] for p in front], color="black", linewidth=0.8,
-                label="Pareto front")
-        for x, y, r in front:
-            ax.annotate(r["id"] + (" (recommended)" if r["recommended"] else ""), (x, y), fontsize=7,
-                        xytext=(4, -10 if r["recommended"] else 4), textcoords="offset points",
-                        fontweight="bold" if r["recommended"] else "normal")
+            fig.colorbar(sc, ax=ax, pad=0.01,
+                         label="p50 latency ms, batch 1 (" + (_latency(points[0][2])[1] or "-") + ")")
+        _noise_bars(ax, off, alpha=0.25)
+        _noise_bars(ax, on)
+        ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=0.8, zorder=1)
+        for i, (x, y, r) in enumerate(on):  # neighbours on the front alternate sides: no overlap
+            ax.annotate(names[r["id"]], (x, y), fontsize=9, fontweight="bold", textcoords="offset points",
+                        xytext=(-5, 5) if i % 2 == 0 else (5, -12), ha="right" if i % 2 == 0 else "left",
+                        color="red" if r["recommended"] else "black")
         rec = [p for p in points if p[2]["recommended"]]
         if rec:
-            ax.scatter([rec[0][0]], [rec[0][1]], s=160, facecolors="none", edgecolors="red", linewidths=1.5,
-                       label="recommended")
+            ax.scatter([rec[0][0]], [rec[0][1]], s=180, facecolors="none", edgecolors="red", linewidths=1.5,
+                       zorder=2.5)  # under the labels (text: zorder 3)
         if all(p[0] > 0 for p in points):
-            ax.set_xscale("log")
-        ax.legend(fontsize=8, loc="lower right")
+            _log_x(ax)
+        key = [Line2D([], [], color="black", linewidth=0.8, label="Pareto front (labelled: # below)"),
+               Line2D([], [], linestyle="", marker="o", color="grey", alpha=0.3, label="other rows")]
+        if rec:
+            key.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="none", markeredgecolor="red",
+                              markersize=10, label="recommended"))
+        key += [Line2D([], [], linestyle="", label=f"{names[r['id']]}  {r['id']}"
+                       + (" (recommended)" if r["recommended"] else "")) for _, _, r in on]
+        ax.legend(handles=key, fontsize=8, loc="upper left", bbox_to_anchor=(1.15, 1.0), handlelength=1.2,
+                  borderaxespad=0)
     else:
         ax.text(0.5, 0.5, "nothing measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel("gzip'ed size KiB (log)")
     ax.set_ylabel("test accuracy %")
     ax.set_title("Accuracy vs size: the Pareto front (colour: latency; bars: 95% interval of the change)")
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, format="png")
+    fig.savefig(path, format="png", bbox_inches="tight")
     plt.close(fig)
 
 

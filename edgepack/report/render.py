@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import csv
 import html as html_mod
+import re
 from pathlib import Path
 
-from edgepack.report import hosts, summary, targets
+from edgepack.report import front, hosts, summary, targets
+from edgepack.report.explain import noise_lines
 from edgepack.report.plots import PARETO
 
 Table = tuple[str, list[str], list[list[str]]]
@@ -106,7 +108,7 @@ def error_table(results: dict) -> Table:
 def notes_table(results: dict) -> Table:
     out = [[r["id"], r.get("kernel_path") or "-", note]
            for r in results["rows"] for note in r.get("notes") or []]
-    return "Notes (from the measurements above)", ["id", "int8 kernel path", "note"], out
+    return "Notes from the measurements (kernels, speed vs fp32)", ["id", "int8 kernel path", "note"], out
 
 
 def memory_table(results: dict) -> Table:
@@ -129,11 +131,15 @@ def failure_lines(results: dict) -> list[str]:
         f"  {r['id']}: {r['error']}" for r in failed]
 
 
+def folded_tables(results: dict) -> list[Table]:
+    """The long tables folded under the plot (<details>): one row or more per model, read on demand."""
+    return [t for t in (summary.confidence_table(results), summary.flips_table(results), notes_table(results),
+                        per_class_table(results)) if t[2]]
+
+
 def tables(results: dict) -> list[Table]:
-    """The detail tables (the failures table is in the summary)."""
-    return [t for t in (main_table(results), summary.confidence_table(results), summary.flips_table(results),
-                        notes_table(results), latency_table(results), memory_table(results),
-                        detail_table(results), per_class_table(results)) if t[2]]
+    """The tables after the Variants table (the failures table has its own section)."""
+    return [t for t in (latency_table(results), memory_table(results), detail_table(results)) if t[2]]
 
 
 def header_lines(results: dict) -> list[str]:
@@ -143,11 +149,8 @@ def header_lines(results: dict) -> list[str]:
     subset = (f"a class-balanced subset of {n} test images (--limit-test; not the full test set)"
               if data["limit_test"] else f"all {n} test images")
     versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
-    quick = (results.get("settings") or {}).get("quick")
     controls = results.get("controls") or ([results["control"]] if results.get("control") else [])
-    lines = ["**Quick smoke run (--quick): a subset and few timing runs, not the real figures.**"
-             ] if quick else []
-    lines += [
+    lines = [
         f"Created {results['created']} in {results['wall_seconds']:.0f} s; {subset} from `{data['source']}`.",
         f"CPU: {cpu['model']} ({cpu['machine']}), {cpu['usable_cores']} usable cores "
         f"({cpu['logical_cores']} logical); ISA: {', '.join(cpu['isa_flags']) or 'none detected'}.",
@@ -193,8 +196,11 @@ def markdown_table(t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The page's order, summary first ("devices" only when --device-results was given).
-SECTIONS = ("recommendation", "target", "pareto", "failures", "noise", "devices", "details")
+# The page's order: the decision (recommendation, Pareto front table, plot), the long notes folded
+# (<details>), then the full Variants table and everything else ("target" with --target, "devices" with
+# --device-results).
+SECTIONS = ("recommendation", "front", "pareto", "notes", "variants", "failures", "target", "devices", "more")
+PLOT_ALT = "Accuracy vs size: the Pareto front"
 
 
 def _failures(results: dict) -> Table:
@@ -202,20 +208,48 @@ def _failures(results: dict) -> Table:
     return "Failures and skipped models", headers, rows
 
 
+def folds(results: dict) -> list[tuple[str, list[str] | Table]]:
+    """The folded notes, (summary line, lines or a table): changes within noise, how the figures were
+    measured (environment), then the long per-row tables."""
+    noise = summary.noise_text(results)
+    n = len(noise_lines(results))
+    items: list[tuple[str, list[str] | Table]] = [
+        (f"Changes within noise ({n} rows)", noise),
+        ("How this was measured: data, CPU, software, baseline and controls", header_lines(results))]
+    items += [(f"{t[0]} ({len(t[2])} rows)", t) for t in folded_tables(results)]
+    return items
+
+
+def _top_markdown(results: dict) -> list[str]:
+    return ["## Recommendation", "",
+            *[f"- {line}" for line in front.quick_line(results) + summary.recommendation_lines(results)
+              + front.context_lines(results)], "",
+            markdown_table(front.front_table(results)).replace("\n\n", f"\n\n{front.FRONT_TEXT}\n\n", 1),
+            f"![{PLOT_ALT}]({PARETO})", ""]
+
+
+def _fold_markdown(title: str, body: list[str] | Table) -> list[str]:
+    """GitHub renders <details> in Markdown; the blank lines keep the Markdown inside it working."""
+    text = ([f"- {line}" for line in body] if isinstance(body, list)
+            else [markdown_table(body).partition("\n\n")[2]])
+    return [f"<details><summary>{html_mod.escape(title)}</summary>", "", *text, "", "</details>", ""]
+
+
 def markdown(results: dict, images: dict[str, str]) -> str:
     fails = _failures(results)
-    parts = ["# edgepack comparison report", "", "## Recommendation", "",
-             *[f"- {line}" for line in summary.recommendation_lines(results)], "",
-             *_target_markdown(results),
-             "## Pareto front", "", f"![Accuracy vs size: the Pareto front]({PARETO})", ""]
+    parts = ["# edgepack comparison report", "", *_top_markdown(results),
+             "## Notes (folded: click to open)", ""]
+    for title, body in folds(results):
+        parts += _fold_markdown(title, body)
+    parts += [markdown_table(main_table(results))]
     parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
-    parts += ["## Changes within noise", "", *[f"- {line}" for line in summary.noise_text(results)], ""]
+    parts += _target_markdown(results)
     if results.get("device_results"):
         from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
 
         parts += ["## Device results", "", *devices.lines(results), "",
                   *[markdown_table(t).replace("## ", "### ", 1) for t in devices.tables(results)]]
-    parts += ["## Details", "", *[f"- {line}" for line in header_lines(results)], ""]
+    parts += ["## More measurements", ""]
     parts += [markdown_table(t).replace("## ", "### ", 1) for t in tables(results)]
     parts += [f"![{title}]({name})\n" for title, name in images.items()]
     parts += [f"![{r['id']}: most confident flips]({r['flip_sheet']})\n" for r in results["rows"]
@@ -262,8 +296,10 @@ def _is_num(cell: str) -> bool:
 _STYLE = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
           "margin-bottom:1.5em;font-size:13px}.scroll{overflow-x:auto}"
           "td,th{border:1px solid #ccc;padding:3px 6px;text-align:left}td.num{text-align:right}"
-          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}img.wide{max-width:900px;width:100%}"
-          "section#recommendation{background:#eef6ee;border:1px solid #9c9;padding:0.2em 1em}")
+          "th{background:#f0f0f0}img{max-width:48%;margin:0.5em}img.wide{max-width:1200px;width:100%}"
+          "section#recommendation{background:#eef6ee;border:1px solid #9c9;padding:0.2em 1em}"
+          "details{margin:0.4em 0}summary{cursor:pointer;font-weight:bold}"
+          "details[open]>summary{margin-bottom:0.4em}")
 
 
 def _img(folder: Path, name: str, alt: str, cls: str = "") -> str:
@@ -273,32 +309,44 @@ def _img(folder: Path, name: str, alt: str, cls: str = "") -> str:
 
 
 def _items(lines) -> str:
-    return "<ul>" + "".join(f"<li>{html_mod.escape(s.replace('**', '').replace('`', ''))}</li>"
-                            for s in lines) + "</ul>"
+    """An HTML list of Markdown-ish lines: **bold** stays bold, `code` becomes <code>."""
+    def one(s: str) -> str:
+        s = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html_mod.escape(s))
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    return "<ul>" + "".join(f"<li>{one(s)}</li>" for s in lines) + "</ul>"
+
+
+def _fold_html(title: str, body: list[str] | Table) -> str:
+    inner = _items(body) if isinstance(body, list) else _html_table(body).partition("\n")[2]
+    return f"<details><summary>{html_mod.escape(title)}</summary>{inner}</details>\n"
 
 
 def html(results: dict, folder: Path, images: dict[str, str]) -> str:
-    """A self-contained page, summary first (SECTIONS): recommendation, Pareto plot, failures, changes
-    within noise, then the same detail tables as report.md; images embedded as base64 PNGs."""
+    """A self-contained page in the order of SECTIONS: recommendation, the Pareto front's table and plot,
+    the long notes folded, then the same tables as report.md; images embedded as base64 PNGs."""
     from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
 
     fails = _failures(results)
+    table = _html_table(front.front_table(results), 2)
     sections = {
-        "recommendation": "<h2>Recommendation</h2>" + _items(summary.recommendation_lines(results)),
-        "target": _target_html(results),
-        "pareto": "<h2>Pareto front</h2>"
-                  + _img(folder, PARETO, "Accuracy vs size: the Pareto front", "wide"),
+        "recommendation": "<h2>Recommendation</h2>" + _items(
+            front.quick_line(results) + summary.recommendation_lines(results) + front.context_lines(results)),
+        "front": table.replace("\n", f"\n<p>{html_mod.escape(front.FRONT_TEXT)}</p>", 1),
+        "pareto": _img(folder, PARETO, PLOT_ALT, "wide"),
+        "notes": "<h2>Notes (folded: click to open)</h2>"
+                 + "".join(_fold_html(title, body) for title, body in folds(results)),
+        "variants": _html_table(main_table(results), 2),
         "failures": _html_table(fails, 2) if fails[2] else "<h2>Failures and skipped models</h2><p>None.</p>",
-        "noise": "<h2>Changes within noise</h2>" + _items(summary.noise_text(results)),
+        "target": _target_html(results),
         "devices": "<h2>Device results</h2>" + _items(devices.lines(results))
                    + "".join(_html_table(t) for t in devices.tables(results))
                    if results.get("device_results") else "",
-        "details": "<h2>Details</h2>" + _items(header_lines(results))
-                   + "".join(_html_table(t) for t in tables(results)) + "<h3>Plots</h3>"
-                   + "".join(_img(folder, name, title) for title, name in images.items())
-                   + "<h3>Most confident flips against the baseline</h3>"
-                   + "".join(_img(folder, r["flip_sheet"], f"{r['id']}: most confident flips")
-                             for r in results["rows"] if r.get("flip_sheet")),
+        "more": "<h2>More measurements</h2>" + "".join(_html_table(t) for t in tables(results))
+                + "<h3>Plots</h3>" + "".join(_img(folder, name, title) for title, name in images.items())
+                + "<h3>Most confident flips against the baseline</h3>"
+                + "".join(_img(folder, r["flip_sheet"], f"{r['id']}: most confident flips")
+                          for r in results["rows"] if r.get("flip_sheet")),
     }
     body = "".join(f"<section id='{k}'>{sections[k]}</section>\n" for k in SECTIONS if sections[k])
     return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>edgepack comparison</title>"

@@ -1,5 +1,6 @@
-"""The report's summary (recommendation, failures, changes within noise) and the confidence and flips
-tables: rendered by edgepack.report.render before the detail tables. Plain strings; render escapes."""
+"""The report's recommendation, failures and changes within noise, and the confidence and flips tables
+(edgepack.report.render places them: recommendation first, the rest folded or after the Variants
+table). Plain strings; render escapes."""
 
 from __future__ import annotations
 
