@@ -428,8 +428,8 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
     c = settings["compare"]
     budget = Budget.parse(c["ram"], c["flash"])  # checked with the settings
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
-                          fail_over=c["fail_over"], target=c["target"], ram_bytes=budget.ram_bytes,
-                          flash_bytes=budget.flash_bytes)
+                          objective=c["objective"], fail_over=c["fail_over"], target=c["target"],
+                          ram_bytes=budget.ram_bytes, flash_bytes=budget.flash_bytes)
     path = out / "report"
     inputs = [*runs.values(), *exports]
     # The run keys chain every upstream setting (data, training, fine-tuning); exports add their own.

@@ -36,6 +36,7 @@ from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import ALL, FORMATS, INTEGER_FORMATS, options_for
 from edgepack.fitting import AUGMENTATIONS
+from edgepack.report.pick import OBJECTIVES
 from edgepack.target import DEFAULT as DEFAULT_TARGET
 from edgepack.target import TARGETS, Budget, check_budget, parse_bytes
 from edgepack.typed import KINDS, expected, inner_model, validate
@@ -206,6 +207,9 @@ class Compare(_Section):
     max_drop: float | None = Field(1.0, ge=0, le=100, allow_inf_nan=False, **_doc(
         "recommend the smallest, fastest variant within this many accuracy points of the baseline",
         unset="no recommendation"))
+    objective: Literal[OBJECTIVES] = Field("size", **_doc(
+        "what decides among the variants within max_drop: size (the smallest file: what a device stores) "
+        "or latency (the fastest on this machine; as fast: the smallest)", want=" or ".join(OBJECTIVES)))
     fail_over: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, **_doc(
         "exit 1 when a variant drops more than this many accuracy points", unset="no gate"))
     target: Literal[tuple(TARGETS)] = Field(DEFAULT_TARGET, **_doc(

@@ -207,6 +207,27 @@ def test_recommend_smallest_and_fastest_within_max_drop():
     assert recommend([rows[-1]], 1.0) is None
 
 
+def test_objective_size_and_controls_never_recommended():
+    """--objective size: the smallest file within --max-drop whatever its latency; an uncompressed
+    control's file is never the pick (it measures fine-tuning alone), even when it is the smallest."""
+    from edgepack.report.derived import derive
+
+    rows = [_row("base", 0.70, 450_000, 1.3), _row("prune", 0.699, 44_000, 0.05),
+            _row("slow-small", 0.70, 40_000, 0.5)]
+    assert recommend(rows, 1.0)["id"] == "prune"  # latency: slow-small is 10x slower
+    assert recommend(rows, 1.0, objective="size")["id"] == "slow-small"
+    rows = [{**_row("base/keras", 0.70, 450_000, 1.3), "technique": "baseline"},
+            {**_row("p/tflite-int8", 0.72, 44_000, 0.05), "technique": "prune"},
+            {**_row("finetune-e1/tflite-int8", 0.74, 30_000, 0.05), "technique": "finetune"}]
+    for r in rows:
+        r.update(variant=r["id"].split("/")[0], format=r["id"].split("/")[1], kind="file", host=None,
+                 size_bytes=r["size_gzip_bytes"], notes=[], recommended=False, finetune_recipe=None)
+    results = {"rows": rows, "baseline": "base/keras", "control": None, "controls": [],
+               "options": {"max_drop": 1.0, "objective": "size"}, "recommended": None}
+    derive(results)
+    assert results["recommended"] == "p/tflite-int8"
+
+
 def _timed(rid, acc, gz, rounds):
     row = _row(rid, acc, gz, float(sorted(rounds)[len(rounds) // 2]))
     row["latency"]["threads_1"]["round_p50_ms"] = list(rounds)

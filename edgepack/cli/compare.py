@@ -39,6 +39,7 @@ from edgepack.cli import (
     source_options,
 )
 from edgepack.report import CompareOptions, compare
+from edgepack.report.pick import OBJECTIVES
 from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
 
 
@@ -60,6 +61,9 @@ def register(sub) -> None:
     p.add_argument("--warmup", type=int, default=20, help="untimed calls before timing (default 20)")
     p.add_argument("--max-drop", type=finite_float, metavar="X",
                    help="recommend the best variant within X points")
+    p.add_argument("--objective", choices=OBJECTIVES, default="latency",
+                   help="what decides among the rows within --max-drop: latency (the fastest; rows as "
+                        "fast as it: the smallest file) or size (the smallest file) (default latency)")
     p.add_argument("--fail-over", type=finite_float, metavar="X",
                    help="exit 1 if a variant drops more than X points")
     p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
@@ -72,7 +76,8 @@ def register(sub) -> None:
 
 def run(args) -> int:
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
-                             max_drop=args.max_drop, fail_over=args.fail_over, latency=not args.no_latency,
+                             max_drop=args.max_drop, objective=args.objective, fail_over=args.fail_over,
+                             latency=not args.no_latency,
                              target=args.target, ram_bytes=args.ram, flash_bytes=args.flash,
                              device_results=tuple(args.device_results))
     results = compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline,

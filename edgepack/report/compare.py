@@ -132,6 +132,7 @@ from edgepack.report import targets
 from edgepack.report.derived import BASELINE, CONTROL, derive
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
+from edgepack.report.pick import OBJECTIVES
 from edgepack.target import Budget, check_budget
 from edgepack.target import get as get_target
 
@@ -151,6 +152,7 @@ class CompareOptions:
     latency: bool = True  # False: accuracy and sizes only (--no-latency)
     keras_single_thread: bool = True  # time Keras rows on 1 thread in a child process
     max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
+    objective: str = "latency"  # what decides among those rows (edgepack.report.pick.OBJECTIVES)
     fail_over: float | None = None  # points: GateFailed if a row drops more than this (or fails)
     seed: int = 0  # test subset seed
     device_results: tuple[str, ...] = ()  # `edgepack bench --json` files from users' devices (reported apart)
@@ -168,6 +170,8 @@ class CompareOptions:
         from edgepack.data import check_limits
 
         check_limits(limit_test=self.limit_test)
+        if self.objective not in OBJECTIVES:
+            raise EdgepackError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("max_drop", "fail_over"):
             v = getattr(self, name)
             if v is not None and not 0 <= v <= 100:

@@ -81,8 +81,11 @@ def derive(results: dict) -> None:
     may_pick = targets.allowed(results)  # with a device target: files that run there and fit
     if opts.get("max_drop") is not None and base and base["status"] == "ok":
         device = results.get("target") is not None  # host latency says nothing about a device target
-        pick = recommend([r for r in rows if may_pick(r)], opts["max_drop"], by_latency=not (mixed or device),
-                         size=targets.deployed_bytes if device else None)
+        # Controls are not compressed: they measure what the extra fine-tuning alone gives.
+        shippable = [r for r in rows if may_pick(r) and r["technique"] != CONTROL]
+        pick = recommend(shippable, opts["max_drop"], by_latency=not (mixed or device),
+                         size=targets.deployed_bytes if device else None,
+                         objective=opts.get("objective") or "latency")
         if pick is not None:
             pick["recommended"] = True
             results["recommended"] = pick["id"]
@@ -93,21 +96,23 @@ def derive(results: dict) -> None:
         results["gate"] = {"fail_over": opts["fail_over"], "failed": failed, "passed": not failed}
 
 
-def recommend(rows: list[dict], max_drop: float, by_latency: bool = True, size=None) -> dict | None:
+def recommend(rows: list[dict], max_drop: float, by_latency: bool = True, size=None,
+              objective: str = "latency") -> dict | None:
     """The smallest and fastest row within `max_drop` points of the baseline (edgepack.report.pick).
 
-    Among the candidates as fast as the fastest (1-thread timings, all cores if missing; round
-    intervals that overlap are a tie, the FAST_ENOUGH band only for timings without rounds), the
-    smallest gzip'ed file wins, then the more accurate. Without latency figures (or `by_latency`
-    False: rows timed on different CPUs, or files for a device target) the smallest file wins. `size(row)`:
-    the bytes that rank files (default: gzip'ed; a device target: flash, edgepack.report.targets).
+    objective "latency": among the candidates as fast as the fastest (1-thread timings, all cores if
+    missing; round intervals that overlap are a tie, the FAST_ENOUGH band only for timings without
+    rounds), the smallest gzip'ed file wins, then the more accurate. objective "size", no latency
+    figures (or `by_latency` False: rows timed on different CPUs, or files for a device target): the
+    smallest file wins. `size(row)`: the bytes that rank files (default: gzip'ed; a device target:
+    flash, edgepack.report.targets).
     """
     cands = [Candidate(r, r["accuracy"], (size(r) if size else None) or r["size_gzip_bytes"],
                        _timing(r) if by_latency else None)
              for r in rows
              if r["status"] == "ok" and r["delta_pts_vs_baseline"] is not None
              and r["delta_pts_vs_baseline"] >= -max_drop - 1e-9 and r["size_gzip_bytes"]]
-    best = pick(cands, "latency")
+    best = pick(cands, objective)
     return None if best is None else best.key
 
 

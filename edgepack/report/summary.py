@@ -65,9 +65,13 @@ def _recommendation(results: dict) -> list[str]:
         lines.append(f"Why: the file taking the least flash on {target['name']} (in the form that fits; "
                      "gzip'ed size where the target has no flash figure) among the files that run there and "
                      f"fit its budget, within {max_drop:g} accuracy points of the baseline.")
+    elif (results.get("options") or {}).get("objective") == "size":
+        lines.append(f"Why: the smallest gzip'ed file among the compressed rows within {max_drop:g} accuracy "
+                     "points of the baseline (objective size; equal sizes: the more accurate).")
     else:
-        lines.append(f"Why: the smallest gzip'ed file among the rows within {max_drop:g} accuracy points of "
-                     "the baseline whose latency is within 1.25x of the fastest of them.")
+        lines.append(f"Why: the smallest gzip'ed file among the compressed rows within {max_drop:g} accuracy "
+                     "points of the baseline that are as fast as the fastest of them (objective latency: "
+                     "latency intervals that overlap are a tie).")
     if target:
         lines.append(f"On {target['name']}: {rec['target']['verdict']}; accuracy on its kernels "
                      f"{100 * rec['target']['accuracy']:.2f}%.")
