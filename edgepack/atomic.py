@@ -29,13 +29,7 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     which value was what (e.g. {"history.loss[3]": "nan"}). Other objects holding them are refused.
     """
     path = Path(path)
-    notes: dict[str, str] = {}
-    obj = _finite(obj, "", notes)
-    if notes:
-        if not isinstance(obj, dict):
-            raise ValueError(f"{path}: cannot record non-finite values {notes} outside a JSON object")
-        why = {k: f"{v}: not a finite number, written as null" for k, v in notes.items()}
-        obj = {**obj, "non_finite": why}
+    obj = json_ready(obj, path)
     tmp = tmp_sibling(path)
     try:
         with open(tmp, "w", encoding="utf-8") as f:
@@ -47,6 +41,19 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def json_ready(obj: Any, where: str | os.PathLike = "JSON") -> Any:
+    """`obj` as write_json writes it: numpy values as Python ones, NaN/inf as null and, for a dict, a
+    "non_finite" entry saying which value was what. Ready twice is ready once."""
+    notes: dict[str, str] = {}
+    obj = _finite(obj, "", notes)
+    if notes:
+        if not isinstance(obj, dict):
+            raise ValueError(f"{where}: cannot record non-finite values {notes} outside a JSON object")
+        why = {k: f"{v}: not a finite number, written as null" for k, v in notes.items()}
+        obj = {**obj, "non_finite": why}
+    return obj
 
 
 def _finite(obj: Any, where: str, notes: dict[str, str]) -> Any:

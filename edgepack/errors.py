@@ -11,6 +11,15 @@ class EdgepackError(Exception):
     """A problem with the user's input, files or environment (not a bug in edgepack)."""
 
 
+class KeyProblem(ValueError):
+    """A problem a record's own check finds (raised inside edgepack.typed.validate), with the key path it
+    belongs to ("variants[1].source"): the one-line error names that key."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 class DataError(EdgepackError, ValueError):
     """A data file is missing, corrupt, unsafe or of the wrong shape."""
 

@@ -18,12 +18,55 @@ classes with test images. A class with no test images is never flagged (its reca
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+from edgepack.errors import KeyProblem
 
 SCHEMA_VERSION = 1
 WEAK_RECALL_RATIO = 1 / 3  # a class below this share of the median class recall is weak
 WEAK_RULE = "recall 0 or below 1/3 of the median class recall"
+
+
+# metrics.json as a typed record: checked (strictly: "0.9" is not a number) by edgepack.typed.validate
+# when a run folder is written and read (edgepack.rundir). Keys a newer writer adds are ignored.
+_CHECKED = {"strict": True, "extra": "ignore"}
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """One class's figures on the test set."""
+
+    __pydantic_config__ = _CHECKED
+    precision: float
+    recall: float
+    f1: float
+    accuracy: float  # the share of the class's images classified right (= recall)
+    support: int  # the class's test images
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """A run folder's metrics.json (schema version 1; `weak_classes` came later: None in older runs)."""
+
+    __pydantic_config__ = _CHECKED
+    schema_version: int
+    accuracy: float  # fraction of test images whose top-1 equals the label
+    precision_macro: float
+    recall_macro: float
+    f1_macro: float
+    per_class: dict[str, ClassMetrics]
+    confusion_matrix: list[list[int]]  # rows = true class, columns = predicted class
+    class_names: list[str]
+    num_test_images: int
+    weak_classes: dict[str, float] | None = None  # {class name: recall}; None: not recorded
+    non_finite: dict[str, str] | None = None  # edgepack.atomic.write_json's note (NaN written as null)
+
+    def __post_init__(self):
+        if self.schema_version != SCHEMA_VERSION:
+            raise KeyProblem("schema_version", f"metrics schema {self.schema_version} is not this "
+                             f"edgepack's ({SCHEMA_VERSION})")
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray,

@@ -29,8 +29,9 @@ from typing import Any
 
 from edgepack import model as model_mod
 from edgepack import runmeta
-from edgepack.atomic import read_json, tmp_sibling, write_json
+from edgepack.atomic import json_ready, read_json, tmp_sibling, write_json
 from edgepack.errors import RunFolderError
+from edgepack.metrics import Metrics
 from edgepack.runmeta import MODEL_FILE_KIND, RunMetadata
 from edgepack.runtime.preprocess import PreprocessError, parse
 
@@ -254,7 +255,7 @@ class Run:
 
     path: Path  # the folder (or, for a user's model file, the file: see load_source)
     metadata: RunMetadata  # metadata.json (or what load_source read from the model and the options)
-    metrics: dict  # metrics.json ({} for a user's model file: nothing measured yet)
+    metrics: Metrics | None  # metrics.json (None for a user's model file: nothing measured yet)
     model: Any = field(default=None, compare=False, repr=False)  # the loaded model, if already loaded
 
     @property
@@ -283,7 +284,8 @@ def load_run(path: str | os.PathLike) -> Run:
             raise RunFolderError(f"{path} is not a complete run folder ({name} is missing): "
                                  "re-run the command that made it")
     meta = runmeta.read(path / METADATA)
-    metrics = read_json(path / METRICS)
+    metrics = checked_metrics(read_json(path / METRICS), f"{path / METRICS}: ", RunFolderError,
+                              "re-create the run folder with this edgepack version")
     model_path = path / meta.model_file
     if not model_path.exists():
         raise RunFolderError(f"{path} is not a complete run folder ({meta.model_file} is missing)")
@@ -324,7 +326,7 @@ def load_source(path: str | os.PathLike, class_names: str | list[str] | None = N
                          num_outputs=info["num_classes"], input_shape=info["input_shape"],
                          pixel_scaling=_scaling(preprocessing, info["rescales"], path),
                          model_sha256=sha256_file(path) if path.is_file() else None)
-    return Run(path=path, metadata=meta, metrics={}, model=model)
+    return Run(path=path, metadata=meta, metrics=None, model=model)
 
 
 def _class_names(given, data_class_names, path: Path, required: bool = True) -> list[str] | None:
@@ -364,7 +366,16 @@ def write_run_files(folder: Path, metadata: dict, metrics: dict, history: dict |
         metadata = {**metadata, "model_sha256": sha256_file(model_path),
                     "model_bytes": model_path.stat().st_size}
     meta = runmeta.build(**metadata, **provenance())  # checked before anything is written
+    metrics = json_ready(metrics)  # as written (NaN as null, noted), then checked as it will be read
+    checked_metrics(metrics, "metrics: ", ValueError)  # a writer's wrong key or type is a bug
     if history is not None:
         write_json(folder / HISTORY, history)
     write_json(folder / METRICS, metrics)
     runmeta.write(folder / METADATA, meta)  # written last: marks completion
+
+
+def checked_metrics(raw: object, where: str, error: type[Exception], fix: str = "") -> Metrics:
+    """metrics.json's content as the typed record, or `error` of one line naming the key."""
+    from edgepack.typed import validate  # noqa: PLC0415  pydantic (toolchain extra): not for the runtime-only CLI
+
+    return validate(Metrics, raw, where, fix=fix, error=error)

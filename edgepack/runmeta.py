@@ -5,25 +5,25 @@ and adopt, through edgepack.fitting.write_run) and reads it with `read()` (load_
 file opened by load_source gets one too (kind "model-file", never written). Every reader uses its
 attributes, so a missing key is found here once, not as a `.get()` default in each stage.
 
-Keys: writers construct the record with keyword arguments, so a misspelt or unknown key is a bug
-that fails at once (TypeError). Readers refuse a file without the required keys, of another schema or
-with wrongly typed values (RunMetadataError: one line naming the file and the fix), and keep keys this
-version does not know in `extra` (written back unchanged), so a newer minor writer's additions are
-neither lost nor trusted. The exported-file metadata is edgepack.runtime.metadata.FileMetadata.
-No TensorFlow or toolchain extra: the runtime-only CLI imports this through edgepack.rundir.
+Keys: writers build the record with keyword arguments (`build`), checked like a file, so a misspelt or
+unknown key or a wrong type fails at once. Readers refuse a file without the required keys, of another
+schema or with wrongly typed values (RunMetadataError: one line naming the file, the key and the fix),
+and keep keys this version does not know in `extra` (written back unchanged), so a newer minor writer's
+additions are neither lost nor trusted. Both check through edgepack.typed.validate (pydantic, strict: a
+"3" is not a number; JSON arrays fill the tuples). The exported-file metadata is
+edgepack.runtime.metadata.FileMetadata.
+No TensorFlow or toolchain extra to import: the runtime-only CLI imports this through edgepack.rundir
+(pydantic, of the toolchain extra, is imported only to check a record).
 """
 
 from __future__ import annotations
 
 import os
-import types
-import typing
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
 
 from edgepack.atomic import read_json, write_json
-from edgepack.errors import RunFolderError
+from edgepack.errors import KeyProblem, RunFolderError
 from edgepack.runtime.metadata import scaling_problem
 
 SCHEMA_VERSION = 1  # before 1: an untyped dict without schema_version (source hash: source_model_sha256)
@@ -39,6 +39,9 @@ class RunMetadataError(RunFolderError):
 @dataclass(frozen=True)
 class RunMetadata:
     """What made one run folder's model (schema version 1)."""
+
+    # edgepack.typed.validate: strict types, an unknown key refused (readers move them to `extra` first)
+    __pydantic_config__ = {"strict": True, "extra": "forbid"}
 
     # what it is
     kind: str  # one of KINDS
@@ -110,79 +113,47 @@ class RunMetadata:
         version = raw.get("schema_version")
         if version is None:
             raise RunMetadataError(f"{where} has no schema_version (written by an older edgepack): {FIX}")
-        if not isinstance(version, int) or isinstance(version, bool):
-            raise RunMetadataError(f"{where}: schema_version {version!r} is not a number: {FIX}")
-        if version != SCHEMA_VERSION:
+        if isinstance(version, int) and version != SCHEMA_VERSION:  # another type: validate says so
             how = "newer" if version > SCHEMA_VERSION else "older"
             fix = "upgrade edgepack" if version > SCHEMA_VERSION else FIX
             raise RunMetadataError(f"{where}: run metadata schema {version} is {how} than this edgepack's "
                                    f"({SCHEMA_VERSION}): {fix}")
         known = {f.name for f in fields(cls)} - {"extra"}
-        missing = [f.name for f in fields(cls)
-                   if f.default is MISSING and f.default_factory is MISSING and f.name not in raw]
-        if missing:
-            raise RunMetadataError(f"{where} lacks {', '.join(missing)}: {FIX}")
-        values = {k: _tuple(v) if k in _TUPLES else v for k, v in raw.items() if k in known}
-        meta = cls(**values, extra={k: v for k, v in raw.items() if k not in known})
-        problem = meta.problem()
-        if problem:
-            raise RunMetadataError(f"{where}: {problem}: {FIX}")
-        return meta
+        meta = _checked({k: v for k, v in raw.items() if k in known}, f"{where}: ", RunMetadataError, FIX)
+        return replace(meta, extra={k: v for k, v in raw.items() if k not in known})
 
-    def problem(self) -> str | None:
-        """What makes this record unusable, in words, or None."""
-        hints = typing.get_type_hints(type(self))
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if not _is(value, hints[f.name]):
-                return f"{f.name} must be {_name(hints[f.name])}, got {value!r}"[:300]
+    def __post_init__(self):
+        """What types alone do not say (run by edgepack.typed.validate after the types are checked)."""
         if self.kind not in KINDS:
-            return f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}"
+            raise KeyProblem("kind", f"must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if not self.model_file or Path(self.model_file).name != self.model_file:
-            return f"model_file must be a file name inside the run folder, got {self.model_file!r}"
+            raise KeyProblem("model_file", "must be a file name inside the run folder, got "
+                             f"{self.model_file!r}")
         if len(self.input_shape) != 3 or min(self.input_shape) <= 0:
-            return f"input_shape must be [height, width, channels], got {list(self.input_shape)!r}"
+            raise KeyProblem("input_shape", "must be [height, width, channels], got "
+                             f"{list(self.input_shape)!r}")
         if (self.class_names is None and self.kind != MODEL_FILE_KIND) or self.class_names == ():
-            return "class_names must be a non-empty list of strings"
-        return scaling_problem(self.pixel_scaling, self.input_shape[-1])
+            raise KeyProblem("class_names", "must be a non-empty list of strings")
+        problem = scaling_problem(self.pixel_scaling, self.input_shape[-1])
+        if problem:
+            raise KeyProblem("pixel_scaling", problem)
 
     def with_names(self, class_names) -> RunMetadata:
         """A copy with `class_names` (a model file's names taken from the data)."""
         return replace(self, class_names=tuple(str(n) for n in class_names))
 
 
-_TUPLES = ("class_names", "input_shape", "compressed_layers")  # JSON lists held as tuples
+def _checked(values: dict, where: str, error: type[Exception], fix: str = "") -> RunMetadata:
+    """`values` (as JSON holds them) checked into a record, through the one validator."""
+    from edgepack.typed import validate  # noqa: PLC0415  pydantic (toolchain extra): not for the runtime-only CLI
 
-
-def _tuple(v):
-    return tuple(v) if isinstance(v, list) else v
-
-
-def _is(value: Any, hint: Any) -> bool:
-    """isinstance for the annotations RunMetadata uses (X | None, tuple[X, ...], int, float, str, dict)."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_is(value, h) for h in typing.get_args(hint))
-    if origin is tuple:
-        return isinstance(value, tuple) and all(_is(v, typing.get_args(hint)[0]) for v in value)
-    if hint is type(None):
-        return value is None
-    if hint is float:  # JSON writes 2.0 as 2.0 but a user may write 2
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    return isinstance(value, hint) and not (isinstance(value, bool) and hint is int)
-
-
-def _name(hint: Any) -> str:
-    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+    return validate(RunMetadata, values, where, fix=fix, error=error)
 
 
 def build(**values) -> RunMetadata:
-    """A record from a writer's keyword arguments, checked (an unknown key is a TypeError: a bug)."""
-    meta = RunMetadata(**{k: _tuple(v) if k in _TUPLES else v for k, v in values.items()})
-    problem = meta.problem()
-    if problem:
-        raise ValueError(f"run metadata: {problem}")
-    return meta
+    """A record from a writer's keyword arguments, checked as it will be written (ValueError naming the
+    key: an unknown key or a wrong type is a bug)."""
+    return _checked(values, "run metadata: ", ValueError)
 
 
 def read(path: str | os.PathLike) -> RunMetadata:

@@ -33,7 +33,7 @@ from edgepack.compress.core import resolve_params
 from edgepack.compress.schedule import Phase, control_variants, own_phases
 from edgepack.compress.techniques import CLUSTERED_TECHNIQUES, PRUNED_TECHNIQUES
 from edgepack.data import MIN_CLASSES
-from edgepack.errors import EdgepackError
+from edgepack.errors import EdgepackError, KeyProblem
 from edgepack.export.formats import ALL, FORMATS, INTEGER_FORMATS, options_for
 from edgepack.fitting import AUGMENTATIONS
 from edgepack.report.pick import OBJECTIVES
@@ -45,14 +45,6 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: the toolchain extra installs tomli
     import tomli as tomllib
-
-
-class _At(ValueError):
-    """A problem found by a cross-check, with the key path it belongs to."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path = path
 
 
 class _Section(BaseModel):
@@ -176,15 +168,10 @@ class Export(_Section):
 
     @model_validator(mode="after")
     def _options(self) -> Export:
-        for key, value in self.options.items():
-            option = next((f.options[key] for f in FORMATS.values() if key in f.options), None)
-            kind = type(option.default) if option else None
-            if kind and (not isinstance(value, kind) or isinstance(value, bool) and kind is not bool):
-                raise _At(f"export.options.{key}", f"must be {KINDS[kind]}, got {value!r:.80}")
-        try:
-            options_for(self.formats, self.options)  # keys taken by a chosen format; choices, minimums
+        try:  # keys taken by a chosen format, of its type (strict: "500" is not a number), in range
+            options_for(self.formats, self.options, strict=True)
         except EdgepackError as e:
-            raise _At("export.options", str(e)) from None
+            raise KeyProblem("export.options", str(e)) from None
         return self
 
 
@@ -226,7 +213,7 @@ class Compare(_Section):
         try:
             check_budget(self.target, Budget.parse(self.ram, self.flash))
         except EdgepackError as e:
-            raise _At("compare.ram" if self.ram else "compare.flash", str(e)) from None
+            raise KeyProblem("compare.ram" if self.ram else "compare.flash", str(e)) from None
         return self
 
 
@@ -252,16 +239,17 @@ class Settings(_Section):
         for i, v in enumerate(self.variants):
             where = f"variants[{i}]"
             if v.name in seen:
-                raise _At(f"{where}.name", f"{v.name!r} is used twice (controls are named "
+                raise KeyProblem(f"{where}.name", f"{v.name!r} is used twice (controls are named "
                           "finetune-e<epochs>-lr<rate>: rename the variant or set controls = false)")
             if v.source != "baseline" and v.source not in seen:
-                raise _At(f"{where}.source", f"{v.source!r} must be 'baseline' or an earlier variant")
+                raise KeyProblem(f"{where}.source", f"{v.source!r} must be 'baseline' or an earlier variant")
             tech = TECHNIQUES[v.technique]
             if tech.needs_clustered_source and (
                     v.source == "baseline" or self._by_name(v.source).technique not in CLUSTERED_TECHNIQUES):
-                raise _At(f"{where}.source", f"{v.technique} starts from a cluster variant, not {v.source!r}")
+                raise KeyProblem(f"{where}.source",
+                                 f"{v.technique} starts from a cluster variant, not {v.source!r}")
             if tech.needs_pruned_source and v.source != "baseline" and not self._pruned(v.source):
-                raise _At(f"{where}.source", f"{v.technique} starts from a pruned variant "
+                raise KeyProblem(f"{where}.source", f"{v.technique} starts from a pruned variant "
                           f"({', '.join(PRUNED_TECHNIQUES)}, or a cluster variant of one), not {v.source!r}")
             _check_params(where, tech, v.params, self.finetune.model_dump())
             seen.append(v.name)
@@ -288,7 +276,7 @@ def _check_params(where: str, tech, params: dict, finetune: dict) -> None:
     own rules, run on the merged recipe)."""
     for key, value in params.items():
         if key not in tech.defaults:
-            raise _At(f"{where}.params", f"technique {tech.name} does not take {key!r}; it takes "
+            raise KeyProblem(f"{where}.params", f"technique {tech.name} does not take {key!r}; it takes "
                       f"{', '.join(tech.defaults)}")
         default = tech.defaults[key]
         if isinstance(default, tuple):
@@ -297,11 +285,11 @@ def _check_params(where: str, tech, params: dict, finetune: dict) -> None:
             kinds = (int, float) if type(default) is float else (type(default),)
             ok, want = isinstance(value, kinds) and not isinstance(value, bool), KINDS[type(default)]
         if not ok:
-            raise _At(f"{where}.params.{key}", f"must be {want}, got {value!r:.80}")
+            raise KeyProblem(f"{where}.params.{key}", f"must be {want}, got {value!r:.80}")
     try:
         resolve_params(tech, {**finetune, **params})
     except EdgepackError as e:
-        raise _At(f"{where}.params", str(e)) from None
+        raise KeyProblem(f"{where}.params", str(e)) from None
 
 
 # --quick: a few-minute smoke run on a subset; the report says so.

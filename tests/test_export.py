@@ -374,9 +374,9 @@ def test_check_thresholds_are_the_users(clear_run, tiny_ds, tmp_path, monkeypatc
     with pytest.raises(EdgepackError, match=refused):
         export(clear_run, "tflite-int8", tmp_path / "agreement", check_images=CHECK, ds=tiny_ds,
                options={"max_drop": 100, "min_agreement": 0.5})
-    with pytest.raises(EdgepackError, match="option max_drop=-1.0 must be >= 0"):
+    with pytest.raises(EdgepackError, match="option max_drop: must be a number from 0 to 100, got '-1'"):
         export(clear_run, "tflite-int8", tmp_path / "bad", options={"max_drop": "-1"}, ds=tiny_ds)
-    with pytest.raises(EdgepackError, match="option min_agreement='nan' must be a float"):
+    with pytest.raises(EdgepackError, match="option min_agreement: must be a number from 0 to 1, got 'nan'"):
         export(clear_run, "tflite-int8", tmp_path / "bad", options={"min_agreement": "nan"}, ds=tiny_ds)
 
 

@@ -76,7 +76,7 @@ def test_val_data_scores_on_its_images_and_trains_on_all_of_data(tmp_path, tiny_
     md = (out / "report.md").read_text()
     assert "the 30 images of --val-data" in md and "TEST accuracy" in md
     # the source's figure is on --val-data's images; its test figure is on the test images
-    assert report["source"]["val_accuracy"] == rundir.load_run(out / "source").metrics["accuracy"]
+    assert report["source"]["val_accuracy"] == rundir.load_run(out / "source").metrics.accuracy
     assert 0 <= report["source"]["test_accuracy"] <= 1
     _fails(capsys, ["--model", str(tiny_run), "--data", str(tiny_archive), "--val-data", str(tiny_archive),
                     "--out", str(tmp_path / "same"), *GOAL], "is the same data as --data")

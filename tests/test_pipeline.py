@@ -155,7 +155,7 @@ def no_work(monkeypatch):
     ('[export]\nformats = ["tflite-fp32"]\noptions = {opset = 13}',
      "option 'opset' is not accepted by tflite-fp32 (accepted by onnx-fp32, onnx-int8)"),
     ('[export]\noptions = {calibration_images = "500"}',
-     "export.options.calibration_images: must be a whole number, got '500'"),
+     "export.options: tflite-int8: option calibration_images: must be a whole number >= 10, got '500'"),
     ('[[variants]]\nname = "x"\ntechnique = "prune"\nparams = {sparsity = "0.5"}',
      "variants[0].params.sparsity: must be a number, got '0.5'"),
     ('[[variants]]\nname = "q"\ntechnique = "qat"\n[[variants]]\nname = "p"\ntechnique = "pqat"\n'

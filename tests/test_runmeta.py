@@ -43,7 +43,7 @@ def test_round_trip(tmp_path):
 
 @pytest.mark.parametrize("version, words", [
     (None, "no schema_version (written by an older edgepack)"), (0, "schema 0 is older"),
-    (SCHEMA_VERSION + 1, "upgrade edgepack"), ("1", "is not a number")])
+    (SCHEMA_VERSION + 1, "upgrade edgepack"), ("1", "schema_version: must be a whole number, got '1'")])
 def test_other_schema_is_refused_in_one_line(tmp_path, version, words):
     raw = written(tmp_path)
     if version is None:
@@ -57,21 +57,28 @@ def test_other_schema_is_refused_in_one_line(tmp_path, version, words):
 
 
 @pytest.mark.parametrize("change, words", [
-    ({"class_names": "cat"}, "class_names must be"), ({"input_shape": [32, 32]}, "input_shape must be"),
-    ({"kind": "magic"}, "kind must be one of"), ({"params": [1]}, "params must be dict"),
-    ({"model_file": "../model.keras"}, "model_file must be a file name"),
-    ({"pixel_scaling": {"divisor": 0}}, "positive divisor"), ({"train_seconds": "1"}, "train_seconds must"),
+    ({"class_names": "cat"}, "class_names: must be a list of strings, got 'cat'"),
+    ({"class_names": ["cat", 2]}, r"class_names\[1\]: must be a string, got 2"),
+    ({"input_shape": [32, 32]}, r"input_shape: must be \[height, width, channels\]"),
+    ({"kind": "magic"}, "kind: must be one of"), ({"params": [1]}, r"params: must be an object, got \[1\]"),
+    ({"model_file": "../model.keras"}, "model_file: must be a file name"),
+    ({"pixel_scaling": {"divisor": 0}}, "positive divisor"),
+    ({"train_seconds": "1"}, "train_seconds: must be a number, got '1'"),
+    ({"parameters": True}, "parameters: must be a whole number, got True"),  # strict: a bool is no count
 ])
 def test_malformed_is_refused(tmp_path, change, words):
+    """One line: the file, the key, what it must be and the fix."""
     raw = {**written(tmp_path), **change}
-    with pytest.raises(RunMetadataError, match=words):
-        RunMetadata.from_dict(raw, "metadata.json")
+    with pytest.raises(RunMetadataError, match=words) as info:
+        RunMetadata.from_dict(raw, "runs/x/metadata.json")
+    msg = str(info.value)
+    assert msg.startswith("runs/x/metadata.json: ") and msg.endswith(runmeta.FIX) and "\n" not in msg
 
 
 def test_missing_key_and_not_an_object(tmp_path):
     raw = written(tmp_path)
     del raw["variant"]
-    with pytest.raises(RunMetadataError, match="lacks variant: re-create the run folder"):
+    with pytest.raises(RunMetadataError, match="variant: missing \\(required\\): re-create the run folder"):
         RunMetadata.from_dict(raw, "metadata.json")
     with pytest.raises(RunMetadataError, match="must hold a JSON object"):
         RunMetadata.from_dict([raw], "metadata.json")
@@ -83,7 +90,7 @@ def test_unknown_keys_are_kept_on_read_and_refused_on_write(tmp_path):
     meta = RunMetadata.from_dict(raw, "metadata.json")
     assert meta.extra == {"chain": ["prune", "cluster"]} and not hasattr(meta, "chain")
     assert meta.to_dict()["chain"] == ["prune", "cluster"]
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="unknown key 'source_model_sha256'"):
         runmeta.build(**record(source_model_sha256="a" * 64))
 
 
@@ -105,7 +112,7 @@ def test_load_run_refuses_an_old_run_folder_in_one_line(tiny_run, tmp_path, caps
 
 
 def test_writer_values_are_checked_before_writing(tmp_path):
-    with pytest.raises(ValueError, match="class_names must be"):
+    with pytest.raises(ValueError, match="run metadata: class_names: must be a list of strings"):
         runmeta.build(**record(class_names="cat"))  # a string is not a list of names
-    with pytest.raises(ValueError, match="parameters must be"):
+    with pytest.raises(ValueError, match="parameters: must be a whole number, got 1.5"):
         runmeta.build(**record(parameters=1.5))

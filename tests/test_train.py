@@ -98,7 +98,7 @@ def test_train_run_folder_is_complete_and_checked(tiny_run):
                 "model_sha256", "config"):
         assert getattr(meta, key), key
     assert meta.config["seed"] == 0 and meta.input_shape == (32, 32, 3)
-    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["num_test_images"] == 20
+    assert 0.0 <= metrics.accuracy <= 1.0 and metrics.num_test_images == 20
     history = json.loads((tiny_run / "history.json").read_text())
     assert len(history["loss"]) == 1
     assert not [p for p in tiny_run.parent.iterdir() if atomic.TMP_MARK in p.name]

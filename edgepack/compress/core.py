@@ -216,7 +216,7 @@ def _compress(source, tech: Technique, out, params: dict, data_path, force: bool
         invariants.update(inv.masks_held_record(*phase_kernels))
     metrics, _ = evaluate(final, ds, scaling)
     variant = variant or chained_variant(src.metadata, tech.variant(params))
-    source_accuracy = src.metrics.get("accuracy")
+    source_accuracy = src.metrics.accuracy if src.metrics else None
     print(f"{variant}: {part} accuracy {metrics['accuracy']:.4f} (source: "
           f"{'not measured' if source_accuracy is None else f'{source_accuracy:.4f}'}) after "
           f"{finetune_seconds:.0f} s of fine-tuning", flush=True)

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from edgepack import data as data_mod
-from edgepack import rundir, runtime
+from edgepack import runtime
 from edgepack.data import balanced_subset
 from edgepack.errors import EdgepackError
 from edgepack.explain import kernels, layers, memory
 from edgepack.export import export
+from edgepack.export import summary as export_summary
 from edgepack.export.core import CALIBRATION_SEED
 from edgepack.export.formats import FORMATS
 from edgepack.runtime.metadata import sidecar_path
@@ -58,8 +59,8 @@ def source_run(path: Path, source: str | os.PathLike | None) -> Path | None:
         return Path(source)
     summary = path.parent / "export.json"
     if source is None and summary.is_file():
-        recorded = rundir.read_json(summary).get("source")
-        return Path(recorded) if recorded and Path(recorded).is_dir() else None
+        recorded = export_summary.read(path.parent).source
+        return Path(recorded) if Path(recorded).is_dir() else None
     return None
 
 

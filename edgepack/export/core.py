@@ -5,9 +5,10 @@ Output folder (written under a temporary name, renamed when every format is done
                             TFLite: the standard TFLite metadata with labels and normalization)
     <file>.json             TFLite edgepack metadata sidecar (edgepack.runtime.metadata.FileMetadata)
     <file>.golden.npz       golden vectors for `edgepack verify` (edgepack.runtime.golden)
-    export.json             per format: file, bytes, gzip_bytes, options, checks, status, seconds,
-                            trials (formats that try several files, e.g. onnx-int8's portable schemes:
-                            each one's options, verdict and figures, in the order tried); a format that
+    export.json             edgepack.export.summary's record; per format: file, bytes, gzip_bytes,
+                            options, checks, status, seconds, trials (formats that try several files,
+                            e.g. onnx-int8's portable schemes: each one's options, verdict and figures,
+                            in the order tried); a format that
                             failed (of several asked) is {"status": "error", "error": why, "trials"}
                             and its file is not written
 """
@@ -28,6 +29,8 @@ from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
 from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
+from edgepack.export.summary import SCHEMA_VERSION, SUMMARY
+from edgepack.export.summary import check as check_summary
 from edgepack.metrics import top1_agreement
 from edgepack.model import load_run_model, predict_proba
 from edgepack.runtime import golden
@@ -37,8 +40,6 @@ from edgepack.runtime.metadata import FileMetadata
 from edgepack.runtime.preprocess import scale_pixels
 from edgepack.sources import source_and_data
 
-SCHEMA_VERSION = 1
-SUMMARY = "export.json"
 CHECK_SEED = 0  # held-out check images: class-balanced subset of the test set
 CALIBRATION_SEED = 0  # calibration images: class-balanced subset of the training set
 
@@ -88,7 +89,7 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
     summary = {
         "schema_version": SCHEMA_VERSION, "source": str(run.path), **{k: base_meta[k] for k in (
             "source_sha256", "technique", "variant")},
-        "source_accuracy": run.metrics.get("accuracy"), "qat_source": qat,
+        "source_accuracy": run.metrics.accuracy if run.metrics else None, "qat_source": qat,
         "data_source": ds.source, "data_sha256": ds.sha256,
         # False: the check images may not be held out from the model's training (other data given)
         "data_matches_source": ds.sha256 == run.metadata.data_sha256,
@@ -114,7 +115,7 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
             summary["formats"][name] = entry
         shutil.rmtree(scratch)
         summary["versions"] = rundir.package_versions()
-        rundir.write_json(tmp / SUMMARY, summary)
+        rundir.write_json(tmp / SUMMARY, check_summary(summary))  # edgepack.export.summary's record
     return summary
 
 

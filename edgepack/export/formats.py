@@ -6,11 +6,11 @@ accepts (with defaults), how it is made (converter) and how it is checked agains
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Annotated, Any
 
 from edgepack.errors import EdgepackError
 from edgepack.export import to_onnx, to_tflite
@@ -18,37 +18,43 @@ from edgepack.export import to_onnx, to_tflite
 
 @dataclass(frozen=True)
 class Option:
-    """One option a format accepts (`--option name=value`)."""
+    """One option a format accepts (`--option name=value`): declared once, checked by the one validator
+    (edgepack.typed.validate, through the format's options model: `options_model`)."""
 
-    default: Any  # its type (int, str, bool) is the type a value is parsed to
+    default: Any  # its type (int, float, str, bool) is the type a value must have or be parsed to
     help: str  # one line for --help
     choices: tuple = ()  # allowed values, if a closed set
     minimum: float | None = None  # for numbers
     maximum: float | None = None  # for numbers
 
-    def parse(self, name: str, fmt: str, value: Any) -> Any:
+    def field(self) -> tuple:
+        """(annotation, default) of this option as a pydantic field: its type, bounds and choices."""
+        from pydantic import AfterValidator, Field  # noqa: PLC0415  toolchain extra: not for the runtime-only CLI
+
         kind = type(self.default)
-        try:
-            if kind is bool and isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                parsed = value.lower() in ("true", "1", "yes")
-            elif kind is int and isinstance(value, float | bool) or kind is float and isinstance(value, bool):
-                raise ValueError(value)
-            else:
-                parsed = kind(value)
-            if kind is float and not math.isfinite(parsed):
-                raise ValueError(value)
-        except (TypeError, ValueError):
-            raise EdgepackError(f"{fmt}: option {name}={value!r} must be a {kind.__name__}") from None
-        if self.choices and parsed not in self.choices:
-            allowed = ", ".join(map(str, self.choices))
-            raise EdgepackError(f"{fmt}: option {name}={parsed!r} is not one of {allowed}")
-        if self.minimum is not None and parsed < self.minimum:
-            raise EdgepackError(f"{fmt}: option {name}={parsed} must be >= {self.minimum:g}")
-        if self.maximum is not None and parsed > self.maximum:
-            raise EdgepackError(f"{fmt}: option {name}={parsed} must be <= {self.maximum:g}")
-        return parsed
+        bounds = {k: v for k, v in (("ge", self.minimum), ("le", self.maximum)) if v is not None}
+        if kind is float:
+            bounds["allow_inf_nan"] = False
+        if not self.choices:
+            return Annotated[kind, Field(description=self.help, **bounds)], self.default
+        want = "one of " + ", ".join(map(str, self.choices))
+        return Annotated[kind, Field(description=self.help, json_schema_extra={"want": want}, **bounds),
+                         AfterValidator(functools.partial(_one_of, self.choices, want))], self.default
+
+
+def _one_of(choices: tuple, want: str, value: Any) -> Any:
+    if value not in choices:
+        raise ValueError(f"must be {want}, got {value!r}")
+    return value
+
+
+@functools.cache
+def options_model(name: str, options: tuple[tuple[str, Option], ...]) -> type:
+    """The pydantic model of a format's options (`options`: its Option table's items)."""
+    from pydantic import ConfigDict, create_model  # noqa: PLC0415  toolchain extra: not for the runtime-only CLI
+
+    return create_model(f"{name} options", __config__=ConfigDict(extra="forbid"),
+                        **{key: opt.field() for key, opt in options})
 
 
 @dataclass(frozen=True)
@@ -192,10 +198,13 @@ def for_source(names: list[str], qat: bool, explicit: bool) -> tuple[list[str], 
     return [n for n in names if n not in skipped], skipped
 
 
-def options_for(names: list[str], options: dict | None) -> dict[str, dict]:
+def options_for(names: list[str], options: dict | None, strict: bool = False) -> dict[str, dict]:
     """Each format's full options: defaults, overridden by `options` where that format accepts the key.
 
-    A key no chosen format accepts is an error (it would otherwise be silently ignored).
+    A key no chosen format accepts is an error (it would otherwise be silently ignored). Values are
+    checked by the format's options model (edgepack.typed.validate; one line naming the format and the
+    key): text (the command line's `--option k=v`) is parsed ("500" -> 500), any other value must have
+    the option's type (an int for a float is fine; `strict`: text too, as in a TOML settings file).
     """
     options = dict(options or {})
     for key in options:
@@ -203,5 +212,16 @@ def options_for(names: list[str], options: dict | None) -> dict[str, dict]:
             takers = [n for n, f in FORMATS.items() if key in f.options]
             hint = f"accepted by {', '.join(takers)}" if takers else "no format accepts it"
             raise EdgepackError(f"option {key!r} is not accepted by {', '.join(names)} ({hint})")
-    return {n: {k: (opt.parse(k, n, options[k]) if k in options else opt.default)
-                for k, opt in FORMATS[n].options.items()} for n in names}
+    return {n: _parsed(FORMATS[n], options, strict) for n in names}
+
+
+def _parsed(fmt: Format, options: dict, strict: bool) -> dict:
+    from edgepack.typed import validate  # noqa: PLC0415  pydantic (toolchain extra): not for the runtime-only CLI
+
+    model = options_model(fmt.name, tuple(fmt.options.items()))
+    out = {k: opt.default for k, opt in fmt.options.items()}
+    for key in [k for k in out if k in options]:  # one at a time: text is parsed, other values are not
+        value = options[key]
+        lax = not strict and isinstance(value, str)
+        out[key] = getattr(validate(model, {key: value}, f"{fmt.name}: option ", strict=not lax), key)
+    return out

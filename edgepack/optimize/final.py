@@ -12,6 +12,7 @@ from edgepack.compress.core import flag
 from edgepack.compress.schedule import Phase
 from edgepack.compress.techniques import TECHNIQUES
 from edgepack.export import export
+from edgepack.export import summary as export_summary
 from edgepack.fitting import evaluate
 from edgepack.model import load_run_model
 from edgepack.optimize import space
@@ -118,7 +119,7 @@ def control(phases: list[Phase], fmt: str, out, source: dict, ds, seed: int):
     exported = folder / f"export-{fmt}"
     if not (exported / "export.json").is_file():
         export(prev, [fmt], exported, options=EXPORT_OPTIONS, ds=ds)
-    return exported / rundir.read_json(exported / "export.json")["formats"][fmt]["file"]
+    return exported / export_summary.read(exported).formats[fmt].file
 
 
 def reproduce(point: dict, source_model: str, data: str, seed: int) -> str:

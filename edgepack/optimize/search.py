@@ -159,7 +159,7 @@ def _prepare_source(out: Path, opts: SearchOptions, src, ds, split: dict) -> dic
     run = rundir.load_run(folder)
     raw, gz = sizes(run.model_path)  # weights only: edgepack saves models without optimizer state
     held = src.metadata.validation or {}
-    return {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics["accuracy"],
+    return {"run": str(folder), "model": str(opts.model), "val_accuracy": run.metrics.accuracy,
             "bytes": raw, "gzip_bytes": gz,
             # compress and export hold out what the source held out (edgepack.sources.held_out_like):
             # then the reproduce commands fine-tune on exactly the trials' training images

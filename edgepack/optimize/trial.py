@@ -21,6 +21,7 @@ from edgepack.compress import compress
 from edgepack.errors import EdgepackError
 from edgepack.executor import Failed, Job
 from edgepack.export import export
+from edgepack.export import summary as export_summary
 from edgepack.optimize.holdout import search_data
 from edgepack.report.env import host
 from edgepack.report.evaluate import sizes
@@ -83,7 +84,7 @@ def _run(job: dict, out: Path, steps: list, points: list) -> dict:
         s0 = time.time()
         if not rundir.is_run_folder(folder) and not _reuse(job, f"steps/{folder.name}", rundir.is_run_folder):
             compress(prev, step["technique"], folder, params=step["params"], ds=ds, seed=job["seed"])
-        acc = rundir.load_run(folder).metrics["accuracy"]
+        acc = rundir.load_run(folder).metrics.accuracy
         steps.append({**step, "run": str(folder), "val_accuracy": acc, "seconds": round(time.time() - s0, 2)})
         if acc < floor:  # hopeless: the later steps and the export would not bring it back
             return {"status": "pruned", "pruned_at": i, "pruned_rule": f"Keras validation accuracy {acc:.4f}"
@@ -94,11 +95,10 @@ def _run(job: dict, out: Path, steps: list, points: list) -> dict:
     done = _exported(out / "export") or _reuse(job, "export", _exported)
     if not done:
         export(prev, job["formats"], out / "export", options=EXPORT_OPTIONS, ds=ds)
-    summary = rundir.read_json(out / "export" / "export.json")
-    for fmt, entry in summary["formats"].items():
-        if entry["status"] != "ok":
+    for fmt, entry in export_summary.read(out / "export").formats.items():
+        if entry.status != "ok":
             continue
-        point, _ = measure_file(out / "export" / entry["file"], ds.x_test, ds.y_test, job["timing"])
+        point, _ = measure_file(out / "export" / entry.file, ds.x_test, ds.y_test, job["timing"])
         points.append({"format": fmt, **point})
     return {"status": "ok", "export_seconds": round(time.time() - e0, 2)}
 

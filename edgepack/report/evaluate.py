@@ -123,7 +123,7 @@ def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None, warmup:
 
 def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
     """The accuracy must equal the run's own metrics.json when both used the same test images."""
-    rec = entry.run.metrics.get("accuracy")
+    rec = entry.run.metrics.accuracy if entry.run.metrics else None
     row["accuracy_recorded"] = rec
     recorded_set = entry.metadata.test_images_sha256
     if recorded_set is not None:  # the exact test images the run's metrics.json was computed on
@@ -133,7 +133,7 @@ def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
     else:
         config = entry.metadata.config or {}
         other_subset = config.get("limit_test") is not None and config.get("seed", seed) != seed
-        same = (entry.run.metrics.get("num_test_images") == len(ds.y_test) and not other_subset
+        same = (rec is not None and entry.run.metrics.num_test_images == len(ds.y_test) and not other_subset
                 and entry.metadata.data_sha256 in (None, ds.sha256))
     if rec is None or not same:
         row["accuracy_check"] = "skipped: the run was evaluated on other test images"

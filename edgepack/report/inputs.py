@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgepack.errors import EdgepackError
+from edgepack.export import summary as export_summary
 from edgepack.runmeta import RunMetadata
 from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import FileMetadata
 
 FILE_SUFFIXES = (".tflite", ".onnx")
 MODEL_FILE_SUFFIXES = (".keras", ".h5")  # a user's Keras model file (or a SavedModel folder)
-EXPORT_MANIFEST = "export.json"
+EXPORT_MANIFEST = export_summary.SUMMARY
 KERAS = "keras"  # the `format` of a Keras run folder's row
 
 
@@ -80,27 +81,24 @@ def _export_files(folder: Path) -> list[Path]:
 def recorded_failures(folder: Path) -> list[Entry]:
     """An export folder's formats that are not there, from its export.json: failed (its error, e.g. every
     int8 scheme tried with its figures), skipped (not applicable to the source) or written but missing."""
-    from edgepack.rundir import read_json
-
     try:
-        summary = read_json(folder / EXPORT_MANIFEST)
+        summary = export_summary.read(folder)
     except EdgepackError as e:
         return [Entry(folder / EXPORT_MANIFEST, "file", "export", folder.name, "unknown", error=str(e))]
-    variant = str(summary.get("variant") or folder.name)
-    technique = str(summary.get("technique") or "unknown")
+    variant, technique = summary.variant or folder.name, summary.technique or "unknown"
     out = []
 
     def add(name: str, error: str, status: str = "error") -> None:  # the row's path: the record
         out.append(Entry(folder / EXPORT_MANIFEST, "file", name, variant, technique, error=error,
                          stage="export", status=status))
 
-    for name, entry in (summary.get("formats") or {}).items():
-        if entry.get("status") != "ok":
-            add(name, str(entry.get("error") or "failed"))
-        elif not (folder / str(entry.get("file"))).is_file():
-            add(name, f"{entry.get('file')} is recorded in {EXPORT_MANIFEST} but missing: re-run the export")
-    for name, reason in (summary.get("skipped") or {}).items():
-        add(name, str(reason), "skipped")
+    for name, entry in summary.formats.items():
+        if entry.status != "ok":
+            add(name, entry.error or "failed")
+        elif not (folder / entry.file).is_file():
+            add(name, f"{entry.file} is recorded in {EXPORT_MANIFEST} but missing: re-run the export")
+    for name, reason in summary.skipped.items():
+        add(name, reason, "skipped")
     return out
 
 

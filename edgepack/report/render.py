@@ -245,7 +245,7 @@ def markdown(results: dict, images: dict[str, str]) -> str:
     parts += [markdown_table(fails) if fails[2] else "## Failures and skipped models\n\nNone.\n"]
     parts += _target_markdown(results)
     if results.get("device_results"):
-        from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
+        from edgepack.report import devices  # noqa: PLC0415  pydantic (toolchain extra): not for the runtime-only CLI
 
         parts += ["## Device results", "", *devices.lines(results), "",
                   *[markdown_table(t).replace("## ", "### ", 1) for t in devices.tables(results)]]
@@ -325,7 +325,7 @@ def _fold_html(title: str, body: list[str] | Table) -> str:
 def html(results: dict, folder: Path, images: dict[str, str]) -> str:
     """A self-contained page in the order of SECTIONS: recommendation, the Pareto front's table and plot,
     the long notes folded, then the same tables as report.md; images embedded as base64 PNGs."""
-    from edgepack.report import devices  # pydantic (toolchain): not for the runtime-only CLI
+    from edgepack.report import devices  # noqa: PLC0415  pydantic (toolchain extra): not for the runtime-only CLI
 
     fails = _failures(results)
     table = _html_table(front.front_table(results), 2)
