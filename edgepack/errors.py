@@ -13,7 +13,7 @@ class EdgepackError(Exception):
 
 class KeyProblem(ValueError):
     """A problem a record's own check finds (raised inside edgepack.typed.validate), with the key path it
-    belongs to ("variants[1].source"): the one-line error names that key."""
+    belongs to, relative to that record ("variants[1].source"): the one-line error names the key."""
 
     def __init__(self, path: str, message: str):
         super().__init__(message)

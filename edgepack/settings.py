@@ -171,7 +171,7 @@ class Export(_Section):
         try:  # keys taken by a chosen format, of its type (strict: "500" is not a number), in range
             options_for(self.formats, self.options, strict=True)
         except EdgepackError as e:
-            raise KeyProblem("export.options", str(e)) from None
+            raise KeyProblem("options", str(e)) from None
         return self
 
 
@@ -213,7 +213,7 @@ class Compare(_Section):
         try:
             check_budget(self.target, Budget.parse(self.ram, self.flash))
         except EdgepackError as e:
-            raise KeyProblem("compare.ram" if self.ram else "compare.flash", str(e)) from None
+            raise KeyProblem("ram" if self.ram else "flash", str(e)) from None
         return self
 
 

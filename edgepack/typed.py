@@ -71,18 +71,23 @@ def _path(loc: tuple) -> str:
     return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
 
 
-def _walk(model: type, loc: tuple) -> tuple[type | None, FieldInfo | None]:
-    """The model that holds the last key of `loc`, and that key's field (None if unknown)."""
-    holder: type | None = model
-    fi = None
+def _walk(model: type, loc: tuple) -> tuple[Any, FieldInfo | None]:
+    """The type at `loc` inside `model`, and its field when `loc` ends on a record's key (None when it
+    ends on a list element or a dict value); (None, None) for a path the types do not know."""
+    t, fi = model, None
     for part in loc:
-        if isinstance(part, int):
+        t = _bare(t)
+        fields = fields_of(t) if isinstance(t, type) else {}
+        if fields:
+            if part not in fields:
+                return None, None
+            fi, t = fields[part], fields[part].annotation
             continue
-        if holder is None or part not in fields_of(holder):
-            return holder, None
-        fi = fields_of(holder)[part]
-        holder = inner_model(fi.annotation)
-    return holder, fi
+        args = [a for a in get_args(t) if a is not Ellipsis]  # list[X], tuple[X, ...], dict[str, X]
+        if not args:
+            return None, None
+        fi, t = None, args[-1]
+    return t, fi
 
 
 def inner_model(annotation) -> type | None:
@@ -96,11 +101,12 @@ def _describe(error: dict, model: type) -> str:
     loc, kind, value = error["loc"], error["type"], error.get("input")
     path = _path(loc)
     if kind in ("value_error", "assertion_error"):
-        cause = error["ctx"]["error"]
-        return f"{getattr(cause, 'path', path)}: {cause}" if getattr(cause, "path", path) else str(cause)
+        cause = error["ctx"]["error"]  # KeyProblem's path is relative to the record whose check raised it
+        at = ".".join(p for p in (path, getattr(cause, "path", "")) if p).replace(".[", "[")
+        return f"{at}: {cause}" if at else str(cause)
     if kind in ("extra_forbidden", "unexpected_keyword_argument"):
         holder, _ = _walk(model, loc[:-1])
-        known = ", ".join(fields_of(holder)) if holder else ""
+        known = ", ".join(fields_of(_bare(holder))) if holder is not None else ""
         if len(loc) == 1:
             what = "section" if _is_model(model) else "key"  # settings: TOML sections
             return f"unknown {what} {loc[0]!r} (known: {known})"
@@ -110,24 +116,15 @@ def _describe(error: dict, model: type) -> str:
     if kind in ("model_type", "dataclass_type"):
         table = "a table" if _is_model(model) else "a JSON object"  # settings: TOML tables
         return f"{path + ' ' if path else ''}must be {table}, got {value!r:.80}"
-    _, fi = _walk(model, loc)
-    inside = loc and isinstance(loc[-1], int)  # an element of a list-valued field
-    return f"{path}: must be {_element(model, loc) if inside or not fi else expected(fi)}, got {value!r:.80}"
+    t, fi = _walk(model, loc)
+    want = expected(fi) if fi else _kind(t) if t is not None else "something else"
+    return f"{path}: must be {want}, got {value!r:.80}"
 
 
-def _element(model: type, loc: tuple) -> str:
-    """What an element of a list, or a value of a dict, must be (`loc` goes on inside a field)."""
-    for cut in range(len(loc) - 1, 0, -1):
-        _, fi = _walk(model, loc[:cut])
-        if fi is not None and not isinstance(loc[cut - 1], int):
-            t = fi.annotation
-            for _ in loc[cut:]:  # one level down per list index or dict key
-                args = [a for a in get_args(_optional(t)) if a is not Ellipsis]
-                if not args:
-                    return "something else"
-                t = args[-1]
-            return _kind(t)
-    return "something else"
+def _bare(t):
+    """X from X | None and from Annotated[X, ...]."""
+    t = _optional(t)
+    return get_args(t)[0] if get_origin(t) is typing.Annotated else t
 
 
 def _optional(annotation):
@@ -139,10 +136,8 @@ def _optional(annotation):
 
 
 def _kind(t) -> str:
-    t = _optional(t)
+    t = _bare(t)
     origin = get_origin(t)
-    if origin is typing.Annotated:
-        return _kind(get_args(t)[0])
     if origin in (list, tuple):
         return f"a list of {PLURAL.get(get_args(t)[0], 'values')}"
     if origin is dict or t is dict or inner_model(t) is t:

@@ -319,6 +319,7 @@ def _tiny_qat_run(folder: Path, source: Path, tiny_ds):
     import tensorflow_model_optimization as tfmot
 
     from edgepack import rundir
+    from edgepack.fitting import evaluate
     from edgepack.model import compile_model, load_run_model, save_model
     from edgepack.runtime.preprocess import scale_pixels
     from edgepack.train import data_metadata, seed_everything
@@ -331,7 +332,7 @@ def _tiny_qat_run(folder: Path, source: Path, tiny_ds):
     save_model(model, folder / "model.h5")
     rundir.write_run_files(folder, {"kind": "compress", "technique": "qat", "variant": "qat",
                                     "model_file": "model.h5", "model_format": "keras-qat-h5",
-                                    **data_metadata(tiny_ds)}, {"accuracy": 0.1})
+                                    **data_metadata(tiny_ds)}, evaluate(model, tiny_ds)[0])
     return folder, model
 
 
@@ -405,8 +406,8 @@ def test_cli_errors(tiny_run, tmp_path, capsys):
     assert "unknown export format 'tflite-int4'" in _cli_error(capsys, *base, "--format", "tflite-int4")
     err = _cli_error(capsys, *base, "--format", "tflite-fp32", "--option", "io=float")
     assert "'io' is not accepted by tflite-fp32" in err and "tflite-int8" in err
-    assert "not one of uint8, int8, float" in _cli_error(capsys, *base, "--format", "tflite-int8",
-                                                         "--option", "io=int4")
+    err = _cli_error(capsys, *base, "--format", "tflite-int8", "--option", "io=int4")
+    assert "tflite-int8: option io: must be one of uint8, int8, float, got 'int4'" in err
     assert "must look like KEY=VALUE" in _cli_error(capsys, *base, "--format", "all", "--option", "opset")
     incomplete = tmp_path / "incomplete"
     incomplete.mkdir()

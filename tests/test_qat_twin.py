@@ -115,6 +115,7 @@ def test_functional_twin_of_pruning_preserving_qat(functional_qat):
 
 def test_functional_qat_run_exports_to_onnx_int8(functional_qat, tmp_path):
     from edgepack import rundir
+    from edgepack.fitting import evaluate
     from edgepack.model import save_model
     from edgepack.train import data_metadata
 
@@ -124,7 +125,7 @@ def test_functional_qat_run_exports_to_onnx_int8(functional_qat, tmp_path):
     save_model(qat, run / "model.h5")  # as compress saves QAT models
     rundir.write_run_files(run, {"kind": "compress", "technique": "qat", "variant": "qat",
                                  "model_file": "model.h5", "model_format": "keras-qat-h5",
-                                 **data_metadata(ds)}, {"accuracy": 1.0})
+                                 **data_metadata(ds)}, evaluate(qat, ds)[0])
     # The default gate (agreement with the QAT model) holds: the colour classes leave clear margins
     # (seen: agreement 1.0, max diff 0.004), and the default "portable" int8 is exact on every CPU.
     s = export(run, "onnx-int8", tmp_path / "out", check_images=30, ds=ds)
