@@ -8,7 +8,10 @@ metrics.json schema (version 1):
     confusion_matrix    rows = true class, columns = predicted class, in class_names order
     class_names, num_test_images
     weak_classes        {class name: recall} of the classes WEAK_RULE flags (empty when none): a model
-                        can score a high accuracy while never predicting a minority class
+                        can score a high accuracy while never predicting a minority class (absent in
+                        runs made before it was recorded)
+`Metrics` is that schema as a typed record: a run folder's `metrics` (edgepack.rundir.load_run), checked
+by edgepack.typed.validate when the folder is written and read.
 
 Weak classes (the one rule; train, compress and compare all use `weak_classes` / `imbalance_line`): a
 class with test images whose recall is 0, or below WEAK_RECALL_RATIO (1/3) of the median recall of the
