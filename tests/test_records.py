@@ -184,3 +184,24 @@ def test_format_options_parse_text_and_keep_defaults():
     assert options_for(["onnx-int8"], {"opset": 19, "max_drop": 1})["onnx-int8"]["max_drop"] == 1.0
     with pytest.raises(EdgepackError, match="calibration_images: must be a whole number >= 10, got '64'"):
         options_for(["tflite-int8"], {"calibration_images": "64"}, strict=True)
+
+
+def test_records_and_the_cli_import_without_pydantic():
+    """The runtime-only install has no pydantic: its CLI imports the run folder and export records
+    (edgepack.rundir, .metrics, .export.summary), which import edgepack.typed only to check one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in ('pydantic', 'pydantic_core'):\n"
+        "            raise ModuleNotFoundError(name, name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from edgepack.cli import build_parser\n"
+        "build_parser()\n"
+        "import edgepack.export.summary, edgepack.metrics, edgepack.rundir, edgepack.report.inputs\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
