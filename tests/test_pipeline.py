@@ -33,6 +33,7 @@ params = {sparsity = 0.5}
 
 [export]
 formats = ["tflite-fp32", "onnx-fp32"]
+control_formats = "all"  # the control's float files too: the fp32 rows compare with its fp32 twin
 
 [compare]
 runs = 5
