@@ -29,6 +29,7 @@ from edgepack import data as data_mod
 from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.executor import Done, Failed, InProcess, Job, RayExecutor, executor
 from edgepack.export import FORMATS
+from edgepack.export import summary as export_summary
 from edgepack.export.context import QAT_TECHNIQUES
 from edgepack.export.formats import for_source
 from edgepack.fitting import adopt
@@ -418,10 +419,10 @@ def _export_complete(path: Path) -> bool:
     """An export folder with its summary and every file's golden vectors: a folder exported before
     golden files existed is exported again on resume, so every pipeline export can be verified."""
     try:
-        formats = rundir.read_json(path / "export.json").get("formats") or {}
+        formats = export_summary.read(path).formats
     except EdgepackError:
         return False
-    return bool(formats) and all(golden_path(path / f["file"]).is_file() for f in formats.values())
+    return bool(formats) and all(f.file and golden_path(path / f.file).is_file() for f in formats.values())
 
 
 def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runner) -> dict:
