@@ -35,6 +35,7 @@ from edgepack.export.formats import for_source
 from edgepack.fitting import adopt
 from edgepack.report.compare import CompareOptions, GateFailed
 from edgepack.report.render import failure_lines, main_table, markdown_table
+from edgepack.report.rows import Results, is_current, read_results
 from edgepack.runtime.golden import golden_path
 from edgepack.settings import load_settings, schedule
 from edgepack.sources import held_out_like
@@ -128,7 +129,7 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
 
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None,
-             source_options: dict | None = None, ray: str | None = None) -> dict:
+             source_options: dict | None = None, ray: str | None = None) -> Results:
     """Run every stage not already complete; returns the comparison results (see edgepack.report).
 
     `baseline`: a trained run folder, or a user's Keras model file / SavedModel folder (adopted as the
@@ -145,7 +146,7 @@ def pipeline(out: str | Path, data_path: str | Path | None = None, config: str |
             return _pipeline(out, data_path, settings, baseline, source_options or {}, ex)
 
 
-def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex) -> dict:
+def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex) -> Results:
     if data_path is not None:
         settings["data"]["path"] = str(data_path)
     out = Path(out)
@@ -425,7 +426,7 @@ def _export_complete(path: Path) -> bool:
     return bool(formats) and all(f.file and golden_path(path / f.file).is_file() for f in formats.values())
 
 
-def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runner) -> dict:
+def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runner) -> Results:
     c = settings["compare"]
     budget = Budget.parse(c["ram"], c["flash"])  # checked with the settings
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
@@ -438,13 +439,13 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
     job = Job(stagejobs.compare_job, (inputs, path, runs["baseline"], opts, run.data, failures, settings),
               name="compare", **RESOURCES["compare"])
     error = run([Work("compare", key, f"compare {len(inputs)} models on {len(ds.y_test)} test images", path,
-                      lambda p: (p / "results.json").is_file(), job)])["compare"]
+                      lambda p: is_current(p / "results.json"), job)])["compare"]
     if error:
         raise EdgepackError(error)
-    results = rundir.read_json(path / "results.json")  # just written, or recorded by an earlier run
-    gate = results.get("gate")
-    if gate and not gate["passed"]:
-        raise GateFailed(f"--fail-over {gate['fail_over']:g}: {', '.join(gate['failed'])} dropped more "
+    results = read_results(path / "results.json")  # just written, or recorded by an earlier run
+    gate = results.gate
+    if gate and not gate.passed:
+        raise GateFailed(f"--fail-over {gate.fail_over:g}: {', '.join(gate.failed)} dropped more "
                          f"than allowed (report in {path})", results)
 
     print(markdown_table(main_table(results)))

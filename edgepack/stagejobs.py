@@ -41,7 +41,7 @@ def export_job(source: Path, fmt: str, path: Path, options: dict, ds) -> None:
 
 
 def compare_job(inputs: list[Path], path: Path, baseline: Path, opts, ds, failures: list[dict],
-                settings: dict) -> dict:
+                settings: dict):
     """The whole comparison in one job: its rows share the baseline's predictions and one host's
     timings, so it is not split. Returns the results, also when the gate failed (the caller raises)."""
     try:

@@ -108,7 +108,8 @@ def _describe(error: dict, model: type) -> str:
         holder, _ = _walk(model, loc[:-1])
         known = ", ".join(fields_of(_bare(holder))) if holder is not None else ""
         if len(loc) == 1:
-            what = "section" if _is_model(model) else "key"  # settings: TOML sections
+            # settings: TOML sections; a model may name its own (results.json's rows: "key")
+            what = getattr(model, "TOP_LEVEL", "section" if _is_model(model) else "key")
             return f"unknown {what} {loc[0]!r} (known: {known})"
         return f"unknown key {loc[-1]!r} in [{_path(loc[:-1])}] (known: {known})"
     if kind in ("missing", "missing_argument"):

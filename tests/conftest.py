@@ -152,3 +152,31 @@ def tiny_exports(tmp_path_factory, tiny_archive, tiny_run) -> dict[str, Path]:
     """`tiny_run` exported as tflite-int8 and onnx-fp32 (one export folder): format -> file."""
     return export_files(tiny_run, ["tflite-int8", "onnx-fp32"], tmp_path_factory.mktemp("tiny-exports"),
                         data_path=tiny_archive, check_images=20)
+
+
+def result_row(rid: str, acc: float = 0.7, gz: int = 1000, p50: float = 1.0, status: str = "ok", **kw):
+    """A synthetic compare row (edgepack.report.rows.ResultRow): id "<variant>/<format>" (no format:
+    keras), accuracy `acc`, `gz` bytes raw and gzip'ed, 1-thread p50 `p50` ms; `kw` sets other fields."""
+    from edgepack.report.rows import Latency, ResultRow, Timing
+
+    variant, _, fmt = rid.partition("/")
+    fmt = fmt or "keras"
+    timing = Timing(p50_ms=p50, p90_ms=p50, p99_ms=p50, mean_ms=p50, runs=1, warmup=0, threads=1)
+    fields = {"id": rid, "variant": variant, "technique": "x", "format": fmt,
+              "kind": "run" if fmt == "keras" else "file", "status": status, "accuracy": acc, "f1_macro": acc,
+              "delta_pts_vs_baseline": 100 * (acc - 0.70), "size_bytes": gz, "size_gzip_bytes": gz,
+              "latency": Latency(threads_1=timing)}
+    return ResultRow(**{**fields, **kw})
+
+
+def results_of(rows: list, options=None, **kw):
+    """A results document (edgepack.report.rows.Results) around synthetic rows, with what the report's
+    header reads; `kw` sets other fields (baseline, controls, ...)."""
+    from edgepack.report.options import CompareOptions
+    from edgepack.report.rows import DataInfo, Results
+
+    env = {"cpu": {"model": "m", "machine": "x86_64", "usable_cores": 2, "logical_cores": 2, "isa_flags": []},
+           "versions": {}}
+    data = DataInfo(source="s", num_test_images=20, limit_test=20)
+    return Results(created="now", wall_seconds=1.0, data=data, options=options or CompareOptions(),
+                   environment=env, rows=rows, **kw)

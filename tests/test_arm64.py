@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import NO_INT8_GATE
+from conftest import NO_INT8_GATE, result_row, results_of
 
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
@@ -182,12 +182,11 @@ def test_arm64_is_a_registered_accuracy_only_target(monkeypatch):
 
 def test_report_section_has_accuracy_columns_only():
     ok = arm64_check.Figures("arm64", runs=True, accuracy=0.7, agreement=0.99, num_images=100)
-    rows = [{"id": "x/onnx-int8", "status": "ok", "accuracy": 0.71, "target": Budget().judge(ok).as_dict()},
-            {"id": "x/bad", "status": "ok", "accuracy": 0.7,
-             "target": arm64_check.unrunnable("arm64", "fails on aarch64: boom").as_dict()}]
-    res = {"rows": rows}
+    rows = [result_row("x/onnx-int8", 0.71, target=Budget().judge(ok)),
+            result_row("x/bad", 0.7, target=arm64_check.unrunnable("arm64", "fails on aarch64: boom"))]
+    res = results_of(rows)
     report_targets.summarise(res, TARGETS["arm64"], Budget())
-    assert res["target"]["runnable"] == res["target"]["fitting"] == ["x/onnx-int8"]
+    assert res.target.runnable == res.target.fitting == ["x/onnx-int8"]
     lines, (title, headers, table) = report_targets.section(res)
     assert title == "Target arm64" and not any("KiB" in h for h in headers) and "latency" in lines[1]
     assert table[0][1:4] == ["70.00", "71.00", "99.00"]

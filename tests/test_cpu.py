@@ -4,6 +4,7 @@ CPU running the tests is never read here)."""
 from __future__ import annotations
 
 import pytest
+from conftest import result_row
 
 from edgepack.report.notes import speed_note
 from edgepack.runtime.cpu import SATURATION_FREE_WEIGHT, int8_paths
@@ -41,8 +42,7 @@ def test_saturation_bound_is_the_int16_limit():
 
 
 def _row(fmt, p50):
-    return {"id": f"v/{fmt}", "variant": "v", "format": fmt, "status": "ok",
-            "latency": {"threads_1": {"p50_ms": p50}}}
+    return result_row(f"v/{fmt}", p50=p50)
 
 
 def test_speed_note_faster_tie_and_slower_with_why():
@@ -55,15 +55,15 @@ def test_speed_note_faster_tie_and_slower_with_why():
     assert "ship tflite-fp32 (0.149 ms)" in slow
     tie = speed_note(_row("onnx-int8", 0.130), _row("onnx-fp32", 0.141), [], int8_paths(AVX2, "x86_64"), 1.25)
     assert "no faster than fp32" in tie
-    assert speed_note(_row("onnx-int8", 0.1), {"format": "onnx-fp32", "latency": {}}, [], {}, 1.25) is None
+    assert speed_note(_row("onnx-int8", 0.1), result_row("v/onnx-fp32", latency={}), [], {}, 1.25) is None
 
 
 def test_speed_note_names_the_files_own_reason_first():
     """A property of the file (here unfused Q/DQ) explains a slow int8 row on any CPU, VNNI or not."""
     from edgepack.explain.kernels import KernelFacts
 
-    facts = KernelFacts("onnxruntime 1.32.0", {"Conv": 3}, unfused=["conv1", "conv2", "conv3"]).as_dict()
-    row = {**_row("onnx-int8", 0.300), "kernel_facts": facts}
+    facts = KernelFacts("onnxruntime 1.32.0", {"Conv": 3}, unfused=["conv1", "conv2", "conv3"])
+    row = result_row("v/onnx-int8", p50=0.300, kernel_facts=facts)
     for flags in (VNNI, AVX2):
         note = speed_note(row, _row("onnx-fp32", 0.100), [], int8_paths(flags, "x86_64"), 1.25)
         assert "slower than fp32" in note and "noise" not in note

@@ -17,7 +17,7 @@ from conftest import ROOT
 from edgepack.bench import KIND, SCHEMA_VERSION
 from edgepack.cli import main
 from edgepack.errors import EdgepackError
-from edgepack.report import CompareOptions, compare, devices
+from edgepack.report import CompareOptions, compare, devices, read_results
 from edgepack.report.derived import recommend
 from edgepack.runtime.cpu import CPUID_X86, seen_flags
 
@@ -120,24 +120,24 @@ def test_compare_reports_device_results_apart(bench_doc, tiny_exports, tiny_arch
     opts = CompareOptions(runs=10, warmup=1, predict_runs=3, throughput_runs=3, max_drop=100.0,
                           device_results=(str(dev1), str(dev2)))
     results = compare([tiny_exports["tflite-int8"].parent], out, data_path=tiny_archive, options=opts)
-    by_id = {r["id"]: r for r in results["rows"]}
-    got = results["device_results"]
+    by_id = {r.id: r for r in results.rows}
+    got = results.device_results
     assert [d["source"] for d in got] == [str(dev1), str(dev2)]
     assert got[0]["label"].startswith("Board CPU (NEON, ARM dot-product)")
     assert "onnxruntime" in got[0]["label"]
     assert [f["id"] for f in got[0]["files"]] == ["baseline/tflite-int8", "baseline/onnx-fp32"]
     for f in got[0]["files"]:
-        assert f["p50_ms"] == 1e-4 and f["sha256"] == by_id[f["id"]]["model_sha256"]
+        assert f["p50_ms"] == 1e-4 and f["sha256"] == by_id[f["id"]].model_sha256
     assert len(got[1]["files"]) == 1
     # the ranking reads the rows alone: same pick as from the rows, no device figure in any row
-    assert results["baseline"] and results["recommended"] == recommend(results["rows"], 100.0)["id"]
-    assert len(results["cpu_groups"]) == 1
-    assert all(r["latency"]["threads_1"]["p50_ms"] > 1e-3 for r in results["rows"] if r["kind"] == "file")
+    assert results.baseline and results.recommended == recommend(results.rows, 100.0).id
+    assert len(results.cpu_groups) == 1
+    assert all(r.latency.threads_1.p50_ms > 1e-3 for r in results.rows if r.kind == "file")
     md = (out / "report.md").read_text()
     assert "## Device results" in md and "### Device 1: Board CPU" in md and "### Device 2: Other board" in md
     assert "0.000 (0.000-0.000)" in md
     assert "<h2>Device results</h2>" in (out / "report.html").read_text()
-    assert json.loads((out / "results.json").read_text())["device_results"][0]["label"] == got[0]["label"]
+    assert read_results(out / "results.json").device_results == got
     # without the option, no section
     plain = tmp_path / "plain"
     compare([tiny_exports["tflite-int8"]], plain, data_path=tiny_archive,

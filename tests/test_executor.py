@@ -17,6 +17,7 @@ from test_pipeline import SMALL, _pipeline_cmd
 from edgepack import atomic, executor
 from edgepack.cli import main
 from edgepack.errors import EdgepackError, RunFolderError
+from edgepack.report.rows import read_results
 
 
 def _square(x: int) -> int:
@@ -131,9 +132,8 @@ def test_a_cluster_without_the_timing_resource_is_refused(ray_cluster, monkeypat
 
 
 def _rows(out: Path) -> dict[str, tuple]:
-    results = json.loads((out / "report" / "results.json").read_text())
-    return {r["id"]: (r["status"], r["accuracy"], r["model_sha256"] if r["kind"] == "file" else None)
-            for r in results["rows"]}
+    results = read_results(out / "report" / "results.json")
+    return {r.id: (r.status, r.accuracy, r.model_sha256 if r.kind == "file" else None) for r in results.rows}
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import result_row, results_of
 from test_export import CHECK, clear_run, tiny_ds  # noqa: F401 (fixtures)
 
 from edgepack.cli import main
@@ -232,9 +233,9 @@ def test_report_worst_layers_and_table(files, tiny_ds):  # noqa: F811
     worst = core.worst_layers(files / "tflite-int8.tflite", tiny_ds, images=IMAGES)
     assert len(worst) == 3 and worst[0]["layer_snr_db"] <= worst[2]["layer_snr_db"]
     assert core.worst_layers(files / "tflite-int8.tflite", tiny_ds, images=10_000) is None  # too few images
-    row = {"id": "v/tflite-int8", "memory": memory.describe(files / "tflite-int8.tflite", rss=False),
-           "worst_layers": worst}
-    title, _, rows = memory_table({"rows": [row, {"id": "v/keras", "memory": None}]})
+    row = result_row("v/tflite-int8", memory=memory.describe(files / "tflite-int8.tflite", rss=False),
+                     worst_layers=worst)
+    title, _, rows = memory_table(results_of([row, result_row("v/keras", memory=None)]))
     assert len(rows) == 1 and worst[0]["layer"] in rows[0][-1]
 
 

@@ -184,8 +184,9 @@ def test_keras3_file_is_rebuilt_in_tf_keras(tmp_path):
 def test_a_model_file_saved_with_its_optimizer_is_sized_by_its_weights(tmp_path):
     """compare sizes a user's file as edgepack saves models (no optimizer state): otherwise the
     uncompressed runs made from it look ~3x smaller than it (issue 11)."""
-    from edgepack.report.evaluate import sizes, weights_only_sizes
+    from edgepack.report.evaluate import weights_only_sizes
     from edgepack.report.inputs import open_entry
+    from edgepack.report.weights import sizes
 
     data = tiny_data()
     model = sequential_model()

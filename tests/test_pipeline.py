@@ -17,6 +17,7 @@ from edgepack.cli import main
 from edgepack.errors import EdgepackError
 from edgepack.export.formats import FORMATS
 from edgepack.pipeline import export_jobs, load_settings
+from edgepack.report.rows import dump, read_results
 
 SMALL = """
 [train]
@@ -237,18 +238,19 @@ def test_resume_after_sigkill_then_complete_report(tmp_path, tiny_archive):
     assert again.returncode == 0, again.stderr[-2000:]
     assert "skip train baseline" in again.stdout and "removed" in again.stdout
     assert not list(out.rglob(f"*{atomic.TMP_MARK}*"))
-    results = json.loads((out / "report" / "results.json").read_text())
-    variants = {(r["variant"], r["format"]) for r in results["rows"]}
+    results = read_results(out / "report" / "results.json")  # every row typed (edgepack.report.rows)
+    assert dump(results) == json.loads((out / "report" / "results.json").read_text())  # and round-trips
+    variants = {(r.variant, r.format) for r in results.rows}
     for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):
         for fmt in ("keras", "tflite-fp32", "onnx-fp32"):
             assert (name, fmt) in variants
-    prune = next(r for r in results["rows"] if r["id"] == "prune-0.5/onnx-fp32")
-    assert prune["control_ref"] == "finetune-e1-lr0.001/onnx-fp32"  # the control with prune's recipe
+    prune = next(r for r in results.rows if r.id == "prune-0.5/onnx-fp32")
+    assert prune.control_ref == "finetune-e1-lr0.001/onnx-fp32"  # the control with prune's recipe
     # The report's accuracy equals each run's own metrics.json.
     for name in ("baseline", "prune-0.5", "finetune-e1-lr0.001"):
         own = json.loads((out / "runs" / name / "metrics.json").read_text())["accuracy"]
-        row = next(r for r in results["rows"] if r["variant"] == name and r["format"] == "keras")
-        assert row["accuracy"] == own
+        row = next(r for r in results.rows if r.variant == name and r.format == "keras")
+        assert row.accuracy == own
     from edgepack.runtime import golden  # every pipeline export carries golden vectors that pass
 
     exported = sorted(p for p in (out / "exports").rglob("*") if p.suffix in (".onnx", ".tflite"))
@@ -323,8 +325,8 @@ def test_failed_rows_and_machine_errors_set_the_exit_code(tmp_path, tiny_archive
     assert "baseline/onnx-int8: export: onnx-int8: none of 3 files passed its check" in io.out
     assert io.err.strip().splitlines() == ["edgepack: error: 1 rows failed (listed above; report written): "
                                            "exit 1, or pass --allow-failed to accept them"]
-    results = json.loads((tmp_path / "out" / "report" / "results.json").read_text())
-    assert sorted((r["id"], r["status"]) for r in results["rows"]) == [
+    results = read_results(tmp_path / "out" / "report" / "results.json")
+    assert sorted((r.id, r.status) for r in results.rows) == [
         ("baseline/keras", "ok"), ("baseline/onnx-fp32", "ok"), ("baseline/onnx-int8", "error")]
     assert main([*argv, "--allow-failed"]) == 0  # resumes; the failed export is tried again, still a row
     capsys.readouterr()

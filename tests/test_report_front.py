@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
+from conftest import result_row, results_of
+
 from edgepack.report.front import context_lines, front, front_table, labels, pareto_front, size_points
 
 
-def _row(rid, acc, gz, recommended=False, status="ok"):
-    return {"id": rid, "status": status, "accuracy": acc, "size_gzip_bytes": gz,
-            "size_ratio_gzip": 450e3 / gz, "delta_pts_vs_baseline": 100 * (acc - 0.70),
-            "delta_pts_vs_control": None,
-            "recommended": recommended, "latency": {"threads_1": {"p50_ms": 0.05}}}
+def _row(rid, acc, gz, recommended=False, status="ok", **kw):
+    return result_row(rid, acc, gz, 0.05, status, size_ratio_gzip=450e3 / gz, recommended=recommended, **kw)
 
 
 ROWS = [_row("base/keras", 0.70, 450_000), _row("int8", 0.699, 120_000, recommended=True),
         _row("int8-twin", 0.699, 120_000), _row("worse-and-bigger", 0.60, 200_000),
         _row("prune", 0.65, 44_000), _row("tiny-bad", 0.30, 10_000), _row("best", 0.72, 460_000),
-        _row("failed", 0.99, 1, status="error"), {**_row("no-acc", 0.0, 5), "accuracy": None}]
-RESULTS = {"rows": ROWS, "baseline": "base/keras", "cpu_groups": [], "target": None}
+        _row("failed", 0.99, 1, status="error"), _row("no-acc", 0.0, 5, accuracy=None)]
+RESULTS = results_of(ROWS, baseline="base/keras")
 
 
 def test_labels_only_on_the_front_numbered_smallest_first():
     points = size_points(RESULTS)
-    assert {r["id"] for _, _, r in points} == {r["id"] for r in ROWS[:7]}  # measured rows only
+    assert {r.id for _, _, r in points} == {r.id for r in ROWS[:7]}  # measured rows only
     got = labels(points)
     assert got == {"tiny-bad": "1", "prune": "2", "int8": "3", "base/keras": "4", "best": "5"}
     # dominated points and exact ties after the first get no label: nothing drawn on top of another
@@ -35,7 +34,7 @@ def test_front_is_non_dominated():
     for x, y, _ in points:
         dominated = any(ox <= x and oy >= y and (ox, oy) != (x, y) for ox, oy, _ in points)
         assert dominated or any((x, y) == (ox, oy) for ox, oy, _ in on)
-    assert [r["id"] for r in front(RESULTS)] == [r["id"] for _, _, r in on]
+    assert [r.id for r in front(RESULTS)] == [r.id for _, _, r in on]
 
 
 def test_front_table_rows_match_the_plot_labels():
@@ -47,11 +46,13 @@ def test_front_table_rows_match_the_plot_labels():
 
 
 def test_context_names_baseline_target_and_failures():
-    lines = context_lines({**RESULTS, "target": {"name": "tflm", "summary": "TensorFlow Lite Micro"}})
+    tflm = {"name": "tflm", "summary": "TensorFlow Lite Micro", "kernels": "tflm", "budgets": True,
+            "budget": {}, "runnable": [], "fitting": [], "none_fit": True}
+    lines = context_lines(results_of(ROWS, baseline="base/keras", target=tflm))
     assert lines[0] == "Baseline base/keras: accuracy 70.00%, 439.5 KiB gzip'ed, p50 0.050 ms (1 thread)."
     assert lines[1].startswith("Target tflm: TensorFlow Lite Micro;")
     assert lines[2].startswith("1 of 9 rows failed and 0 were skipped")
-    assert context_lines({"rows": ROWS[1:3], "baseline": None, "target": None}) == []
+    assert context_lines(results_of(ROWS[1:3])) == []
 
 
 def test_html_lists_keep_markdown_emphasis_and_escape_the_rest():

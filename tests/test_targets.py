@@ -6,6 +6,7 @@ import dataclasses
 import sys
 
 import pytest
+from conftest import result_row, results_of
 
 from edgepack.errors import EdgepackError
 from edgepack.report import targets as report_targets
@@ -73,10 +74,9 @@ def test_judge_fits_as_stored_compressed_or_not():
     assert b.judge(no) == no and no.fits is False and no.verdict == "not runnable: float ops CONV_2D"
 
 
-def _results(budget: Budget, figs: dict[str, Figures | None]) -> dict:
-    rows = [{"id": i, "status": "ok", "target": None if f is None else budget.judge(f).as_dict()}
-            for i, f in figs.items()]
-    results = {"rows": rows}
+def _results(budget: Budget, figs: dict[str, Figures | None]):
+    rows = [result_row(i, target=None if f is None else budget.judge(f)) for i, f in figs.items()]
+    results = results_of(rows)
     report_targets.summarise(results, TARGETS["tflm"], budget)
     return results
 
@@ -85,32 +85,32 @@ def test_only_fitting_files_may_be_picked():
     b = Budget.parse("64KiB", "256KiB")
     res = _results(b, {"a/tflite-int8": _fig(40_000, 130_000), "b/tflite-int8": _fig(90_000, 130_000),
                        "a/tflite-fp32": unrunnable("tflm", "float ops CONV_2D")})
-    t = res["target"]
-    assert t["runnable"] == ["a/tflite-int8", "b/tflite-int8"] and t["fitting"] == ["a/tflite-int8"]
-    assert not t["none_fit"] and t["closest"] is None and report_targets.none_fit_line(res) is None
+    t = res.target
+    assert t.runnable == ["a/tflite-int8", "b/tflite-int8"] and t.fitting == ["a/tflite-int8"]
+    assert not t.none_fit and t.closest is None and report_targets.none_fit_line(res) is None
     may = report_targets.allowed(res)
-    assert [r["id"] for r in res["rows"] if may(r)] == ["a/tflite-int8"]
+    assert [r.id for r in res.rows if may(r)] == ["a/tflite-int8"]
 
 
 def test_none_fits_names_the_closest_in_one_line():
     b = Budget.parse("32KiB", "100KiB")
     res = _results(b, {"far": _fig(40_000, 300_000), "near": _fig(40_000, 110_000),
                        "float": unrunnable("tflm", "float ops CONV_2D")})
-    assert res["target"]["none_fit"] and res["target"]["closest"] == "near"
+    assert res.target.none_fit and res.target.closest == "near"
     line = report_targets.none_fit_line(res)
     assert "\n" not in line and line.startswith("no file fits tflm within RAM 32,768 B and flash 102,400 B")
     assert "closest: near (RAM 40,000 B > 32,768 B; flash 110,000 B > 102,400 B)" in line
     nothing = _results(b, {"float": unrunnable("tflm", "float ops CONV_2D")})
-    assert nothing["target"]["closest"] is None
+    assert nothing.target.closest is None
     assert report_targets.none_fit_line(nothing).startswith("no file runs on tflm")
     assert report_targets.EXIT_NONE_FITS == 3
 
 
 def test_host_target_adds_nothing():
-    res = {"rows": [{"id": "a", "status": "ok", "target": None}]}
+    res = results_of([result_row("a")])
     report_targets.summarise(res, TARGETS["host"], Budget())
-    assert res["target"] is None and report_targets.section(res) is None
-    assert report_targets.allowed(res)(res["rows"][0]) and report_targets.none_fit_line(res) is None
+    assert res.target is None and report_targets.section(res) is None
+    assert report_targets.allowed(res)(res.rows[0]) and report_targets.none_fit_line(res) is None
 
 
 def test_pipeline_settings_check_target_and_budgets():

@@ -154,17 +154,17 @@ def _compare(files, tiny_archive, out, *budget) -> int:
 
 
 def test_compare_target_tflm_end_to_end(files, tiny_archive, tmp_path, capsys):
-    import json
+    from edgepack.report import read_results
 
     assert _compare(files, tiny_archive, tmp_path / "fits", "--ram", "64KiB", "--flash", "256KiB") == 0
-    res = json.loads((tmp_path / "fits" / "results.json").read_text())
-    rows = {r["format"]: r for r in res["rows"]}
-    i8, dyn = rows["tflite-int8"]["target"], rows["tflite-dynamic"]["target"]
-    assert i8["runs"] and i8["fits"] and i8["ram_bytes"] == allocator_total(files["tflite-int8"])
-    assert not dyn["runs"] and "hybrid" in dyn["reason"]
-    assert res["target"]["fitting"] == [rows["tflite-int8"]["id"]]
-    assert res["target"]["budget"] == {"ram_bytes": 65536, "flash_bytes": 262144}
-    assert res["recommended"] == rows["tflite-int8"]["id"]
+    res = read_results(tmp_path / "fits" / "results.json")
+    rows = {r.format: r for r in res.rows}
+    i8, dyn = rows["tflite-int8"].target, rows["tflite-dynamic"].target
+    assert i8.runs and i8.fits and i8.ram_bytes == allocator_total(files["tflite-int8"])
+    assert not dyn.runs and "hybrid" in dyn.reason
+    assert res.target.fitting == [rows["tflite-int8"].id]
+    assert res.target.budget == {"ram_bytes": 65536, "flash_bytes": 262144}
+    assert res.recommended == rows["tflite-int8"].id
     md = (tmp_path / "fits" / "report.md").read_text()
     assert "## Target tflm" in md and "not runnable: dynamic-range (hybrid) ops" in md
     assert "target_ram_bytes" in (tmp_path / "fits" / "results.csv").read_text().splitlines()[0]
@@ -174,7 +174,7 @@ def test_compare_target_tflm_end_to_end(files, tiny_archive, tmp_path, capsys):
     assert _compare(files, tiny_archive, tmp_path / "none", "--ram", "1KiB") == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("edgepack: error: no file fits tflm within RAM 1,024 B")
-    assert f"closest: {rows['tflite-int8']['id']}" in err[0]
+    assert f"closest: {rows['tflite-int8'].id}" in err[0]
     assert (tmp_path / "none" / "report.md").is_file()  # the report is written first
 
 

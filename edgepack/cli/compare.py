@@ -38,7 +38,8 @@ from edgepack.cli import (
     positive_int,
     source_options,
 )
-from edgepack.report import CompareOptions, compare
+from edgepack.errors import require_toolchain
+from edgepack.report.options import CompareOptions
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
 
@@ -75,6 +76,9 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
+    require_toolchain("edgepack compare")  # before importing the comparison (pydantic, ...)
+    from edgepack.report.compare import compare  # noqa: PLC0415  its rows need pydantic (toolchain extra)
+
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
                              max_drop=args.max_drop, objective=args.objective, fail_over=args.fail_over,
                              latency=not args.no_latency,

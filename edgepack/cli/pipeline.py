@@ -104,7 +104,7 @@ def run(args) -> int:
     results = pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick,
                        baseline=args.baseline, overrides=overrides, source_options=source_options(args),
                        ray=args.ray)
-    failed = [r["id"] for r in results["rows"] if r["status"] == "error"]
+    failed = [r.id for r in results.rows if r.status == "error"]
     if failed and not args.allow_failed:
         print(f"edgepack: error: {len(failed)} rows failed (listed above; report written): exit 1, "
               "or pass --allow-failed to accept them", file=sys.stderr)

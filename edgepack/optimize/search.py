@@ -32,9 +32,9 @@ from edgepack.optimize.journal import SAME_AS, finished
 from edgepack.optimize.report import write_report
 from edgepack.optimize.space import recipe_text
 from edgepack.optimize.trial import run_trials
-from edgepack.report.evaluate import sizes
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.stats import LATENCY_ROUNDS
+from edgepack.report.weights import sizes
 from edgepack.target import Budget, check_budget
 
 INT8_FORMATS = ("tflite-int8", "onnx-int8")

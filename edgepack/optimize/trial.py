@@ -24,8 +24,8 @@ from edgepack.export import export
 from edgepack.export import summary as export_summary
 from edgepack.optimize.holdout import search_data
 from edgepack.report.env import host
-from edgepack.report.evaluate import sizes
 from edgepack.report.stats import latency_interval
+from edgepack.report.weights import sizes
 from edgepack.stagejobs import RESOURCES
 from edgepack.timing import measure
 

@@ -1,6 +1,8 @@
 """`edgepack compare`: every variant on the same test images, against the original and a control.
 
-results.json schema (schema_version 1); report.md, results.csv and report.html render the same data.
+results.json schema (schema_version 1), in words; edgepack.report.rows declares every key with its type
+(Results, ResultRow) and reads a results.json back (read_results). report.md, results.csv and
+report.html render the same typed rows.
 Accuracies are fractions in [0, 1]; changes are in percentage points ("pts"); sizes in bytes;
 latencies in milliseconds; throughput in images per second. Unmeasured values are null.
 
@@ -123,74 +125,32 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from edgepack.errors import EdgepackError
-from edgepack.report import targets
+from edgepack import data as data_mod
+from edgepack import rundir
+from edgepack.errors import EdgepackError, require_toolchain
+from edgepack.metrics import top1_agreement
+from edgepack.report import devices, plots, render, targets
+from edgepack.report import env as env_mod
 from edgepack.report.derived import BASELINE, CONTROL, derive
+from edgepack.report.evaluate import blank_row, evaluate_entry
 from edgepack.report.explain import Kept, explain
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
-from edgepack.report.pick import OBJECTIVES
-from edgepack.target import Budget, check_budget
+from edgepack.report.keras_worker import time_single_thread
+from edgepack.report.options import CompareOptions
+from edgepack.report.rows import SCHEMA_VERSION, DataInfo, ResultRow, Results, dump
 from edgepack.target import get as get_target
+from edgepack.tfkeras import keras
 
-SCHEMA_VERSION = 1
 FULL_TEST = 10_000  # CIFAR-10's test set: fewer images is a subset, and the report says so
-
-
-@dataclass(frozen=True)
-class CompareOptions:
-    limit_test: int | None = None  # class-balanced test subset (None: all 10,000 images)
-    runs: int = 200  # timed batch-1 calls per latency figure
-    warmup: int = 20  # untimed calls before timing
-    predict_runs: int = 30  # timed Keras model.predict calls (each ~70 ms: 200 would cost 14 s a model;
-    #                         warm-up for them is min(warmup, 3))
-    predict_all: bool = False  # time model.predict for every Keras row (default: the baseline only)
-    throughput_runs: int = 20  # timed batch-64 calls for throughput
-    latency: bool = True  # False: accuracy and sizes only (--no-latency)
-    keras_single_thread: bool = True  # time Keras rows on 1 thread in a child process
-    max_drop: float | None = None  # points: recommend the smallest+fastest row within this of the baseline
-    objective: str = "latency"  # what decides among those rows (edgepack.report.pick.OBJECTIVES)
-    fail_over: float | None = None  # points: GateFailed if a row drops more than this (or fails)
-    seed: int = 0  # test subset seed
-    device_results: tuple[str, ...] = ()  # `edgepack bench --json` files from users' devices (reported apart)
-    target: str = "host"  # where the files will run (edgepack.target.TARGETS); host: this machine
-    ram_bytes: int | None = None  # the target's RAM budget (--ram), bytes; None: no limit
-    flash_bytes: int | None = None  # the target's flash budget (--flash), bytes; None: no limit
-
-    @property
-    def budget(self) -> Budget:
-        return Budget(self.ram_bytes, self.flash_bytes)
-
-    def check(self) -> None:
-        if self.runs < 1 or self.warmup < 0 or self.predict_runs < 1 or self.throughput_runs < 1:
-            raise EdgepackError("--runs must be >= 1 and --warmup >= 0")
-        from edgepack.data import check_limits
-
-        check_limits(limit_test=self.limit_test)
-        if self.objective not in OBJECTIVES:
-            raise EdgepackError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        for name in ("max_drop", "fail_over"):
-            v = getattr(self, name)
-            if v is not None and not 0 <= v <= 100:
-                raise EdgepackError(f"--{name.replace('_', '-')} is in accuracy points, 0-100; got {v}")
-        for name, v in (("--ram", self.ram_bytes), ("--flash", self.flash_bytes)):
-            if v is not None and (not isinstance(v, int) or v < 1):
-                raise EdgepackError(f"{name} is a size in bytes >= 1, got {v!r}")
-        check_budget(self.target, self.budget)
-        if self.device_results:
-            # here, not at the top: it needs pydantic (toolchain), the runtime-only CLI imports this module
-            from edgepack.report import devices
-
-            devices.read_all(self.device_results)  # a bad device file stops compare before any work
 
 
 class GateFailed(EdgepackError):
     """--fail-over: a variant dropped more than allowed (the report is written before this is raised)."""
 
-    def __init__(self, message: str, results: dict):
+    def __init__(self, message: str, results: Results):
         super().__init__(message)
         self.results = results
 
@@ -223,9 +183,9 @@ def _with_references(inputs, baseline, control) -> list:
 def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
             data_path: str | os.PathLike | None = None, baseline: str | os.PathLike | None = None,
             control: str | os.PathLike | None = None,
-            options: CompareOptions = CompareOptions(), force: bool = False, ds=None,
+            options: CompareOptions | None = None, force: bool = False, ds=None,
             failures: list[dict] | None = None, settings: dict | None = None,
-            source_options: dict | None = None) -> dict:
+            source_options: dict | None = None) -> Results:
     """Evaluate every input, write the report folder `out` (atomically) and return the results.
 
     Inputs: run folders, exported files, export folders and users' Keras model files (`source_options`:
@@ -234,14 +194,13 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
     `ds`: an already loaded edgepack.data.Cifar10 (then `data_path` and `limit_test` are not used).
     `failures`: models that could not be made upstream ({variant, format, stage, error} and optionally
     technique, path, and status "skipped" for models not applicable): each becomes a row with its
-    status ("error" unless given). `settings`: recorded as results["settings"] (a
+    status ("error" unless given). `settings`: recorded as results.settings (a
     `"quick": true` entry labels the report a smoke run).
     """
-    from edgepack import rundir
-    from edgepack.errors import require_toolchain
-
     require_toolchain("edgepack compare")
+    options = options or CompareOptions()
     options.check()
+    devices.read_all(options.device_results)  # a bad device file stops compare before any work
     given = {"RUN_OR_FILE": inputs, "--baseline": baseline, "--control": control, "--data": data_path}
     with rundir.claim_output(out, given, force):
         return _compare(inputs, out, data_path, baseline, control, options, force, ds, failures, settings,
@@ -249,12 +208,7 @@ def compare(inputs: list[str | os.PathLike], out: str | os.PathLike,
 
 
 def _compare(inputs, out, data_path, baseline, control, options: CompareOptions, force: bool, ds,
-             failures: list[dict] | None, settings: dict | None, source_options: dict | None) -> dict:
-    from edgepack import data as data_mod
-    from edgepack.report import devices
-    from edgepack.report import env as env_mod
-    from edgepack.report.evaluate import evaluate_entry
-
+             failures: list[dict] | None, settings: dict | None, source_options: dict | None) -> Results:
     for ref, flag in ((baseline, "--baseline"), (control, "--control")):
         if ref is not None and not Path(ref).exists():
             raise EdgepackError(f"{flag} {ref} does not exist: pass a run folder or an exported file")
@@ -275,8 +229,6 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     order = ([base] if base else []) + [e for e in entries if e is not base]
     _unique_ids(order)
     if any(e.kind == "run" for e in order):
-        from edgepack.tfkeras import keras
-
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = env_mod.usable_cores()
     host = env_mod.host()  # one process times every row: they share it (edgepack.report.hosts)
@@ -289,53 +241,48 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}): elapsed {time.time() - started:.0f} s{eta}",
               flush=True)
         row, probs = evaluate_entry(entry, ds, options, all_threads, is_baseline=entry is base)
-        row["host"] = host
-        kept[row["id"]] = Kept.of(probs)
-        pred = None if probs is None else kept[row["id"]].pred
+        row.host = host
+        kept[row.id] = Kept.of(probs)
+        pred = None if probs is None else kept[row.id].pred
         if entry is base:
             base_pred = pred
         if pred is not None and base_pred is not None:
-            from edgepack.metrics import top1_agreement
-
-            row["agreement"] = top1_agreement(pred, base_pred)
-        row["target"] = targets.row_figures(target, options.budget, entry, row, ds, pred, all_threads)
+            row.agreement = top1_agreement(pred, base_pred)
+        row.target = targets.row_figures(target, options.budget, entry, row, ds, pred, all_threads)
         rows.append(row)
-        status = "ok" if row["status"] == "ok" else f"ERROR {row['error']}"
-        print(f"      accuracy {_fmt(row['accuracy'])} {status}", flush=True)
+        status = "ok" if row.ok else f"ERROR {row.error}"
+        print(f"      accuracy {_fmt(row.accuracy)} {status}", flush=True)
     if options.latency and options.keras_single_thread:
         _single_thread_keras(rows, order, ds, options)
     _fill_from_source_runs(rows)
     for row in _failure_rows(failures or []):
-        if any(r["id"] == row["id"] for r in rows):
-            row["id"] += "@failed"
+        if any(r.id == row.id for r in rows):
+            row.id += "@failed"
         rows.append(row)
     n_test = int(len(ds.y_test))
-    results = {
-        "schema_version": SCHEMA_VERSION, "kind": "edgepack-compare",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": None,
-        "data": {"source": ds.source, "sha256": ds.sha256, "num_test_images": n_test,
-                 "limit_test": options.limit_test or (n_test if n_test < FULL_TEST else None)},
-        "options": asdict(options), "environment": env_mod.environment(),
-        "baseline": rows[0]["id"] if base else None,
-        "control": next((r["id"] for r, e in zip(rows[:len(order)], order, strict=True) if e is ctrl), None),
-        "controls": [r["id"] for r in rows if r["technique"] == CONTROL and r["kind"] == "run"
-                     and (ctrl is None or r["path"] == str(ctrl.path))],
-        "recommended": None, "gate": None, "settings": settings, "rows": rows,
-    }
+    results = Results(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        data=DataInfo(source=ds.source, sha256=ds.sha256, num_test_images=n_test,
+                      limit_test=options.limit_test or (n_test if n_test < FULL_TEST else None)),
+        options=options, environment=env_mod.environment(),
+        baseline=rows[0].id if base else None,
+        control=next((r.id for r, e in zip(rows[:len(order)], order, strict=True) if e is ctrl), None),
+        controls=[r.id for r in rows if r.technique == CONTROL and r.kind == "run"
+                  and (ctrl is None or r.path == str(ctrl.path))],
+        settings=settings, rows=rows)
     targets.summarise(results, target, options.budget)
     derive(results)
-    results["device_results"] = devices.section(device_docs, rows)  # apart from the ranked rows
+    results.device_results = devices.section(device_docs, rows)  # apart from the ranked rows
     sheets = explain(results, kept, ds)
-    results["wall_seconds"] = round(time.time() - started, 2)
+    results.wall_seconds = round(time.time() - started, 2)
     write_report(results, out, force, sheets)
-    if results["imbalance"]:
-        print(f"compare: warning: {results['imbalance']}", flush=True)
-    print(f"compare: wrote {out} in {results['wall_seconds']:.0f} s", flush=True)
-    gate = results["gate"]
-    if gate and not gate["passed"]:
-        limit = f"{gate['fail_over']:g}"
-        raise GateFailed(f"--fail-over {limit}: {', '.join(gate['failed'])} dropped more than {limit} points "
+    if results.imbalance:
+        print(f"compare: warning: {results.imbalance}", flush=True)
+    print(f"compare: wrote {out} in {results.wall_seconds:.0f} s", flush=True)
+    gate = results.gate
+    if gate and not gate.passed:
+        limit = f"{gate.fail_over:g}"
+        raise GateFailed(f"--fail-over {limit}: {', '.join(gate.failed)} dropped more than {limit} points "
                          f"below the baseline or failed (report in {out})", results)
     return results
 
@@ -380,18 +327,16 @@ def _unique_ids(entries: list[Entry]) -> None:
         seen.add(e.row_id)
 
 
-def _failure_rows(failures: list[dict]) -> list[dict]:
-    from edgepack.report.evaluate import blank_row
-
+def _failure_rows(failures: list[dict]) -> list[ResultRow]:
     rows = []
     for f in failures:
         fmt = str(f.get("format") or KERAS)
         entry = Entry(Path(str(f.get("path") or "")), "run" if fmt == KERAS else "file", fmt,
                       str(f.get("variant") or "unknown"), str(f.get("technique") or "unknown"))
         row = blank_row(entry)
-        row.update(status=f.get("status") or "error",
-                   error=f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}",
-                   path=str(f["path"]) if f.get("path") else None)
+        row.status = f.get("status") or "error"
+        row.error = f"{f.get('stage') or 'make'}: {f.get('error') or 'failed'}"
+        row.path = str(f["path"]) if f.get("path") else None
         rows.append(row)
     return rows
 
@@ -400,11 +345,9 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _single_thread_keras(rows: list[dict], order: list[Entry], ds, options: CompareOptions) -> None:
-    from edgepack.report.keras_worker import time_single_thread
-
+def _single_thread_keras(rows: list[ResultRow], order: list[Entry], ds, options: CompareOptions) -> None:
     targets = {str(e.path): r for r, e in zip(rows, order, strict=True)
-               if e.kind == "run" and r["status"] == "ok"}
+               if e.kind == "run" and r.ok}
     if not targets:
         return
     print(f"compare: timing {len(targets)} Keras models on 1 thread in a child process", flush=True)
@@ -412,45 +355,42 @@ def _single_thread_keras(rows: list[dict], order: list[Entry], ds, options: Comp
         got = time_single_thread(list(targets), ds.x_test[:64], options, timeout=120 + 60 * len(targets))
     except Exception as e:
         for r in targets.values():
-            r["latency"]["error"] = f"1-thread timing: {type(e).__name__}: {str(e)[:300]}"
+            r.latency.error = f"1-thread timing: {type(e).__name__}: {str(e)[:300]}"
         return
     for path, row in targets.items():
         t = got.get(path) or {"error": "no result"}
         if "error" in t:
-            row["latency"]["error"] = f"1-thread timing: {t['error']}"
+            row.latency.error = f"1-thread timing: {t['error']}"
         else:
-            row["latency"]["threads_1"] = t
+            row.latency.threads_1 = t
 
 
-def _fill_from_source_runs(rows: list[dict]) -> None:
+def _fill_from_source_runs(rows: list[ResultRow]) -> None:
     """Files get their source run's parameter count and fine-tuning recipe (and sparsity, if unreadable
     from the file). The source run is the Keras row whose model sha256 is the file's source_sha256,
     else the Keras row of the same variant name."""
-    keras_rows = [r for r in rows if r["format"] == KERAS and r["status"] == "ok"]
-    by_sha = {r["model_sha256"]: r for r in keras_rows if r["model_sha256"]}
-    by_variant = {r["variant"]: r for r in keras_rows}
+    keras_rows = [r for r in rows if r.format == KERAS and r.ok]
+    by_sha = {r.model_sha256: r for r in keras_rows if r.model_sha256}
+    by_variant = {r.variant: r for r in keras_rows}
     for r in rows:
-        if r["format"] == KERAS:
+        if r.format == KERAS:
             continue
-        src = by_sha.get(r["source_sha256"]) or by_variant.get(r["variant"])
+        src = by_sha.get(r.source_sha256) or by_variant.get(r.variant)
         if src is None:
             continue
-        r["parameters"], r["finetune_recipe"] = src["parameters"], src["finetune_recipe"]
-        if r["sparsity"] is None and src["sparsity"] is not None:
-            r["sparsity"], r["sparsity_source"] = src["sparsity"], "source-run"
+        r.parameters, r.finetune_recipe = src.parameters, src.finetune_recipe
+        if r.sparsity is None and src.sparsity is not None:
+            r.sparsity, r.sparsity_source = src.sparsity, "source-run"
 
 
-def write_report(results: dict, out: str | os.PathLike, force: bool, files: dict[str, bytes] | None = None
+def write_report(results: Results, out: str | os.PathLike, force: bool, files: dict[str, bytes] | None = None
                  ) -> None:
     """The report folder; `files`: more files to write in it (report-relative path -> bytes)."""
-    from edgepack import rundir
-    from edgepack.report import plots, render
-
     with rundir.atomic_dir(out, force) as tmp:
         for name, data in (files or {}).items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)
-        rundir.write_json(tmp / "results.json", results)
+        rundir.write_json(tmp / "results.json", dump(results))
         render.write_csv(results, tmp / "results.csv")
         images = plots.write_plots(results, tmp)
         (tmp / "report.md").write_text(render.markdown(results, images), encoding="utf-8")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgepack.bench import KIND, SCHEMA_VERSION
 from edgepack.errors import EdgepackError
+from edgepack.report.rows import ResultRow, Results
 from edgepack.rundir import sha256_file
 from edgepack.typed import validate
 
@@ -136,10 +137,10 @@ def label(device: Device) -> str:
            f"{versions}"
 
 
-def section(docs: list[tuple[str, BenchDoc]], rows: list[dict]) -> list[dict]:
-    """results["device_results"]: per device, its label and its files' figures under the ids of the
+def section(docs: list[tuple[str, BenchDoc]], rows: list[ResultRow]) -> list[dict]:
+    """results.device_results: per device, its label and its files' figures under the ids of the
     compared rows with the same sha256."""
-    by_sha = {r["model_sha256"]: r["id"] for r in rows if r["kind"] == "file" and r["model_sha256"]}
+    by_sha = {r.model_sha256: r.id for r in rows if r.kind == "file" and r.model_sha256}
     out = []
     for source, doc in docs:
         files = []
@@ -153,12 +154,12 @@ def section(docs: list[tuple[str, BenchDoc]], rows: list[dict]) -> list[dict]:
     return out
 
 
-def tables(results: dict) -> list[Table]:
+def tables(results: Results) -> list[Table]:
     """One table per device: compared row -> its p50 (round min-max), threads and kernels there."""
     headers = ["id", "device file", "format", "kernels", "threads", "p50 ms (round min-max)", "p90 ms",
                "runs", "status"]
     out = []
-    for k, d in enumerate(results.get("device_results") or [], 1):
+    for k, d in enumerate(results.device_results, 1):
         rows = []
         for f in d["files"]:
             ok = f["status"] == "ok"
@@ -170,9 +171,9 @@ def tables(results: dict) -> list[Table]:
     return out
 
 
-def lines(results: dict) -> list[str]:
+def lines(results: Results) -> list[str]:
     """The section's lead: where the figures come from and why they are not ranked."""
-    if not results.get("device_results"):
+    if not results.device_results:
         return []
     return ["Batch-1 latency of edgepack.runtime predict measured on each device with `edgepack bench "
             "--json` (files matched to the rows by sha256). Each device's figures hold for that device "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 
+from edgepack.rundir import git_commit, package_versions
 from edgepack.runtime.cpu import describe, read_cpuinfo
 
 
@@ -49,7 +50,5 @@ def usable_cores() -> int:
 
 
 def environment() -> dict:
-    from edgepack.rundir import git_commit, package_versions
-
     return {"cpu": cpu_info(), "versions": package_versions(), "platform": platform.platform(),
             "git_commit": git_commit()}

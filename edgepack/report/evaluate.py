@@ -8,63 +8,49 @@ Every failure is caught per stage and recorded in the row (`status`, `error`), n
 
 from __future__ import annotations
 
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from edgepack import rundir
+from edgepack import runtime
 from edgepack.compress.schedule import phase_of
+from edgepack.data import test_set_sha256
+from edgepack.explain import core, memory
+from edgepack.export.core import kernel_note
+from edgepack.export.files import FAMILIES
 from edgepack.export.formats import INTEGER_FORMATS
+from edgepack.metrics import classification_metrics
+from edgepack.model import MODEL_FILE, load_run_model, predict_proba, save_model
 from edgepack.report.derived import CONTROL
 from edgepack.report.inputs import Entry
 from edgepack.report.notes import FP32_TWIN
+from edgepack.report.rows import ResultRow
 from edgepack.report.stats import LATENCY_ROUNDS
+from edgepack.report.weights import file_sparsity, keras_parameters, keras_sparsity, sizes
+from edgepack.rundir import sha256_file
 from edgepack.runmeta import MODEL_FILE_KIND, RunMetadata
+from edgepack.runtime.cpu import describe
 from edgepack.runtime.golden import golden_path
+from edgepack.runtime.preprocess import scale_pixels
 from edgepack.timing import measure
 
 THROUGHPUT_BATCH = 64  # images per call when measuring throughput
 
-# Every row has every key (null when not measured); compare.py documents them.
-ROW_KEYS = (
-    "id", "variant", "technique", "format", "kind", "path", "status", "error",
-    "accuracy", "precision_macro", "recall_macro", "f1_macro", "per_class_accuracy", "confusion_matrix",
-    "weak_classes", "num_test_images", "accuracy_recorded", "accuracy_check",
-    "agreement", "delta_pts_vs_baseline", "delta_pts_vs_control", "control_ref", "finetune_recipe",
-    "size_bytes", "size_gzip_bytes", "size_ratio_gzip", "size_ratio_raw", "parameters",
-    "sparsity", "sparsity_source", "source_sha256", "model_sha256",
-    "latency", "speedup", "memory_rss_delta_mb", "recommended", "eval_seconds",
-    "reference_accuracy", "kernel_gap_points", "kernel_path", "notes", "memory", "worst_layers",
-    "kernel_facts",
-    "confidence", "flips", "flip_sheet",  # edgepack.report.explain
-    "host",  # edgepack.report.hosts
-    "target",  # edgepack.report.targets
-)
 
-
-def blank_row(entry: Entry) -> dict:
-    row = dict.fromkeys(ROW_KEYS)
-    row.update(id=entry.row_id, variant=entry.variant, technique=entry.technique, format=entry.format,
-               kind=entry.kind, path=str(entry.path), status="ok", recommended=False, notes=[],
-               latency={"method": None, "threads_1": None, "threads_all": None, "predict_threads_all": None,
-                        "error": None})
+def blank_row(entry: Entry) -> ResultRow:
+    row = ResultRow(id=entry.row_id, variant=entry.variant, technique=entry.technique, format=entry.format,
+                    kind=entry.kind, path=str(entry.path))
     if entry.error:
-        row.update(status=entry.status, error=f"{entry.stage}: {entry.error}")
+        row.status, row.error = entry.status, f"{entry.stage}: {entry.error}"
     return row
 
 
-def fail(row: dict, stage: str, exc: BaseException) -> None:
-    row["status"] = "error"
-    row["error"] = f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
-
-
-def sizes(path: Path) -> tuple[int, int]:
-    """Raw and gzip'ed (level 9) bytes of a model file, or of every file in a model folder."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    raw = sum(p.stat().st_size for p in files)
-    gz = sum(rundir.gzip_size(p) for p in files)
-    return raw, gz
+def fail(row: ResultRow, stage: str, exc: BaseException) -> None:
+    row.status = "error"
+    row.error = f"{stage}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
 
 
 def weights_only_sizes(entry: Entry, model) -> tuple[int, int]:
@@ -72,9 +58,6 @@ def weights_only_sizes(entry: Entry, model) -> tuple[int, int]:
     file saved with its optimizer would otherwise look ~3x bigger than the runs made from it."""
     if entry.metadata.kind != MODEL_FILE_KIND:
         return sizes(entry.run.model_path)  # run folders are saved that way already
-    import tempfile
-
-    from edgepack.model import MODEL_FILE, save_model
 
     with tempfile.TemporaryDirectory(prefix="edgepack-size-") as tmp:
         save_model(model, Path(tmp) / MODEL_FILE)
@@ -90,19 +73,17 @@ def rss_mb() -> float | None:
         return None
 
 
-def fill_metrics(row: dict, y_true: np.ndarray, probs: np.ndarray, class_names) -> np.ndarray:
-    from edgepack.metrics import classification_metrics
-
+def fill_metrics(row: ResultRow, y_true: np.ndarray, probs: np.ndarray, class_names) -> np.ndarray:
     probs = np.asarray(probs)
     if probs.shape != (len(y_true), len(class_names)):
         raise ValueError(f"predictions have shape {probs.shape}, expected {(len(y_true), len(class_names))}")
     pred = probs.argmax(axis=1)
     m = classification_metrics(y_true, pred, class_names)
-    row.update(accuracy=m["accuracy"], precision_macro=m["precision_macro"], recall_macro=m["recall_macro"],
-               f1_macro=m["f1_macro"], confusion_matrix=m["confusion_matrix"],
-               num_test_images=m["num_test_images"],
-               per_class_accuracy={k: v["accuracy"] for k, v in m["per_class"].items()},
-               weak_classes=m["weak_classes"])
+    row.accuracy, row.precision_macro = m["accuracy"], m["precision_macro"]
+    row.recall_macro, row.f1_macro = m["recall_macro"], m["f1_macro"]
+    row.confusion_matrix, row.num_test_images = m["confusion_matrix"], m["num_test_images"]
+    row.per_class_accuracy = {k: v["accuracy"] for k, v in m["per_class"].items()}
+    row.weak_classes = m["weak_classes"]
     return pred
 
 
@@ -121,14 +102,12 @@ def timing(fn1, fn64, opts, threads: int | str, runs: int | None = None, warmup:
 
 # --- Keras run folders
 
-def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
+def check_recorded(row: ResultRow, entry: Entry, ds, seed: int) -> None:
     """The accuracy must equal the run's own metrics.json when both used the same test images."""
     rec = entry.run.metrics.accuracy if entry.run.metrics else None
-    row["accuracy_recorded"] = rec
+    row.accuracy_recorded = rec
     recorded_set = entry.metadata.test_images_sha256
     if recorded_set is not None:  # the exact test images the run's metrics.json was computed on
-        from edgepack.data import test_set_sha256
-
         same = recorded_set == test_set_sha256(ds)
     else:
         config = entry.metadata.config or {}
@@ -136,16 +115,16 @@ def check_recorded(row: dict, entry: Entry, ds, seed: int) -> None:
         same = (rec is not None and entry.run.metrics.num_test_images == len(ds.y_test) and not other_subset
                 and entry.metadata.data_sha256 in (None, ds.sha256))
     if rec is None or not same:
-        row["accuracy_check"] = "skipped: the run was evaluated on other test images"
+        row.accuracy_check = "skipped: the run was evaluated on other test images"
         return
     n = len(ds.y_test)
-    if round(rec * n) == round(row["accuracy"] * n):
-        row["accuracy_check"] = "equal"
+    if round(rec * n) == round(row.accuracy * n):
+        row.accuracy_check = "equal"
     else:
-        row["accuracy_check"] = "mismatch"
-        row["status"] = "error"
-        row["error"] = (f"accuracy {row['accuracy']:.4f} differs from metrics.json {rec:.4f}: "
-                        "the model file changed or loads differently")
+        row.accuracy_check = "mismatch"
+        row.status = "error"
+        row.error = (f"accuracy {row.accuracy:.4f} differs from metrics.json {rec:.4f}: "
+                     "the model file changed or loads differently")
 
 
 def finetune_recipe(meta: RunMetadata) -> dict | None:
@@ -164,8 +143,6 @@ def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool,
     """tf.function (and optionally model.predict) timings of a Keras model at the current TF threads."""
     import tensorflow as tf
 
-    from edgepack.runtime.preprocess import scale_pixels
-
     x1 = tf.constant(scale_pixels(x_uint8[:1], scaling))
     x64 = tf.constant(scale_pixels(x_uint8[:THROUGHPUT_BATCH], scaling))
     fn = tf.function(lambda x: model(x, training=False))
@@ -180,74 +157,65 @@ def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool,
 
 
 def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
-                 ) -> tuple[dict, np.ndarray | None]:
-    from edgepack.model import load_run_model, predict_proba
-    from edgepack.report.weights import keras_parameters, keras_sparsity
-    from edgepack.runtime.preprocess import scale_pixels
-
+                 ) -> tuple[ResultRow, np.ndarray | None]:
     row = blank_row(entry)
-    if row["status"] != "ok":
+    if not row.ok:
         return row, None
     t0 = time.perf_counter()
     meta = entry.metadata
-    row["finetune_recipe"] = finetune_recipe(meta)
-    row.update(model_sha256=meta.model_sha256, source_sha256=meta.source_sha256)
+    row.finetune_recipe = finetune_recipe(meta)
+    row.model_sha256, row.source_sha256 = meta.model_sha256, meta.source_sha256
     try:
         rss0 = rss_mb()
         model = load_run_model(entry.run)
-        row["size_bytes"], row["size_gzip_bytes"] = weights_only_sizes(entry, model)
-        row["parameters"] = keras_parameters(model)
-        row["sparsity"], row["sparsity_source"] = keras_sparsity(model), "model"
+        row.size_bytes, row.size_gzip_bytes = weights_only_sizes(entry, model)
+        row.parameters = keras_parameters(model)
+        row.sparsity, row.sparsity_source = keras_sparsity(model), "model"
         scaling = meta.pixel_scaling  # the run's own (a user's model may take [-1, 1], ...)
         model(scale_pixels(ds.x_test[:1], scaling), training=False)
         rss1 = rss_mb()
-        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
+        row.memory_rss_delta_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
         fill_metrics(row, ds.y_test, probs, ds.class_names)
-        from edgepack.explain.memory import keras_memory
 
-        row["memory"] = {**keras_memory(model).as_dict(),  # the runtime-process RSS is for exported files
+        row.memory = {**memory.keras_memory(model).as_dict(),  # the runtime-process RSS is for exported files
                          "peak_rss_mb": None, "rss_base_mb": None, "rss_model_mb": None}
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
     check_recorded(row, entry, ds, opts.seed)
     if opts.latency:
-        row["latency"]["method"] = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
+        row.latency.method = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
         try:
             t = keras_timing(model, ds.x_test, opts, all_threads, scaling=scaling,
                              with_predict=is_baseline or opts.predict_all)
-            row["latency"]["threads_all"] = t["tf_function"]
-            row["latency"]["predict_threads_all"] = t.get("predict")
+            row.latency.threads_all = t["tf_function"]
+            row.latency.predict_threads_all = t.get("predict")
         except Exception as e:
-            row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    row["eval_seconds"] = time.perf_counter() - t0
+            row.latency.error = f"{type(e).__name__}: {str(e)[:300]}"
+    row.eval_seconds = time.perf_counter() - t0
     return row, probs
 
 
 # --- exported files
 
-def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.ndarray | None]:
-    from edgepack import runtime
-    from edgepack.report.weights import file_sparsity
-    from edgepack.rundir import sha256_file
-
+def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[ResultRow, np.ndarray | None]:
     row = blank_row(entry)
-    if row["status"] != "ok":
+    if not row.ok:
         return row, None
     t0 = time.perf_counter()
-    row.update(source_sha256=entry.file_metadata.source_sha256)
+    row.source_sha256 = entry.file_metadata.source_sha256
     try:
-        row["model_sha256"] = sha256_file(entry.path)
-        row["size_bytes"], row["size_gzip_bytes"] = sizes(entry.path)
+        row.model_sha256 = sha256_file(entry.path)
+        row.size_bytes, row.size_gzip_bytes = sizes(entry.path)
         sparsity = file_sparsity(entry.path)
         if sparsity is not None:
-            row["sparsity"], row["sparsity_source"] = sparsity, "file"
+            row.sparsity, row.sparsity_source = sparsity, "file"
         rss0 = rss_mb()
         clf = runtime.load(entry.path, threads=all_threads)
         clf.predict(ds.x_test[:1])
         rss1 = rss_mb()
-        row["memory_rss_delta_mb"] = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
+        row.memory_rss_delta_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
         probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
         fill_metrics(row, ds.y_test, probs, ds.class_names)
         # A control is never shipped: the exact-reference pass (~2 ms an image on LiteRT's reference
@@ -257,22 +225,22 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[dict, np.nd
             reference_figures(row, entry.path, ds, all_threads)
         explain_figures(row, entry, ds if shipped else None)
         if not golden_path(entry.path).is_file():
-            row["notes"].append(NO_GOLDEN)
+            row.notes.append(NO_GOLDEN)
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
     if opts.latency:
-        row["latency"]["method"] = "edgepack.runtime predict (uint8 in, probabilities out)"
+        row.latency.method = "edgepack.runtime predict (uint8 in, probabilities out)"
         x1, x64 = ds.x_test[:1], ds.x_test[:THROUGHPUT_BATCH]
         try:
-            row["latency"]["threads_all"] = timing(lambda: clf.predict(x1), lambda: clf.predict(x64),
+            row.latency.threads_all = timing(lambda: clf.predict(x1), lambda: clf.predict(x64),
                                                    opts, all_threads)
             clf1 = runtime.load(entry.path, threads=1)
-            row["latency"]["threads_1"] = timing(lambda: clf1.predict(x1), lambda: clf1.predict(x64),
+            row.latency.threads_1 = timing(lambda: clf1.predict(x1), lambda: clf1.predict(x64),
                                                  opts, 1)
         except Exception as e:
-            row["latency"]["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-    row["eval_seconds"] = time.perf_counter() - t0
+            row.latency.error = f"{type(e).__name__}: {str(e)[:300]}"
+    row.eval_seconds = time.perf_counter() - t0
     return row, probs
 
 
@@ -286,27 +254,21 @@ def is_quantized(fmt: str | None) -> bool:
     return fmt in INTEGER_FORMATS
 
 
-def explain_figures(row: dict, entry: Entry, ds=None) -> None:
+def explain_figures(row: ResultRow, entry: Entry, ds=None) -> None:
     """Memory (edgepack.explain.memory); for quantized files the kernel facts read from the file (their
     sentences go to the notes) and, for int8 files, the 3 worst layers (validation images)."""
-    from edgepack.explain import core, memory
-
-    row["memory"] = memory.describe(entry.path)
+    row.memory = memory.describe(entry.path)
     if entry.format in FP32_TWIN:
         got = core.kernel_figures(entry.path)
-        row["kernel_facts"] = got["kernels"]
-        row["notes"] += got["why"]
+        row.kernel_facts = got["kernels"]
+        row.notes += got["why"]
     if is_quantized(entry.format) and ds is not None:
-        row["worst_layers"] = core.worst_layers(Path(entry.path), ds)
+        row.worst_layers = core.worst_layers(Path(entry.path), ds)
 
 
 def reference_predict(path: Path, x: np.ndarray, workers: int) -> np.ndarray:
     """Probabilities on the engine's reference kernels, split over `workers` threads (LiteRT's reference
     kernels are single-threaded and slow, ~4 ms an image here; the engines release the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from edgepack import runtime
-
     parts = np.array_split(np.arange(len(x)), max(1, workers))
     clfs = [runtime.load(path, kernels="reference") for _ in parts]
     with ThreadPoolExecutor(len(parts)) as pool:
@@ -314,24 +276,20 @@ def reference_predict(path: Path, x: np.ndarray, workers: int) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def reference_figures(row: dict, path: Path, ds, workers: int) -> None:
+def reference_figures(row: ResultRow, path: Path, ds, workers: int) -> None:
     """An int8 file's accuracy on the engine's reference kernels (CPU-independent) beside this CPU's."""
-    from edgepack.export.core import kernel_note
-    from edgepack.export.files import FAMILIES
-    from edgepack.runtime.cpu import describe
-
     probs = reference_predict(path, ds.x_test, workers)
-    row["reference_accuracy"] = float(np.mean(probs.argmax(axis=1) == ds.y_test))
-    row["kernel_gap_points"] = round(100 * (row["reference_accuracy"] - row["accuracy"]), 4)
+    row.reference_accuracy = float(np.mean(probs.argmax(axis=1) == ds.y_test))
+    row.kernel_gap_points = round(100 * (row.reference_accuracy - row.accuracy), 4)
     family = FAMILIES["onnx" if path.suffix == ".onnx" else "tflite"]
-    row["kernel_path"] = describe()["int8_paths"][family.engine]["path"]
-    note = kernel_note(row["kernel_gap_points"], file_passed=True)
+    row.kernel_path = describe()["int8_paths"][family.engine]["path"]
+    note = kernel_note(row.kernel_gap_points, file_passed=True)
     if note:
-        row["notes"].append(note.split(";")[0] + " on these test images")
+        row.notes.append(note.split(";")[0] + " on these test images")
 
 
 def evaluate_entry(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
-                   ) -> tuple[dict, np.ndarray | None]:
+                   ) -> tuple[ResultRow, np.ndarray | None]:
     """The row and its probabilities on ds.x_test (None when it failed)."""
     if entry.kind == "run":
         return evaluate_run(entry, ds, opts, all_threads, is_baseline)

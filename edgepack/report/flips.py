@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from edgepack.report.rows import ResultRow
+
 SHEET_IMAGES = 16  # thumbnails per contact sheet (4 x 4; ~60 KB a PNG)
 SHEET_FOLDER = "flips"  # in the report folder
 SHEET_FORMATS = ("tflite-int8", "onnx-int8")  # rows that get a sheet (plus the recommended row)
@@ -76,5 +78,5 @@ def contact_sheet(images: np.ndarray, labels: np.ndarray, pred: np.ndarray, conf
     return buf.getvalue()
 
 
-def wants_sheet(row: dict) -> bool:
-    return row["status"] == "ok" and (row["format"] in SHEET_FORMATS or bool(row.get("recommended")))
+def wants_sheet(row: ResultRow) -> bool:
+    return row.ok and (row.format in SHEET_FORMATS or row.recommended)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from edgepack.errors import EdgepackError
 from edgepack.export import summary as export_summary
+from edgepack.rundir import load_run, load_source
 from edgepack.runmeta import RunMetadata
 from edgepack.runtime import metadata as md
 from edgepack.runtime.metadata import FileMetadata
@@ -117,8 +118,6 @@ def open_entry(path: Path, source_options: dict | None = None) -> Entry:
 def _model_file_entry(path: Path, source_options: dict) -> Entry:
     """A user's model file is the baseline of the comparison (its class names may come from the data:
     compare fills them in once the data is read)."""
-    from edgepack.rundir import load_source
-
     try:
         run = load_source(path, require_names=False, **source_options)
     except EdgepackError as e:
@@ -129,8 +128,6 @@ def _model_file_entry(path: Path, source_options: dict) -> Entry:
 
 
 def _run_entry(path: Path) -> Entry:
-    from edgepack.rundir import load_run
-
     try:
         run = load_run(path)
     except EdgepackError as e:

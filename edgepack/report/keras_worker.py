@@ -19,6 +19,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from edgepack.model import load_run_model
+from edgepack.report.evaluate import keras_timing
+from edgepack.rundir import load_source
+
 
 def time_single_thread(run_paths: list[str], images: np.ndarray, opts, timeout: float) -> dict:
     """{run path: timing dict or {"error": ...}} for every run folder, measured in a child process."""
@@ -46,10 +50,6 @@ def main(argv: list[str]) -> int:
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
-    from edgepack.model import load_run_model
-    from edgepack.report.evaluate import keras_timing
-    from edgepack.rundir import load_source
-
     opts = SimpleNamespace(**job["opts"])
     x = np.load(job["x"])
     results = {}

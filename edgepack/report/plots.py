@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from edgepack.report.front import labels, size_points
+from edgepack.report.rows import ResultRow, Results
 
 # Marker by format, colour by variant: with ~50 points, labels on every point would be unreadable.
 MARKERS = {"keras": "s", "tflite-fp32": "o", "tflite-fp16": "D", "tflite-dynamic": "v", "tflite-int8": "^",
@@ -12,11 +13,10 @@ MARKERS = {"keras": "s", "tflite-fp32": "o", "tflite-fp16": "D", "tflite-dynamic
 OTHER_MARKER = "*"
 
 
-def _latency(row: dict) -> tuple[float | None, str]:
-    lat = row.get("latency") or {}
+def _latency(row: ResultRow) -> tuple[float | None, str]:
     for key, label in (("threads_1", "1 thread"), ("threads_all", "all cores")):
-        if lat.get(key):
-            return lat[key]["p50_ms"], label
+        if row.latency.p50(key) is not None:
+            return row.latency.p50(key), label
     return None, ""
 
 
@@ -31,7 +31,7 @@ def _log_x(ax) -> None:
     ax.tick_params(axis="x", which="minor", labelsize=7)
 
 
-def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, float, dict]],
+def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, float, ResultRow]],
              baseline_acc: float | None) -> None:
     import matplotlib
 
@@ -41,15 +41,15 @@ def _scatter(path: Path, title: str, xlabel: str, points: list[tuple[float, floa
 
     fig, ax = plt.subplots(figsize=(9, 5.5), dpi=100)
     if points:
-        variants = list(dict.fromkeys(r["variant"] for _, _, r in points))
+        variants = list(dict.fromkeys(r.variant for _, _, r in points))
         colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
-        formats = list(dict.fromkeys(r["format"] for _, _, r in points))
+        formats = list(dict.fromkeys(r.format for _, _, r in points))
         for x, y, r in points:
-            ax.scatter([x], [y], marker=MARKERS.get(r["format"], OTHER_MARKER), color=colours[r["variant"]],
-                       s=60 if r["recommended"] else 36, alpha=0.85,
-                       edgecolors="black" if r["recommended"] else "none")
-            if r["recommended"]:
-                ax.annotate("recommended: " + r["id"], (x, y), fontsize=7, xytext=(4, 4),
+            ax.scatter([x], [y], marker=MARKERS.get(r.format, OTHER_MARKER), color=colours[r.variant],
+                       s=60 if r.recommended else 36, alpha=0.85,
+                       edgecolors="black" if r.recommended else "none")
+            if r.recommended:
+                ax.annotate("recommended: " + r.id, (x, y), fontsize=7, xytext=(4, 4),
                             textcoords="offset points")
         if all(x > 0 for x, _, _ in points):
             _log_x(ax)
@@ -78,14 +78,14 @@ def _noise_bars(ax, points, alpha: float = 1.0) -> None:
     """Vertical bars: each row's 95% paired-bootstrap interval of its change against the baseline, so a
     zoomed-in accuracy axis does not make noise look like a difference."""
     for x, y, r in points:
-        c = (r.get("confidence") or {}).get("vs_baseline")
+        c = r.confidence.vs_baseline if r.confidence else None
         if c:
-            lo, hi = c["ci_pts"]
-            ax.errorbar([x], [y], yerr=[[max(0.0, c["delta_pts"] - lo)], [max(0.0, hi - c["delta_pts"])]],
+            lo, hi = c.ci_pts
+            ax.errorbar([x], [y], yerr=[[max(0.0, c.delta_pts - lo)], [max(0.0, hi - c.delta_pts)]],
                         color="grey", linewidth=0.8, capsize=3, zorder=0, alpha=alpha)
 
 
-def write_pareto(results: dict, path: Path) -> None:
+def write_pareto(results: Results, path: Path) -> None:
     """Accuracy vs gzip'ed size, colour = 1-thread p50 latency (all cores if missing), the front joined:
     the trade-off a user picks from. Only the front's points are labelled ("1", "2", ...: the # of the
     report's front table, ids in the key on the right); the others are drawn smaller and lighter."""
@@ -97,8 +97,8 @@ def write_pareto(results: dict, path: Path) -> None:
 
     points = size_points(results)
     names = labels(points)
-    on = sorted((p for p in points if p[2]["id"] in names), key=lambda p: int(names[p[2]["id"]]))
-    off = [p for p in points if p[2]["id"] not in names]
+    on = sorted((p for p in points if p[2].id in names), key=lambda p: int(names[p[2].id]))
+    off = [p for p in points if p[2].id not in names]
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=90)
     lat = [_latency(r)[0] for _, _, r in points]
     known = [v for v in lat if v is not None]
@@ -117,10 +117,10 @@ def write_pareto(results: dict, path: Path) -> None:
         _noise_bars(ax, on)
         ax.plot([p[0] for p in on], [p[1] for p in on], color="black", linewidth=0.8, zorder=1)
         for i, (x, y, r) in enumerate(on):  # neighbours on the front alternate sides: no overlap
-            ax.annotate(names[r["id"]], (x, y), fontsize=9, fontweight="bold", textcoords="offset points",
+            ax.annotate(names[r.id], (x, y), fontsize=9, fontweight="bold", textcoords="offset points",
                         xytext=(-5, 5) if i % 2 == 0 else (5, -12), ha="right" if i % 2 == 0 else "left",
-                        color="red" if r["recommended"] else "black")
-        rec = [p for p in points if p[2]["recommended"]]
+                        color="red" if r.recommended else "black")
+        rec = [p for p in points if p[2].recommended]
         if rec:
             ax.scatter([rec[0][0]], [rec[0][1]], s=180, facecolors="none", edgecolors="red", linewidths=1.5,
                        zorder=2.5)  # under the labels (text: zorder 3)
@@ -131,8 +131,8 @@ def write_pareto(results: dict, path: Path) -> None:
         if rec:
             key.append(Line2D([], [], linestyle="", marker="o", markerfacecolor="none", markeredgecolor="red",
                               markersize=10, label="recommended"))
-        key += [Line2D([], [], linestyle="", label=f"{names[r['id']]}  {r['id']}"
-                       + (" (recommended)" if r["recommended"] else "")) for _, _, r in on]
+        key += [Line2D([], [], linestyle="", label=f"{names[r.id]}  {r.id}"
+                       + (" (recommended)" if r.recommended else "")) for _, _, r in on]
         ax.legend(handles=key, fontsize=8, loc="upper left", bbox_to_anchor=(1.15, 1.0), handlelength=1.2,
                   borderaxespad=0)
     else:
@@ -145,20 +145,20 @@ def write_pareto(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_plots(results: dict, folder: Path) -> dict[str, str]:
+def write_plots(results: Results, folder: Path) -> dict[str, str]:
     """Write the detail plots into `folder` (and PARETO, used by the summary); returns {title: file name}
     of the detail plots."""
     write_pareto(results, folder / PARETO)
-    ok = [r for r in results["rows"] if r["status"] == "ok" and r["accuracy"] is not None]
-    base = next((r for r in ok if r["id"] == results.get("baseline")), None)
-    base_acc = 100 * base["accuracy"] if base else None
+    ok = [r for r in results.rows if r.ok and r.accuracy is not None]
+    base = next((r for r in ok if r.id == results.baseline), None)
+    base_acc = 100 * base.accuracy if base else None
     lat_points, label = [], "p50 latency ms, batch 1"
     for r in ok:
         ms, threads = _latency(r)
         if ms is not None:
-            lat_points.append((ms, 100 * r["accuracy"], r))
+            lat_points.append((ms, 100 * r.accuracy, r))
             label = f"p50 latency ms, batch 1 ({threads})"
-    size_points = [(r["size_gzip_bytes"] / 1024, 100 * r["accuracy"], r) for r in ok if r["size_gzip_bytes"]]
+    size_points = [(r.size_gzip_bytes / 1024, 100 * r.accuracy, r) for r in ok if r.size_gzip_bytes]
     images = {"Accuracy vs latency": "accuracy_vs_latency.png", "Accuracy vs size": "accuracy_vs_size.png"}
     _scatter(folder / images["Accuracy vs latency"], "Accuracy vs latency", label, lat_points, base_acc)
     _scatter(folder / images["Accuracy vs size"], "Accuracy vs size", "gzip'ed size KiB", size_points,

@@ -1,4 +1,5 @@
-"""Measured sparsity: the share of exactly-zero weights in the Conv/Dense kernels of a model.
+"""What a model weighs: its files' bytes (raw and gzip'ed), its parameters, and its measured sparsity:
+the share of exactly-zero weights in the Conv/Dense kernels of a model.
 
 Keras models: the kernels edgepack.weights defines (kernel, depthwise_kernel, pointwise_kernel;
 inside TF-MOT wrappers too). Exported files: the same kernels, as the weight input of every
@@ -14,7 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import weights
+from edgepack import rundir, weights
+
+
+def sizes(path: Path) -> tuple[int, int]:
+    """Raw and gzip'ed (level 9) bytes of a model file, or of every file in a model folder."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    raw = sum(p.stat().st_size for p in files)
+    gz = sum(rundir.gzip_size(p) for p in files)
+    return raw, gz
 
 
 def keras_parameters(model) -> int:
