@@ -11,7 +11,6 @@ from pathlib import Path
 
 from edgepack.compress import compress
 from edgepack.export import export
-from edgepack.report.compare import GateFailed, compare
 from edgepack.train import train
 
 GIB = 1 << 30
@@ -44,6 +43,8 @@ def compare_job(inputs: list[Path], path: Path, baseline: Path, opts, ds, failur
                 settings: dict):
     """The whole comparison in one job: its rows share the baseline's predictions and one host's
     timings, so it is not split. Returns the results, also when the gate failed (the caller raises)."""
+    from edgepack.report.compare import GateFailed, compare  # noqa: PLC0415  its rows need pydantic (toolchain)
+
     try:
         return compare(inputs, path, baseline=baseline, control=None, options=opts, force=True, ds=ds,
                        failures=failures, settings=settings)

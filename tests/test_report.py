@@ -528,7 +528,7 @@ def test_report_reads_top_down(report):
     assert folded[0].startswith("Changes within noise (") and folded[1].startswith("How this was measured")
     assert any(t.startswith("Confidence") for t in folded) and any(t.startswith("Per-class") for t in folded)
     assert html.index("<details>") > html.index("alt=\"Accuracy vs size: the Pareto front\"")
-    ids = [r["id"] for r in front(results)]
+    ids = [r.id for r in front(results)]
     assert ids and all(html.index(i) < html.index("<section id='pareto'>") for i in ids)
 
     md = (out / "report.md").read_text()

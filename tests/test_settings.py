@@ -14,6 +14,7 @@ from edgepack import settings
 from edgepack.cli import build_parser
 from edgepack.compress.schedule import Phase, own_phases, phase_of
 from edgepack.report.derived import schedule_key
+from edgepack.report.rows import Recipe
 
 
 def test_docs_settings_table_is_the_rendered_model():
@@ -57,14 +58,17 @@ OLD_SCHEDULES = [[[2, 0.001], [1, 0.0001]], [[1, 1], [1, 0.0001, 0.5, 2.0]],
 def test_a_recorded_schedule_reads_back_equal_and_is_written_the_same(old):
     phases = tuple(phase_of(p) for p in old)
     assert json.dumps([p.record() for p in phases]) == json.dumps(old).replace("[1, 1]", "[1, 1.0]")
-    assert schedule_key({"schedule": old}) == phases  # what matches a row with its control
+    recipe = Recipe(epochs=1, learning_rate=1e-4, schedule=old)  # as a results.json row holds it
+    assert schedule_key(recipe) == phases  # what matches a row with its control
+    assert schedule_key(Recipe.model_validate_json(recipe.model_dump_json())) == phases
     assert len({phases, tuple(phase_of(p) for p in json.loads(json.dumps(old)))}) == 1  # hashable
 
 
 def test_an_old_recorded_schedule_equals_the_one_compress_makes_now():
     prune = {"epochs": 2, "learning_rate": 1e-3, "polish_epochs": 1, "polish_learning_rate": 1e-4,
              "distill": 0.0, "temperature": 4.0, "augment": "none"}
-    assert schedule_key({"schedule": [[2, 0.001], [1, 0.0001]]}) == own_phases(prune)
+    recorded = Recipe(epochs=2, learning_rate=1e-3, schedule=[[2, 0.001], [1, 0.0001]])
+    assert schedule_key(recorded) == own_phases(prune)
     kd = {**prune, "distill": 0.5, "temperature": 2.0, "polish_epochs": 0}
     assert own_phases(kd) == (phase_of([2, 0.001, 0.5, 2.0]),) and own_phases(kd)[0].distill == 0.5
     # a temperature means nothing without distillation or augmentation: not recorded, not compared
