@@ -61,3 +61,25 @@ def test_html_lists_keep_markdown_emphasis_and_escape_the_rest():
     got = _items(["**Quick smoke run (--quick)**: not real", "data from `a<b.tar.gz`", "p >= 0.05"])
     assert got == ("<ul><li><strong>Quick smoke run (--quick)</strong>: not real</li>"
                    "<li>data from <code>a&lt;b.tar.gz</code></li><li>p &gt;= 0.05</li></ul>")
+
+
+def test_readme_results_table_lists_the_shippable_int8_rows():
+    """scripts/results_table.py (the README's table, from a real results.json): the baseline's Keras
+    row, then every int8 file that is not a control's, the recommendation marked."""
+    import importlib.util
+
+    from conftest import ROOT, result_row, results_of
+
+    spec = importlib.util.spec_from_file_location("results_table", ROOT / "scripts" / "results_table.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    rows = [result_row("baseline", technique="baseline"),
+            result_row("baseline/tflite-int8", 0.70, 300, 0.1, reference_accuracy=0.71),
+            result_row("p/tflite-int8", 0.72, 100, 0.1, technique="prune", recommended=True,
+                       size_ratio_gzip=10.0),
+            result_row("p/tflite-fp32", 0.72, 900, 0.1, technique="prune"),
+            result_row("finetune-e1/onnx-int8", 0.74, 300, 0.1, technique="finetune")]
+    lines = script.table(results_of(rows, baseline="baseline"))
+    assert [line.split(" | ")[0] for line in lines[2:]] == [
+        "| baseline, Keras", "| baseline, TFLite int8", "| p, TFLite int8 **(recommended)**"]
+    assert "70.00% / 71.00%" in lines[3] and "| 10.00 |" in lines[4]
