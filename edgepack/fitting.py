@@ -114,8 +114,20 @@ def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed:
             images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
         return images, targets
 
-    feed = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)  # reshuffled each epoch
-    return feed.batch(batch_size).map(change).prefetch(tf.data.AUTOTUNE)
+    # Shuffle indices, not images: the same seeded permutation as shuffling the (image, target) pairs
+    # themselves (the shuffle's draws do not depend on what it holds), without copying every image
+    # through a 50,000-element buffer each epoch; each batch is then gathered from the arrays.
+    def take(idx):
+        return x[idx], y[idx]
+
+    def gather(idx):
+        images, targets = tf.numpy_function(take, [idx], (tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)))
+        images.set_shape((None, *x.shape[1:]))
+        targets.set_shape((None, *y.shape[1:]))
+        return images, targets
+
+    order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed)  # reshuffled each epoch
+    return order.batch(batch_size).map(gather).map(change).prefetch(tf.data.AUTOTUNE)
 
 
 def seed_everything(seed: int) -> None:
