@@ -62,17 +62,17 @@ def _recommendation(results: Results) -> list[str]:
     if rec.flips:
         lines.append(f"{rec.flips.changed} of {rec.num_test_images} test images changed prediction "
                      "against the baseline.")
+    within = f"within {max_drop:g} accuracy point{'' if max_drop == 1 else 's'} of the baseline"
     if target:  # this machine's latency says nothing about the device: size on the device decides
         lines.append(f"Why: the file taking the least flash on {target.name} (in the form that fits; "
                      "gzip'ed size where the target has no flash figure) among the files that run there and "
-                     f"fit its budget, within {max_drop:g} accuracy points of the baseline.")
+                     f"fit its budget, {within}.")
     elif results.options.objective == "size":
-        lines.append(f"Why: the smallest gzip'ed file among the compressed rows within {max_drop:g} accuracy "
-                     "points of the baseline (objective size; equal sizes: the more accurate).")
+        lines.append(f"Why: the smallest gzip'ed file among the compressed rows {within} (objective size; "
+                     "equal sizes: the more accurate).")
     else:
-        lines.append(f"Why: the smallest gzip'ed file among the compressed rows within {max_drop:g} accuracy "
-                     "points of the baseline that are as fast as the fastest of them (objective latency: "
-                     "latency intervals that overlap are a tie).")
+        lines.append(f"Why: the smallest gzip'ed file among the compressed rows {within} that are as fast "
+                     "as the fastest of them (objective latency: latency intervals that overlap are a tie).")
     if target:
         lines.append(f"On {target.name}: {rec.target.verdict}; accuracy on its kernels "
                      f"{100 * rec.target.accuracy:.2f}%.")
