@@ -43,6 +43,11 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         raise
 
 
+# The pydantic config of the JSON records edgepack reads back (metrics.json, export.json), checked by
+# edgepack.typed.validate: strict types ("1" is not a number); keys a newer writer adds are ignored.
+RECORD_CONFIG = {"strict": True, "extra": "ignore"}
+
+
 def json_ready(obj: Any, where: str | os.PathLike = "JSON") -> Any:
     """`obj` as write_json writes it: numpy values as Python ones, NaN/inf as null and, for a dict, a
     "non_finite" entry saying which value was what. Ready twice is ready once."""

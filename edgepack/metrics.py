@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgepack.atomic import RECORD_CONFIG
 from edgepack.errors import KeyProblem
 
 SCHEMA_VERSION = 1
@@ -32,9 +33,8 @@ WEAK_RECALL_RATIO = 1 / 3  # a class below this share of the median class recall
 WEAK_RULE = "recall 0 or below 1/3 of the median class recall"
 
 
-# metrics.json as a typed record: checked (strictly: "0.9" is not a number) by edgepack.typed.validate
-# when a run folder is written and read (edgepack.rundir). Keys a newer writer adds are ignored.
-_CHECKED = {"strict": True, "extra": "ignore"}
+# metrics.json as a typed record, checked when a run folder is written and read (edgepack.rundir).
+_CHECKED = RECORD_CONFIG
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from edgepack.atomic import json_ready, read_json
+from edgepack.atomic import RECORD_CONFIG, json_ready, read_json
 from edgepack.errors import EdgepackError, KeyProblem
 
 SCHEMA_VERSION = 1
 SUMMARY = "export.json"
 FIX = "re-run the export"
-# edgepack.typed.validate: strict types ("1" is not a number); a newer writer's keys are ignored
-_CHECKED = {"strict": True, "extra": "ignore"}
+_CHECKED = RECORD_CONFIG
 
 
 @dataclass(frozen=True)
