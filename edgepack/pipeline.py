@@ -113,7 +113,7 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
         stages["train"] = settings["train"]["epochs"] * 1.0
     elif not rundir.is_run_folder(baseline):
         stages["adopt"] = 0.5
-    by_name = {v["name"]: v for v in settings["variants"]}
+    by_name = _by_name(settings)
     for v in settings["variants"]:
         # the variant's own phases: its schedule minus its source's
         source = v.get("source", "baseline")
@@ -383,13 +383,13 @@ def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
     variant is matched with it (same schedule); the others are steps towards a longer control.
     """
     chosen = settings["export"]["formats"]
+    by_name, matched = _by_name(settings), control_schedules(settings)
     jobs = [("baseline", fmt, None) for fmt in chosen]
     for v in settings["variants"]:  # export says which formats apply to a source
         formats = chosen
         if v["technique"] == "finetune":
-            matched = control_schedules(settings)
             formats = [f for f in chosen if f in settings["export"]["control_formats"]
-                       and schedule(v, _by_name(settings), settings["finetune"]) in matched]
+                       and schedule(v, by_name, settings["finetune"]) in matched]
         _, skipped = for_source(formats, v["technique"] in QAT_TECHNIQUES, explicit=False)
         jobs += [(v["name"], fmt, skipped.get(fmt)) for fmt in formats]
     return jobs
