@@ -98,36 +98,49 @@ def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed:
 
     check_augment(augment)
     height, width = x.shape[1:3]
-    if augment == "flip-shift" and min(height, width) <= SHIFT:
+    shift = augment == "flip-shift"
+    if shift and min(height, width) <= SHIFT:
         raise EdgepackError(f"--augment flip-shift moves images by up to {SHIFT} pixels: these are "
                             f"{height}x{width}; use --augment flip")
     gen = tf.random.Generator.from_seed(seed)
 
-    def change(images, targets):
-        n = tf.shape(images)[0]
+    def draws(idx):  # per image: mirrored or not, then (flip-shift) its window's row and column offsets
+        n = tf.shape(idx)[0]
         mirror = gen.uniform([n]) < 0.5
-        images = tf.where(mirror[:, None, None, None], tf.reverse(images, axis=[2]), images)
-        if augment == "flip-shift":  # each image its own offset: gather its rows, then its columns
-            padded = tf.pad(images, [[0, 0], [SHIFT, SHIFT], [SHIFT, SHIFT], [0, 0]], mode="REFLECT")
-            rows = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32) + tf.range(height)[None]
-            cols = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32) + tf.range(width)[None]
-            images = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
-        return images, targets
+        if not shift:
+            return idx, mirror, tf.fill([n, 1], SHIFT), tf.fill([n, 1], SHIFT)  # centred: no move
+        rows = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32)
+        cols = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32)
+        return idx, mirror, rows, cols
 
     # Shuffle indices, not images: the same seeded permutation as shuffling the (image, target) pairs
     # themselves (the shuffle's draws do not depend on what it holds), without copying every image
-    # through a 50,000-element buffer each epoch; each batch is then gathered from the arrays.
-    def take(idx):
-        return x[idx], y[idx]
+    # through a 50,000-element buffer each epoch. Each batch is then read from the arrays in one gather
+    # whose indices do the mirroring and the shift: the window at offset (dy, dx) of the image
+    # reflect-padded by SHIFT (edge not repeated), mirrored first. Pure data movement: the same pixels
+    # as padding and cropping with TensorFlow ops, at half the CPU time.
+    def take(idx, mirror, rows, cols):
+        r = _reflect(rows + np.arange(height)[None] - SHIFT, height)  # (n, height) source rows
+        c = _reflect(cols + np.arange(width)[None] - SHIFT, width)
+        c = np.where(mirror[:, None], width - 1 - c, c)
+        return x[idx[:, None, None], r[:, :, None], c[:, None, :]], y[idx]
 
-    def gather(idx):
-        images, targets = tf.numpy_function(take, [idx], (tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)))
+    def gather(idx, mirror, rows, cols):
+        images, targets = tf.numpy_function(take, [idx, mirror, rows, cols],
+                                            (tf.as_dtype(x.dtype), tf.as_dtype(y.dtype)))
         images.set_shape((None, *x.shape[1:]))
         targets.set_shape((None, *y.shape[1:]))
         return images, targets
 
     order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed)  # reshuffled each epoch
-    return order.batch(batch_size).map(gather).map(change).prefetch(tf.data.AUTOTUNE)
+    return order.batch(batch_size).map(draws).map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+def _reflect(i: np.ndarray, n: int) -> np.ndarray:
+    """Source index of index `i` (-n < i < 2n - 1) of an axis of length n reflect-padded (edge not
+    repeated: TensorFlow's REFLECT, numpy's "reflect")."""
+    i = np.abs(i)
+    return np.where(i > n - 1, 2 * (n - 1) - i, i)
 
 
 def seed_everything(seed: int) -> None:

@@ -314,3 +314,29 @@ def test_augmented_feed_gives_the_batches_of_shuffling_the_images_themselves():
             ref_images = tf.where(mirror[:, None, None, None], tf.reverse(ref_images, axis=[2]), ref_images)
             assert np.array_equal(targets.numpy(), ref_targets.numpy())
             assert np.array_equal(images.numpy(), ref_images.numpy())
+
+
+def test_flip_shift_feed_gives_the_pixels_of_padding_and_cropping_with_tensorflow():
+    """The feed mirrors and shifts by indexing; replayed with TensorFlow's pad (REFLECT) and gathers on
+    the same draws (the recipe earlier runs trained on), every batch is the same, epoch after epoch."""
+    import tensorflow as tf
+
+    from edgepack.fitting import SHIFT, augmented
+
+    x = np.random.default_rng(2).random((70, 9, 12, 3), dtype=np.float32)  # not square: both axes
+    y = np.arange(70) % 10
+    order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=7).batch(16)
+    gen = tf.random.Generator.from_seed(7)
+    feed = augmented(x, y, 16, "flip-shift", 7)
+    for _ in range(2):
+        for (images, targets), idx in zip(feed, order, strict=True):
+            ref = tf.gather(x, idx)
+            n = tf.shape(ref)[0]
+            mirror = gen.uniform([n]) < 0.5
+            ref = tf.where(mirror[:, None, None, None], tf.reverse(ref, axis=[2]), ref)
+            padded = tf.pad(ref, [[0, 0], [SHIFT, SHIFT], [SHIFT, SHIFT], [0, 0]], mode="REFLECT")
+            rows = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32) + tf.range(9)[None]
+            cols = gen.uniform([n, 1], 0, 2 * SHIFT + 1, dtype=tf.int32) + tf.range(12)[None]
+            ref = tf.gather(tf.gather(padded, rows, axis=1, batch_dims=1), cols, axis=2, batch_dims=1)
+            assert np.array_equal(targets.numpy(), y[idx.numpy()])
+            assert np.array_equal(images.numpy(), ref.numpy())
