@@ -308,7 +308,7 @@ def test_broken_export_fails_and_leaves_nothing(clear_run, tiny_ds, tmp_path, mo
     fmt = FORMATS[name]
     monkeypatch.setitem(FORMATS, name, dataclasses.replace(fmt, convert=breaker(fmt.convert)))
     out = tmp_path / "broken"
-    with pytest.raises(EdgepackError, match=rf"{name}: check failed on {CHECK} held-out images: {rule}") as e:
+    with pytest.raises(EdgepackError, match=rf"{name}: check failed on {CHECK} check images: {rule}") as e:
         export(clear_run, [name], out, check_images=CHECK, ds=tiny_ds)
     assert "\n" not in str(e.value)
     assert not out.exists() and not [p for p in tmp_path.iterdir()]  # no temporary folder either
@@ -618,7 +618,7 @@ def test_when_no_scheme_passes_each_try_is_named_with_its_figures(clear_run, tin
     with pytest.raises(EdgepackError) as e:
         export(clear_run, "onnx-int8", out, check_images=CHECK, ds=tiny_ds)
     text = str(e.value)
-    assert text.startswith(f"onnx-int8: none of 3 files passed its check on {CHECK} held-out images (")
+    assert text.startswith(f"onnx-int8: none of 3 files passed its check on {CHECK} check images (")
     assert all(f"scheme={s}: accuracy fell" in text for s in ("s8s8-7bit", "u8u8", "u8u8-float-ends"))
     assert "could help: --option keep_float=LAYER" in text and "scheme=full-range" in text
     assert "\n" not in text and not out.exists()
@@ -640,3 +640,46 @@ def test_format_all_lists_a_failed_format_and_exits_0_a_named_one_exits_1(tiny_r
     assert main([*base, "--format", "onnx-int8", "--out", str(tmp_path / "one")]) == 1  # named: a failure
     assert "could help: --option keep_float" in capsys.readouterr().err
     assert not (tmp_path / "one").exists()
+
+
+def test_check_images_are_training_images_no_calibration_uses(exported, tiny_ds):
+    """The check decides (a portable scheme is the first that passes): never on test images."""
+    from edgepack.data import balanced_subset
+    from edgepack.export.core import CALIBRATION_SEED, check_indices
+
+    _, summary = exported
+    assert summary["check"]["split"] == "train"
+    # this tiny set's training images are fewer than the 500 calibration images: all calibrate
+    assert summary["check"]["apart_from_calibration"] is (len(tiny_ds.y_train) > 500)
+    y = tiny_ds.y_train
+    idx, apart = check_indices(y, 30, [20, 40])
+    assert apart and len(idx) == 30 == len(set(idx.tolist()))
+    for k in (20, 40):
+        assert not set(idx.tolist()) & set(balanced_subset(y, k, CALIBRATION_SEED).tolist())
+    assert np.bincount(y[idx]).max() - np.bincount(y[idx]).min() <= 1  # class-balanced
+    # so little data that calibration takes every image: checked on them all, and said so
+    idx, apart = check_indices(y, 30, [len(y)])
+    assert not apart and len(idx) == 30
+
+
+def test_clustered_weights_try_the_8_bit_schemes_first(clear_run, tmp_path):
+    """7-bit rounding moves every weight of a cluster alike: u8u8 comes first for clustered layers."""
+    from edgepack import rundir
+    from edgepack.export.context import Context
+    from edgepack.export.to_onnx import CLUSTERED_ORDER, PORTABLE_ORDER, candidates, clustered_layers
+    from edgepack.model import load_run_model
+
+    model = load_run_model(rundir.load_run(clear_run))
+    ctx = Context(model, {"opset": 17}, lambda n: None, qat=False, scratch=tmp_path)
+    assert clustered_layers(ctx) == []
+    assert [c["scheme"] for c in candidates({"scheme": "portable"}, ctx)] == list(PORTABLE_ORDER)
+    assert candidates({"scheme": "u8u8"}, ctx) == [{"scheme": "u8u8"}]  # asked: only that one
+
+    conv = next(layer for layer in model.layers if layer.__class__.__name__ == "Conv2D")
+    kernel, *rest = conv.get_weights()
+    centroids = np.linspace(kernel.min(), kernel.max(), 8)
+    nearest = centroids[np.abs(kernel[..., None] - centroids).argmin(axis=-1)].astype(kernel.dtype)
+    conv.set_weights([nearest, *rest])
+    clustered = Context(model, {"opset": 17}, lambda n: None, qat=False, scratch=tmp_path)
+    assert len(clustered_layers(clustered)) == 1
+    assert [c["scheme"] for c in candidates({"scheme": "portable"}, clustered)] == list(CLUSTERED_ORDER)

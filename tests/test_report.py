@@ -553,7 +553,7 @@ def test_formats_an_export_did_not_write_are_failure_rows(tiny_run, tiny_archive
     folder = tmp_path / "exports"
     export(tiny_run, ["onnx-fp32"], folder, data_path=tiny_archive, check_images=20)
     summary = json.loads((folder / "export.json").read_text())
-    why = "onnx-int8: none of 3 files passed its check on 20 held-out images (scheme=s8s8-7bit: ...)"
+    why = "onnx-int8: none of 3 files passed its check on 20 check images (scheme=s8s8-7bit: ...)"
     summary["formats"]["onnx-int8"] = {"file": None, "runtime": "onnx", "options": {}, "status": "error",
                                        "error": why, "trials": []}  # as edgepack.export.core writes it
     summary["formats"]["tflite-int8"] = {**summary["formats"]["onnx-fp32"], "file": "tflite-int8.tflite"}

@@ -78,7 +78,8 @@ def register(sub) -> None:
     add_source_options(p)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder to write")
     p.add_argument("--check-images", type=positive_int, default=1000, metavar="N",
-                   help="held-out test images each file is checked on (default 1000)")
+                   help="training images (none of them calibration images) each file is checked on "
+                        "(default 1000); test images only report")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists (only once complete)")
     p.add_argument("--ort-web", metavar="DIR",
                    help="--target browser: where `npm ci` installed onnxruntime-web (default: "

@@ -28,7 +28,7 @@ from edgepack import data as data_mod
 from edgepack.errors import EdgepackError, require_toolchain
 from edgepack.export.context import Context, is_qat_model
 from edgepack.export.files import FAMILIES
-from edgepack.export.formats import ALL, FORMATS, Format, for_source, options_for, resolve
+from edgepack.export.formats import ALL, CALIBRATION, FORMATS, Format, for_source, options_for, resolve
 from edgepack.export.summary import SCHEMA_VERSION, SUMMARY
 from edgepack.export.summary import check as check_summary
 from edgepack.metrics import top1_agreement
@@ -40,7 +40,7 @@ from edgepack.runtime.metadata import FileMetadata
 from edgepack.runtime.preprocess import scale_pixels
 from edgepack.sources import source_and_data
 
-CHECK_SEED = 0  # held-out check images: class-balanced subset of the test set
+CHECK_SEED = 1  # check images: class-balanced subset of the training images no calibration uses
 CALIBRATION_SEED = 0  # calibration images: class-balanced subset of the training set
 
 
@@ -51,10 +51,11 @@ def export(source: str | os.PathLike, formats: list[str] | str, out: str | os.Pa
 
     `options` maps option names to values for every chosen format that accepts them (see FORMATS).
     Each file is checked (loads in its runtime; matches the source on `check_images` class-balanced
-    test images) before the folder is written. Of several formats, one that fails its conversion or
-    check becomes an "error" entry (listed in the summary's "failed") and the others are kept; if
-    every format fails, or a conversion fails for the machine's reason (OSError, MemoryError),
-    EdgepackError (or that error) is raised and no `out` is left.
+    training images none of the calibrations use: check_indices) before the folder is written. Of
+    several formats, one that fails its conversion or check becomes an "error" entry (listed in the
+    summary's "failed") and the others are kept; if every format fails, or a conversion fails for the
+    machine's reason (OSError, MemoryError), EdgepackError (or that error) is raised and no `out` is
+    left.
     `ds` (an edgepack.data.Dataset) skips loading the data again. `source` may also be a user's model
     file; `source_options` then gives its class_names / preprocessing (edgepack.sources).
     """
@@ -75,8 +76,8 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
     model = load_run_model(run)
     base_meta = source_metadata(run, ds, model)
     scaling = base_meta["pixel_scaling"]
-    idx = data_mod.balanced_subset(ds.y_test, check_images, CHECK_SEED)
-    x_check, y_check = scale_pixels(ds.x_test[idx], scaling), ds.y_test[idx]
+    idx, apart = check_indices(ds.y_train, check_images, calibration_sizes(opts))
+    x_check, y_check = scale_pixels(ds.x_train[idx], scaling), ds.y_train[idx]
     reference = predict_proba(model, x_check)
 
     @functools.lru_cache(maxsize=4)
@@ -91,10 +92,10 @@ def _export(source, formats, names: list[str], opts: dict, out, data_path, force
             "source_sha256", "technique", "variant")},
         "source_accuracy": run.metrics.accuracy if run.metrics else None, "qat_source": qat,
         "data_source": ds.source, "data_sha256": ds.sha256,
-        # False: the check images may not be held out from the model's training (other data given)
+        # False: the data is not the one the source was trained on (other data given)
         "data_matches_source": ds.sha256 == run.metadata.data_sha256,
-        "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "test",
-                  "source_accuracy": _accuracy(reference, y_check)},
+        "check": {"images": int(len(idx)), "seed": CHECK_SEED, "split": "train",
+                  "apart_from_calibration": apart, "source_accuracy": _accuracy(reference, y_check)},
         "calibration": {"split": "train", "seed": CALIBRATION_SEED, "class_balanced": True},
         "formats": {}, "skipped": skipped, "failed": [],
         "all": ALL in asked,  # `all`: a failed format is listed, the command still succeeds (cli.export)
@@ -159,12 +160,31 @@ def _trial(options: dict, asked: dict, error: EdgepackError | None, checks: dict
             "error": None if error is None or checks else str(error)}
 
 
+def calibration_sizes(opts: dict[str, dict]) -> list[int]:
+    """The calibration set sizes of the default and the formats' options: every format of a source is
+    then checked on the same images, whichever formats one export call makes."""
+    asked = {int(o["calibration_images"]) for o in opts.values() if "calibration_images" in o}
+    return sorted({CALIBRATION.default, *asked})
+
+
+def check_indices(y_train: np.ndarray, n: int, calibrations: list[int]) -> tuple[np.ndarray, bool]:
+    """Indices of the check images and whether they are apart from every calibration set: a seeded,
+    class-balanced subset of the training images none of the `calibrations` (sizes) draws. Never test
+    images: a check decides (onnx-int8's portable scheme is the first that passes), and the test set
+    only reports. Data so small that calibration takes every training image is checked on them all."""
+    drawn = [data_mod.balanced_subset(y_train, k, CALIBRATION_SEED) for k in calibrations]
+    rest = np.setdiff1d(np.arange(len(y_train)), np.concatenate(drawn)) if drawn else np.arange(len(y_train))
+    if len(rest) == 0:
+        return data_mod.balanced_subset(y_train, n, CHECK_SEED), False
+    return rest[data_mod.balanced_subset(y_train[rest], n, CHECK_SEED)], True
+
+
 def export_format(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check: np.ndarray,
                   y_check: np.ndarray, reference: np.ndarray) -> dict:
     """Make the format's file from each of its candidates (Format.candidates) in order, keeping the first
     that passes its check; if none does, FormatFailed names each one's figures and what could help."""
     asked = dict(ctx.options)
-    options_list = fmt.candidates(asked)
+    options_list = fmt.candidates(asked, ctx)
     trials: list[dict] = []
     try:
         for options in options_list:
@@ -185,7 +205,7 @@ def export_format(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_ch
         ctx.options = asked
     tried = "; ".join(f"{_label(t)}: {t['refused_by'] or t['error']}" for t in trials)
     raise FormatFailed(_with_help(f"{fmt.name}: none of {len(trials)} files passed its check on "
-                                  f"{len(x_check)} held-out images ({tried}); the export was not written",
+                                  f"{len(x_check)} check images ({tried}); the export was not written",
                                   fmt, ctx), trials)
 
 
@@ -246,7 +266,7 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
     meta_file = family.attach(path, meta)
     checks = {**structural, **check_file(fmt, path, x_check, y_check, reference, ctx.options)}
     if not checks["passed"]:
-        raise CheckFailed(f"{fmt.name}: check failed on {checks['images']} held-out images: "
+        raise CheckFailed(f"{fmt.name}: check failed on {checks['images']} check images: "
                           f"{checks['refused_by']}; the export was not written", checks)
     golden.write_for(path, x_check, y_check)  # <file>.golden.npz: `edgepack verify` on a device
     return {

@@ -10,10 +10,13 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from edgepack.errors import EdgepackError
 from edgepack.export import to_onnx, to_tflite
+
+if TYPE_CHECKING:
+    from edgepack.export.context import Context
 
 
 @dataclass(frozen=True)
@@ -59,7 +62,8 @@ def options_model(name: str, options: tuple[tuple[str, Option], ...]) -> type:
 
 @dataclass(frozen=True)
 class Check:
-    """How an exported file is compared with its source Keras model on held-out, labelled images.
+    """How an exported file is compared with its source Keras model on labelled check images
+    (training images no calibration used: edgepack.export.core.check_indices).
 
     Float formats: the largest difference of any probability (`max_abs_diff` <= threshold).
     Quantized formats (`quantized`): judged on the engines' reference kernels, so the verdict is the
@@ -96,8 +100,9 @@ class Format:
     summary: str  # one line for --help
     qat: bool  # accepts QAT / PQAT sources (their float formats would not be their float model)
     options: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))  # name -> Option
-    # options -> the options of each file to try in order (the first that passes its check is kept)
-    candidates: Callable[[dict], list[dict]] = lambda options: [dict(options)]
+    # (options, export Context) -> the options of each file to try in order (the first that passes its
+    # check is kept)
+    candidates: Callable[[dict, Context], list[dict]] = lambda options, ctx: [dict(options)]
     help_when_failed: str = ""  # what could make a file that failed its check pass (the error's end)
 
     @property
@@ -120,7 +125,8 @@ OPSET = Option(17, "ONNX opset", choices=(13, 14, 15, 16, 17, 18))
 INT8_OPSET = Option(17, "ONNX opset (19, 21: also runs in onnx.reference)",
                     choices=(13, 14, 15, 16, 17, 18, 19, 21))
 SCHEME = Option("portable", "int8 scheme: portable (the first of s8s8-7bit, u8u8, u8u8-float-ends whose "
-                "file passes its check; each exact on every CPU), one of those, or full-range (8-bit S8S8 "
+                "file passes its check, the u8u8 ones first for clustered weights; each exact on every "
+                "CPU), one of those, or full-range (8-bit S8S8 "
                 "weights, only for CPUs with VNNI/AMX/ARM)",
                 choices=("portable", "s8s8-7bit", "u8u8", "u8u8-float-ends", "full-range"))
 

@@ -25,13 +25,14 @@ _CHECKED = RECORD_CONFIG
 
 @dataclass(frozen=True)
 class CheckImages:
-    """The held-out, labelled images every file was checked on."""
+    """The labelled images every file was checked on (edgepack.export.core.check_indices)."""
 
     __pydantic_config__ = _CHECKED
     images: int
     seed: int
-    split: str  # "test"
+    split: str  # "train" (files exported before the check moved off the test set: "test")
     source_accuracy: float | None = None  # the source model's accuracy on them
+    apart_from_calibration: bool | None = None  # none of them calibrated the file (False: tiny data)
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class ExportSummary:
     qat_source: bool
     data_source: str | None
     data_sha256: str | None
-    data_matches_source: bool | None = None  # False: the check images may not be held out
+    data_matches_source: bool | None = None  # False: not the data the source was trained on
     check: CheckImages
     calibration: dict[str, Any]
     formats: dict[str, FormatEntry]

@@ -1,8 +1,8 @@
 """`export_tflm()`: a run folder -> a folder to drop into a TensorFlow Lite Micro project (`--target tflm`).
 
-It reuses the tflite-int8 export (converted, checked against the source on held-out images, TFLite
-metadata), refuses a file the tflm target does not run (not fully integer, or an operator TFLM
-lacks: edgepack.target.tflm.runs), then, on TFLM itself (edgepack.runtime.tflm):
+It reuses the tflite-int8 export (converted, checked against the source on training images no
+calibration used, TFLite metadata), refuses a file the tflm target does not run (not fully integer, or
+an operator TFLM lacks: edgepack.target.tflm.runs), then, on TFLM itself (edgepack.runtime.tflm):
 
     model.tflite            the int8 file, with TFLM look-up-table weights when the model is clustered
                             and that makes it smaller (edgepack.target.tflm_lut); runs in TFLM only then
@@ -26,10 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgepack import data as data_mod
 from edgepack import rundir
 from edgepack.errors import EdgepackError
-from edgepack.export.core import CHECK_SEED, SUMMARY, export
+from edgepack.export.core import SUMMARY, calibration_sizes, check_indices, export
 from edgepack.runtime import golden, tflm
 from edgepack.runtime.metadata import FileMetadata, sidecar_path
 from edgepack.runtime.preprocess import scale_pixels
@@ -46,7 +45,7 @@ SUMMARY_FILE = "tflm.json"
 # kernels such as CMSIS-NN ask for scratch buffers the reference kernels do not, so a device build
 # may need more (on a 32-bit MCU its pointer-sized structures are smaller).
 ARENA_MARGIN = 0.25
-TFLM_CHECK_IMAGES = 200  # held-out images the LUT file must reproduce exactly on TFLM (~13 ms each)
+TFLM_CHECK_IMAGES = 200  # check images the LUT file must reproduce exactly on TFLM (~13 ms each)
 
 
 def integer_options(options: dict | None) -> dict:
@@ -86,8 +85,9 @@ def export_tflm(source: str | os.PathLike, out: str | os.PathLike, options: dict
                              check_images=check_images, ds=ds, source_options=source_options)
             int8_path = work / f"{FORMAT}.tflite"
             require_runs(int8_path)
-            idx = data_mod.balanced_subset(ds.y_test, summary["check"]["images"], CHECK_SEED)
-            record = _deploy(tmp, int8_path, summary, ds.x_test[idx], ds.y_test[idx], lut)
+            asked = summary["formats"][FORMAT]["options"]
+            idx, _ = check_indices(ds.y_train, summary["check"]["images"], calibration_sizes({FORMAT: asked}))
+            record = _deploy(tmp, int8_path, summary, ds.x_train[idx], ds.y_train[idx], lut)
             shutil.move(str(work / SUMMARY), str(tmp / SUMMARY))
             shutil.rmtree(work)
             rundir.write_json(tmp / SUMMARY_FILE, record)
@@ -140,7 +140,7 @@ def _tflm_check(int8_path: Path, path: Path, pixels: np.ndarray, labels: np.ndar
     same = bool(np.array_equal(want, got))
     if not same:
         raise EdgepackError(f"the look-up-table file's TFLM outputs differ from the int8 file's on {n} "
-                            "held-out images: export with --no-lut")
+                            "check images: export with --no-lut")
     return {"images": n, "accuracy": float(np.mean(got.argmax(axis=1) == labels[:n])),
             "int8_accuracy": float(np.mean(want.argmax(axis=1) == labels[:n])), "identical_to_int8": same}
 

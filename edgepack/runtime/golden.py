@@ -1,11 +1,11 @@
-"""Golden vectors: a few test images with an exported file's expected outputs, to check a deployment.
+"""Golden vectors: a few labelled images with an exported file's expected outputs, to check a deployment.
 
 Export writes `<file>.golden.npz` next to each file; `edgepack verify FILE GOLDEN` (or `verify()`)
 runs FILE through edgepack.runtime on this machine's default kernels and checks it reproduces the
 expected probabilities within the format's tolerance: an on-device regression test (numpy only).
 
 The .npz holds plain arrays, never pickles:
-    images     uint8 (N, H, W, C): class-balanced held-out test images (export's check images)
+    images     uint8 (N, H, W, C): class-balanced training images no calibration used (export's check images)
     labels     int64 (N,): their true classes
     expected   float32 (N, classes): the file's own probabilities on the engine's reference kernels
                (for int8: the file's exact arithmetic, whatever the CPU)
