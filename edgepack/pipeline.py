@@ -431,6 +431,7 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
     budget = Budget.parse(c["ram"], c["flash"])  # checked with the settings
     opts = CompareOptions(runs=c["runs"], warmup=c["warmup"], max_drop=c["max_drop"],
                           objective=c["objective"], fail_over=c["fail_over"], target=c["target"],
+                          exact_reference=c["exact_reference"],
                           ram_bytes=budget.ram_bytes, flash_bytes=budget.flash_bytes)
     path = out / "report"
     inputs = [*runs.values(), *exports]

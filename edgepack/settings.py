@@ -36,6 +36,7 @@ from edgepack.data import MIN_CLASSES
 from edgepack.errors import EdgepackError, KeyProblem
 from edgepack.export.formats import ALL, FORMATS, INTEGER_FORMATS, options_for
 from edgepack.fitting import AUGMENTATIONS
+from edgepack.report.options import EXACT_REFERENCE
 from edgepack.report.pick import OBJECTIVES
 from edgepack.target import DEFAULT as DEFAULT_TARGET
 from edgepack.target import TARGETS, Budget, check_budget, parse_bytes
@@ -199,6 +200,9 @@ class Compare(_Section):
         "or latency (the fastest on this machine; as fast: the smallest)", want=" or ".join(OBJECTIVES)))
     fail_over: float | None = Field(None, ge=0, le=100, allow_inf_nan=False, **_doc(
         "exit 1 when a variant drops more than this many accuracy points", unset="no gate"))
+    exact_reference: Literal[EXACT_REFERENCE] = Field("front", **_doc(
+        "which int8 files also run on the engines' reference kernels (their accuracy on any CPU): front "
+        "(the Pareto front's and the recommended one) or all", want=" or ".join(EXACT_REFERENCE)))
     target: Literal[tuple(TARGETS)] = Field(DEFAULT_TARGET, **_doc(
         "where the files will run (docs/targets.md): tflm (TensorFlow Lite Micro), arm64 (emulated), browser",
         want=" or ".join(TARGETS)))

@@ -12,7 +12,9 @@ from conftest import NO_INT8_GATE, result_row, results_of
 
 from edgepack.errors import EdgepackError
 from edgepack.report import CompareOptions, GateFailed, compare, render
+from edgepack.report.compare import NOT_ON_FRONT
 from edgepack.report.derived import recommend
+from edgepack.report.front import front
 from edgepack.report.rows import SCHEMA_VERSION, ResultRow, Results, Timing, dump, is_current, read_results
 from edgepack.target import Figures
 
@@ -80,6 +82,8 @@ def test_results_schema_every_row(report):
     assert on_disk["environment"]["versions"]["numpy"]
     rows = on_disk["rows"]
     assert [r["id"] for r in rows][:1] == ["baseline/keras"] and len(rows) == 6
+    exact = {r.id for r in front(results)} | {results.recommended}  # the default: --exact-reference front
+    assert any(r["format"] == "tflite-int8" and r["id"] in exact for r in rows)  # the smallest: on it
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert set(r) == set(ResultRow.model_fields), r["id"]
@@ -100,14 +104,16 @@ def test_results_schema_every_row(report):
                 assert isinstance(timing[name], kind), (r["id"], key, name)
             assert timing["p50_ms"] > 0 and timing["throughput_ips"] > 0
         assert r["latency"]["threads_1"]["threads"] == 1
-        if r["format"] == "tflite-int8":  # int8 rows: the file's exact-reference figure beside this CPU's
+        # int8 files of the front (and the recommended one): the exact-reference figure beside this CPU's
+        if r["format"] == "tflite-int8" and r["id"] in exact:
             assert 0.0 <= r["reference_accuracy"] <= 1.0 and r["kernel_path"]
             assert r["kernel_gap_points"] == pytest.approx(100 * (r["reference_accuracy"] - r["accuracy"]))
-            # the file's kernel facts (edgepack.explain.kernels) and their sentence in the notes
-            assert r["kernel_facts"]["integer"] and r["kernel_facts"]["hybrid"] == []
-            assert any(n.startswith("full-integer path: ") for n in r["notes"])
         else:
             assert r["reference_accuracy"] is None and r["kernel_gap_points"] is None
+            assert (NOT_ON_FRONT in r["notes"]) == (r["format"] == "tflite-int8"), r["id"]
+        if r["format"] == "tflite-int8":  # the file's kernel facts (edgepack.explain.kernels), in words too
+            assert r["kernel_facts"]["integer"] and r["kernel_facts"]["hybrid"] == []
+            assert any(n.startswith("full-integer path: ") for n in r["notes"])
         assert isinstance(r["notes"], list)
         quantized = r["format"] in ("tflite-int8", "tflite-dynamic", "onnx-int8")
         assert (r["kernel_facts"] is not None) == quantized, r["id"]
@@ -586,3 +592,9 @@ def test_a_device_target_ranks_by_flash_there_never_by_this_machines_latency():
     no_flash = result_row("web", 0.70, 30_000, 0.9)
     no_flash.target = Figures("browser", True, fits_as="stored", flash_bytes=None)
     assert recommend([small, no_flash], 1.0, by_latency=False, size=deployed_bytes).id == "web"  # gzip'ed
+
+
+def test_exact_reference_option_is_checked():
+    CompareOptions(exact_reference="all").check()
+    with pytest.raises(EdgepackError, match="--exact-reference must be one of front, all, got 'some'"):
+        CompareOptions(exact_reference="some").check()

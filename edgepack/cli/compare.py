@@ -39,7 +39,7 @@ from edgepack.cli import (
     source_options,
 )
 from edgepack.errors import require_toolchain
-from edgepack.report.options import CompareOptions
+from edgepack.report.options import EXACT_REFERENCE, CompareOptions
 from edgepack.report.pick import OBJECTIVES
 from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
 
@@ -68,6 +68,10 @@ def register(sub) -> None:
     p.add_argument("--fail-over", type=finite_float, metavar="X",
                    help="exit 1 if a variant drops more than X points")
     p.add_argument("--no-latency", action="store_true", help="skip latency and throughput (accuracy only)")
+    p.add_argument("--exact-reference", choices=EXACT_REFERENCE, default="front",
+                   help="int8 files also run on the engines' reference kernels (their accuracy on any CPU; "
+                        "~25 s a TFLite file for 10,000 images): those on the Pareto front and the "
+                        "recommended one (front, the default) or every one (all)")
     add_target_options(p)
     p.add_argument("--device-results", action="append", default=[], metavar="JSON",
                    help="latencies measured on a device with `edgepack bench MODEL... --json > JSON`, shown "
@@ -81,7 +85,7 @@ def run(args) -> int:
 
     options = CompareOptions(limit_test=args.limit_test, runs=args.runs, warmup=args.warmup,
                              max_drop=args.max_drop, objective=args.objective, fail_over=args.fail_over,
-                             latency=not args.no_latency,
+                             latency=not args.no_latency, exact_reference=args.exact_reference,
                              target=args.target, ram_bytes=args.ram, flash_bytes=args.flash,
                              device_results=tuple(args.device_results))
     results = compare(args.inputs, args.out, data_path=args.data, baseline=args.baseline,

@@ -135,8 +135,9 @@ from edgepack.metrics import top1_agreement
 from edgepack.report import devices, plots, render, targets
 from edgepack.report import env as env_mod
 from edgepack.report.derived import BASELINE, CONTROL, derive
-from edgepack.report.evaluate import blank_row, evaluate_entry
+from edgepack.report.evaluate import blank_row, evaluate_entry, is_quantized, reference_figures
 from edgepack.report.explain import Kept, explain
+from edgepack.report.front import front
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
 from edgepack.report.keras_worker import time_single_thread
 from edgepack.report.options import CompareOptions
@@ -272,6 +273,8 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         settings=settings, rows=rows)
     targets.summarise(results, target, options.budget)
     derive(results)
+    evaluated = {r.id: e for r, e in zip(rows[:len(order)], order, strict=True)}
+    _front_references(results, evaluated, ds, all_threads, options)
     results.device_results = devices.section(device_docs, rows)  # apart from the ranked rows
     sheets = explain(results, kept, ds)
     results.wall_seconds = round(time.time() - started, 2)
@@ -285,6 +288,35 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         raise GateFailed(f"--fail-over {limit}: {', '.join(gate.failed)} dropped more than {limit} points "
                          f"below the baseline or failed (report in {out})", results)
     return results
+
+
+NOT_ON_FRONT = ("exact reference not run: not on the Pareto front nor recommended (compare --exact-reference "
+                "all runs every int8 file on the reference kernels)")
+
+
+def _front_references(results: Results, entries: dict[str, Entry], ds, workers: int,
+                      options: CompareOptions) -> None:
+    """With exact_reference "front": the int8 files of the Pareto front and the recommended row on the
+    engines' reference kernels (their accuracy on any CPU; "all" ran every one while evaluating). Neither
+    the front nor the recommendation reads these figures, so measuring them afterwards changes no pick."""
+    if options.exact_reference != "front":
+        return
+    wanted = {r.id for r in front(results)} | {results.recommended}
+    for row in results.rows:
+        entry = entries.get(row.id)
+        if entry is None or entry.kind != "file" or not row.ok or not is_quantized(row.format) \
+                or row.technique == CONTROL:
+            continue
+        if row.id not in wanted:
+            row.notes.append(NOT_ON_FRONT)
+            continue
+        print(f"compare: {row.id} on the reference kernels (on the front)", flush=True)
+        t0 = time.perf_counter()
+        try:
+            reference_figures(row, entry.path, ds, workers)
+        except Exception as e:  # a row's figure, not the report: said in the row
+            row.notes.append(f"exact reference failed: {type(e).__name__}: {str(e)[:200]}")
+        row.eval_seconds = (row.eval_seconds or 0) + time.perf_counter() - t0
 
 
 def _recorded_data(entries: list[Entry | None]) -> str | None:

@@ -219,9 +219,10 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[ResultRow, 
         probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
         fill_metrics(row, ds.y_test, probs, ds.class_names)
         # A control is never shipped: the exact-reference pass (~2 ms an image on LiteRT's reference
-        # kernels) and the worst layers are measured for the files that may be.
+        # kernels) and the worst layers are measured for the files that may be; with exact_reference
+        # "front", for the front's files only, once it is known (edgepack.report.compare).
         shipped = entry.technique != CONTROL
-        if is_quantized(entry.format) and shipped:
+        if is_quantized(entry.format) and shipped and opts.exact_reference == "all":
             reference_figures(row, entry.path, ds, all_threads)
         explain_figures(row, entry, ds if shipped else None)
         if not golden_path(entry.path).is_file():

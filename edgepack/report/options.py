@@ -9,6 +9,10 @@ from edgepack.errors import EdgepackError
 from edgepack.report.pick import OBJECTIVES
 from edgepack.target import Budget, check_budget
 
+# Which int8 files also run on the engines' reference kernels (their accuracy on any CPU; LiteRT's are
+# slow, ~2.5 ms an image on 2 threads): the Pareto front's and the recommended row's, or every one.
+EXACT_REFERENCE = ("front", "all")
+
 
 @dataclass(frozen=True)
 class CompareOptions:
@@ -29,6 +33,7 @@ class CompareOptions:
     target: str = "host"  # where the files will run (edgepack.target.TARGETS); host: this machine
     ram_bytes: int | None = None  # the target's RAM budget (--ram), bytes; None: no limit
     flash_bytes: int | None = None  # the target's flash budget (--flash), bytes; None: no limit
+    exact_reference: str = "front"  # int8 files on the reference kernels (EXACT_REFERENCE)
 
     @property
     def budget(self) -> Budget:
@@ -38,6 +43,9 @@ class CompareOptions:
         if self.runs < 1 or self.warmup < 0 or self.predict_runs < 1 or self.throughput_runs < 1:
             raise EdgepackError("--runs must be >= 1 and --warmup >= 0")
         check_limits(limit_test=self.limit_test)
+        if self.exact_reference not in EXACT_REFERENCE:
+            raise EdgepackError(f"--exact-reference must be one of {', '.join(EXACT_REFERENCE)}, got "
+                                f"{self.exact_reference!r}")
         if self.objective not in OBJECTIVES:
             raise EdgepackError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         for name in ("max_drop", "fail_over"):
