@@ -675,6 +675,12 @@ def test_clustered_weights_try_the_8_bit_schemes_first(clear_run, tmp_path):
     assert [c["scheme"] for c in candidates({"scheme": "portable"}, ctx)] == list(PORTABLE_ORDER)
     assert candidates({"scheme": "u8u8"}, ctx) == [{"scheme": "u8u8"}]  # asked: only that one
 
+    # pruned, not clustered: a layer left with fewer nonzero weights than 256 has few values too
+    dense = [layer for layer in model.layers if layer.__class__.__name__ == "Dense"][-1]
+    w, *rest = dense.get_weights()
+    dense.set_weights([np.where(np.arange(w.size).reshape(w.shape) < 200, w, 0), *rest])
+    assert clustered_layers(Context(model, {"opset": 17}, lambda n: None, qat=False, scratch=tmp_path)) == []
+
     conv = next(layer for layer in model.layers if layer.__class__.__name__ == "Conv2D")
     kernel, *rest = conv.get_weights()
     centroids = np.linspace(kernel.min(), kernel.max(), 8)
