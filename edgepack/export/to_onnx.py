@@ -79,7 +79,7 @@ PORTABLE_ORDER = tuple(name for name, s in SCHEMES.items() if s.portable)  # fas
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
 
 
-CLUSTERED_VALUES = 256  # a weighted layer with at most this many distinct weights is clustered
+CLUSTERED_VALUES = 256  # more nonzero weights than this, at most this many distinct: clustered
 CLUSTERED_ORDER = ("u8u8", "u8u8-float-ends", "s8s8-7bit")  # portable order for clustered weights
 
 
