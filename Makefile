@@ -18,13 +18,18 @@ MEDIAPIPE_VENV := .venv-mediapipe
 
 .PHONY: run test lint venv clean runtime-check mediapipe-check browser-deps arm64-check system-deps
 
+# uv installs the ~100 packages of the toolchain in ~25 s where pip takes ~2 minutes (the same
+# versions: both take the newest release within pyproject.toml's ranges).
+UV_VERSION := uv>=0.9,<1
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet "$(UV_VERSION)"
 
 # Re-install whenever pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[toolchain,dev]"
+$(VENV)/.installed: pyproject.toml | $(BIN)/uv
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e ".[toolchain,dev]"
 	touch $@
 
 venv: $(VENV)/.installed

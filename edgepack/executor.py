@@ -18,7 +18,10 @@ A HOST:PORT address must answer within CONNECT_SECONDS (checked before Ray is im
 would retry for minutes), and Ray's own connect is bounded by RAY_CONNECT_ENV: a wrong address is one
 line in seconds.
 
-In-process, jobs run one after another in list order, exactly as if called directly. On Ray, every
+In-process, jobs run one after another in list order, exactly as if called directly; with
+`workers` > 1, a batch of jobs all marked `parallel` (work that keeps about one core busy: exports)
+runs on that many spawned worker processes instead, each holding one copy of what `share` was given
+(sent once, when the pool starts). On Ray, every
 job is one `ray.remote` task with its declared `num_cpus` and `memory` (bytes; 0: not declared) and
 `max_retries` (a worker process that dies mid-task, e.g. killed or out of memory, is retried on
 another worker; jobs must therefore write their outputs atomically and deterministically, as every
@@ -31,12 +34,17 @@ needs the same edgepack installed and the same paths (a shared filesystem for ou
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import platform
+import signal
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +73,7 @@ class Job:
     num_cpus: float = 1  # CPU cores the job uses
     memory: int = 0  # bytes of RAM the job needs at most (0: not declared)
     timing: bool = False  # measures latency: runs alone on its host (TIMING_RESOURCE)
+    parallel: bool = False  # about one core busy: in-process, may run beside others on worker processes
 
 
 @dataclass(frozen=True)
@@ -99,34 +108,109 @@ def resolve(ray_address: str | None) -> str | None:
     return address or None
 
 
-def executor(ray_address: str | None = None) -> InProcess | RayExecutor:
-    """The executor for `ray_address` (see resolve); use it as a context manager."""
+def executor(ray_address: str | None = None, workers: int = 1) -> InProcess | RayExecutor:
+    """The executor for `ray_address` (see resolve); use it as a context manager. `workers`: worker
+    processes for `parallel` jobs when in-process (1: none)."""
     address = resolve(ray_address)
-    return InProcess() if address is None else RayExecutor(address)
+    return InProcess(workers) if address is None else RayExecutor(address)
+
+
+def local_workers(limit: int = 4) -> int:
+    """Worker processes worth starting for single-core jobs here: the cores this process may use, at
+    most `limit` (each worker holds its own TensorFlow and data: ~1.5 GB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, limit))
+
+
+@dataclass(frozen=True)
+class _Shared:
+    """Stands for an object given to `InProcess.share` in a job sent to a worker process."""
+
+    key: int
+
+
+_WORKER_SHARED: dict[int, Any] = {}  # in a worker process: what the pool was started with
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _install_shared(shared: dict[int, Any]) -> None:
+    """A worker process's start: the shared objects; on Linux, the worker is killed when the process
+    that started it dies (even by SIGKILL), so no job outlives an interrupted run."""
+    _WORKER_SHARED.update(shared)
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the worker ends when its queue closes instead
+        pass
+
+
+def _pooled_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Done | Failed:
+    """`call` in a worker process, with the shared objects put back in place of their stand-ins."""
+    def back(v):
+        return _WORKER_SHARED[v.key] if isinstance(v, _Shared) else v
+    return call(fn, tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()})
 
 
 class InProcess:
-    """Jobs one after another in this process (no Ray)."""
+    """Jobs one after another in this process (no Ray); `parallel` jobs on `workers` processes."""
 
-    where = "in-process"
+    def __init__(self, workers: int = 1):
+        self.workers = max(1, int(workers))
+        self.where = "in-process" + (f"; exports on {self.workers} worker processes" if self.workers > 1
+                                     else "")
+        self._shared: dict[int, Any] = {}
+        self._pool = None
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
-        return None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def share(self, obj):
+        self._shared[id(obj)] = obj
         return obj
 
     def slots(self) -> int:
         """How many timing jobs can run at once (one per host): in-process, 1."""
         return 1
 
+    def together(self, jobs: list[Job]) -> bool:
+        """Whether `jobs` run at the same time (then their outcomes come in any order)."""
+        return self.workers > 1 and len(jobs) > 1 and all(j.parallel for j in jobs)
+
     def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
-        """(index in `jobs`, outcome) of each job as it finishes (here: in order, one at a time)."""
+        """(index in `jobs`, outcome) of each job as it finishes: in order, one at a time, unless
+        `together(jobs)`: then on the worker processes, as each finishes."""
+        if self.together(jobs):
+            yield from self._pooled(jobs)
+            return
         for i, j in enumerate(jobs):
             yield i, call(j.fn, j.args, j.kwargs)
+
+    def _pooled(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
+        if self._pool is None:  # spawned, not forked: TensorFlow's threads do not survive a fork
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_install_shared, initargs=(self._shared,))
+
+        def stand_in(v):
+            return _Shared(id(v)) if id(v) in self._shared and self._shared[id(v)] is v else v
+        futures = {self._pool.submit(_pooled_call, j.fn, tuple(stand_in(a) for a in j.args),
+                                     {k: stand_in(v) for k, v in j.kwargs.items()}): i
+                   for i, j in enumerate(jobs)}
+        try:
+            for f in as_completed(futures):
+                yield futures[f], f.result()
+        except BrokenProcessPool:
+            raise EdgepackError(f"a worker process died while running {len(jobs)} jobs (out of memory?): "
+                                "run again to resume, or with fewer workers") from None
+        finally:
+            for f in futures:
+                f.cancel()
 
     def run_timed(self, jobs: list[Job]) -> list[Done | Failed]:
         """Every job's outcome with its host and seconds, in the order of `jobs`."""
@@ -194,6 +278,9 @@ class RayExecutor(InProcess):
     def slots(self) -> int:
         """How many timing jobs can run at once: the cluster's TIMING_RESOURCE units (one per host)."""
         return max(1, int(_import_ray().cluster_resources().get(TIMING_RESOURCE, 1)))
+
+    def together(self, jobs: list[Job]) -> bool:
+        return True
 
     def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
         """All jobs at once as Ray tasks; yields each as it finishes, so its caller can record it."""

@@ -20,7 +20,7 @@ from edgepack.metrics import classification_metrics, imbalance_line
 from edgepack.model import MODEL_FILES, count_params, load_run_model, predict_proba, save_checked
 from edgepack.runtime.preprocess import PIXEL_SCALING, scale_pixels
 from edgepack.sources import source_and_data
-from edgepack.tfkeras import keras
+from edgepack.tfkeras import batches, keras, without_autotune
 
 ROUND_TRIP_IMAGES = 64  # training images the saved model must reproduce after reloading
 
@@ -73,8 +73,14 @@ def fit_checked(model, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: in
     """model.fit (shuffled, edgepack's verbosity) that stops at the first batch whose loss is NaN or inf
     and raises EdgepackError: a diverged model is not a result, so no run folder is written. With
     `augment` other than "none" the images are fed through `augmented` (seeded: a run repeats)."""
-    feed = dict(x=x, y=y, batch_size=batch_size, shuffle=True) if augment == "none" else dict(
-        x=augmented(x, y, batch_size, augment, seed))
+    if augment == "none":  # Keras's own shuffled batches (tfkeras.batches)
+        data, steps = batches(x, y, batch_size, shuffle=True, epochs=epochs)
+        feed = dict(x=data, steps_per_epoch=steps)
+    else:
+        feed = dict(x=augmented(x, y, batch_size, augment, seed))
+    if "validation_data" in kwargs:  # held-out images, scored after each epoch as fit(x, y) would
+        xv, yv = kwargs.pop("validation_data")
+        kwargs["validation_data"] = batches(xv, yv, batch_size)[0]
     hist = model.fit(**feed, epochs=epochs, verbose=keras_verbosity(),
                      callbacks=[*callbacks, keras().callbacks.TerminateOnNaN()], **kwargs)
     bad = sorted(k for k, v in hist.history.items() if v and not math.isfinite(v[-1]))
@@ -133,7 +139,7 @@ def augmented(x: np.ndarray, y: np.ndarray, batch_size: int, augment: str, seed:
         return images, targets
 
     order = tf.data.Dataset.range(len(x)).shuffle(len(x), seed=seed)  # reshuffled each epoch
-    return order.batch(batch_size).map(draws).map(gather).prefetch(tf.data.AUTOTUNE)
+    return without_autotune(order.batch(batch_size).map(draws).map(gather).prefetch(tf.data.AUTOTUNE))
 
 
 def _reflect(i: np.ndarray, n: int) -> np.ndarray:

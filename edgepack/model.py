@@ -16,7 +16,7 @@ import numpy as np
 
 from edgepack import keras3, weights
 from edgepack.errors import EdgepackError
-from edgepack.tfkeras import keras
+from edgepack.tfkeras import batches, keras
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
@@ -216,7 +216,7 @@ def scratch_tempdir(folder: Path) -> Iterator[None]:
 
 def predict_proba(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities for float32 images, batched, without Keras's progress bar."""
-    return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float32)
+    return np.asarray(model.predict(batches(x, batch_size=batch_size)[0], verbose=0), dtype=np.float32)
 
 
 def count_params(model) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from edgepack import atomic, rundir, stagejobs
 from edgepack import data as data_mod
 from edgepack.errors import EdgepackError, require_toolchain
-from edgepack.executor import Done, Failed, InProcess, Job, RayExecutor, executor
+from edgepack.executor import Done, Failed, InProcess, Job, executor, local_workers
 from edgepack.export import FORMATS
 from edgepack.export import summary as export_summary
 from edgepack.export.context import QAT_TECHNIQUES
@@ -61,6 +61,12 @@ class Progress:
             rest = sum(self.weights.values()) - self.done - self.skipped
             left = f", ~{elapsed / self.done * rest / 60:.1f} min left"
         print(f"[{i}/{len(self.weights)}] {what} ({elapsed / 60:.1f} min elapsed{left})", flush=True)
+
+    def finished(self, what: str, outcome) -> None:
+        """A line for a stage that ran beside others (their start lines all came at once)."""
+        if isinstance(outcome, Done):
+            print(f"  done: {what} in {outcome.seconds:.0f} s ({(time.time() - self.started) / 60:.1f} min "
+                  "elapsed)", flush=True)
 
     def finish(self, stage: str, skipped: bool = False) -> None:
         if skipped:
@@ -129,20 +135,22 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
 
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None,
-             source_options: dict | None = None, ray: str | None = None) -> Results:
+             source_options: dict | None = None, ray: str | None = None, workers: int | None = None
+             ) -> Results:
     """Run every stage not already complete; returns the comparison results (see edgepack.report).
 
     `baseline`: a trained run folder, or a user's Keras model file / SavedModel folder (adopted as the
     baseline run folder, with `source_options` class_names / preprocessing: edgepack.rundir.load_source).
     `ray`: None (then $EDGEPACK_RAY_ADDRESS; unset: in-process), "auto" or a Ray address: training,
     each fine-tuning, each export and the comparison run as Ray tasks (edgepack.executor); `out` must
-    then be on a filesystem every node sees.
+    then be on a filesystem every node sees. `workers`: in-process, the worker processes exports run
+    on side by side (default: edgepack.executor.local_workers(); 1: every stage in this process).
     """
     require_toolchain("edgepack pipeline")
     settings = load_settings(config, quick, overrides).model_dump()  # checked before any work
     given = {"--baseline": baseline, "--data": data_path, "--config": config}
     with rundir.claim_output(out, given, resume=True):  # locked before remove_leftovers
-        with executor(ray) as ex:
+        with executor(ray, local_workers() if workers is None else workers) as ex:
             return _pipeline(out, data_path, settings, baseline, source_options or {}, ex)
 
 
@@ -278,6 +286,7 @@ class _Runner:
     progress: Progress
     data: object  # the data as the jobs take it (in-process: the Dataset; Ray: its object reference)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds, stages run now
+    together_seconds: dict[str, float] = field(default_factory=dict)  # kind -> wall of stages run at once
 
     def __call__(self, works: list[Work]) -> dict[str, str | None]:
         """stage -> None when complete, else the error text of a job that raised an EdgepackError."""
@@ -290,13 +299,20 @@ class _Runner:
                 errors[w.stage] = None
             else:
                 todo.append(w)
-        # In-process: one at a time, so progress lines come as each starts; on Ray: all at once.
-        batches = [todo] if isinstance(self.ex, RayExecutor) else [[w] for w in todo]
-        for batch in batches:
+        # One at a time, so progress lines come as each starts; or all at once (Ray; exports on worker
+        # processes), with a line as each finishes.
+        together = self.ex.together([w.job for w in todo])
+        t0 = time.time()
+        for batch in [todo] if together else [[w] for w in todo]:
             for w in batch:
                 self.progress.start(w.stage, w.what)
             for i, result in self.ex.as_completed([w.job for w in batch]):  # marked as each finishes
                 errors[batch[i].stage] = self._finish(batch[i], result)
+                if together:
+                    self.progress.finished(batch[i].what, result)
+        if together and todo:  # the stages overlapped: their wall time, not the sum of theirs
+            kind = stage_kind(todo[0].stage)
+            self.together_seconds[kind] = self.together_seconds.get(kind, 0.0) + time.time() - t0
         return {w.stage: errors[w.stage] for w in works}
 
     def _finish(self, w: Work, result: Done | Failed) -> str | None:
@@ -317,17 +333,27 @@ STAGE_KINDS = {"train": "training", "adopt": "adopting the model", "compress-": 
                "export-": "exports", "compare": "comparison"}
 
 
-def stage_times(seconds: dict[str, float], wall: float) -> dict:
-    """Where a pipeline's wall time went: seconds and stage count by kind, the longest stage of each
-    (stages resumed from an earlier run are not counted), and the rest (loading data, bookkeeping)."""
+def stage_kind(stage: str) -> str:
+    return next(k for prefix, k in STAGE_KINDS.items() if stage.startswith(prefix))
+
+
+def stage_times(seconds: dict[str, float], wall: float, together: dict[str, float] | None = None) -> dict:
+    """Where a pipeline's wall time went, by kind of stage: wall seconds, stage count and the longest
+    stage of each (stages resumed from an earlier run are not counted), and the rest (loading data,
+    bookkeeping). `together`: kind -> wall seconds of its stages that ran at the same time (worker
+    processes, Ray); their own seconds, summed, are the kind's `work_seconds`."""
+    together = together or {}
     kinds: dict[str, dict] = {}
     for stage, sec in seconds.items():
-        kind = next(k for prefix, k in STAGE_KINDS.items() if stage.startswith(prefix))
-        entry = kinds.setdefault(kind, {"seconds": 0.0, "stages": 0, "longest": None, "longest_seconds": 0.0})
-        entry["seconds"] += sec
+        kind = stage_kind(stage)
+        entry = kinds.setdefault(kind, {"seconds": 0.0, "work_seconds": 0.0, "stages": 0, "longest": None,
+                                        "longest_seconds": 0.0})
+        entry["work_seconds"] += sec
         entry["stages"] += 1
         if sec > entry["longest_seconds"]:
             entry["longest"], entry["longest_seconds"] = stage, sec
+    for kind, entry in kinds.items():
+        entry["seconds"] = together.get(kind, entry["work_seconds"])
     rest = wall - sum(k["seconds"] for k in kinds.values())
     return {"wall_seconds": round(wall, 1), "kinds": kinds, "other_seconds": round(rest, 1)}
 
@@ -336,7 +362,9 @@ def stage_lines(times: dict) -> list[str]:
     lines = []
     for kind, k in times["kinds"].items():
         longest = f"; longest {k['longest']} {k['longest_seconds']:.0f} s" if k["stages"] > 1 else ""
-        lines.append(f"  {kind:<20} {k['seconds']:7.0f} s  {k['stages']:3d} stage(s){longest}")
+        work = k.get("work_seconds", k["seconds"])
+        at_once = f" at once ({work:.0f} s of work)" if work > k["seconds"] + 0.5 else ""
+        lines.append(f"  {kind:<20} {k['seconds']:7.0f} s  {k['stages']:3d} stage(s){at_once}{longest}")
     lines.append(f"  {'other':<20} {times['other_seconds']:7.0f} s  (loading data, checks, bookkeeping)")
     lines.append(f"  {'wall':<20} {times['wall_seconds']:7.0f} s  ({times['wall_seconds'] / 60:.1f} min)")
     return lines
@@ -451,7 +479,7 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
 
     print(markdown_table(main_table(results)))
     print(f"report: {path / 'report.md'} ({(time.time() - run.progress.started) / 60:.1f} min in all)")
-    times = stage_times(run.seconds, time.time() - run.progress.started)
+    times = stage_times(run.seconds, time.time() - run.progress.started, run.together_seconds)
     rundir.write_json(out / "stage-times.json", times)
     print(f"stage times of this run ({out / 'stage-times.json'}; resumed stages not counted):")
     print("\n".join(stage_lines(times)), flush=True)

@@ -20,7 +20,7 @@ GIB = 1 << 30
 RESOURCES = {
     "train": {"num_cpus": 1, "memory": 3 * GIB},
     "compress": {"num_cpus": 1, "memory": 3 * GIB},
-    "export": {"num_cpus": 1, "memory": 2 * GIB},
+    "export": {"num_cpus": 1, "memory": 2 * GIB, "parallel": True},  # single-core mostly: side by side
     "compare": {"num_cpus": 1, "memory": 3 * GIB, "timing": True},  # measures latency: alone on its host
     # an optimize trial: fine-tunings, exports, then latency of its files: one trial per host at a time
     "trial": {"num_cpus": 1, "memory": 3 * GIB, "timing": True},

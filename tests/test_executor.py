@@ -42,6 +42,34 @@ def _crash_once(marker: str, value: int) -> tuple[int, int]:
     return value, os.getpid()
 
 
+def _pid_and_sum(data, k: int) -> tuple[int, int]:
+    if k == 2:
+        raise RunFolderError(f"bad input {k}: pass another")
+    time.sleep(0.2)
+    return os.getpid(), int(data.sum()) + k
+
+
+def test_parallel_jobs_run_on_worker_processes_with_the_shared_data_sent_once():
+    """In-process with workers: a batch of `parallel` jobs runs on spawned worker processes (not this
+    one), each job's shared argument is the object given to share(), an EdgepackError is a Failed
+    as in-process, and outcomes come back under their own index. Jobs not all parallel run here."""
+    import numpy as np
+
+    with executor.executor(None, workers=2) as ex:
+        data = ex.share(np.arange(10))
+        jobs = [executor.Job(_pid_and_sum, (data, k), parallel=True) for k in range(5)]
+        assert ex.together(jobs) and not ex.together(jobs[:1])
+        outcomes = dict(ex.as_completed(jobs))
+        assert outcomes[2] == executor.Failed("bad input 2: pass another")
+        pids = {outcomes[k].value[0] for k in (0, 1, 3, 4)}
+        assert os.getpid() not in pids and 1 <= len(pids) <= 2
+        assert [outcomes[k].value[1] for k in (0, 1, 3, 4)] == [45, 46, 48, 49]
+        mixed = [*jobs[:2], executor.Job(_square, (3,))]
+        assert not ex.together(mixed)
+        assert ex.run(mixed)[2] == 9 and ex.run(mixed)[0][0] == os.getpid()
+    assert not executor.InProcess(1).together(jobs)
+
+
 def test_in_process_runs_jobs_in_order_without_importing_ray():
     code = ("import sys; from edgepack.executor import Job, Failed, executor\n"
             "from test_executor import _square, _refuse\n"

@@ -318,7 +318,8 @@ def test_failed_rows_and_machine_errors_set_the_exit_code(tmp_path, tiny_archive
         onnx.save(model, str(path))
 
     monkeypatch.setitem(FORMATS, "onnx-int8", dataclasses.replace(fmt, convert=always_class_0))
-    argv = ["pipeline", "--data", str(tiny_archive), "--out", str(tmp_path / "out"), "--config", str(cfg)]
+    argv = ["pipeline", "--data", str(tiny_archive), "--out", str(tmp_path / "out"), "--config", str(cfg),
+            "--workers", "1"]  # the exports in this process, where the patched format is
     assert main(argv) == 1
     io = capsys.readouterr()
     assert "1 of 3 rows FAILED:" in io.out

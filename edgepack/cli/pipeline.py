@@ -1,10 +1,12 @@
 """Run the whole job: train, compress, export and compare, resumably, into one report.
 
 Trains the tutorial CNN baseline (or reuses --baseline: a run folder, or your own Keras model file),
-makes the default compressed variants (prune 0.5, prune 0.8, prune-2of4, cluster 16, qat, pqat)
-and the uncompressed fine-tuning controls, exports every model to every format
-(tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8), and compares them all on the test set
-(report.md, report.html, results.json, results.csv, plots).
+makes the default compressed variants (the best chain edgepack's search found, prune 0.65 -> cluster 8
+-> PCQAT, each step a row, and one of each other technique: prune-2of4, qat, pqat) and the
+uncompressed fine-tuning controls they are measured against, exports every model to every format
+(tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8; exports run side by side on --workers processes), and
+compares them all on the test set (report.md, report.html, results.json, results.csv, plots).
+examples/full-study.toml is the full study (more variants, about three times as long).
 Settings: defaults < --config FILE (TOML; sections data, train, finetune, variants, export, compare)
 < options given here (all listed in docs/pipeline.md). A re-run skips the stages that are already
 complete; a run that was killed resumes where it stopped. --quick is a few-minute smoke run on a
@@ -25,7 +27,7 @@ example:
 import argparse
 import sys
 
-from edgepack.cli import add_command, add_data_options, add_source_options, source_options
+from edgepack.cli import add_command, add_data_options, add_source_options, positive_int, source_options
 from edgepack.errors import require_toolchain
 from edgepack.fitting import AUGMENTATIONS
 from edgepack.report.targets import EXIT_NONE_FITS, none_fit_line
@@ -68,6 +70,9 @@ def register(sub) -> None:
                         "auto (the running cluster, else a local one) or HOST:PORT; --out must be on a "
                         "filesystem every node sees (default: $EDGEPACK_RAY_ADDRESS, else in-process; "
                         "needs pip install 'edgepack[cluster]'; see docs/cluster.md)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="processes the exports run on side by side when not on Ray (default: the cores "
+                        "here, at most 4; 1: every stage in this process); results do not depend on it")
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():
@@ -103,7 +108,7 @@ def run(args) -> int:
             overrides.setdefault(section, {})[key] = value
     results = pipeline(args.out, data_path=args.data, config=args.config, quick=args.quick,
                        baseline=args.baseline, overrides=overrides, source_options=source_options(args),
-                       ray=args.ray)
+                       ray=args.ray, workers=args.workers)
     failed = [r.id for r in results.rows if r.status == "error"]
     if failed and not args.allow_failed:
         print(f"edgepack: error: {len(failed)} rows failed (listed above; report written): exit 1, "
