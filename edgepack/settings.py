@@ -124,17 +124,23 @@ class Variant(_Section):
 
 def _default_variants() -> list[Variant]:
     """The default variants: the best chain `edgepack optimize` found on CIFAR-10 (scored on validation
-    images; docs/optimize.md), each of its steps a row, and one variant of every other technique. The
-    2:4 variant trains like the chain's first step and PQAT like its second, so they share controls."""
-    first = {"epochs": 3, "learning_rate": 1e-3, "polish_epochs": 1, "augment": "flip-shift"}
-    then = {"epochs": 2, "augment": "flip-shift"}  # at the technique's own 1e-4
-    return [Variant(name="prune-0.65", technique="prune", params={"sparsity": 0.65, **first}),
+    images; docs/optimize.md), each of its steps a row, and one variant of every other technique,
+    trained so that they share controls: 2:4 like the chain's first step; QAT's one epoch is that
+    step's polish epoch, quantization-aware, after the same first phase (the chain's control's first
+    step, named here as QAT's source); PQAT like the chain's second step."""
+    fs = {"augment": "flip-shift"}
+    first = {"epochs": 3, "learning_rate": 1e-3, **fs}
+    polished = {**first, "polish_epochs": 1}
+    then = {"epochs": 2, **fs}  # at the technique's own 1e-4
+    return [Variant(name="prune-0.65", technique="prune", params={"sparsity": 0.65, **polished}),
             Variant(name="prune-0.65-cluster-8", technique="cluster", source="prune-0.65",
                     params={"clusters": 8, **then}),
             Variant(name="prune-0.65-cluster-8-pcqat", technique="pcqat", source="prune-0.65-cluster-8",
                     params=then),
-            Variant(name="prune-2of4", technique="prune-2of4", params=first),
-            Variant(name="qat", technique="qat"),
+            Variant(name="prune-2of4", technique="prune-2of4", params=polished),
+            Variant(name="finetune-e3-lr0.001-flip-shift", technique="finetune", params=first),
+            Variant(name="qat", technique="qat", source="finetune-e3-lr0.001-flip-shift",
+                    params={"epochs": 1, "learning_rate": 1e-4, **fs}),
             Variant(name="pqat", technique="pqat", source="prune-0.65", params=then)]
 
 
@@ -337,7 +343,9 @@ def load_settings(config: str | Path | None = None, quick: bool = False,
     s = validate(Settings, merged, where)
     variants = [v.model_dump() for v in s.variants]
     if s.controls:
-        variants = controls(variants, s.finetune.model_dump()) + variants
+        made = {c["name"]: c for c in controls(variants, s.finetune.model_dump())}
+        # a finetune variant that is one of the controls (e.g. named as a variant's source) is that control
+        variants = list(made.values()) + [v for v in variants if not _is_control(v, made.get(v["name"]))]
     return validate(Resolved, {**merged, "variants": variants, "quick": quick}, where)
 
 
@@ -348,6 +356,11 @@ def schedule(variant: dict, by_name: dict[str, dict], finetune: dict) -> tuple[P
     own = own_phases(params)
     source = variant.get("source", "baseline")
     return (() if source == "baseline" else schedule(by_name[source], by_name, finetune)) + own
+
+
+def _is_control(variant: dict, control: dict | None) -> bool:
+    return control is not None and variant["technique"] == "finetune" and all(
+        variant.get(k) == control.get(k) for k in ("source", "params"))
 
 
 def controls(variants: list[dict], finetune: dict) -> list[dict]:

@@ -52,20 +52,29 @@ def test_settings_layering_and_errors(tmp_path):
     assert [v.name for v in s.variants] == ["finetune-e1-lr0.001", "prune-0.5"]
     defaults = load_settings()
     # the six default variants and one control per schedule: a chain's or a polished variant's
-    # control is a chain of fine-tunings with the same phases; 2:4 trains like prune-0.65 and pqat
+    # control is a chain of fine-tunings with the same phases; 2:4 and QAT (its epoch after the
+    # control's first step, which the defaults name as its source) train like prune-0.65, and pqat
     # like prune-0.65-cluster-8 (both from prune-0.65), so they share those controls
     fs = "flip-shift"
     first, polish, then = f"e3-lr0.001-{fs}", f"e1-lr0.0001-{fs}", f"e2-lr0.0001-{fs}"
     controls = {v.name: (v.source, v.params["epochs"], v.params["learning_rate"])
                 for v in defaults.variants if v.technique == "finetune"}
     assert controls == {
-        "finetune-e1-lr0.0001": ("baseline", 1, 1e-4),  # qat's
-        f"finetune-{first}": ("baseline", 3, 1e-3),  # only a step towards the others
-        f"finetune-{first}-{polish}": (f"finetune-{first}", 1, 1e-4),  # prune-0.65's, prune-2of4's
+        f"finetune-{first}": ("baseline", 3, 1e-3),  # qat's source, a step towards the others
+        f"finetune-{first}-{polish}": (f"finetune-{first}", 1, 1e-4),  # prune-0.65's, prune-2of4's, qat's
         f"finetune-{first}-{polish}-{then}": (f"finetune-{first}-{polish}", 2, 1e-4),  # cluster-8's, pqat's
         f"finetune-{first}-{polish}-{then}-{then}": (f"finetune-{first}-{polish}-{then}", 2, 1e-4)}  # pcqat's
     assert [v.name for v in defaults.variants if v.technique != "finetune"] == [
         "prune-0.65", "prune-0.65-cluster-8", "prune-0.65-cluster-8-pcqat", "prune-2of4", "qat", "pqat"]
+    qat = next(v for v in defaults.variants if v.name == "qat")
+    assert qat.source == f"finetune-{first}" and len(defaults.variants) == 10  # named once, not twice
+    # a finetune variant that differs from the control of its name is refused
+    clash = tmp_path / "clash.toml"
+    clash.write_text('[[variants]]\nname = "finetune-e2-lr0.001"\ntechnique = "finetune"\n'
+                     'params = {epochs = 2, learning_rate = 0.01}\n'
+                     '[[variants]]\nname = "p"\ntechnique = "prune"\n')
+    with pytest.raises(EdgepackError, match="used twice"):
+        load_settings(clash)
     kd = tmp_path / "kd.toml"  # a distilling variant's control distills the same way, in every phase
     kd.write_text('[[variants]]\nname = "p"\ntechnique = "prune"\n'
                   'params = {polish_epochs = 1, distill = 0.5}\n')
