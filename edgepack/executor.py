@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgepack.errors import EdgepackError
+from edgepack.runtime.cpu import usable_cores
 
 ENV_VAR = "EDGEPACK_RAY_ADDRESS"
 TIMING_RESOURCE = "edgepack_timing"  # custom Ray resource: one per node, held by latency work
@@ -118,11 +119,7 @@ def executor(ray_address: str | None = None, workers: int = 1) -> InProcess | Ra
 def local_workers(limit: int = 4) -> int:
     """Worker processes worth starting for single-core jobs here: the cores this process may use, at
     most `limit` (each worker holds its own TensorFlow and data: ~1.5 GB)."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cores, limit))
+    return max(1, min(usable_cores(), limit))
 
 
 @dataclass(frozen=True)

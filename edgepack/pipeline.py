@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class Progress:
 
     weights: dict[str, float]  # stage id -> expected relative cost
     started: float = field(default_factory=time.time)
+    cpu_times: object = field(default_factory=lambda: machine_cpu_times())  # the machine's at the start
     done: float = 0.0  # weight of the stages run by this process
     skipped: float = 0.0  # weight of the stages complete from an earlier run (they cost no time now)
 
@@ -358,6 +360,26 @@ def stage_times(seconds: dict[str, float], wall: float, together: dict[str, floa
     return {"wall_seconds": round(wall, 1), "kinds": kinds, "other_seconds": round(rest, 1)}
 
 
+def machine_cpu_times():
+    import psutil
+
+    return psutil.cpu_times()
+
+
+def host_load(since) -> dict:
+    """How loaded the machine was since `since` (psutil.cpu_times()): the share of CPU time the
+    hypervisor gave to other machines (steal: a virtual machine's neighbours), the share busy (this run
+    and anything else here), and the load average now. A quiet run has steal near 0."""
+    now = machine_cpu_times()
+    delta = {k: getattr(now, k) - getattr(since, k) for k in now._fields}
+    total = sum(delta.values()) or 1.0
+    idle = delta.get("idle", 0.0) + delta.get("iowait", 0.0)
+    steal = delta.get("steal", 0.0)
+    return {"steal_percent": round(100 * steal / total, 1),
+            "busy_percent": round(100 * (total - idle - steal) / total, 1),
+            "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
 def stage_lines(times: dict) -> list[str]:
     lines = []
     for kind, k in times["kinds"].items():
@@ -367,6 +389,12 @@ def stage_lines(times: dict) -> list[str]:
         lines.append(f"  {kind:<20} {k['seconds']:7.0f} s  {k['stages']:3d} stage(s){at_once}{longest}")
     lines.append(f"  {'other':<20} {times['other_seconds']:7.0f} s  (loading data, checks, bookkeeping)")
     lines.append(f"  {'wall':<20} {times['wall_seconds']:7.0f} s  ({times['wall_seconds'] / 60:.1f} min)")
+    host = times.get("host")
+    if host:
+        busy, steal = host["busy_percent"], host["steal_percent"]
+        lines.append(f"  host: {busy:.0f}% of its CPU time busy, {steal:.0f}% taken by the hypervisor for "
+                     f"other machines (steal; 0 on a quiet host); load average {host['load_average_1m']:.2f} "
+                     "at the end")
     return lines
 
 
@@ -480,6 +508,7 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
     print(markdown_table(main_table(results)))
     print(f"report: {path / 'report.md'} ({(time.time() - run.progress.started) / 60:.1f} min in all)")
     times = stage_times(run.seconds, time.time() - run.progress.started, run.together_seconds)
+    times["host"] = host_load(run.progress.cpu_times)
     rundir.write_json(out / "stage-times.json", times)
     print(f"stage times of this run ({out / 'stage-times.json'}; resumed stages not counted):")
     print("\n".join(stage_lines(times)), flush=True)

@@ -379,3 +379,19 @@ def test_time_left_ignores_stages_resumed_from_an_earlier_run(capsys, monkeypatc
     p.finish("b")  # one stage's weight in 60 s; two left (c, d): about 2 minutes
     p.start("c", "stage c")
     assert "~2.0 min left" in capsys.readouterr().out
+
+
+def test_stage_times_count_stages_that_ran_at_once_by_their_wall_time():
+    """Exports on worker processes overlap: their kind's seconds are the wall time they took together,
+    their own seconds summed are its work; the rest of the wall is "other"; the host's load is said."""
+    from edgepack.pipeline import host_load, machine_cpu_times, stage_lines, stage_times
+
+    times = stage_times({"train": 100.0, "export-a-x": 30.0, "export-b-x": 50.0}, 200.0, {"exports": 45.0})
+    exports = times["kinds"]["exports"]
+    assert (exports["seconds"], exports["work_seconds"], exports["longest"]) == (45.0, 80.0, "export-b-x")
+    assert times["kinds"]["training"]["seconds"] == 100.0 and times["other_seconds"] == 55.0
+    times["host"] = host_load(machine_cpu_times())
+    assert 0 <= times["host"]["steal_percent"] <= 100 and 0 <= times["host"]["busy_percent"] <= 100
+    lines = stage_lines(times)
+    assert "at once (80 s of work)" in lines[1] and "at once" not in lines[0]
+    assert lines[-1].startswith("  host: ") and "steal" in lines[-1]

@@ -142,6 +142,7 @@ from edgepack.report.inputs import KERAS, Entry, expand, open_entry
 from edgepack.report.keras_worker import time_single_thread
 from edgepack.report.options import CompareOptions
 from edgepack.report.rows import SCHEMA_VERSION, DataInfo, ResultRow, Results, dump
+from edgepack.runtime.cpu import usable_cores
 from edgepack.target import get as get_target
 from edgepack.tfkeras import keras
 
@@ -231,7 +232,7 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
     _unique_ids(order)
     if any(e.kind == "run" for e in order):
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
-    all_threads = env_mod.usable_cores()
+    all_threads = usable_cores()
     host = env_mod.host()  # one process times every row: they share it (edgepack.report.hosts)
     rows, base_pred, kept = [], None, {}
     target = get_target(options.target)

@@ -6,7 +6,7 @@ import os
 import platform
 
 from edgepack.rundir import git_commit, package_versions
-from edgepack.runtime.cpu import describe, read_cpuinfo
+from edgepack.runtime.cpu import describe, read_cpuinfo, usable_cores
 
 
 def cpu_info() -> dict:
@@ -39,14 +39,6 @@ def cpu_info() -> dict:
 def host() -> dict:
     """What every evaluated row records about the machine that timed it (edgepack.report.hosts)."""
     return {"node": platform.node(), **describe()}
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity), which is what "all cores" timing uses."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def environment() -> dict:

@@ -17,6 +17,7 @@ to every int8 accuracy and latency figure, so a reader knows which CPUs a figure
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -137,3 +138,11 @@ def describe(model: str | None = None, flags: set[str] | None = None) -> dict:
     return {"model": model or platform.processor() or None, "machine": platform.machine(),
             "isa_flags": [label for flag, label in ISA_FLAGS.items() if flag in flags],
             "int8_paths": int8_paths(flags), "flags_differ": differs}
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity), which is what "all cores" timing uses."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
