@@ -204,7 +204,8 @@ class InProcess:
                 yield futures[f], f.result()
         except BrokenProcessPool:
             raise EdgepackError(f"a worker process died while running {len(jobs)} jobs (out of memory?): "
-                                "run again to resume, or with fewer workers") from None
+                                "run again to resume, with fewer worker processes (pipeline --workers 1)"
+                                ) from None
         finally:
             for f in futures:
                 f.cancel()

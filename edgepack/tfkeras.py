@@ -18,9 +18,9 @@ def batches(x, y=None, batch_size: int = 32, shuffle: bool = False, epochs: int 
     and the same shuffling as `fit(x, y, shuffle=True)`, so the same weights), as a tf.data.Dataset
     with tf.data's autotuning off, and the number of batches per epoch.
 
-    Why: with autotuning on, the end of every fit() and predict() on arrays waits for the autotuner's
-    thread to wake before it frees the iterator; on 2 cores that was 1 to 38 s per call, idle (about a
-    tenth of a default pipeline's fine-tuning time). Autotuning gains nothing here: the batches are
+    Why: with autotuning on, the end of a fit() or predict() on arrays can wait for the autotuner's
+    thread to wake before it frees the iterator, idle: up to 38 s after a fit and ~1 s after a predict
+    on 2 cores. Autotuning gains nothing here (the epochs took as long with it off): the batches are
     slices of arrays in memory."""
     from tf_keras.src.engine.data_adapter import TensorLikeDataAdapter
 
