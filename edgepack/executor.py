@@ -19,9 +19,9 @@ would retry for minutes), and Ray's own connect is bounded by RAY_CONNECT_ENV: a
 line in seconds.
 
 In-process, jobs run one after another in list order, exactly as if called directly; with
-`workers` > 1, a batch of jobs all marked `parallel` (work that keeps about one core busy: exports)
-runs on that many spawned worker processes instead, each holding one copy of what `share` was given
-(sent once, when the pool starts). On Ray, every
+`workers` > 1, a batch of at least MIN_POOLED jobs all marked `parallel` (work that keeps about one
+core busy: exports) runs on that many spawned worker processes instead, each holding one copy of what
+`share` was given (sent once, when the pool starts). On Ray, every
 job is one `ray.remote` task with its declared `num_cpus` and `memory` (bytes; 0: not declared) and
 `max_retries` (a worker process that dies mid-task, e.g. killed or out of memory, is retried on
 another worker; jobs must therefore write their outputs atomically and deterministically, as every
@@ -131,6 +131,9 @@ class _Shared:
 
 _WORKER_SHARED: dict[int, Any] = {}  # in a worker process: what the pool was started with
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Fewer parallel jobs than this run in this process: a worker's start (importing TensorFlow, ~5-10 s
+# on 2 cores) costs what 2-3 exports do, so a few exports finish sooner here.
+MIN_POOLED = 8
 
 
 def _install_shared(shared: dict[int, Any]) -> None:
@@ -153,8 +156,9 @@ def _pooled_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Done | Fa
 class InProcess:
     """Jobs one after another in this process (no Ray); `parallel` jobs on `workers` processes."""
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, min_pooled: int = MIN_POOLED):
         self.workers = max(1, int(workers))
+        self.min_pooled = max(2, int(min_pooled))
         self.where = "in-process" + (f"; exports on {self.workers} worker processes" if self.workers > 1
                                      else "")
         self._shared: dict[int, Any] = {}
@@ -178,7 +182,7 @@ class InProcess:
 
     def together(self, jobs: list[Job]) -> bool:
         """Whether `jobs` run at the same time (then their outcomes come in any order)."""
-        return self.workers > 1 and len(jobs) > 1 and all(j.parallel for j in jobs)
+        return self.workers > 1 and len(jobs) >= self.min_pooled and all(j.parallel for j in jobs)
 
     def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
         """(index in `jobs`, outcome) of each job as it finishes: in order, one at a time, unless

@@ -55,7 +55,9 @@ def test_parallel_jobs_run_on_worker_processes_with_the_shared_data_sent_once():
     as in-process, and outcomes come back under their own index. Jobs not all parallel run here."""
     import numpy as np
 
-    with executor.executor(None, workers=2) as ex:
+    few = [executor.Job(_square, (k,), parallel=True) for k in range(executor.MIN_POOLED - 1)]
+    assert not executor.executor(None, workers=2).together(few)  # a few jobs: here, no pool to start
+    with executor.InProcess(workers=2, min_pooled=2) as ex:
         data = ex.share(np.arange(10))
         jobs = [executor.Job(_pid_and_sum, (data, k), parallel=True) for k in range(5)]
         assert ex.together(jobs) and not ex.together(jobs[:1])
