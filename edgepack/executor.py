@@ -18,10 +18,13 @@ A HOST:PORT address must answer within CONNECT_SECONDS (checked before Ray is im
 would retry for minutes), and Ray's own connect is bounded by RAY_CONNECT_ENV: a wrong address is one
 line in seconds.
 
+Jobs may wait for others: `as_completed(jobs, after)` starts job i once every job in after[i] is done
+(a job whose need failed is not run), e.g. a fine-tuning after its source's, an export after its model.
 In-process, jobs run one after another in list order, exactly as if called directly; with
 `workers` > 1, a batch of at least MIN_POOLED jobs all marked `parallel` (work that keeps about one
-core busy: exports) runs on that many spawned worker processes instead, each holding one copy of what
-`share` was given (sent once, when the pool starts). On Ray, every
+core busy: fine-tunings, exports) runs on that many spawned worker processes instead, the first ready
+in list order first, each worker holding one copy of what `share` was given (sent once, when the pool
+starts) and running TensorFlow on its share of the cores (WORKER_THREADS_ENV). On Ray, every
 job is one `ray.remote` task with its declared `num_cpus` and `memory` (bytes; 0: not declared) and
 `max_retries` (a worker process that dies mid-task, e.g. killed or out of memory, is retried on
 another worker; jobs must therefore write their outputs atomically and deterministically, as every
@@ -35,15 +38,17 @@ needs the same edgepack installed and the same paths (a shared filesystem for ou
 from __future__ import annotations
 
 import ctypes
+import io
 import multiprocessing
 import os
 import platform
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +79,7 @@ class Job:
     num_cpus: float = 1  # CPU cores the job uses
     memory: int = 0  # bytes of RAM the job needs at most (0: not declared)
     timing: bool = False  # measures latency: runs alone on its host (TIMING_RESOURCE)
-    parallel: bool = False  # about one core busy: in-process, may run beside others on worker processes
+    parallel: bool = False  # may run beside others, on worker processes with their share of the cores
 
 
 @dataclass(frozen=True)
@@ -134,23 +139,100 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # Fewer parallel jobs than this run in this process: a worker's start (importing TensorFlow, ~5-10 s
 # on 2 cores) costs what 2-3 exports do, so a few exports finish sooner here.
 MIN_POOLED = 8
+# A worker process's TensorFlow threads (read when TensorFlow starts; a value the user set is kept):
+# the cores divided among the workers. Two fits of the tutorial CNN side by side on one thread each
+# made 1.56x the steps per second of one fit on both cores (2 cores, measured); the thread count
+# changes the float rounding, so their weights differ slightly from a fit on every core.
+WORKER_THREADS_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 
 
-def _install_shared(shared: dict[int, Any]) -> None:
-    """A worker process's start: the shared objects; on Linux, the worker is killed when the process
-    that started it dies (even by SIGKILL), so no job outlives an interrupted run."""
+def worker_threads(workers: int) -> int:
+    """TensorFlow threads of each of `workers` worker processes: the usable cores shared out."""
+    return max(1, usable_cores() // max(1, workers))
+
+
+def _install_shared(shared: dict[int, Any], threads: int) -> None:
+    """A worker process's start: the shared objects and its TensorFlow threads; on Linux, the worker is
+    killed when the process that started it dies (even by SIGKILL), so no job outlives an interrupted
+    run."""
     _WORKER_SHARED.update(shared)
+    for var in WORKER_THREADS_ENV:
+        os.environ.setdefault(var, str(threads))
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     except (OSError, AttributeError):  # not Linux: the worker ends when its queue closes instead
         pass
 
 
-def _pooled_call(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Done | Failed:
-    """`call` in a worker process, with the shared objects put back in place of their stand-ins."""
+class _Labelled(io.TextIOBase):
+    """A worker's stdout while it runs a job: each line starts with the job's name, so the lines of
+    jobs running side by side can be told apart; never a terminal (progress bars become lines)."""
+
+    def __init__(self, out, label: str):
+        self.out, self.label, self.part = out, label, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return False
+
+    def write(self, text: str) -> int:
+        lines = (self.part + text).split("\n")
+        self.part = lines.pop()
+        if lines:
+            self.out.write("".join(f"[{self.label}] {line}\n" for line in lines))
+            self.out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.part:
+            self.write("\n")
+        self.out.flush()
+
+
+def _pooled_call(fn: Callable[..., Any], args: tuple, kwargs: dict, label: str) -> Done | Failed:
+    """`call` in a worker process, with the shared objects put back in place of their stand-ins and its
+    printed lines labelled."""
     def back(v):
         return _WORKER_SHARED[v.key] if isinstance(v, _Shared) else v
-    return call(fn, tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()})
+    out, sys.stdout = sys.stdout, _Labelled(sys.stdout, label)
+    try:
+        return call(fn, tuple(back(a) for a in args), {k: back(v) for k, v in kwargs.items()})
+    finally:
+        sys.stdout.flush()
+        sys.stdout = out
+
+
+def _scheduled(jobs: list[Job], after: list[tuple[int, ...]] | None, capacity: int,
+               start: Callable[[int], None], next_done: Callable[[], tuple[int, Done | Failed]],
+               on_start: Callable[[int], None] | None) -> Iterator[tuple[int, Done | Failed | None]]:
+    """Runs `jobs` with at most `capacity` at once: job i starts (`start(i)`) when every job in after[i]
+    is Done, the first ready in list order first; `next_done()` waits for a started job to finish.
+    Yields (i, outcome) as each finishes, and (i, None) for a job not run because one it needs failed."""
+    after = after or [()] * len(jobs)
+    state: dict[int, bool] = {}  # finished jobs: Done or not
+    waiting, running = list(range(len(jobs))), 0
+    while waiting or running:
+        for i in list(waiting):
+            if any(state.get(d) is False for d in after[i]):
+                waiting.remove(i)
+                state[i] = False
+                yield i, None
+            elif running < capacity and all(state.get(d) for d in after[i]):
+                waiting.remove(i)
+                if on_start:
+                    on_start(i)
+                start(i)
+                running += 1
+        if not running:
+            if waiting:
+                raise EdgepackError(f"jobs {waiting} wait for each other: their needs form a cycle")
+            return
+        i, outcome = next_done()
+        running -= 1
+        state[i] = isinstance(outcome, Done)
+        yield i, outcome
 
 
 class InProcess:
@@ -159,8 +241,10 @@ class InProcess:
     def __init__(self, workers: int = 1, min_pooled: int = MIN_POOLED):
         self.workers = max(1, int(workers))
         self.min_pooled = max(2, int(min_pooled))
-        self.where = "in-process" + (f"; exports on {self.workers} worker processes" if self.workers > 1
-                                     else "")
+        self.threads = worker_threads(self.workers)
+        self.where = "in-process" + (f"; stages that can run side by side on {self.workers} worker processes "
+                                     f"({self.threads} TensorFlow thread{'s' * (self.threads > 1)} each)"
+                                     if self.workers > 1 else "")
         self._shared: dict[int, Any] = {}
         self._pool = None
 
@@ -181,31 +265,49 @@ class InProcess:
         return 1
 
     def together(self, jobs: list[Job]) -> bool:
-        """Whether `jobs` run at the same time (then their outcomes come in any order)."""
+        """Whether `jobs` run side by side (then their outcomes come in any order)."""
         return self.workers > 1 and len(jobs) >= self.min_pooled and all(j.parallel for j in jobs)
 
-    def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
-        """(index in `jobs`, outcome) of each job as it finishes: in order, one at a time, unless
-        `together(jobs)`: then on the worker processes, as each finishes."""
+    def as_completed(self, jobs: list[Job], after: list[tuple[int, ...]] | None = None,
+                     on_start: Callable[[int], None] | None = None
+                     ) -> Iterator[tuple[int, Done | Failed | None]]:
+        """(index in `jobs`, outcome) of each job as it finishes. `after[i]`: the indices of the jobs job i
+        needs: it starts once they are all Done, and is not run (outcome None) if one failed; list the
+        most urgent first. `on_start(i)` is called as job i starts. In this process one at a time in
+        list order, unless `together(jobs)`: then up to `workers` at once on the worker processes."""
         if self.together(jobs):
-            yield from self._pooled(jobs)
+            yield from self._pooled(jobs, after, on_start)
             return
-        for i, j in enumerate(jobs):
-            yield i, call(j.fn, j.args, j.kwargs)
+        finished: list[tuple[int, Done | Failed]] = []
 
-    def _pooled(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
+        def start(i: int) -> None:
+            finished.append((i, call(jobs[i].fn, jobs[i].args, jobs[i].kwargs)))
+
+        yield from _scheduled(jobs, after, 1, start, finished.pop, on_start)
+
+    def _pooled(self, jobs: list[Job], after, on_start) -> Iterator[tuple[int, Done | Failed | None]]:
         if self._pool is None:  # spawned, not forked: TensorFlow's threads do not survive a fork
             self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                             initializer=_install_shared, initargs=(self._shared,))
+                                             initializer=_install_shared,
+                                             initargs=(self._shared, self.threads))
 
         def stand_in(v):
             return _Shared(id(v)) if id(v) in self._shared and self._shared[id(v)] is v else v
-        futures = {self._pool.submit(_pooled_call, j.fn, tuple(stand_in(a) for a in j.args),
-                                     {k: stand_in(v) for k, v in j.kwargs.items()}): i
-                   for i, j in enumerate(jobs)}
+        futures: dict = {}
+
+        def start(i: int) -> None:
+            j = jobs[i]
+            futures[self._pool.submit(_pooled_call, j.fn, tuple(stand_in(a) for a in j.args),
+                                      {k: stand_in(v) for k, v in j.kwargs.items()},
+                                      j.name or getattr(j.fn, "__name__", "job"))] = i
+
+        def next_done() -> tuple[int, Done | Failed]:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            f = next(iter(done))
+            return futures.pop(f), f.result()
+
         try:
-            for f in as_completed(futures):
-                yield futures[f], f.result()
+            yield from _scheduled(jobs, after, self.workers, start, next_done, on_start)
         except BrokenProcessPool:
             raise EdgepackError(f"a worker process died while running {len(jobs)} jobs (out of memory?): "
                                 "run again to resume, with fewer worker processes (pipeline --workers 1)"
@@ -284,31 +386,37 @@ class RayExecutor(InProcess):
     def together(self, jobs: list[Job]) -> bool:
         return True
 
-    def as_completed(self, jobs: list[Job]) -> Iterator[tuple[int, Done | Failed]]:
-        """All jobs at once as Ray tasks; yields each as it finishes, so its caller can record it."""
+    def as_completed(self, jobs: list[Job], after: list[tuple[int, ...]] | None = None,
+                     on_start: Callable[[int], None] | None = None
+                     ) -> Iterator[tuple[int, Done | Failed | None]]:
+        """Every job as a Ray task as soon as the jobs it needs are done (see InProcess.as_completed);
+        yields each as it finishes, so its caller can record it."""
         ray = _import_ray()
         task = ray.remote(_task)
-        refs = []
-        for j in jobs:
+        refs: dict = {}
+
+        def start(i: int) -> None:
+            j = jobs[i]
             opts = {"num_cpus": j.num_cpus, "max_retries": MAX_RETRIES, "retry_exceptions": False,
                     "name": j.name or getattr(j.fn, "__name__", "job")}
             if j.memory:
                 opts["memory"] = int(j.memory)
             if j.timing:
                 opts["resources"] = {TIMING_RESOURCE: 1}
-            refs.append(task.options(**opts).remote(j.fn, j.timing, j.args, j.kwargs))
-        index = {ref: i for i, ref in enumerate(refs)}
-        pending = list(refs)
-        while pending:
-            (ref,), pending = ray.wait(pending, num_returns=1)
-            i = index[ref]
+            refs[task.options(**opts).remote(j.fn, j.timing, j.args, j.kwargs)] = i
+
+        def next_done() -> tuple[int, Done | Failed]:
+            (ref,), _ = ray.wait(list(refs), num_returns=1)
+            i = refs.pop(ref)
             try:
-                yield i, ray.get(ref)
+                return i, ray.get(ref)
             except ray.exceptions.RayTaskError as e:  # the job raised (not retried): its own error
                 raise e.as_instanceof_cause() from None
             except ray.exceptions.RayError as e:  # its worker died more than MAX_RETRIES times
                 raise EdgepackError(f"{jobs[i].name or 'a job'} failed on the Ray cluster after "
                                     f"{MAX_RETRIES} retries ({type(e).__name__}: {_first_line(e)})") from None
+
+        yield from _scheduled(jobs, after, len(jobs), start, next_done, on_start)
 
 
 def host_port(address: str) -> tuple[str, int]:

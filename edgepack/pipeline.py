@@ -199,33 +199,47 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
     else:
         runs["baseline"], keys["baseline"] = _train_stage(out, settings, data_key, run)
 
-    for level in dependency_levels(settings["variants"]):  # a level's variants run together
-        works = []
+    # Fine-tunings and exports as one graph: each starts when its source model is made (side by side on
+    # worker processes when there are any, the longest chain of work first).
+    compress_works: dict[str, Work] = {}
+    for level in dependency_levels(settings["variants"]):
         for v in level:
             src = v.get("source", "baseline")
-            if src not in runs:
+            made = compress_works.get(src)
+            if src not in runs and made is None:
                 failures.append({"variant": v["name"], "format": "keras", "stage": "compress",
                                  "error": f"source variant {src} failed"})
                 continue
-            works.append(_compress_work(out, v, settings, runs[src], keys[src], run.data))
-        for w, error in zip(works, run(works).values(), strict=True):
-            if error:
-                failures.append({"variant": w.name, "format": "keras", "stage": "compress", "error": error})
-            else:
-                runs[w.name], keys[w.name] = w.output, w.key
-
-    works = []
+            source, key = (made.output, made.key) if made else (runs[src], keys[src])
+            compress_works[v["name"]] = _compress_work(out, v, settings, source, key, run.data,
+                                                       made.stage if made else None)
+    export_works = []
     for name, fmt, skip in export_jobs(settings):
         if skip:
             print(f"not exporting {name} -> {fmt}: {skip}", flush=True)
             failures.append({"variant": name, "format": fmt, "stage": "export", "status": "skipped",
                              "error": skip})
-        elif name in runs:
-            works.append(_export_work(out, name, fmt, settings, keys[name], runs[name], run.data))
-    exports = []
-    for w, error in zip(works, run(works).values(), strict=True):
+        elif name in runs or name in compress_works:
+            made = compress_works.get(name)
+            source, key = (made.output, made.key) if made else (runs[name], keys[name])
+            export_works.append(_export_work(out, name, fmt, settings, key, source, run.data,
+                                             made.stage if made else None))
+    outcomes = run([*compress_works.values(), *export_works])
+    made_by = {w.stage: w for w in compress_works.values()}
+    for w in compress_works.values():
+        error = outcomes[w.stage]
+        if error and w.needs and outcomes[w.needs]:
+            error = f"source variant {made_by[w.needs].name} failed"
         if error:
-            failures.append({"variant": w.name, "format": w.fmt, "stage": "export", "error": error})
+            failures.append({"variant": w.name, "format": "keras", "stage": "compress", "error": error})
+        else:
+            runs[w.name], keys[w.name] = w.output, w.key
+    exports = []
+    for w in export_works:
+        error = outcomes[w.stage]
+        if error:
+            if w.needs is None or not outcomes[w.needs]:  # an export of a failed model: its model's row says
+                failures.append({"variant": w.name, "format": w.fmt, "stage": "export", "error": error})
         else:
             exports.append(w.output)
 
@@ -277,21 +291,23 @@ class Work:
     job: Job
     name: str = ""  # variant name
     fmt: str = ""  # export format
+    needs: str | None = None  # the stage that makes this one's input (None: ready from the start)
 
 
 @dataclass
 class _Runner:
-    """Runs a batch of stages on the executor: skips complete ones, marks finished ones."""
+    """Runs stages on the executor: skips complete ones, marks finished ones."""
 
     ex: InProcess
     stages: Stages
     progress: Progress
     data: object  # the data as the jobs take it (in-process: the Dataset; Ray: its object reference)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds, stages run now
-    together_seconds: dict[str, float] = field(default_factory=dict)  # kind -> wall of stages run at once
+    together: list[dict] = field(default_factory=list)  # stages run side by side: {stages, seconds (wall)}
 
     def __call__(self, works: list[Work]) -> dict[str, str | None]:
-        """stage -> None when complete, else the error text of a job that raised an EdgepackError."""
+        """stage -> None when complete, else why not: the error text of a job that raised an
+        EdgepackError, or that the stage it needs failed. A work runs after the one it `needs`."""
         errors: dict[str, str | None] = {}
         todo = []
         for w in works:
@@ -301,20 +317,26 @@ class _Runner:
                 errors[w.stage] = None
             else:
                 todo.append(w)
-        # One at a time, so progress lines come as each starts; or all at once (Ray; exports on worker
-        # processes), with a line as each finishes.
-        together = self.ex.together([w.job for w in todo])
+        todo = critical_first(todo, self.progress.weights)
+        index = {w.stage: i for i, w in enumerate(todo)}
+        after = [(index[w.needs],) if w.needs in index else () for w in todo]
+        jobs = [w.job for w in todo]
+        # One at a time, with a line as each starts; or side by side (Ray; worker processes), with a line
+        # as each starts and as each finishes.
+        together = self.ex.together(jobs)
         t0 = time.time()
-        for batch in [todo] if together else [[w] for w in todo]:
-            for w in batch:
-                self.progress.start(w.stage, w.what)
-            for i, result in self.ex.as_completed([w.job for w in batch]):  # marked as each finishes
-                errors[batch[i].stage] = self._finish(batch[i], result)
-                if together:
-                    self.progress.finished(batch[i].what, result)
+        for i, result in self.ex.as_completed(jobs, after, lambda i: self.progress.start(todo[i].stage,
+                                                                                           todo[i].what)):
+            w = todo[i]
+            if result is None:
+                self.progress.finish(w.stage)
+                errors[w.stage] = f"not run: {w.needs} failed"
+                continue
+            errors[w.stage] = self._finish(w, result)
+            if together:
+                self.progress.finished(w.what, result)
         if together and todo:  # the stages overlapped: their wall time, not the sum of theirs
-            kind = stage_kind(todo[0].stage)
-            self.together_seconds[kind] = self.together_seconds.get(kind, 0.0) + time.time() - t0
+            self.together.append({"stages": [w.stage for w in todo], "seconds": time.time() - t0})
         return {w.stage: errors[w.stage] for w in works}
 
     def _finish(self, w: Work, result: Done | Failed) -> str | None:
@@ -339,12 +361,34 @@ def stage_kind(stage: str) -> str:
     return next(k for prefix, k in STAGE_KINDS.items() if stage.startswith(prefix))
 
 
-def stage_times(seconds: dict[str, float], wall: float, together: dict[str, float] | None = None) -> dict:
-    """Where a pipeline's wall time went, by kind of stage: wall seconds, stage count and the longest
+def critical_first(works: list[Work], weights: dict[str, float]) -> list[Work]:
+    """`works` ordered by the longest chain of work each starts (its own weight and that of the longest
+    chain after it), longest first: a work always comes before the works that need it, and the
+    fine-tunings that others wait for start first."""
+    by_stage = {w.stage: w for w in works}
+    chain: dict[str, float] = {}
+    for w in reversed(_needs_first(works, by_stage)):
+        chain[w.stage] = weights.get(w.stage, 0.0) + max(
+            (chain[c.stage] for c in works if c.needs == w.stage), default=0.0)
+    return sorted(works, key=lambda w: -chain[w.stage])
+
+
+def _needs_first(works: list[Work], by_stage: dict[str, Work]) -> list[Work]:
+    depth: dict[str, int] = {}
+
+    def of(w: Work) -> int:
+        if w.stage not in depth:
+            depth[w.stage] = 0 if w.needs not in by_stage else of(by_stage[w.needs]) + 1
+        return depth[w.stage]
+    return sorted(works, key=of)
+
+
+def stage_times(seconds: dict[str, float], wall: float, together: list[dict] | None = None) -> dict:
+    """Where a pipeline's wall time went, by kind of stage: work seconds, stage count and the longest
     stage of each (stages resumed from an earlier run are not counted), and the rest (loading data,
-    bookkeeping). `together`: kind -> wall seconds of its stages that ran at the same time (worker
-    processes, Ray); their own seconds, summed, are the kind's `work_seconds`."""
-    together = together or {}
+    bookkeeping). `together`: batches of stages that ran side by side ({stages, seconds}: their wall
+    time); a kind that ran only alone has `seconds` (its wall time), the others are counted by batch,
+    in `together` ({kinds, seconds, work_seconds, stages})."""
     kinds: dict[str, dict] = {}
     for stage, sec in seconds.items():
         kind = stage_kind(stage)
@@ -354,10 +398,19 @@ def stage_times(seconds: dict[str, float], wall: float, together: dict[str, floa
         entry["stages"] += 1
         if sec > entry["longest_seconds"]:
             entry["longest"], entry["longest_seconds"] = stage, sec
-    for kind, entry in kinds.items():
-        entry["seconds"] = together.get(kind, entry["work_seconds"])
-    rest = wall - sum(k["seconds"] for k in kinds.values())
-    return {"wall_seconds": round(wall, 1), "kinds": kinds, "other_seconds": round(rest, 1)}
+    batches = []
+    for batch in together or []:
+        ran = [s for s in batch["stages"] if s in seconds]
+        batches.append({"kinds": sorted({stage_kind(s) for s in ran}, key=list(STAGE_KINDS.values()).index),
+                        "seconds": round(batch["seconds"], 1),
+                        "work_seconds": round(sum(seconds[s] for s in ran), 1), "stages": len(ran)})
+        for s in ran:
+            kinds[stage_kind(s)]["seconds"] -= seconds[s]  # counted in the batch's wall time instead
+    for entry in kinds.values():
+        entry["seconds"] += entry["work_seconds"]
+    rest = wall - sum(k["seconds"] for k in kinds.values()) - sum(b["seconds"] for b in batches)
+    return {"wall_seconds": round(wall, 1), "kinds": kinds, "together": batches,
+            "other_seconds": round(rest, 1)}
 
 
 def machine_cpu_times():
@@ -381,14 +434,28 @@ def host_load(since) -> dict:
 
 
 def stage_lines(times: dict) -> list[str]:
-    lines = []
-    for kind, k in times["kinds"].items():
+    """The stage-time summary: a line per kind of stage that ran alone, and per batch of stages that ran
+    side by side (then a line per kind in it, with its work)."""
+    lines, kinds, shown = [], times["kinds"], set()
+    for kind, k in kinds.items():
         longest = f"; longest {k['longest']} {k['longest_seconds']:.0f} s" if k["stages"] > 1 else ""
-        work = k.get("work_seconds", k["seconds"])
-        at_once = f" at once ({work:.0f} s of work)" if work > k["seconds"] + 0.5 else ""
-        lines.append(f"  {kind:<20} {k['seconds']:7.0f} s  {k['stages']:3d} stage(s){at_once}{longest}")
-    lines.append(f"  {'other':<20} {times['other_seconds']:7.0f} s  (loading data, checks, bookkeeping)")
-    lines.append(f"  {'wall':<20} {times['wall_seconds']:7.0f} s  ({times['wall_seconds'] / 60:.1f} min)")
+        batches = [b for b in times.get("together", []) if kind in b["kinds"]]
+        if not batches:
+            lines.append(f"  {kind:<22} {k['seconds']:7.0f} s  {k['stages']:3d} stage(s){longest}")
+        for b in batches:
+            if id(b) in shown:
+                continue
+            shown.add(id(b))
+            label = " + ".join(b["kinds"])
+            lines.append(f"  {label:<22} {b['seconds']:7.0f} s  {b['stages']:3d} stage(s) side by side "
+                         f"({b['work_seconds']:.0f} s of work)")
+            for part in b["kinds"]:
+                pk = kinds[part]
+                plong = f"; longest {pk['longest']} {pk['longest_seconds']:.0f} s" if pk["stages"] > 1 else ""
+                lines.append(f"    {part:<20} {'':9}  {pk['stages']:3d} stage(s), {pk['work_seconds']:.0f} "
+                             f"s of work{plong}")
+    lines.append(f"  {'other':<22} {times['other_seconds']:7.0f} s  (loading data, checks, bookkeeping)")
+    lines.append(f"  {'wall':<22} {times['wall_seconds']:7.0f} s  ({times['wall_seconds'] / 60:.1f} min)")
     host = times.get("host")
     if host:
         busy, steal = host["busy_percent"], host["steal_percent"]
@@ -420,14 +487,14 @@ def _train_stage(out, settings, data_key, run: _Runner) -> tuple[Path, str]:
     return path, key
 
 
-def _compress_work(out, v, settings, source: Path, source_key: str, data) -> Work:
+def _compress_work(out, v, settings, source: Path, source_key: str, data, needs: str | None = None) -> Work:
     params = {**settings["finetune"], **v.get("params", {})}
     path, key = out / "runs" / v["name"], _key(source_key, v["technique"], params)
     job = Job(stagejobs.compress_job, (source, v["technique"], path, params, data, v["name"],
                                        settings["data"]["seed"]),
               name=f"compress {v['name']}", **RESOURCES["compress"])
     return Work(f"compress-{v['name']}", key, f"compress {v['name']} ({v['technique']}, {params})", path,
-                _valid_run, job, name=v["name"])
+                _valid_run, job, name=v["name"], needs=needs)
 
 
 def export_jobs(settings: dict) -> list[tuple[str, str, str | None]]:
@@ -462,14 +529,15 @@ def control_schedules(settings: dict) -> set[tuple]:
             if v["technique"] != "finetune"}
 
 
-def _export_work(out, name, fmt, settings, source_key: str, source: Path, data) -> Work:
+def _export_work(out, name, fmt, settings, source_key: str, source: Path, data, needs: str | None = None
+                 ) -> Work:
     path = out / "exports" / name / fmt
     # One options table for all formats in the settings; each format takes the options it knows.
     options = {k: v for k, v in settings["export"]["options"].items() if k in FORMATS[fmt].options}
     job = Job(stagejobs.export_job, (source, fmt, path, options, data), name=f"export {name} -> {fmt}",
               **RESOURCES["export"])
     return Work(f"export-{name}-{fmt}", _key(source_key, fmt, options), f"export {name} -> {fmt}", path,
-                _export_complete, job, name=name, fmt=fmt)
+                _export_complete, job, name=name, fmt=fmt, needs=needs)
 
 
 def _export_complete(path: Path) -> bool:
@@ -507,7 +575,7 @@ def _compare_stage(out, settings, runs, keys, exports, failures, ds, run: _Runne
 
     print(markdown_table(main_table(results)))
     print(f"report: {path / 'report.md'} ({(time.time() - run.progress.started) / 60:.1f} min in all)")
-    times = stage_times(run.seconds, time.time() - run.progress.started, run.together_seconds)
+    times = stage_times(run.seconds, time.time() - run.progress.started, run.together)
     times["host"] = host_load(run.progress.cpu_times)
     rundir.write_json(out / "stage-times.json", times)
     print(f"stage times of this run ({out / 'stage-times.json'}; resumed stages not counted):")

@@ -19,8 +19,10 @@ GIB = 1 << 30
 # 0.6 GB; not measured per stage.
 RESOURCES = {
     "train": {"num_cpus": 1, "memory": 3 * GIB},
-    "compress": {"num_cpus": 1, "memory": 3 * GIB},
-    "export": {"num_cpus": 1, "memory": 2 * GIB, "parallel": True},  # single-core mostly: side by side
+    # Side by side on worker processes (edgepack.executor): a fit of the tutorial CNN gains little from a
+    # second core, and an export keeps about one busy.
+    "compress": {"num_cpus": 1, "memory": 3 * GIB, "parallel": True},
+    "export": {"num_cpus": 1, "memory": 2 * GIB, "parallel": True},
     "compare": {"num_cpus": 1, "memory": 3 * GIB, "timing": True},  # measures latency: alone on its host
     # an optimize trial: fine-tunings, exports, then latency of its files: one trial per host at a time
     "trial": {"num_cpus": 1, "memory": 3 * GIB, "timing": True},

@@ -72,6 +72,53 @@ def test_parallel_jobs_run_on_worker_processes_with_the_shared_data_sent_once():
     assert not executor.InProcess(1).together(jobs)
 
 
+def _say(text: str) -> tuple[str, str | None]:
+    print(text, flush=True)
+    return text, os.environ.get(executor.WORKER_THREADS_ENV[0])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_job_starts_once_the_jobs_it_needs_are_done_and_not_after_one_failed(workers, capfd):
+    """`after`: job 1 needs job 0 (it starts only after 0 finished), 3 needs 2, which fails, so 3 and 4
+    (which needs 3) are not run: outcome None, never started. In this process in list order; on worker
+    processes side by side, each line a job prints labelled with its name, TensorFlow given its share of
+    the cores."""
+    jobs = [executor.Job(_nap, (0.5,), name="nap", parallel=True),
+            executor.Job(_say, ("after the nap",), name="say", parallel=True),
+            executor.Job(_refuse, (2,), name="refuse", parallel=True),
+            executor.Job(_square, (3,), name="square 3", parallel=True),
+            executor.Job(_square, (4,), name="square 4", parallel=True),
+            executor.Job(_say, ("free",), name="free", parallel=True)]
+    after = [(), (0,), (), (2,), (3,), ()]
+    events, outcomes = [], {}
+    with executor.InProcess(workers=workers, min_pooled=2) as ex:
+        assert ex.together(jobs) == (workers == 2)
+        for i, outcome in ex.as_completed(jobs, after, lambda i: events.append(("start", i))):
+            events.append(("end", i))
+            outcomes[i] = outcome
+    started = [i for what, i in events if what == "start"]
+    ended = [i for what, i in events if what == "end"]
+    assert sorted(started) == [0, 1, 2, 5] and sorted(ended) == list(range(6))
+    assert events.index(("end", 0)) < events.index(("start", 1))
+    assert outcomes[3] is None and outcomes[4] is None and ended.index(2) < ended.index(3) < ended.index(4)
+    assert outcomes[2] == executor.Failed("bad input 2: pass another")
+    assert outcomes[0].value == 0.5 and outcomes[1].value[0] == "after the nap"
+    out = capfd.readouterr().out
+    if workers == 1:
+        assert started == [0, 1, 2, 5] and ended == [0, 1, 2, 3, 4, 5]
+        assert "after the nap\n" in out and "[say]" not in out
+    else:
+        assert "[say] after the nap\n" in out and "[free] free\n" in out
+        assert outcomes[5].value[1] == os.environ.get(executor.WORKER_THREADS_ENV[0],
+                                                       str(executor.worker_threads(2)))
+
+
+def test_jobs_that_need_each_other_in_a_cycle_are_refused():
+    jobs = [executor.Job(_square, (k,)) for k in range(2)]
+    with pytest.raises(EdgepackError, match="form a cycle"):
+        list(executor.InProcess().as_completed(jobs, [(1,), (0,)]))
+
+
 def test_in_process_runs_jobs_in_order_without_importing_ray():
     code = ("import sys; from edgepack.executor import Job, Failed, executor\n"
             "from test_executor import _square, _refuse\n"
@@ -175,7 +222,9 @@ def test_pipeline_on_ray_killed_and_resumed_gives_the_in_process_rows(ray_cluste
     cfg = tmp_path / "small.toml"
     cfg.write_text(SMALL)
     t0 = time.time()
-    assert main(_pipeline_cmd(tiny_archive, tmp_path / "local", cfg)[3:]) == 0
+    # In this process on every core, as a Ray task fits: the same float rounding (worker processes,
+    # --workers 2, fit on one thread each)
+    assert main([*_pipeline_cmd(tiny_archive, tmp_path / "local", cfg)[3:], "--workers", "1"]) == 0
     assert "stages run in-process" in capsys.readouterr().out
     out = tmp_path / "ray"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}

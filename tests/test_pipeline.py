@@ -381,17 +381,28 @@ def test_time_left_ignores_stages_resumed_from_an_earlier_run(capsys, monkeypatc
     assert "~2.0 min left" in capsys.readouterr().out
 
 
-def test_stage_times_count_stages_that_ran_at_once_by_their_wall_time():
-    """Exports on worker processes overlap: their kind's seconds are the wall time they took together,
-    their own seconds summed are its work; the rest of the wall is "other"; the host's load is said."""
+def test_stage_times_count_stages_that_ran_side_by_side_by_their_wall_time():
+    """Fine-tunings and exports on worker processes overlap: their batch's seconds are the wall time they
+    took together, each kind keeps its work (its stages' own seconds summed); a kind that ran alone has
+    its wall time; the rest of the wall is "other"; the host's load is said."""
     from edgepack.pipeline import host_load, machine_cpu_times, stage_lines, stage_times
 
-    times = stage_times({"train": 100.0, "export-a-x": 30.0, "export-b-x": 50.0}, 200.0, {"exports": 45.0})
-    exports = times["kinds"]["exports"]
-    assert (exports["seconds"], exports["work_seconds"], exports["longest"]) == (45.0, 80.0, "export-b-x")
-    assert times["kinds"]["training"]["seconds"] == 100.0 and times["other_seconds"] == 55.0
+    seconds = {"train": 100.0, "compress-p": 60.0, "export-a-x": 30.0, "export-p-x": 50.0, "compare": 20.0}
+    times = stage_times(seconds, 300.0, [{"stages": ["compress-p", "export-a-x", "export-p-x", "export-q-x"],
+                                          "seconds": 95.0}])
+    exports, tuning = times["kinds"]["exports"], times["kinds"]["fine-tuning"]
+    assert (exports["seconds"], exports["work_seconds"], exports["longest"]) == (0.0, 80.0, "export-p-x")
+    assert (tuning["seconds"], tuning["work_seconds"], tuning["stages"]) == (0.0, 60.0, 1)
+    assert times["together"] == [{"kinds": ["fine-tuning", "exports"], "seconds": 95.0, "work_seconds": 140.0,
+                                  "stages": 3}]  # export-q-x: resumed, not run now
+    assert times["kinds"]["training"]["seconds"] == 100.0 and times["other_seconds"] == 85.0
     times["host"] = host_load(machine_cpu_times())
     assert 0 <= times["host"]["steal_percent"] <= 100 and 0 <= times["host"]["busy_percent"] <= 100
     lines = stage_lines(times)
-    assert "at once (80 s of work)" in lines[1] and "at once" not in lines[0]
+    assert lines[0].split() == ["training", "100", "s", "1", "stage(s)"]
+    assert lines[1].split() == ["fine-tuning", "+", "exports", "95", "s", "3", "stage(s)", "side", "by",
+                                "side", "(140", "s", "of", "work)"]
+    assert lines[3].split()[:6] == ["exports", "2", "stage(s),", "80", "s", "of"]
+    assert "export-p-x 50 s" in lines[3]
+    assert lines[4].split()[:2] == ["comparison", "20"] and lines[5].split()[:2] == ["other", "85"]
     assert lines[-1].startswith("  host: ") and "steal" in lines[-1]
