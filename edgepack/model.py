@@ -56,14 +56,19 @@ def compile_model(model, learning_rate: float = 1e-3, loss=None, metric=None) ->
                   loss=loss or k.losses.SparseCategoricalCrossentropy(), metrics=[metric or "accuracy"])
 
 
+def with_weights(model, weights: list | None = None):
+    """An uncompiled copy of `model` carrying `weights` (default: the model's own)."""
+    clone = keras().models.clone_model(model)
+    clone.set_weights(model.get_weights() if weights is None else weights)
+    return clone
+
+
 def save_model(model, path: str | os.PathLike) -> None:
     """Save a Keras 2 model for inference (edgepack loads models with compile=False)."""
     if str(path).endswith(".keras"):
         # The native format takes no include_optimizer option and would store adam's two slots per
         # weight (3x the file): save an uncompiled clone carrying the same weights instead.
-        clone = keras().models.clone_model(model)
-        clone.set_weights(model.get_weights())
-        clone.save(str(path))
+        with_weights(model).save(str(path))
     else:
         model.save(str(path), include_optimizer=False)
 

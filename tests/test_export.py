@@ -120,15 +120,24 @@ def read_meta(path: Path) -> dict:
     return json.loads(text)
 
 
-def test_every_format_round_trips(exported, source_probs):
+def test_every_format_round_trips(exported, source_probs, clear_run):
+    from edgepack import rundir
+    from edgepack.model import load_run_model, predict_proba, with_weights
+
     out, summary = exported
     x, ref = source_probs
+    model = load_run_model(rundir.load_run(clear_run))
     assert list(summary["formats"]) == list(FORMATS)
     for name, fmt in FORMATS.items():
         path = out / fmt.filename
         probs = run_file(path, x)
         assert probs.shape == ref.shape, name
-        if not fmt.check.quantized:
+        if fmt.check.weights:  # the source with its weights rounded as the file stores them
+            rounded = with_weights(model, [w.astype(fmt.check.weights).astype(w.dtype)
+                                           for w in model.get_weights()])
+            assert np.max(np.abs(probs - predict_proba(rounded, x))) <= fmt.check.threshold, name
+            assert np.max(np.abs(probs - ref)) <= 1e-2, name  # and close to the source itself
+        elif not fmt.check.quantized:
             assert np.max(np.abs(probs - ref)) <= fmt.check.threshold, name
         else:  # this CPU's kernels, run by hand: the default rules hold here too (clear margins)
             assert np.mean(probs.argmax(1) == ref.argmax(1)) >= 0.95, name
@@ -155,11 +164,30 @@ def test_export_json_describes_each_file(exported):
             assert c["kernel_path"]
         else:
             assert c["kernels"] == "default" and c["max_abs_diff"] <= fmt.check.threshold
+            assert ("vs_source" in c) == bool(fmt.check.weights)  # the rounding's own cost, beside
     assert summary["formats"]["onnx-fp32"]["checks"]["onnx_checker"] == "passed"
     assert sorted(p.name for p in out.iterdir()) == sorted(
         [SUMMARY] + [f.filename for f in FORMATS.values()]
         + [f.filename + ".json" for f in FORMATS.values() if f.suffix == ".tflite"]
         + [f.filename + ".golden.npz" for f in FORMATS.values()])  # edgepack.runtime.golden
+
+
+def test_a_file_that_stores_rounded_weights_is_judged_against_the_rounded_source(monkeypatch):
+    """tflite-fp16 must compute the source with float16 weights (within 1e-4); what the rounding costs
+    against the source itself (here 0.02 on one image) is recorded, not judged."""
+    from edgepack.export import core
+
+    x, labels = np.zeros((3, 2, 2, 3), np.float32), np.array([0, 1, 0])
+    source = np.array([[0.6, 0.4], [0.3, 0.7], [0.8, 0.2]], np.float32)
+    rounded = source + np.array([[-0.02, 0.02], [0, 0], [0, 0]], np.float32)
+    for got, passed in ((rounded + 1e-6, True), (rounded + np.float32(1e-3), False)):
+        file = type("File", (), {"predict": lambda self, x, got=got: got})()
+        monkeypatch.setattr(core.runtime, "load", lambda path, file=file: file)
+        checks = core.check_file(FORMATS["tflite-fp16"], Path("f.tflite"), x, labels, source, {}, rounded)
+        assert checks["passed"] is passed
+        assert checks["rule"].endswith("against the source with float16 weights")
+        assert checks["vs_source"]["max_abs_diff"] == pytest.approx(0.02 + (0 if passed else 1e-3), abs=2e-6)
+        assert passed or checks["refused_by"].startswith("max_abs_diff 0.001 > 0.0001 against the source")
 
 
 def test_int8_files_are_under_30_percent_of_fp32(exported):

@@ -32,7 +32,7 @@ from edgepack.export.formats import ALL, CALIBRATION, FORMATS, Format, for_sourc
 from edgepack.export.summary import SCHEMA_VERSION, SUMMARY
 from edgepack.export.summary import check as check_summary
 from edgepack.metrics import top1_agreement
-from edgepack.model import load_run_model, predict_proba
+from edgepack.model import load_run_model, predict_proba, with_weights
 from edgepack.runtime import golden
 from edgepack.runtime import metadata as md
 from edgepack.runtime.cpu import describe
@@ -264,7 +264,8 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
                         input_quantization=io.input_quantization, output_quantization=io.output_quantization,
                         options=dict(ctx.options), **facts)
     meta_file = family.attach(path, meta)
-    checks = {**structural, **check_file(fmt, path, x_check, y_check, reference, ctx.options)}
+    checks = {**structural, **check_file(fmt, path, x_check, y_check, reference, ctx.options,
+                                         rounded_reference(fmt, ctx, x_check))}
     if not checks["passed"]:
         raise CheckFailed(f"{fmt.name}: check failed on {checks['images']} check images: "
                           f"{checks['refused_by']}; the export was not written", checks)
@@ -278,21 +279,41 @@ def export_one(fmt: Format, ctx: Context, folder: Path, base_meta: dict, x_check
     }
 
 
+def rounded_reference(fmt: Format, ctx: Context, x: np.ndarray) -> np.ndarray | None:
+    """For a format that rounds the weights (Check.weights): the source model's probabilities with its
+    weights rounded so (every weight, biases too, as the converter stores them); else None."""
+    dtype = fmt.check.weights
+    if dtype is None:
+        return None
+    key = ("rounded_reference", dtype, id(x))
+    if key not in ctx.cache:
+        rounded = with_weights(ctx.model, [w.astype(dtype).astype(w.dtype) for w in ctx.model.get_weights()])
+        ctx.cache[key] = predict_proba(rounded, x)
+    return ctx.cache[key]
+
+
 def check_file(fmt: Format, path: Path, x: np.ndarray, labels: np.ndarray, reference: np.ndarray,
-               options: dict) -> dict:
-    """The file run the way apps run it (edgepack.runtime, default kernels) against its source model.
+               options: dict, rounded: np.ndarray | None = None) -> dict:
+    """The file run the way apps run it (edgepack.runtime, default kernels) against its source model
+    (`rounded`: the source with its weights rounded as the format stores them, Check.weights).
 
     Edgepack.runtime parses the metadata as written, checks it against the file's tensors, then
     scales, quantizes and batches exactly as it will in an app. Quantized files are judged on the
     engines' reference kernels (the file's own arithmetic, whatever the CPU); this CPU's kernels are
     measured beside them and a gap of more than KERNEL_GAP_POINTS is said in words.
     """
-    local = measure(runtime.load(path).predict(x), reference, labels, fmt.name)
+    probs = runtime.load(path).predict(x)
+    local = measure(probs, reference, labels, fmt.name)
     if not fmt.check.quantized:
-        ok = local["max_abs_diff"] <= fmt.check.threshold
-        return {**local, "kernels": "default", "rule": fmt.check.describe(), "passed": bool(ok),
-                "refused_by": None if ok else f"max_abs_diff {local['max_abs_diff']:.6g} > "
-                                              f"{fmt.check.threshold:g}"}
+        judged = local if rounded is None else measure(probs, rounded, labels, fmt.name)
+        ok = judged["max_abs_diff"] <= fmt.check.threshold
+        against = f" against the source with {fmt.check.weights} weights" if rounded is not None else ""
+        out = {**judged, "kernels": "default", "rule": fmt.check.describe(), "passed": bool(ok),
+               "refused_by": None if ok else f"max_abs_diff {judged['max_abs_diff']:.6g} > "
+                                             f"{fmt.check.threshold:g}{against}"}
+        if rounded is not None:  # what rounding the weights costs, against the source itself
+            out["vs_source"] = local
+        return out
     exact = measure(runtime.load(path, kernels="reference").predict(x), reference, labels, fmt.name)
     refused = []
     if exact["drop_points"] > options["max_drop"]:
