@@ -4,7 +4,8 @@ Trains the tutorial CNN baseline (or reuses --baseline: a run folder, or your ow
 makes the default compressed variants (the best chain edgepack's search found, prune 0.65 -> cluster 8
 -> PCQAT, each step a row, and one of each other technique: prune-2of4, qat, pqat) and the
 uncompressed fine-tuning controls they are measured against, exports every model to every format
-(tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8; exports run side by side on --workers processes), and
+(tflite-fp32/fp16/dynamic/int8, onnx-fp32/int8; fine-tunings and exports run side by side on --workers
+processes, each as soon as its source model is made), and
 compares them all on the test set (report.md, report.html, results.json, results.csv, plots).
 examples/full-study.toml is the full study (more variants, about three times as long).
 Settings: defaults < --config FILE (TOML; sections data, train, finetune, variants, export, compare)
@@ -71,8 +72,10 @@ def register(sub) -> None:
                         "filesystem every node sees (default: $EDGEPACK_RAY_ADDRESS, else in-process; "
                         "needs pip install 'edgepack[cluster]'; see docs/cluster.md)")
     p.add_argument("--workers", type=positive_int, metavar="N",
-                   help="processes the exports run on side by side when not on Ray (default: the cores "
-                        "here, at most 4; 1: every stage in this process); results do not depend on it")
+                   help="processes the fine-tunings and exports run on side by side when not on Ray, "
+                        "the cores shared out among them (default: the cores here, at most 4; 1: every "
+                        "stage in this process on every core). A fit's float rounding depends on its "
+                        "thread count, so the weights and figures differ slightly with N")
     p.add_argument("--allow-failed", action="store_true",
                    help="exit 0 even when some rows failed (they stay rows in the report)")
     for flag, (section, key) in SETTING_OPTIONS.items():

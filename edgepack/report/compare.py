@@ -122,9 +122,11 @@ latencies in milliseconds; throughput in images per second. Unmeasured values ar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -135,11 +137,11 @@ from edgepack.metrics import top1_agreement
 from edgepack.report import devices, plots, render, targets
 from edgepack.report import env as env_mod
 from edgepack.report.derived import BASELINE, CONTROL, derive
-from edgepack.report.evaluate import blank_row, evaluate_entry, is_quantized, reference_figures
+from edgepack.report.evaluate import blank_row, evaluate_entry, is_quantized, reference_figures, time_entry
 from edgepack.report.explain import Kept, explain
 from edgepack.report.front import front
 from edgepack.report.inputs import KERAS, Entry, expand, open_entry
-from edgepack.report.keras_worker import time_single_thread
+from edgepack.report.keras_worker import SingleThread
 from edgepack.report.options import CompareOptions
 from edgepack.report.rows import SCHEMA_VERSION, DataInfo, ResultRow, Results, dump
 from edgepack.runtime.cpu import usable_cores
@@ -234,28 +236,14 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         keras()  # import TensorFlow now, so it does not count in the first row's memory figure
     all_threads = usable_cores()
     host = env_mod.host()  # one process times every row: they share it (edgepack.report.hosts)
-    rows, base_pred, kept = [], None, {}
     target = get_target(options.target)
-    t_rows = time.time()
-    for i, entry in enumerate(order, 1):
-        done = time.time() - t_rows
-        eta = f", about {done / (i - 1) * (len(order) - i + 1):.0f} s left" if i > 1 else ""
-        print(f"[{i}/{len(order)}] {entry.row_id} ({entry.kind}): elapsed {time.time() - started:.0f} s{eta}",
-              flush=True)
-        row, probs = evaluate_entry(entry, ds, options, all_threads, is_baseline=entry is base)
-        row.host = host
-        kept[row.id] = Kept.of(probs)
-        pred = None if probs is None else kept[row.id].pred
-        if entry is base:
-            base_pred = pred
-        if pred is not None and base_pred is not None:
-            row.agreement = top1_agreement(pred, base_pred)
-        row.target = targets.row_figures(target, options.budget, entry, row, ds, pred, all_threads)
-        rows.append(row)
-        status = "ok" if row.ok else f"ERROR {row.error}"
-        print(f"      accuracy {_fmt(row.accuracy)} {status}", flush=True)
-    if options.latency and options.keras_single_thread:
-        _single_thread_keras(rows, order, ds, options)
+    with _single_thread_child(order, ds, options) as child:
+        evaluated = _evaluate_all(order, ds, options, all_threads, started)
+        if child is not None:
+            child.wait_ready()  # idle from now on: it must not share the CPU with the timings
+        rows, kept = _timed_rows(order, evaluated, base, ds, options, all_threads, host, target)
+        if child is not None:
+            _single_thread_keras(rows, order, ds, options, child)
     _fill_from_source_runs(rows)
     for row in _failure_rows(failures or []):
         if any(r.id == row.id for r in rows):
@@ -289,6 +277,55 @@ def _compare(inputs, out, data_path, baseline, control, options: CompareOptions,
         raise GateFailed(f"--fail-over {limit}: {', '.join(gate.failed)} dropped more than {limit} points "
                          f"below the baseline or failed (report in {out})", results)
     return results
+
+
+def _evaluate_all(order: list[Entry], ds, options: CompareOptions, workers: int, started: float) -> list:
+    """(row, probabilities) of every entry, in order, without timing: the exported files side by side on
+    `workers` threads (the engines release the GIL) while this thread evaluates the Keras run folders
+    (TensorFlow models load one at a time here); a line as each finishes."""
+    out: list = [None] * len(order)
+    done = 0
+
+    def finished(i: int) -> None:
+        nonlocal done
+        done += 1
+        row = out[i][0]
+        status = "ok" if row.ok else f"ERROR {row.error}"
+        print(f"[{done}/{len(order)}] {row.id}: accuracy {_fmt(row.accuracy)} {status} (elapsed "
+              f"{time.time() - started:.0f} s)", flush=True)
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="edgepack-evaluate") as pool:
+        futures = {pool.submit(evaluate_entry, e, ds, options, workers): i
+                   for i, e in enumerate(order) if e.kind != "run"}
+        for i, e in enumerate(order):
+            if e.kind == "run":
+                out[i] = evaluate_entry(e, ds, options, workers)
+                finished(i)
+        for f in as_completed(futures):
+            out[futures[f]] = f.result()
+            finished(futures[f])
+    return out
+
+
+def _timed_rows(order: list[Entry], evaluated: list, base: Entry | None, ds, options: CompareOptions,
+                all_threads: int, host, target) -> tuple[list[ResultRow], dict]:
+    """Every row timed one at a time (nothing else runs), with its agreement with the baseline and its
+    figures on the target; and the kept predictions of each row."""
+    rows, base_pred, kept = [], None, {}
+    if options.latency:
+        print(f"compare: timing {len(order)} models one at a time", flush=True)
+    for entry, (row, probs) in zip(order, evaluated, strict=True):
+        time_entry(row, entry, ds, options, all_threads, is_baseline=entry is base)
+        row.host = host
+        kept[row.id] = Kept.of(probs)
+        pred = None if probs is None else kept[row.id].pred
+        if entry is base:
+            base_pred = pred
+        if pred is not None and base_pred is not None:
+            row.agreement = top1_agreement(pred, base_pred)
+        row.target = targets.row_figures(target, options.budget, entry, row, ds, pred, all_threads)
+        rows.append(row)
+    return rows, kept
 
 
 NOT_ON_FRONT = ("exact reference not run: not on the Pareto front nor recommended (compare --exact-reference "
@@ -378,14 +415,28 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _single_thread_keras(rows: list[ResultRow], order: list[Entry], ds, options: CompareOptions) -> None:
+@contextlib.contextmanager
+def _single_thread_child(order: list[Entry], ds, options: CompareOptions):
+    """The child process that will time the Keras rows on one thread (keras_worker.SingleThread),
+    started now so that it imports TensorFlow and loads the models while the untimed work runs; None
+    when there is nothing to time."""
+    runs = [str(e.path) for e in order if e.kind == "run" and not e.error]
+    if not (options.latency and options.keras_single_thread and runs):
+        yield None
+        return
+    with SingleThread(runs, ds.x_test[:64], options) as child:
+        yield child
+
+
+def _single_thread_keras(rows: list[ResultRow], order: list[Entry], ds, options: CompareOptions,
+                         child: SingleThread) -> None:
     targets = {str(e.path): r for r, e in zip(rows, order, strict=True)
                if e.kind == "run" and r.ok}
     if not targets:
         return
     print(f"compare: timing {len(targets)} Keras models on 1 thread in a child process", flush=True)
     try:
-        got = time_single_thread(list(targets), ds.x_test[:64], options, timeout=120 + 60 * len(targets))
+        got = child.result(timeout=120 + 60 * len(targets))
     except Exception as e:
         for r in targets.values():
             r.latency.error = f"1-thread timing: {type(e).__name__}: {str(e)[:300]}"

@@ -1,5 +1,7 @@
-"""Evaluate one row: accuracy and friends on the test set, size, sparsity, latency, memory.
+"""Evaluate one row: accuracy and friends on the test set, size, sparsity, memory; then time it.
 
+Two steps, so that the first can run for many rows side by side and the second alone:
+`evaluate_entry` (no timing) and `time_entry` (the row's in-process memory growth and latency).
 Keras run folders are evaluated with `predict_proba` (as training wrote metrics.json) and timed as a
 compiled `tf.function` call and, separately, as `model.predict`. Exported files are evaluated and
 timed through `edgepack.runtime` (what apps embed): predictions in batches, latency at batch 1.
@@ -156,8 +158,7 @@ def keras_timing(model, x_uint8: np.ndarray, opts, threads, with_predict: bool,
     return out
 
 
-def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
-                 ) -> tuple[ResultRow, np.ndarray | None]:
+def evaluate_run(entry: Entry, ds, opts) -> tuple[ResultRow, np.ndarray | None]:
     row = blank_row(entry)
     if not row.ok:
         return row, None
@@ -166,16 +167,11 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
     row.finetune_recipe = finetune_recipe(meta)
     row.model_sha256, row.source_sha256 = meta.model_sha256, meta.source_sha256
     try:
-        rss0 = rss_mb()
         model = load_run_model(entry.run)
         row.size_bytes, row.size_gzip_bytes = weights_only_sizes(entry, model)
         row.parameters = keras_parameters(model)
         row.sparsity, row.sparsity_source = keras_sparsity(model), "model"
-        scaling = meta.pixel_scaling  # the run's own (a user's model may take [-1, 1], ...)
-        model(scale_pixels(ds.x_test[:1], scaling), training=False)
-        rss1 = rss_mb()
-        row.memory_rss_delta_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
-        probs = predict_proba(model, scale_pixels(ds.x_test, scaling))
+        probs = predict_proba(model, scale_pixels(ds.x_test, meta.pixel_scaling))  # the run's own scaling
         fill_metrics(row, ds.y_test, probs, ds.class_names)
 
         row.memory = {**memory.keras_memory(model).as_dict(),  # the runtime-process RSS is for exported files
@@ -184,6 +180,22 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
         fail(row, "evaluate", e)
         return row, None
     check_recorded(row, entry, ds, opts.seed)
+    row.eval_seconds = time.perf_counter() - t0
+    return row, probs
+
+
+def time_run(row: ResultRow, entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False) -> None:
+    """The memory a Keras model adds to this process (loading it and one call) and its latency."""
+    scaling = entry.metadata.pixel_scaling
+    try:
+        rss0 = rss_mb()
+        model = load_run_model(entry.run)
+        model(scale_pixels(ds.x_test[:1], scaling), training=False)
+        rss1 = rss_mb()
+    except Exception as e:
+        fail(row, "evaluate", e)
+        return
+    row.memory_rss_delta_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
     if opts.latency:
         row.latency.method = "keras tf.function (batch 1); model.predict labelled predict_threads_all"
         try:
@@ -193,8 +205,6 @@ def evaluate_run(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = F
             row.latency.predict_threads_all = t.get("predict")
         except Exception as e:
             row.latency.error = f"{type(e).__name__}: {str(e)[:300]}"
-    row.eval_seconds = time.perf_counter() - t0
-    return row, probs
 
 
 # --- exported files
@@ -211,12 +221,7 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[ResultRow, 
         sparsity = file_sparsity(entry.path)
         if sparsity is not None:
             row.sparsity, row.sparsity_source = sparsity, "file"
-        rss0 = rss_mb()
-        clf = runtime.load(entry.path, threads=all_threads)
-        clf.predict(ds.x_test[:1])
-        rss1 = rss_mb()
-        row.memory_rss_delta_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
-        probs = clf.predict(ds.x_test)  # the runtime runs it in bounded chunks
+        probs = runtime.load(entry.path, threads=all_threads).predict(ds.x_test)  # in bounded chunks
         fill_metrics(row, ds.y_test, probs, ds.class_names)
         # A control is never shipped: the exact-reference pass (~2 ms an image on LiteRT's reference
         # kernels) and the worst layers are measured for the files that may be; with exact_reference
@@ -230,6 +235,22 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[ResultRow, 
     except Exception as e:
         fail(row, "evaluate", e)
         return row, None
+    row.eval_seconds = time.perf_counter() - t0
+    return row, probs
+
+
+def time_file(row: ResultRow, entry: Entry, ds, opts, all_threads: int) -> None:
+    """The memory a file adds to this process (loading it and one call) and its latency, through
+    edgepack.runtime on every core and on 1 thread."""
+    try:
+        rss0 = rss_mb()
+        clf = runtime.load(entry.path, threads=all_threads)
+        clf.predict(ds.x_test[:1])
+        rss1 = rss_mb()
+    except Exception as e:
+        fail(row, "evaluate", e)
+        return
+    row.memory_rss_delta_mb = None if rss0 is None or rss1 is None else max(0.0, rss1 - rss0)
     if opts.latency:
         row.latency.method = "edgepack.runtime predict (uint8 in, probabilities out)"
         x1, x64 = ds.x_test[:1], ds.x_test[:THROUGHPUT_BATCH]
@@ -241,8 +262,6 @@ def evaluate_file(entry: Entry, ds, opts, all_threads: int) -> tuple[ResultRow, 
                                                  opts, 1)
         except Exception as e:
             row.latency.error = f"{type(e).__name__}: {str(e)[:300]}"
-    row.eval_seconds = time.perf_counter() - t0
-    return row, probs
 
 
 NO_GOLDEN = ("no golden file beside it (exported before edgepack wrote golden vectors): re-export it with "
@@ -289,9 +308,21 @@ def reference_figures(row: ResultRow, path: Path, ds, workers: int) -> None:
         row.notes.append(note.split(";")[0] + " on these test images")
 
 
-def evaluate_entry(entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False
-                   ) -> tuple[ResultRow, np.ndarray | None]:
-    """The row and its probabilities on ds.x_test (None when it failed)."""
+def evaluate_entry(entry: Entry, ds, opts, all_threads: int) -> tuple[ResultRow, np.ndarray | None]:
+    """The row without its timing, and its probabilities on ds.x_test (None when it failed). Rows of
+    exported files may be evaluated side by side (threads): the engines release the GIL."""
     if entry.kind == "run":
-        return evaluate_run(entry, ds, opts, all_threads, is_baseline)
+        return evaluate_run(entry, ds, opts)
     return evaluate_file(entry, ds, opts, all_threads)
+
+
+def time_entry(row: ResultRow, entry: Entry, ds, opts, all_threads: int, is_baseline: bool = False) -> None:
+    """The row's in-process memory growth and latency: one row at a time, nothing else running."""
+    if not row.ok:
+        return
+    t0 = time.perf_counter()
+    if entry.kind == "run":
+        time_run(row, entry, ds, opts, all_threads, is_baseline)
+    else:
+        time_file(row, entry, ds, opts, all_threads)
+    row.eval_seconds = (row.eval_seconds or 0) + time.perf_counter() - t0
