@@ -135,6 +135,12 @@ def plan(settings: dict, baseline=None) -> dict[str, float]:
     return stages
 
 
+def side_by_side(weights: dict[str, float], workers: int) -> dict[str, float]:
+    """The plan's weights with those of the fine-tunings and exports shared by `workers` processes
+    running them side by side (so the time-left estimate counts them by their wall time)."""
+    return {k: v / workers if k.startswith(("compress-", "export-")) else v for k, v in weights.items()}
+
+
 def pipeline(out: str | Path, data_path: str | Path | None = None, config: str | Path | None = None,
              quick: bool = False, baseline: str | Path | None = None, overrides: dict | None = None,
              source_options: dict | None = None, ray: str | None = None, workers: int | None = None
@@ -165,7 +171,7 @@ def _pipeline(out, data_path, settings: dict, baseline, source_options: dict, ex
         print(f"removed {p} (left by an interrupted run)", flush=True)
     rundir.write_json(out / "settings.json", settings)
     stages = Stages(out)
-    progress = Progress(plan(settings, baseline))
+    progress = Progress(side_by_side(plan(settings, baseline), getattr(ex, "workers", 1)))
 
     d = settings["data"]
     ds = data_mod.load_data(d["path"], d["limit_train"], d["limit_test"], d["seed"],
