@@ -301,9 +301,12 @@ def _evaluate_all(order: list[Entry], ds, options: CompareOptions, workers: int,
             if e.kind == "run":
                 out[i] = evaluate_entry(e, ds, options, workers)
                 finished(i)
-        for f in as_completed(futures):
+            for f in [f for f in futures if f.done()]:  # the files done meanwhile, each with its line
+                out[futures[f]] = f.result()
+                finished(futures.pop(f))
+        for f in as_completed(list(futures)):
             out[futures[f]] = f.result()
-            finished(futures[f])
+            finished(futures.pop(f))
     return out
 
 
